@@ -1,0 +1,344 @@
+//! Maps typed document values to Automerge documents and back.
+//!
+//! Writes go through a JSON tree: maps become Automerge maps, arrays lists, strings scalar
+//! strings (last writer wins per field: two tills renaming a customer must not interleave
+//! characters), integers integers, and the type's [`Document::COUNTERS`] counters. An update
+//! writes only the fields that differ, so concurrent edits of different fields both survive.
+
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{
+    ActorId, AutoCommit, AutoSerde, ObjId, ObjType, Prop, ROOT, ReadDoc, ScalarValue, Value,
+};
+use serde_json::{Map, Value as Json};
+
+use crate::ids::DeviceId;
+use crate::schema::{DocType, Document, SCHEMA_VERSION};
+
+/// Why a document could not be written or read as a typed value.
+#[derive(Debug, thiserror::Error)]
+pub enum DocError {
+    #[error("automerge: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+    #[error("document is a {found}, not a {expected}")]
+    WrongType { expected: DocType, found: String },
+    #[error(
+        "document has schema version {found}; this node reads version {SCHEMA_VERSION}: upgrade tillmesh"
+    )]
+    SchemaVersion { found: String },
+    #[error("document does not match the {doc_type} schema: {reason}")]
+    Shape { doc_type: DocType, reason: String },
+}
+
+/// The Automerge actor of a device: its public key, so every change names its device.
+pub fn actor_for(device: &DeviceId) -> ActorId {
+    ActorId::from(&device.as_bytes()[..])
+}
+
+fn commit(doc: &mut AutoCommit, time_s: i64) -> Option<Vec<u8>> {
+    doc.commit_with(CommitOptions::default().with_time(time_s))?;
+    doc.get_last_local_change().map(|c| c.raw_bytes().to_vec())
+}
+
+fn to_json<T: Document>(value: &T) -> Result<Map<String, Json>, DocError> {
+    match serde_json::to_value(value) {
+        Ok(Json::Object(m)) => Ok(m),
+        Ok(_) => Err(DocError::Shape {
+            doc_type: T::TYPE,
+            reason: "not a map".into(),
+        }),
+        Err(e) => Err(DocError::Shape {
+            doc_type: T::TYPE,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Creates a new document holding `value`; returns it and the bytes of its first change.
+pub fn create<T: Document>(
+    actor: &ActorId,
+    value: &T,
+    time_s: i64,
+) -> Result<(AutoCommit, Vec<u8>), DocError> {
+    let mut doc = AutoCommit::new().with_actor(actor.clone());
+    doc.put(ROOT, "type", T::TYPE.name())?;
+    doc.put(ROOT, "schema", SCHEMA_VERSION)?;
+    for (key, v) in to_json(value)? {
+        if T::COUNTERS.contains(&key.as_str()) {
+            doc.put(
+                ROOT,
+                key.as_str(),
+                ScalarValue::counter(v.as_i64().unwrap_or(0)),
+            )?;
+        } else {
+            put_json(&mut doc, &ROOT, key.as_str().into(), &v)?;
+        }
+    }
+    let change = commit(&mut doc, time_s).expect("a new document always has a change");
+    Ok((doc, change))
+}
+
+/// Reads a document as a typed value, checking its type and schema version.
+pub fn read<T: Document>(doc: &AutoCommit) -> Result<T, DocError> {
+    let json = read_json(doc);
+    let Json::Object(mut map) = json else {
+        return Err(DocError::Shape {
+            doc_type: T::TYPE,
+            reason: "root is not a map".into(),
+        });
+    };
+    match map.remove("type") {
+        Some(Json::String(t)) if t == T::TYPE.name() => {}
+        other => {
+            return Err(DocError::WrongType {
+                expected: T::TYPE,
+                found: other
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "document with no type".into()),
+            });
+        }
+    }
+    match map.remove("schema") {
+        Some(v) if v.as_u64() == Some(SCHEMA_VERSION) => {}
+        other => {
+            return Err(DocError::SchemaVersion {
+                found: other
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "none".into()),
+            });
+        }
+    }
+    serde_json::from_value(Json::Object(map)).map_err(|e| DocError::Shape {
+        doc_type: T::TYPE,
+        reason: e.to_string(),
+    })
+}
+
+/// The whole document as JSON (counters as their current value).
+pub fn read_json(doc: &AutoCommit) -> Json {
+    serde_json::to_value(AutoSerde::from(doc)).unwrap_or(Json::Null)
+}
+
+/// The `type` a document says it has, if any.
+pub fn doc_type(doc: &AutoCommit) -> Option<DocType> {
+    match doc.get(ROOT, "type").ok()?? {
+        (Value::Scalar(s), _) => match s.as_ref() {
+            ScalarValue::Str(t) => DocType::from_name(t),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Writes the fields where `to` differs from `from` and returns the change, or `None` when
+/// nothing differs. Counters are left alone: they move only by [`increment`].
+pub fn update<T: Document>(
+    doc: &mut AutoCommit,
+    from: &T,
+    to: &T,
+    time_s: i64,
+) -> Result<Option<Vec<u8>>, DocError> {
+    let mut old = to_json(from)?;
+    let mut new = to_json(to)?;
+    for c in T::COUNTERS {
+        old.remove(*c);
+        new.remove(*c);
+    }
+    diff_map(doc, &ROOT, &old, &new)?;
+    Ok(commit(doc, time_s))
+}
+
+/// Adds `delta` to the counter at root `key`; returns the change.
+pub fn increment(
+    doc: &mut AutoCommit,
+    key: &str,
+    delta: i64,
+    time_s: i64,
+) -> Result<Vec<u8>, DocError> {
+    doc.increment(ROOT, key, delta)?;
+    Ok(commit(doc, time_s).expect("an increment is always a change"))
+}
+
+fn put_json(doc: &mut AutoCommit, obj: &ObjId, prop: Prop, v: &Json) -> Result<(), DocError> {
+    match v {
+        Json::Array(items) => {
+            let list = doc.put_object(obj, prop, ObjType::List)?;
+            for (i, item) in items.iter().enumerate() {
+                insert_json(doc, &list, i, item)?;
+            }
+        }
+        Json::Object(fields) => {
+            let map = doc.put_object(obj, prop, ObjType::Map)?;
+            for (k, item) in fields {
+                put_json(doc, &map, k.as_str().into(), item)?;
+            }
+        }
+        scalar => doc.put(obj, prop, scalar_of(scalar))?,
+    }
+    Ok(())
+}
+
+fn insert_json(doc: &mut AutoCommit, list: &ObjId, index: usize, v: &Json) -> Result<(), DocError> {
+    match v {
+        Json::Array(_) | Json::Object(_) => {
+            let kind = if v.is_array() {
+                ObjType::List
+            } else {
+                ObjType::Map
+            };
+            let child = doc.insert_object(list, index, kind)?;
+            match v {
+                Json::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        insert_json(doc, &child, i, item)?;
+                    }
+                }
+                Json::Object(fields) => {
+                    for (k, item) in fields {
+                        put_json(doc, &child, k.as_str().into(), item)?;
+                    }
+                }
+                _ => unreachable!(),
+            }
+        }
+        scalar => doc.insert(list, index, scalar_of(scalar))?,
+    }
+    Ok(())
+}
+
+fn scalar_of(v: &Json) -> ScalarValue {
+    match v {
+        Json::Null => ScalarValue::Null,
+        Json::Bool(b) => ScalarValue::Boolean(*b),
+        Json::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => ScalarValue::Int(i),
+            (None, Some(u)) => ScalarValue::Uint(u),
+            _ => ScalarValue::F64(n.as_f64().unwrap_or(0.0)),
+        },
+        Json::String(s) => ScalarValue::Str(s.as_str().into()),
+        Json::Array(_) | Json::Object(_) => unreachable!("containers are written by put_json"),
+    }
+}
+
+fn child_obj(doc: &AutoCommit, obj: &ObjId, key: &str, kind: ObjType) -> Option<ObjId> {
+    match doc.get(obj, key).ok()?? {
+        (Value::Object(t), id) if t == kind => Some(id),
+        _ => None,
+    }
+}
+
+fn diff_map(
+    doc: &mut AutoCommit,
+    obj: &ObjId,
+    old: &Map<String, Json>,
+    new: &Map<String, Json>,
+) -> Result<(), DocError> {
+    for (key, nv) in new {
+        let ov = old.get(key);
+        if ov == Some(nv) {
+            continue;
+        }
+        match (ov, nv) {
+            (Some(Json::Object(om)), Json::Object(nm)) => {
+                if let Some(child) = child_obj(doc, obj, key, ObjType::Map) {
+                    diff_map(doc, &child, om, nm)?;
+                    continue;
+                }
+            }
+            (Some(Json::Array(oa)), Json::Array(na))
+                if na.len() > oa.len() && na[..oa.len()] == oa[..] =>
+            {
+                // Appends stay appends, so two tills adding refunds to one sale both keep theirs.
+                if let Some(list) = child_obj(doc, obj, key, ObjType::List)
+                    && doc.length(&list) == oa.len()
+                {
+                    for (i, item) in na.iter().enumerate().skip(oa.len()) {
+                        insert_json(doc, &list, i, item)?;
+                    }
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        put_json(doc, obj, key.as_str().into(), nv)?;
+    }
+    for key in old.keys() {
+        if !new.contains_key(key) {
+            doc.delete(obj, key.as_str())?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::DocId;
+    use crate::money::{Currency, Money};
+    use crate::schema::{Customer, Party, Product, Settings};
+
+    fn product() -> Product {
+        Product {
+            sku: "TEA-1".into(),
+            name: "Green tea".into(),
+            price: Money::new(350, Currency::USD),
+            tax_code: "NON".into(),
+            active: true,
+            stock: 40,
+            ledger: None,
+        }
+    }
+
+    #[test]
+    fn typed_round_trip_and_type_check() {
+        let actor = actor_for(&DeviceId([1; 32]));
+        let (doc, change) = create(&actor, &product(), 0).unwrap();
+        assert!(!change.is_empty());
+        assert_eq!(read::<Product>(&doc).unwrap(), product());
+        assert_eq!(doc_type(&doc), Some(DocType::Product));
+        assert!(matches!(
+            read::<Settings>(&doc),
+            Err(DocError::WrongType { .. })
+        ));
+    }
+
+    #[test]
+    fn concurrent_stock_moves_add_up_and_field_edits_merge() {
+        let (mut a, _) = create(&actor_for(&DeviceId([1; 32])), &product(), 0).unwrap();
+        let mut b = a.fork().with_actor(actor_for(&DeviceId([2; 32])));
+        increment(&mut a, "stock", -2, 1).unwrap();
+        increment(&mut b, "stock", -3, 1).unwrap();
+        let mut renamed = product();
+        renamed.name = "Sencha".into();
+        update(&mut a, &product(), &renamed, 1).unwrap();
+        let mut repriced = product();
+        repriced.price.amount_minor = 400;
+        update(&mut b, &product(), &repriced, 1).unwrap();
+        a.merge(&mut b).unwrap();
+        let merged = read::<Product>(&a).unwrap();
+        assert_eq!(merged.stock, 35);
+        assert_eq!(merged.name, "Sencha");
+        assert_eq!(merged.price.amount_minor, 400);
+    }
+
+    #[test]
+    fn update_writes_nothing_when_nothing_changed_and_deletes_cleared_fields() {
+        let actor = actor_for(&DeviceId([1; 32]));
+        let mut c = Party::named("Jane Doe");
+        c.email = Some("jane@example.com".into());
+        let (mut doc, _) = create(&actor, &Customer(c.clone()), 0).unwrap();
+        assert!(
+            update(&mut doc, &Customer(c.clone()), &Customer(c.clone()), 1)
+                .unwrap()
+                .is_none()
+        );
+        let mut cleared = c.clone();
+        cleared.email = None;
+        assert!(
+            update(&mut doc, &Customer(c), &Customer(cleared.clone()), 1)
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(read::<Customer>(&doc).unwrap().0, cleared);
+        let _ = DocId([0; 16]);
+    }
+}

@@ -1,0 +1,105 @@
+use serde::{Deserialize, Serialize};
+
+use super::{
+    DocType, Document, Ledger, QTY_MAX, SchemaError, Settings, check_amount, check_currency,
+    check_text, invalid,
+};
+use crate::ids::{DeviceId, DocId};
+use crate::money::Money;
+
+/// A product in the catalogue. `stock` is an Automerge counter moved by sales, refunds and
+/// adjustments, so concurrent movements on different tills add up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Product {
+    pub sku: String,
+    pub name: String,
+    pub price: Money,
+    pub tax_code: String,
+    pub active: bool,
+    pub stock: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<Ledger>,
+}
+
+pub const SKU_CHARS_MAX: usize = 64;
+
+impl Product {
+    /// The price every view shows. The ledger has no say on price: QBO's item price is a default,
+    /// not a financial fact.
+    pub fn price(&self) -> Money {
+        self.price
+    }
+}
+
+impl Document for Product {
+    const TYPE: DocType = DocType::Product;
+    const COUNTERS: &'static [&'static str] = &["stock"];
+
+    fn validate(&self, settings: &Settings) -> Result<(), SchemaError> {
+        check_text("sku", &self.sku, true)?;
+        if self.sku.chars().count() > SKU_CHARS_MAX || self.sku.chars().any(char::is_whitespace) {
+            return Err(invalid(
+                "sku",
+                format!("must be 1 to {SKU_CHARS_MAX} characters without spaces"),
+            ));
+        }
+        check_text("name", &self.name, true)?;
+        check_amount("price.amount_minor", self.price.amount_minor, false)?;
+        check_currency("price.currency", self.price.currency, settings.currency)?;
+        settings.tax_rate(&self.tax_code)?;
+        Ok(())
+    }
+
+    fn ledger(&self) -> Option<&Ledger> {
+        self.ledger.as_ref()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockLine {
+    pub product_id: DocId,
+    pub sku: String,
+    /// Units added (positive) or removed (negative).
+    pub delta: i64,
+}
+
+/// A stock count correction or delivery: a record of why stock moved outside a sale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockAdjustment {
+    pub lines: Vec<StockLine>,
+    pub reason: String,
+    pub at_ms: u64,
+    pub by: DeviceId,
+}
+
+impl Document for StockAdjustment {
+    const TYPE: DocType = DocType::StockAdjustment;
+
+    fn validate(&self, _: &Settings) -> Result<(), SchemaError> {
+        if self.lines.is_empty() {
+            return Err(invalid(
+                "lines",
+                "a stock adjustment needs at least one line",
+            ));
+        }
+        if self.lines.len() > super::LINES_MAX {
+            return Err(invalid(
+                "lines",
+                format!("more than {} lines", super::LINES_MAX),
+            ));
+        }
+        for (i, l) in self.lines.iter().enumerate() {
+            if l.delta == 0 || l.delta.abs() > QTY_MAX {
+                return Err(invalid(
+                    format!("lines[{i}].delta"),
+                    format!("must be non-zero and within ±{QTY_MAX}"),
+                ));
+            }
+        }
+        check_text("reason", &self.reason, true)
+    }
+
+    fn ledger(&self) -> Option<&Ledger> {
+        None
+    }
+}

@@ -1,0 +1,739 @@
+use serde::{Deserialize, Serialize};
+
+use super::{
+    DocType, Document, LINES_MAX, Ledger, Product, QTY_MAX, SchemaError, Settings, check_amount,
+    check_currency, check_text, expect_eq, invalid, sum_minor,
+};
+use crate::ids::{DeviceId, DocId};
+use crate::money::{Currency, Money, tax_on};
+
+/// A payment towards a sale: `cash`, `card`, or another method the shop names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tender {
+    pub method: String,
+    pub amount_minor: i64,
+}
+
+impl Tender {
+    fn is_cash(&self) -> bool {
+        self.method == "cash"
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaleLine {
+    pub product_id: DocId,
+    pub sku: String,
+    pub name: String,
+    pub qty: i64,
+    pub unit_price_minor: i64,
+    pub tax_code: String,
+    pub tax_rate_ppm: u32,
+    pub net_minor: i64,
+    pub tax_minor: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaleStatus {
+    Open,
+    Completed,
+    Voided,
+    Refunded,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoidInfo {
+    pub at_ms: u64,
+    pub by: DeviceId,
+    pub reason: String,
+}
+
+/// What one refund took back from one line of the sale, recorded on the sale so that no line is
+/// refunded twice over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundRecordLine {
+    pub line: u32,
+    pub qty: i64,
+    pub net_minor: i64,
+    pub tax_minor: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundRecord {
+    pub refund_id: DocId,
+    pub lines: Vec<RefundRecordLine>,
+}
+
+/// A sale. Its financial fields never change once completed: a correction is a void or a
+/// refund document, as an accountant would book it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sale {
+    pub receipt_number: String,
+    pub till: DeviceId,
+    pub created_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<DocId>,
+    pub currency: Currency,
+    pub lines: Vec<SaleLine>,
+    pub payments: Vec<Tender>,
+    pub subtotal: Money,
+    pub tax: Money,
+    pub total: Money,
+    pub paid: Money,
+    pub change: Money,
+    pub status: SaleStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub void: Option<VoidInfo>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refunds: Vec<RefundRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<Ledger>,
+}
+
+/// One line as the till asks for it, with the product as the node knows it now.
+#[derive(Debug, Clone)]
+pub struct LineInput {
+    pub product_id: DocId,
+    pub product: Product,
+    pub qty: i64,
+    /// A price override (a discount at the till); the catalogue price otherwise.
+    pub unit_price_minor: Option<i64>,
+}
+
+/// Everything needed to ring up a sale.
+#[derive(Debug, Clone)]
+pub struct RingUp {
+    pub receipt_number: String,
+    pub till: DeviceId,
+    pub created_at_ms: u64,
+    pub customer_id: Option<DocId>,
+    pub lines: Vec<LineInput>,
+    pub payments: Vec<Tender>,
+}
+
+impl Sale {
+    /// Prices, taxes and totals a sale, and checks it is paid for.
+    pub fn ring_up(r: RingUp, settings: &Settings) -> Result<Sale, SchemaError> {
+        let currency = settings.currency;
+        if r.lines.is_empty() {
+            return Err(invalid("lines", "a sale needs at least one line"));
+        }
+        if r.lines.len() > LINES_MAX {
+            return Err(invalid(
+                "lines",
+                format!("a sale has at most {LINES_MAX} lines"),
+            ));
+        }
+        let mut lines = Vec::with_capacity(r.lines.len());
+        for (i, l) in r.lines.into_iter().enumerate() {
+            let p = &l.product;
+            if !p.active {
+                return Err(invalid(
+                    format!("lines[{i}]"),
+                    format!("product {} ({}) is not for sale", p.sku, p.name),
+                ));
+            }
+            if !(1..=QTY_MAX).contains(&l.qty) {
+                return Err(invalid(
+                    format!("lines[{i}].qty"),
+                    format!("must be between 1 and {QTY_MAX}"),
+                ));
+            }
+            let unit = l.unit_price_minor.unwrap_or(p.price.amount_minor);
+            check_amount(&format!("lines[{i}].unit_price_minor"), unit, false)?;
+            check_currency(&format!("lines[{i}] price"), p.price.currency, currency)?;
+            let rate = settings.tax_rate(&p.tax_code)?;
+            let net = unit
+                .checked_mul(l.qty)
+                .ok_or_else(|| invalid(format!("lines[{i}]"), "amount overflows"))?;
+            check_amount(&format!("lines[{i}] amount"), net, false)?;
+            lines.push(SaleLine {
+                product_id: l.product_id,
+                sku: p.sku.clone(),
+                name: p.name.clone(),
+                qty: l.qty,
+                unit_price_minor: unit,
+                tax_code: p.tax_code.clone(),
+                tax_rate_ppm: rate,
+                net_minor: net,
+                tax_minor: tax_on(net, rate)?,
+            });
+        }
+        let subtotal = sum_minor("subtotal", lines.iter().map(|l| l.net_minor))?;
+        let tax = sum_minor("tax", lines.iter().map(|l| l.tax_minor))?;
+        let total = subtotal
+            .checked_add(tax)
+            .ok_or_else(|| invalid("total", "overflows"))?;
+        let paid = sum_minor("payments", r.payments.iter().map(|p| p.amount_minor))?;
+        let sale = Sale {
+            receipt_number: r.receipt_number,
+            till: r.till,
+            created_at_ms: r.created_at_ms,
+            customer_id: r.customer_id,
+            currency,
+            lines,
+            payments: r.payments,
+            subtotal: Money::new(subtotal, currency),
+            tax: Money::new(tax, currency),
+            total: Money::new(total, currency),
+            paid: Money::new(paid, currency),
+            change: Money::new(paid - total, currency),
+            status: SaleStatus::Completed,
+            void: None,
+            refunds: Vec::new(),
+            ledger: None,
+        };
+        sale.validate(settings)?;
+        Ok(sale)
+    }
+
+    /// Units of a line already refunded, across every refund recorded on this sale.
+    pub fn refunded_qty(&self, line: usize) -> i64 {
+        self.refunded(line).0
+    }
+
+    fn refunded(&self, line: usize) -> (i64, i64, i64) {
+        self.refunds
+            .iter()
+            .flat_map(|r| &r.lines)
+            .filter(|l| l.line as usize == line)
+            .fold((0, 0, 0), |(q, n, t), l| {
+                (q + l.qty, n + l.net_minor, t + l.tax_minor)
+            })
+    }
+
+    /// The total every view shows: QBO's once the bridge has posted or pulled it.
+    pub fn effective_total(&self) -> Money {
+        self.ledger
+            .as_ref()
+            .and_then(|l| l.total)
+            .unwrap_or(self.total)
+    }
+
+    /// Checks that `next` is a lawful successor of this sale: financial fields unchanged,
+    /// status moving only forward, refunds only appended.
+    pub fn check_update(&self, next: &Sale) -> Result<(), SchemaError> {
+        let frozen = |what: &str| {
+            SchemaError::Immutable(format!(
+                "the {what} of completed sale {} cannot change; void it or refund it instead",
+                self.receipt_number
+            ))
+        };
+        if self.status != SaleStatus::Open {
+            if self.lines != next.lines {
+                return Err(frozen("lines"));
+            }
+            if self.payments != next.payments
+                || self.paid != next.paid
+                || self.change != next.change
+            {
+                return Err(frozen("payments"));
+            }
+            if (self.subtotal, self.tax, self.total, self.currency)
+                != (next.subtotal, next.tax, next.total, next.currency)
+            {
+                return Err(frozen("totals"));
+            }
+            if (&self.receipt_number, self.till, self.created_at_ms)
+                != (&next.receipt_number, next.till, next.created_at_ms)
+            {
+                return Err(frozen("receipt"));
+            }
+        }
+        let allowed = matches!(
+            (self.status, next.status),
+            (a, b) if a == b
+        ) || matches!(
+            (self.status, next.status),
+            (SaleStatus::Open, _)
+                | (
+                    SaleStatus::Completed,
+                    SaleStatus::Voided | SaleStatus::Refunded
+                )
+        );
+        if !allowed {
+            return Err(SchemaError::Immutable(format!(
+                "sale {} cannot go from {:?} to {:?}",
+                self.receipt_number, self.status, next.status
+            )));
+        }
+        if next.refunds.len() < self.refunds.len()
+            || next.refunds[..self.refunds.len()] != self.refunds[..]
+        {
+            return Err(SchemaError::Immutable(
+                "refunds already recorded on a sale cannot change".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Document for Sale {
+    const TYPE: DocType = DocType::Sale;
+
+    fn validate(&self, _settings: &Settings) -> Result<(), SchemaError> {
+        // Rules use the rates recorded on each line, not today's settings: a sale rung up before
+        // a tax change stays valid.
+        let cur = self.currency;
+        check_text("receipt_number", &self.receipt_number, true)?;
+        if self.lines.is_empty() || self.lines.len() > LINES_MAX {
+            return Err(invalid(
+                "lines",
+                format!("a sale has 1 to {LINES_MAX} lines"),
+            ));
+        }
+        for (i, l) in self.lines.iter().enumerate() {
+            if !(1..=QTY_MAX).contains(&l.qty) {
+                return Err(invalid(
+                    format!("lines[{i}].qty"),
+                    format!("must be between 1 and {QTY_MAX}"),
+                ));
+            }
+            check_amount(
+                &format!("lines[{i}].unit_price_minor"),
+                l.unit_price_minor,
+                false,
+            )?;
+            let net = l
+                .unit_price_minor
+                .checked_mul(l.qty)
+                .ok_or_else(|| invalid("lines", "amount overflows"))?;
+            expect_eq(
+                &format!("lines[{i}].net_minor"),
+                &Money::new(l.net_minor, cur),
+                net,
+                "unit price × qty",
+            )?;
+            let tax = tax_on(net, l.tax_rate_ppm)?;
+            expect_eq(
+                &format!("lines[{i}].tax_minor"),
+                &Money::new(l.tax_minor, cur),
+                tax,
+                "the line's tax rate",
+            )?;
+            if self.refunded_qty(i) > l.qty {
+                return Err(invalid(
+                    format!("lines[{i}]"),
+                    "more units refunded than were sold",
+                ));
+            }
+        }
+        for (field, m) in [
+            ("subtotal", &self.subtotal),
+            ("tax", &self.tax),
+            ("total", &self.total),
+            ("paid", &self.paid),
+            ("change", &self.change),
+        ] {
+            check_currency(field, m.currency, cur)?;
+        }
+        let subtotal = sum_minor("subtotal", self.lines.iter().map(|l| l.net_minor))?;
+        let tax = sum_minor("tax", self.lines.iter().map(|l| l.tax_minor))?;
+        expect_eq("subtotal", &self.subtotal, subtotal, "the sum of the lines")?;
+        expect_eq("tax", &self.tax, tax, "the sum of the lines' tax")?;
+        expect_eq("total", &self.total, subtotal + tax, "subtotal plus tax")?;
+        for (i, p) in self.payments.iter().enumerate() {
+            check_text(&format!("payments[{i}].method"), &p.method, true)?;
+            if p.amount_minor <= 0 {
+                return Err(invalid(
+                    format!("payments[{i}].amount_minor"),
+                    "must be more than zero",
+                ));
+            }
+            check_amount(
+                &format!("payments[{i}].amount_minor"),
+                p.amount_minor,
+                false,
+            )?;
+        }
+        let paid = sum_minor("payments", self.payments.iter().map(|p| p.amount_minor))?;
+        expect_eq("paid", &self.paid, paid, "the sum of the payments")?;
+        if self.status != SaleStatus::Open {
+            if paid < self.total.amount_minor {
+                return Err(SchemaError::Underpaid {
+                    paid: self.paid.to_string(),
+                    total: self.total.to_string(),
+                });
+            }
+            expect_eq(
+                "change",
+                &self.change,
+                paid - self.total.amount_minor,
+                "paid minus total",
+            )?;
+            let cash: i64 = self
+                .payments
+                .iter()
+                .filter(|p| p.is_cash())
+                .map(|p| p.amount_minor)
+                .sum();
+            if self.change.amount_minor > cash {
+                return Err(invalid(
+                    "payments",
+                    "only cash can be overpaid; card and other payments must not exceed the total",
+                ));
+            }
+        }
+        if (self.status == SaleStatus::Voided) != self.void.is_some() {
+            return Err(invalid(
+                "void",
+                "a voided sale carries its void record, and only a voided sale does",
+            ));
+        }
+        Ok(())
+    }
+
+    fn ledger(&self) -> Option<&Ledger> {
+        self.ledger.as_ref()
+    }
+}
+
+/// One line of a refund as the till asks for it: which line of the sale, how many units.
+#[derive(Debug, Clone, Copy)]
+pub struct RefundLineInput {
+    pub line: usize,
+    pub qty: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundLine {
+    pub line: u32,
+    pub product_id: DocId,
+    pub sku: String,
+    pub qty: i64,
+    pub net_minor: i64,
+    pub tax_minor: i64,
+}
+
+/// Money given back against a sale: its own document, never an edit of the sale's amounts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refund {
+    pub sale_id: DocId,
+    pub sale_receipt_number: String,
+    pub lines: Vec<RefundLine>,
+    pub total: Money,
+    pub method: String,
+    pub reason: String,
+    pub restock: bool,
+    pub at_ms: u64,
+    pub by: DeviceId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<Ledger>,
+}
+
+impl Refund {
+    /// Builds a refund of `lines` (all remaining units when empty) and the record the sale keeps
+    /// of it. The last units of a line take back exactly the tax still unrefunded on it, so a
+    /// line refunded in parts returns to the cent what was charged.
+    #[allow(clippy::too_many_arguments)]
+    pub fn against(
+        sale: &Sale,
+        sale_id: DocId,
+        refund_id: DocId,
+        lines: &[RefundLineInput],
+        method: String,
+        reason: String,
+        restock: bool,
+        at_ms: u64,
+        by: DeviceId,
+    ) -> Result<(Refund, RefundRecord), SchemaError> {
+        match sale.status {
+            SaleStatus::Voided => {
+                return Err(invalid(
+                    "sale",
+                    format!(
+                        "sale {} is voided; there is nothing to refund",
+                        sale.receipt_number
+                    ),
+                ));
+            }
+            SaleStatus::Refunded => {
+                return Err(invalid(
+                    "sale",
+                    format!("sale {} is already fully refunded", sale.receipt_number),
+                ));
+            }
+            SaleStatus::Open => {
+                return Err(invalid(
+                    "sale",
+                    format!("sale {} is not completed", sale.receipt_number),
+                ));
+            }
+            SaleStatus::Completed => {}
+        }
+        check_text("method", &method, true)?;
+        check_text("reason", &reason, false)?;
+        let wanted: Vec<RefundLineInput> = if lines.is_empty() {
+            (0..sale.lines.len())
+                .map(|i| RefundLineInput {
+                    line: i,
+                    qty: sale.lines[i].qty - sale.refunded_qty(i),
+                })
+                .filter(|l| l.qty > 0)
+                .collect()
+        } else {
+            lines.to_vec()
+        };
+        let mut out = Vec::with_capacity(wanted.len());
+        for (k, w) in wanted.iter().enumerate() {
+            let Some(l) = sale.lines.get(w.line) else {
+                return Err(invalid(
+                    format!("lines[{k}].line"),
+                    format!("sale {} has no line {}", sale.receipt_number, w.line),
+                ));
+            };
+            if wanted[..k].iter().any(|o| o.line == w.line) {
+                return Err(invalid(
+                    format!("lines[{k}]"),
+                    "names the same sale line twice",
+                ));
+            }
+            let (done_qty, done_net, done_tax) = sale.refunded(w.line);
+            let remaining = l.qty - done_qty;
+            if w.qty < 1 || w.qty > remaining {
+                return Err(invalid(
+                    format!("lines[{k}].qty"),
+                    format!(
+                        "{} of {} can be refunded ({} sold, {} already refunded)",
+                        remaining, l.sku, l.qty, done_qty
+                    ),
+                ));
+            }
+            let (net, tax) = if w.qty == remaining {
+                (l.net_minor - done_net, l.tax_minor - done_tax)
+            } else {
+                let net = l.unit_price_minor * w.qty;
+                (net, tax_on(net, l.tax_rate_ppm)?)
+            };
+            out.push(RefundLine {
+                line: w.line as u32,
+                product_id: l.product_id,
+                sku: l.sku.clone(),
+                qty: w.qty,
+                net_minor: net,
+                tax_minor: tax,
+            });
+        }
+        if out.is_empty() {
+            return Err(invalid("lines", "nothing left to refund on this sale"));
+        }
+        let total = sum_minor("total", out.iter().map(|l| l.net_minor + l.tax_minor))?;
+        let record = RefundRecord {
+            refund_id,
+            lines: out
+                .iter()
+                .map(|l| RefundRecordLine {
+                    line: l.line,
+                    qty: l.qty,
+                    net_minor: l.net_minor,
+                    tax_minor: l.tax_minor,
+                })
+                .collect(),
+        };
+        let refund = Refund {
+            sale_id,
+            sale_receipt_number: sale.receipt_number.clone(),
+            lines: out,
+            total: Money::new(total, sale.currency),
+            method,
+            reason,
+            restock,
+            at_ms,
+            by,
+            ledger: None,
+        };
+        Ok((refund, record))
+    }
+}
+
+impl Document for Refund {
+    const TYPE: DocType = DocType::Refund;
+
+    fn validate(&self, _: &Settings) -> Result<(), SchemaError> {
+        if self.lines.is_empty() || self.lines.len() > LINES_MAX {
+            return Err(invalid(
+                "lines",
+                format!("a refund has 1 to {LINES_MAX} lines"),
+            ));
+        }
+        for (i, l) in self.lines.iter().enumerate() {
+            if !(1..=QTY_MAX).contains(&l.qty) {
+                return Err(invalid(
+                    format!("lines[{i}].qty"),
+                    format!("must be between 1 and {QTY_MAX}"),
+                ));
+            }
+            check_amount(&format!("lines[{i}].net_minor"), l.net_minor, false)?;
+            check_amount(&format!("lines[{i}].tax_minor"), l.tax_minor, false)?;
+        }
+        let total = sum_minor(
+            "total",
+            self.lines.iter().map(|l| l.net_minor + l.tax_minor),
+        )?;
+        expect_eq("total", &self.total, total, "the sum of the lines")?;
+        check_text("method", &self.method, true)?;
+        check_text("reason", &self.reason, false)
+    }
+
+    fn ledger(&self) -> Option<&Ledger> {
+        self.ledger.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        let mut s = Settings::new("Shop", Currency::USD);
+        s.tax_rates.insert(
+            "TAX".into(),
+            super::super::TaxRate {
+                name: "Sales tax".into(),
+                rate_ppm: 82_500,
+            },
+        );
+        s
+    }
+
+    fn product(price: i64, tax: &str) -> Product {
+        Product {
+            sku: "TEA-1".into(),
+            name: "Green tea".into(),
+            price: Money::new(price, Currency::USD),
+            tax_code: tax.into(),
+            active: true,
+            stock: 40,
+            ledger: None,
+        }
+    }
+
+    fn ring(lines: Vec<(i64, &str, i64)>, payments: Vec<(&str, i64)>) -> Result<Sale, SchemaError> {
+        Sale::ring_up(
+            RingUp {
+                receipt_number: "T1-000001".into(),
+                till: DeviceId([1; 32]),
+                created_at_ms: 1,
+                customer_id: None,
+                lines: lines
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (price, tax, qty))| LineInput {
+                        product_id: DocId([i as u8; 16]),
+                        product: product(price, tax),
+                        qty,
+                        unit_price_minor: None,
+                    })
+                    .collect(),
+                payments: payments
+                    .into_iter()
+                    .map(|(m, a)| Tender {
+                        method: m.into(),
+                        amount_minor: a,
+                    })
+                    .collect(),
+            },
+            &settings(),
+        )
+    }
+
+    #[test]
+    fn totals_add_up_with_per_line_tax() {
+        let s = ring(
+            vec![(350, "NON", 2), (1000, "TAX", 1)],
+            vec![("cash", 2000)],
+        )
+        .unwrap();
+        assert_eq!(s.subtotal.amount_minor, 1700);
+        assert_eq!(s.tax.amount_minor, 83);
+        assert_eq!(s.total.amount_minor, 1783);
+        assert_eq!(s.change.amount_minor, 217);
+        assert_eq!(s.status, SaleStatus::Completed);
+    }
+
+    #[test]
+    fn refuses_what_a_shop_would_refuse() {
+        assert!(matches!(
+            ring(vec![(350, "NON", 2)], vec![("cash", 699)]),
+            Err(SchemaError::Underpaid { .. })
+        ));
+        assert!(ring(vec![(350, "NON", 0)], vec![("cash", 700)]).is_err());
+        assert!(ring(vec![(350, "NON", -1)], vec![("cash", 700)]).is_err());
+        assert!(ring(vec![], vec![("cash", 700)]).is_err());
+        assert!(
+            ring(vec![(350, "VAT", 1)], vec![("cash", 700)]).is_err(),
+            "unknown tax code"
+        );
+        assert!(
+            ring(vec![(350, "NON", 2)], vec![("card", 800)]).is_err(),
+            "card overpaid"
+        );
+        assert!(
+            ring(vec![(350, "NON", 2)], vec![("cash", 0), ("card", 700)]).is_err(),
+            "zero tender"
+        );
+        assert!(ring(vec![(350, "NON", 2)], vec![("card", 700)]).is_ok());
+    }
+
+    #[test]
+    fn completed_sales_are_frozen() {
+        let s = ring(vec![(350, "NON", 2)], vec![("cash", 700)]).unwrap();
+        let mut edited = s.clone();
+        edited.lines[0].qty = 1;
+        assert!(matches!(
+            s.check_update(&edited),
+            Err(SchemaError::Immutable(_))
+        ));
+        let mut voided = s.clone();
+        voided.status = SaleStatus::Voided;
+        voided.void = Some(VoidInfo {
+            at_ms: 2,
+            by: DeviceId([1; 32]),
+            reason: "mistake".into(),
+        });
+        s.check_update(&voided).unwrap();
+        let mut back = voided.clone();
+        back.status = SaleStatus::Completed;
+        assert!(voided.check_update(&back).is_err());
+    }
+
+    #[test]
+    fn partial_refunds_return_exactly_what_was_charged() {
+        // 3 × 0.99 at 8.25 %: line tax 24.5025 -> 25; one unit's tax 8.1675 -> 8.
+        let mut s = ring(vec![(99, "TAX", 3)], vec![("cash", 400)]).unwrap();
+        assert_eq!(s.lines[0].tax_minor, 25);
+        let mut refunded_tax = 0;
+        for k in 0..3u8 {
+            let (r, rec) = Refund::against(
+                &s,
+                DocId([9; 16]),
+                DocId([k; 16]),
+                &[RefundLineInput { line: 0, qty: 1 }],
+                "cash".into(),
+                String::new(),
+                true,
+                5,
+                DeviceId([1; 32]),
+            )
+            .unwrap();
+            refunded_tax += r.lines[0].tax_minor;
+            s.refunds.push(rec);
+            s.validate(&settings()).unwrap();
+        }
+        assert_eq!(refunded_tax, 25);
+        let err = Refund::against(
+            &s,
+            DocId([9; 16]),
+            DocId([7; 16]),
+            &[RefundLineInput { line: 0, qty: 1 }],
+            "cash".into(),
+            String::new(),
+            true,
+            5,
+            DeviceId([1; 32]),
+        );
+        assert!(err.is_err(), "over-refund must be refused");
+    }
+}
