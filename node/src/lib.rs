@@ -1,1 +1,18 @@
-//! x
+//! A tillmesh node: one device's store, its document repo, and the local API a till talks to.
+//!
+//! # Layout
+//!
+//! - [`store`]: the redb file, its tables, and opening/creating it with clear errors.
+//! - [`repo`]: the document repo. A single writer thread group-commits till commands and
+//!   entries from other devices; reads go straight to redb snapshots.
+//! - [`api`]: the local HTTP API (JSON, server-sent events) on loopback.
+//! - [`server`]: `run(repo, listener, shutdown)`, what `tillmesh run` does.
+//! - [`cli`]: the `tillmesh` command line, including `tillmesh demo`.
+
+pub mod api;
+pub mod cli;
+pub mod repo;
+pub mod server;
+pub mod store;
+
+pub use repo::Repo;

@@ -48,37 +48,7 @@ impl Currency {
 
     /// Parses a decimal amount such as "3.50" into minor units.
     pub fn parse_amount(&self, text: &str) -> Result<i64, MoneyError> {
-        let t = text.trim();
-        let (neg, digits) = match t.strip_prefix('-') {
-            Some(rest) => (true, rest),
-            None => (false, t),
-        };
-        let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
-        let exp = self.exponent() as usize;
-        let bad = || MoneyError::BadAmount(text.to_owned());
-        if whole.is_empty() && frac.is_empty()
-            || !whole
-                .bytes()
-                .chain(frac.bytes())
-                .all(|b| b.is_ascii_digit())
-        {
-            return Err(bad());
-        }
-        if frac.len() > exp {
-            return Err(MoneyError::TooPrecise(text.to_owned()));
-        }
-        let mut value: i64 = 0;
-        for b in whole
-            .bytes()
-            .chain(frac.bytes())
-            .chain(std::iter::repeat_n(b'0', exp - frac.len()))
-        {
-            value = value
-                .checked_mul(10)
-                .and_then(|v| v.checked_add(i64::from(b - b'0')))
-                .ok_or(MoneyError::Overflow)?;
-        }
-        Ok(if neg { -value } else { value })
+        parse_decimal(text, self.exponent())
     }
 
     /// Formats minor units as a decimal amount, "3.50".
@@ -135,6 +105,42 @@ impl<'de> Deserialize<'de> for Currency {
             .parse()
             .map_err(serde::de::Error::custom)
     }
+}
+
+/// Parses a decimal number with at most `exp` decimal places into an integer scaled by
+/// 10^exp: `parse_decimal("3.5", 2)` is 350. Refuses rather than rounds.
+pub fn parse_decimal(text: &str, exp: u32) -> Result<i64, MoneyError> {
+    let t = text.trim();
+    let (neg, digits) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, t),
+    };
+    let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let exp = exp as usize;
+    let bad = || MoneyError::BadAmount(text.to_owned());
+    if whole.is_empty() && frac.is_empty()
+        || !whole
+            .bytes()
+            .chain(frac.bytes())
+            .all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    if frac.len() > exp {
+        return Err(MoneyError::TooPrecise(text.to_owned()));
+    }
+    let mut value: i64 = 0;
+    for b in whole
+        .bytes()
+        .chain(frac.bytes())
+        .chain(std::iter::repeat_n(b'0', exp - frac.len()))
+    {
+        value = value
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(i64::from(b - b'0')))
+            .ok_or(MoneyError::Overflow)?;
+    }
+    Ok(if neg { -value } else { value })
 }
 
 /// An amount of money.

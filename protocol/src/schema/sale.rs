@@ -111,6 +111,8 @@ pub struct RingUp {
     pub customer_id: Option<DocId>,
     pub lines: Vec<LineInput>,
     pub payments: Vec<Tender>,
+    /// A method that pays whatever the other payments leave due (a card for the exact total).
+    pub pay_rest: Option<String>,
 }
 
 impl Sale {
@@ -166,7 +168,21 @@ impl Sale {
         let total = subtotal
             .checked_add(tax)
             .ok_or_else(|| invalid("total", "overflows"))?;
-        let paid = sum_minor("payments", r.payments.iter().map(|p| p.amount_minor))?;
+        let mut payments = r.payments;
+        if let Some(method) = r.pay_rest {
+            let given = sum_minor("payments", payments.iter().map(|p| p.amount_minor))?;
+            if given >= total {
+                return Err(invalid(
+                    "payments",
+                    format!("nothing is left for {method} to pay"),
+                ));
+            }
+            payments.push(Tender {
+                method,
+                amount_minor: total - given,
+            });
+        }
+        let paid = sum_minor("payments", payments.iter().map(|p| p.amount_minor))?;
         let sale = Sale {
             receipt_number: r.receipt_number,
             till: r.till,
@@ -174,7 +190,7 @@ impl Sale {
             customer_id: r.customer_id,
             currency,
             lines,
-            payments: r.payments,
+            payments,
             subtotal: Money::new(subtotal, currency),
             tax: Money::new(tax, currency),
             total: Money::new(total, currency),

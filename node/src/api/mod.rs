@@ -1,0 +1,172 @@
+//! The local HTTP API a till's user interface talks to: JSON in and out, on loopback.
+//!
+//! Resources live in one module each: `catalog` (products, stock adjustments), `sales`,
+//! `customers`, `node` (status, settings, the event stream). Every error is
+//! `{"error": {"code", "message"}}`; see `error`.
+
+mod catalog;
+mod customers;
+pub mod error;
+mod node;
+mod sales;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Query, Request};
+use axum::http::{StatusCode, Uri};
+use axum::routing::{get, post, put};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value as Json};
+use tillmesh_protocol::{DocId, DocType};
+
+use crate::repo::Repo;
+use error::ApiError;
+
+/// Request bodies larger than this are refused before parsing.
+const BODY_BYTES_MAX: usize = 1024 * 1024;
+/// Page size of listings when the caller gives none.
+const LIST_LIMIT_DEFAULT: usize = 50;
+
+pub fn router(repo: Repo) -> Router {
+    Router::new()
+        .route("/v1/products", post(catalog::create).get(catalog::list))
+        .route("/v1/products/{id}", get(catalog::get))
+        .route("/v1/stock-adjustments", post(catalog::adjust))
+        .route("/v1/sales", post(sales::create).get(sales::list))
+        .route("/v1/sales/{id}", get(sales::get))
+        .route("/v1/sales/{id}/void", post(sales::void))
+        .route("/v1/sales/{id}/refund", post(sales::refund))
+        .route(
+            "/v1/customers",
+            post(customers::create).get(customers::list),
+        )
+        .route(
+            "/v1/customers/{id}",
+            get(customers::get).patch(customers::patch),
+        )
+        .route("/v1/settings", get(node::settings))
+        .route("/v1/settings/tax-rates/{code}", put(node::set_tax_rate))
+        .route("/v1/status", get(node::status))
+        .route("/v1/events", get(node::events))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; see the API section of the README",
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(repo)
+}
+
+/// A JSON body whose errors come back in the API's error shape, naming what is wrong.
+/// An empty body reads as `{}`, so `POST /v1/sales/{id}/void` needs none.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            ApiError::new(
+                e.status(),
+                "bad_body",
+                format!("could not read the request body: {e}"),
+            )
+        })?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(bytes).map(Body).map_err(|e| {
+            let kind = if e.is_syntax() || e.is_eof() {
+                "invalid_json"
+            } else {
+                "bad_request"
+            };
+            let what = if kind == "invalid_json" {
+                "the body is not valid JSON"
+            } else {
+                "the body does not fit this endpoint"
+            };
+            ApiError::new(StatusCode::BAD_REQUEST, kind, format!("{what}: {e}"))
+        })
+    }
+}
+
+pub(crate) fn parse_id(s: &str) -> Result<DocId, ApiError> {
+    s.parse()
+        .map_err(|e| ApiError::bad_request(format!("bad id: {e}")))
+}
+
+/// `?limit=&after=` of listings: `after` is the last id of the previous page.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Page {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+pub(crate) fn page_query(uri: &Uri) -> Result<(usize, Option<DocId>), ApiError> {
+    let Query(page) = Query::<Page>::try_from_uri(uri)
+        .map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+    let limit = page.limit.unwrap_or(LIST_LIMIT_DEFAULT);
+    if limit == 0 || limit > crate::repo::LIST_LIMIT_MAX {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {}",
+            crate::repo::LIST_LIMIT_MAX
+        )));
+    }
+    let after = page
+        .after
+        .filter(|a| !a.is_empty())
+        .map(|a| parse_id(&a))
+        .transpose()?;
+    Ok((limit, after))
+}
+
+/// A stored document as the API shows it: `id` first, then its fields, without the storage
+/// keys `type` and `schema`. A ledger total wins over the till's.
+pub(crate) fn present(id: &DocId, json: &Json) -> Json {
+    let mut out = Map::new();
+    out.insert("id".into(), Json::String(id.to_string()));
+    if let Some(fields) = json.as_object() {
+        for (k, v) in fields {
+            if k != "type" && k != "schema" {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    if let Some(ledger_total) = out.get("ledger").and_then(|l| l.get("total")).cloned()
+        && out.get("total") != Some(&ledger_total)
+    {
+        if let Some(till_total) = out.insert("total".into(), ledger_total) {
+            out.insert("till_total".into(), till_total);
+        }
+    }
+    Json::Object(out)
+}
+
+/// Fetches one document of a type, or a 404 naming it.
+pub(crate) fn fetch(repo: &Repo, doc_type: DocType, id: &str) -> Result<(DocId, Json), ApiError> {
+    let id = parse_id(id)?;
+    match repo.view(&id)? {
+        Some(json) if json.get("type").and_then(Json::as_str) == Some(doc_type.name()) => {
+            Ok((id, present(&id, &json)))
+        }
+        _ => Err(ApiError::not_found(doc_type.name(), id)),
+    }
+}
+
+pub(crate) fn list(repo: &Repo, doc_type: DocType, uri: &Uri) -> Result<Json, ApiError> {
+    let (limit, after) = page_query(uri)?;
+    let items = repo.list(doc_type, after, limit)?;
+    let next_after = (items.len() == limit)
+        .then(|| items.last().map(|(id, _)| id.to_string()))
+        .flatten();
+    Ok(serde_json::json!({
+        "items": items.iter().map(|(id, j)| present(id, j)).collect::<Vec<_>>(),
+        "next_after": next_after,
+    }))
+}

@@ -1,0 +1,73 @@
+//! The node itself: status, mesh settings, and the stream of every document change.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::error::ApiError;
+use super::{Body, present};
+use crate::repo::requests::SetTaxRate;
+use crate::repo::{Command, Repo};
+
+/// Rejected entries listed in the status; the rest are counted.
+const STATUS_REJECTED_SHOWN_MAX: usize = 20;
+
+pub async fn status(State(repo): State<Repo>) -> Result<Json<Value>, ApiError> {
+    let id = repo.identity();
+    let vv = repo.version_vector()?;
+    let counts = repo.counts()?;
+    let (rejected_total, recent) = repo.rejected(STATUS_REJECTED_SHOWN_MAX)?;
+    Ok(Json(json!({
+        "device": { "id": id.device_id, "name": id.device_name },
+        "mesh_id": id.mesh_id,
+        "owner": id.root_id,
+        "version_vector": vv.iter().map(|(a, s)| (a.to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
+        "entries": vv.total(),
+        "documents": counts.iter().map(|(t, n)| (t.name().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        "rejected": { "count": rejected_total, "recent": recent },
+    })))
+}
+
+pub async fn settings(State(repo): State<Repo>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        serde_json::to_value(repo.settings()?).unwrap_or_default(),
+    ))
+}
+
+pub async fn set_tax_rate(
+    State(repo): State<Repo>,
+    Path(code): Path<String>,
+    Body(rate): Body<SetTaxRate>,
+) -> Result<Json<Value>, ApiError> {
+    let w = repo.execute(Command::SetTaxRate { code, rate }).await?;
+    Ok(Json(present(&w.doc_id, &w.doc)))
+}
+
+/// Server-sent events: one `change` event per document changed, local or remote, after it is
+/// committed. A subscriber too slow to keep up gets a `lagged` event and should re-read.
+pub async fn events(
+    State(repo): State<Repo>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let rx = repo.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let event = match rx.recv().await {
+            Ok(e) => {
+                let doc = present(&e.doc_id, &e.doc);
+                let data = json!({ "doc_id": e.doc_id, "type": e.doc_type, "origin": e.origin, "author": e.author, "seq": e.seq, "doc": doc });
+                Event::default().event("change").data(data.to_string())
+            }
+            Err(RecvError::Lagged(n)) => Event::default()
+                .event("lagged")
+                .data(json!({ "missed": n }).to_string()),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok(event), rx))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}

@@ -1,0 +1,212 @@
+//! The `tillmesh` command line. Each command is a small function; shop commands go through
+//! [`client::Client`], so they work the same against a running node or a stopped store.
+
+pub mod client;
+mod demo;
+mod shop;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tillmesh_protocol::Currency;
+use tokio::net::TcpListener;
+
+use crate::repo::Repo;
+use client::api_addr_path;
+
+/// Where `tillmesh run` serves its API unless told otherwise.
+pub const DEFAULT_API: &str = "127.0.0.1:7420";
+/// After a stop signal, how long open requests and event streams get before the node exits.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Parser)]
+#[command(
+    name = "tillmesh",
+    version,
+    about = "An offline-first replication node for shop tills"
+)]
+pub struct Cli {
+    /// The device's data folder (or set TILLMESH_DATA).
+    #[arg(long, global = true, env = "TILLMESH_DATA")]
+    data: Option<PathBuf>,
+    /// Print answers as JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a new mesh (a business) with this device as its owner.
+    Init {
+        /// This device's name, shown to other devices and on receipts ("Till 1").
+        #[arg(long)]
+        name: String,
+        /// The shop's currency (ISO 4217).
+        #[arg(long, default_value = "USD")]
+        currency: String,
+    },
+    /// Run the node: serve the local API until stopped (Ctrl-C or SIGTERM).
+    Run {
+        /// Address of the local API; loopback only, since it has no authentication.
+        #[arg(long, default_value = DEFAULT_API)]
+        api: SocketAddr,
+    },
+    /// Show this device, its mesh, its log and what it holds.
+    Status,
+    /// Manage the catalogue.
+    #[command(subcommand)]
+    Product(shop::ProductCmd),
+    /// Ring up a sale: `tillmesh sell TEA-1:2 MUG-1` sells two TEA-1 and one MUG-1.
+    Sell(shop::SellArgs),
+    /// List recent sales, newest first.
+    Sales {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Void a sale (its goods go back in stock).
+    Void {
+        sale_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Refund a whole sale, or `--line N:QTY` parts of it.
+    Refund(shop::RefundArgs),
+    /// Show stock levels, or adjust them with `--adjust SKU:DELTA`.
+    Stock(shop::StockArgs),
+    /// Manage customers.
+    #[command(subcommand)]
+    Customer(shop::CustomerCmd),
+    /// Set a tax rate: `tillmesh tax TAX 8.25 --name "Sales tax"`.
+    Tax {
+        code: String,
+        /// Percent, up to four decimals.
+        percent: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Run a demonstration on this machine, in a temporary folder, with nothing to configure.
+    Demo {
+        /// Keep the demo's data in this folder instead of a temporary one.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+}
+
+/// Entry point of the `tillmesh` binary.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let verbose = matches!(cli.command, Command::Run { .. });
+    init_logging(if verbose { "info" } else { "warn" });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(dispatch(cli))
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TILLMESH_LOG")
+        .unwrap_or_else(|_| default.into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let data = || {
+        cli.data
+            .clone()
+            .context("say which data folder with --data DIR (or TILLMESH_DATA)")
+    };
+    let out = shop::Output { json: cli.json };
+    match cli.command {
+        Command::Init { name, currency } => {
+            let currency: Currency = currency.parse()?;
+            let dir = data()?;
+            let repo = Repo::init(&dir, &name, currency).await?;
+            let id = repo.identity();
+            out.show(&serde_json::json!({ "device_id": id.device_id, "mesh_id": id.mesh_id, "data": dir }), || {
+                format!(
+                    "created mesh {} in {}\nthis device, '{}', is its owner: {}\nnext: tillmesh run --data {}",
+                    id.mesh_id.short(),
+                    dir.display(),
+                    id.device_name,
+                    id.device_id,
+                    dir.display()
+                )
+            });
+            Ok(())
+        }
+        Command::Run { api } => run(data()?, api).await,
+        Command::Demo { keep } => demo::run(keep).await,
+        command => shop::dispatch(&data()?, command, out).await,
+    }
+}
+
+async fn run(data: PathBuf, api: SocketAddr) -> anyhow::Result<()> {
+    if !api.ip().is_loopback() {
+        bail!(
+            "--api {api}: the till API has no authentication, so it listens on loopback only (127.0.0.1 or [::1])"
+        );
+    }
+    let repo = Repo::open(&data)?;
+    let listener = TcpListener::bind(api).await.with_context(|| {
+        format!("cannot listen on {api}; is another node using it? choose another with --api")
+    })?;
+    let addr = listener.local_addr()?;
+    let addr_file = api_addr_path(&data);
+    let tmp = addr_file.with_extension("tmp");
+    std::fs::write(&tmp, addr.to_string())
+        .and_then(|_| std::fs::rename(&tmp, &addr_file))
+        .with_context(|| format!("cannot write {}", addr_file.display()))?;
+    let id = repo.identity().clone();
+    println!(
+        "tillmesh node '{}' ({}) of mesh {}",
+        id.device_name,
+        id.device_id.short(),
+        id.mesh_id.short()
+    );
+    println!("api: http://{addr}");
+    tracing::info!(%addr, "serving the local API");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut stop_rx2 = stop_rx.clone();
+    let server = tokio::spawn(crate::server::run(repo, listener, async move {
+        let mut rx = stop_rx;
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    wait_for_stop_signal().await;
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    let _ = stop_rx2.changed().await;
+    // Event streams never end by themselves; give requests a moment, then go.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
+    let _ = std::fs::remove_file(&addr_file);
+    Ok(())
+}
+
+async fn wait_for_stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,406 @@
+//! Shop commands: each builds an API request, sends it through the [`Client`], and prints the
+//! answer as text (or JSON with `--json`).
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use tillmesh_protocol::Currency;
+use tillmesh_protocol::money::parse_decimal;
+
+use super::Command;
+use super::client::Client;
+
+#[derive(Subcommand)]
+pub enum ProductCmd {
+    /// Add a product to the catalogue.
+    Add {
+        #[arg(long)]
+        sku: String,
+        #[arg(long)]
+        name: String,
+        /// Price before tax, as a decimal amount ("3.50").
+        #[arg(long)]
+        price: String,
+        #[arg(long, default_value = "NON")]
+        tax_code: String,
+        /// Units in stock to start with.
+        #[arg(long, default_value_t = 0)]
+        stock: i64,
+    },
+    /// List the catalogue.
+    List,
+}
+
+#[derive(Args)]
+pub struct SellArgs {
+    /// Items as SKU or SKU:QTY.
+    #[arg(required = true)]
+    items: Vec<String>,
+    /// Cash handed over, as a decimal amount; change is given back.
+    #[arg(long)]
+    cash: Option<String>,
+    /// Method that pays the rest of the total exactly (default: cash, when --cash is not given).
+    #[arg(long)]
+    pay: Option<String>,
+    /// Customer id.
+    #[arg(long)]
+    customer: Option<String>,
+}
+
+#[derive(Args)]
+pub struct RefundArgs {
+    sale_id: String,
+    /// A part to refund, as LINE:QTY (line numbers start at 0); repeatable. None: everything.
+    #[arg(long = "line")]
+    lines: Vec<String>,
+    #[arg(long, default_value = "")]
+    reason: String,
+    /// The goods are not put back in stock (damaged, say).
+    #[arg(long)]
+    no_restock: bool,
+}
+
+#[derive(Args)]
+pub struct StockArgs {
+    /// Adjust stock: SKU:DELTA ("TEA-1:24" after a delivery, "TEA-1:-2" for breakage); repeatable.
+    #[arg(long = "adjust")]
+    adjust: Vec<String>,
+    /// Why stock is adjusted (required with --adjust).
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum CustomerCmd {
+    /// Add a customer.
+    Add {
+        /// The name shown on receipts and in lists.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        phone: Option<String>,
+    },
+    /// List customers.
+    List,
+}
+
+#[derive(Clone, Copy)]
+pub struct Output {
+    pub json: bool,
+}
+
+impl Output {
+    pub fn show(&self, value: &Value, text: impl FnOnce() -> String) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
+        } else {
+            println!("{}", text());
+        }
+    }
+}
+
+fn split_pair<'a>(text: &'a str, what: &str) -> anyhow::Result<(&'a str, &'a str)> {
+    text.rsplit_once(':')
+        .with_context(|| format!("'{text}' should be {what}"))
+}
+
+pub fn money(v: &Value) -> String {
+    let amount = v.get("amount_minor").and_then(Value::as_i64).unwrap_or(0);
+    match v
+        .get("currency")
+        .and_then(Value::as_str)
+        .and_then(|c| c.parse::<Currency>().ok())
+    {
+        Some(c) => format!("{} {c}", c.format_amount(amount)),
+        None => amount.to_string(),
+    }
+}
+
+async fn currency(client: &Client) -> anyhow::Result<Currency> {
+    let settings = client.get("/v1/settings").await?;
+    Ok(serde_json::from_value(settings["currency"].clone())?)
+}
+
+pub async fn dispatch(data: &Path, command: Command, out: Output) -> anyhow::Result<()> {
+    let client = Client::connect(data).await?;
+    match command {
+        Command::Status => {
+            let s = client.get("/v1/status").await?;
+            out.show(&s, || {
+                let docs = s["documents"].as_object().map(|m| {
+                    m.iter().filter(|(_, n)| n.as_u64() != Some(0)).map(|(t, n)| format!("{t}: {n}")).collect::<Vec<_>>().join(", ")
+                });
+                format!(
+                    "device   {} ({})\nmesh     {}\nentries  {} from {} device(s)\ndocs     {}\nrejected {}",
+                    s["device"]["name"].as_str().unwrap_or("?"),
+                    s["device"]["id"].as_str().unwrap_or("?"),
+                    s["mesh_id"].as_str().unwrap_or("?"),
+                    s["entries"],
+                    s["version_vector"].as_object().map(|m| m.len()).unwrap_or(0),
+                    docs.unwrap_or_default(),
+                    s["rejected"]["count"],
+                )
+            });
+        }
+        Command::Product(ProductCmd::Add {
+            sku,
+            name,
+            price,
+            tax_code,
+            stock,
+        }) => {
+            let cur = currency(&client).await?;
+            let amount = cur.parse_amount(&price)?;
+            let body = json!({ "sku": sku, "name": name, "price": { "amount_minor": amount, "currency": cur }, "tax_code": tax_code, "stock": stock });
+            let p = client.post("/v1/products", &body).await?;
+            out.show(&p, || {
+                format!(
+                    "added {} {} at {} ({} in stock), id {}",
+                    p["sku"].as_str().unwrap_or(""),
+                    p["name"].as_str().unwrap_or(""),
+                    money(&p["price"]),
+                    p["stock"],
+                    p["id"].as_str().unwrap_or("")
+                )
+            });
+        }
+        Command::Product(ProductCmd::List) => print_catalogue(&client, out).await?,
+        Command::Stock(StockArgs {
+            adjust,
+            reason: None,
+        }) if adjust.is_empty() => print_catalogue(&client, out).await?,
+        Command::Stock(StockArgs { adjust, reason }) => {
+            if adjust.is_empty() {
+                bail!("--reason goes with --adjust SKU:DELTA");
+            }
+            let reason = reason.context(
+                "say why stock moves with --reason (\"delivery\", \"breakage\", \"count\")",
+            )?;
+            let mut lines = Vec::new();
+            for a in &adjust {
+                let (sku, delta) = split_pair(a, "SKU:DELTA")?;
+                let delta: i64 = delta
+                    .parse()
+                    .with_context(|| format!("'{delta}' in '{a}' is not a whole number"))?;
+                lines.push(json!({ "sku": sku, "delta": delta }));
+            }
+            let adj = client
+                .post(
+                    "/v1/stock-adjustments",
+                    &json!({ "lines": lines, "reason": reason }),
+                )
+                .await?;
+            out.show(&adj, || {
+                format!(
+                    "stock adjusted ({} line(s)), record {}",
+                    lines.len(),
+                    adj["id"].as_str().unwrap_or("")
+                )
+            });
+        }
+        Command::Sell(SellArgs {
+            items,
+            cash,
+            pay,
+            customer,
+        }) => {
+            let mut lines = Vec::new();
+            for item in &items {
+                let (sku, qty) = match item.rsplit_once(':') {
+                    Some((s, q)) => (
+                        s,
+                        q.parse::<i64>()
+                            .with_context(|| format!("'{q}' in '{item}' is not a quantity"))?,
+                    ),
+                    None => (item.as_str(), 1),
+                };
+                lines.push(json!({ "sku": sku, "qty": qty }));
+            }
+            let mut payments = Vec::new();
+            if let Some(cash) = &cash {
+                let cur = currency(&client).await?;
+                payments.push(json!({ "method": "cash", "amount_minor": cur.parse_amount(cash)? }));
+            }
+            if let Some(method) = pay.or_else(|| cash.is_none().then(|| "cash".to_owned())) {
+                payments.push(json!({ "method": method }));
+            }
+            let mut body = json!({ "lines": lines, "payments": payments });
+            if let Some(c) = customer {
+                body["customer_id"] = json!(c);
+            }
+            let s = client.post("/v1/sales", &body).await?;
+            out.show(&s, || {
+                let mut t = format!(
+                    "sale {}  total {}  paid {}",
+                    s["receipt_number"].as_str().unwrap_or(""),
+                    money(&s["total"]),
+                    money(&s["paid"])
+                );
+                if s["change"]["amount_minor"].as_i64().unwrap_or(0) > 0 {
+                    t += &format!("  change {}", money(&s["change"]));
+                }
+                t + &format!("\nid {}", s["id"].as_str().unwrap_or(""))
+            });
+        }
+        Command::Sales { limit } => {
+            let page = client.get(&format!("/v1/sales?limit={limit}")).await?;
+            out.show(&page, || {
+                let mut t = format!(
+                    "{:<16} {:<10} {:>12}  {:<36}",
+                    "RECEIPT", "STATUS", "TOTAL", "ID"
+                );
+                for s in page["items"].as_array().into_iter().flatten() {
+                    t += &format!(
+                        "\n{:<16} {:<10} {:>12}  {}",
+                        s["receipt_number"].as_str().unwrap_or(""),
+                        s["status"].as_str().unwrap_or(""),
+                        money(&s["total"]),
+                        s["id"].as_str().unwrap_or("")
+                    );
+                }
+                t
+            });
+        }
+        Command::Void { sale_id, reason } => {
+            let s = client
+                .post(
+                    &format!("/v1/sales/{sale_id}/void"),
+                    &json!({ "reason": reason }),
+                )
+                .await?;
+            out.show(&s, || {
+                format!(
+                    "sale {} voided; its goods are back in stock",
+                    s["receipt_number"].as_str().unwrap_or("")
+                )
+            });
+        }
+        Command::Refund(RefundArgs {
+            sale_id,
+            lines,
+            reason,
+            no_restock,
+        }) => {
+            let mut parts = Vec::new();
+            for l in &lines {
+                let (line, qty) = split_pair(l, "LINE:QTY")?;
+                parts.push(json!({ "line": line.parse::<usize>().context("line numbers are whole numbers")?, "qty": qty.parse::<i64>().context("quantities are whole numbers")? }));
+            }
+            let r = client
+                .post(
+                    &format!("/v1/sales/{sale_id}/refund"),
+                    &json!({ "lines": parts, "reason": reason, "restock": !no_restock }),
+                )
+                .await?;
+            out.show(&r, || {
+                format!(
+                    "refunded {} by {} against sale {}",
+                    money(&r["total"]),
+                    r["method"].as_str().unwrap_or(""),
+                    r["sale_receipt_number"].as_str().unwrap_or("")
+                )
+            });
+        }
+        Command::Customer(CustomerCmd::Add { name, email, phone }) => {
+            let mut body = json!({ "display_name": name });
+            if let Some(e) = email {
+                body["email"] = json!(e);
+            }
+            if let Some(p) = phone {
+                body["phone"] = json!(p);
+            }
+            let c = client.post("/v1/customers", &body).await?;
+            out.show(&c, || {
+                format!(
+                    "added customer {}, id {}",
+                    c["display_name"].as_str().unwrap_or(""),
+                    c["id"].as_str().unwrap_or("")
+                )
+            });
+        }
+        Command::Customer(CustomerCmd::List) => {
+            let list = all_pages(&client, "/v1/customers").await?;
+            out.show(&Value::Array(list.clone()), || {
+                let mut t = format!("{:<30} {:<30} {}", "NAME", "EMAIL", "ID");
+                for c in &list {
+                    t += &format!(
+                        "\n{:<30} {:<30} {}",
+                        c["display_name"].as_str().unwrap_or(""),
+                        c["email"].as_str().unwrap_or(""),
+                        c["id"].as_str().unwrap_or("")
+                    );
+                }
+                t
+            });
+        }
+        Command::Tax {
+            code,
+            percent,
+            name,
+        } => {
+            let ppm = parse_decimal(&percent, 4)
+                .with_context(|| format!("'{percent}' is not a percentage like 8.25"))?;
+            let rate_ppm = u32::try_from(ppm)
+                .ok()
+                .filter(|p| *p <= 1_000_000)
+                .with_context(|| format!("{percent} % is not between 0 and 100"))?;
+            let s = client
+                .put(
+                    &format!("/v1/settings/tax-rates/{code}"),
+                    &json!({ "name": name.unwrap_or_else(|| code.clone()), "rate_ppm": rate_ppm }),
+                )
+                .await?;
+            out.show(&s, || format!("tax code {code} is now {percent} %"));
+        }
+        Command::Init { .. } | Command::Run { .. } | Command::Demo { .. } => {
+            unreachable!("handled by the caller")
+        }
+    }
+    Ok(())
+}
+
+async fn print_catalogue(client: &Client, out: Output) -> anyhow::Result<()> {
+    let list = all_pages(client, "/v1/products").await?;
+    out.show(&Value::Array(list.clone()), || {
+        let mut s = format!(
+            "{:<16} {:<28} {:>12} {:>7}",
+            "SKU", "NAME", "PRICE", "STOCK"
+        );
+        for p in &list {
+            s += &format!(
+                "\n{:<16} {:<28} {:>12} {:>7}",
+                p["sku"].as_str().unwrap_or(""),
+                p["name"].as_str().unwrap_or(""),
+                money(&p["price"]),
+                p["stock"]
+            );
+        }
+        s
+    });
+    Ok(())
+}
+
+/// Walks every page of a listing.
+async fn all_pages(client: &Client, path: &str) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let url = match &after {
+            Some(a) => format!("{path}?limit=1000&after={a}"),
+            None => format!("{path}?limit=1000"),
+        };
+        let page = client.get(&url).await?;
+        out.extend(page["items"].as_array().cloned().unwrap_or_default());
+        match page["next_after"].as_str() {
+            Some(a) => after = Some(a.to_owned()),
+            None => return Ok(out),
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The writer's working set of Automerge documents.
+//!
+//! Invariant: the open write transaction holds every change staged so far (chunks and the doc
+//! record are written as each change is staged). The cache only saves re-loading; dropping any
+//! entry, or all of them, at any moment loses nothing. That is how a refused ingest and a failed
+//! commit roll back: evict, and the next load reads the transaction's (or the disk's) truth.
+
+use std::collections::HashMap;
+
+use automerge::{ActorId, AutoCommit};
+use redb::ReadableTable;
+use tillmesh_protocol::{DocId, DocType};
+
+use crate::store::tables::{DocRecord, Tables};
+
+use super::WriteError;
+
+/// Changes kept beside a snapshot before it is rewritten. With the size rule below this makes
+/// compaction cost amortised O(1) per change, even for a product sold a million times.
+const CHUNKS_BEFORE_COMPACT: u32 = 64;
+/// Documents kept loaded between batches; beyond it the cache drops what is not a product.
+const CACHED_DOCS_MAX: usize = 4096;
+
+pub struct CachedDoc {
+    pub doc: AutoCommit,
+    pub record: DocRecord,
+}
+
+pub struct DocCache {
+    actor: ActorId,
+    docs: HashMap<DocId, CachedDoc>,
+}
+
+impl DocCache {
+    pub fn new(actor: ActorId) -> Self {
+        DocCache {
+            actor,
+            docs: HashMap::new(),
+        }
+    }
+
+    pub fn actor(&self) -> &ActorId {
+        &self.actor
+    }
+
+    pub fn clear(&mut self) {
+        self.docs.clear();
+    }
+
+    pub fn evict(&mut self, id: &DocId) {
+        self.docs.remove(id);
+    }
+
+    /// Loads a document (from the cache, or from the transaction's view of the store).
+    pub fn get(
+        &mut self,
+        t: &Tables<'_>,
+        id: &DocId,
+    ) -> Result<Option<&mut CachedDoc>, WriteError> {
+        if !self.docs.contains_key(id) {
+            let Some(doc) = load(t, id, &self.actor)? else {
+                return Ok(None);
+            };
+            self.docs.insert(*id, doc);
+        }
+        Ok(self.docs.get_mut(id))
+    }
+
+    /// Takes a freshly created document into the store: its first change becomes chunk 0.
+    pub fn insert_new(
+        &mut self,
+        t: &mut Tables<'_>,
+        id: DocId,
+        doc_type: DocType,
+        doc: AutoCommit,
+        first_change: &[u8],
+    ) -> Result<(), WriteError> {
+        let mut cached = CachedDoc {
+            doc,
+            record: DocRecord {
+                doc_type: doc_type.code(),
+                chunks: 0,
+                chunk_bytes: 0,
+                snapshot_bytes: 0,
+            },
+        };
+        append_chunk(t, &id, &mut cached.record, first_change)?;
+        t.by_type.insert((doc_type.code(), id.as_bytes()), ())?;
+        let n = t
+            .counts
+            .get(doc_type.code())?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        t.counts.insert(doc_type.code(), n + 1)?;
+        self.docs.insert(id, cached);
+        Ok(())
+    }
+
+    /// Records a change already applied to a cached document.
+    pub fn record_change(
+        &mut self,
+        t: &mut Tables<'_>,
+        id: &DocId,
+        change: &[u8],
+    ) -> Result<(), WriteError> {
+        let cached = self.docs.get_mut(id).ok_or_else(|| {
+            WriteError::Internal(format!("document {id} changed while not loaded"))
+        })?;
+        append_chunk(t, id, &mut cached.record, change)
+    }
+
+    /// Rewrites a document's snapshot when its chunks have grown large enough.
+    pub fn maybe_compact(&mut self, t: &mut Tables<'_>, id: &DocId) -> Result<(), WriteError> {
+        let Some(c) = self.docs.get_mut(id) else {
+            return Ok(());
+        };
+        let r = c.record;
+        if r.chunks < CHUNKS_BEFORE_COMPACT || r.chunk_bytes * 2 < r.snapshot_bytes {
+            return Ok(());
+        }
+        // Changes still waiting for their dependencies are not part of a save; keep the chunks.
+        if !c.doc.get_missing_deps(&[]).is_empty() {
+            return Ok(());
+        }
+        let snapshot = c.doc.save();
+        t.snapshots.insert(id.as_bytes(), snapshot.as_slice())?;
+        for n in 0..r.chunks {
+            t.chunks.remove((id.as_bytes(), n))?;
+        }
+        c.record = DocRecord {
+            chunks: 0,
+            chunk_bytes: 0,
+            snapshot_bytes: snapshot.len() as u64,
+            ..r
+        };
+        t.docs.insert(id.as_bytes(), c.record.to_tuple())?;
+        Ok(())
+    }
+
+    /// Bounds memory between batches: sales and other one-off documents go first.
+    pub fn trim(&mut self) {
+        if self.docs.len() <= CACHED_DOCS_MAX {
+            return;
+        }
+        let product = DocType::Product.code();
+        let settings = DocType::Settings.code();
+        self.docs
+            .retain(|_, c| c.record.doc_type == product || c.record.doc_type == settings);
+        if self.docs.len() > CACHED_DOCS_MAX {
+            self.docs.clear();
+        }
+    }
+}
+
+fn append_chunk(
+    t: &mut Tables<'_>,
+    id: &DocId,
+    record: &mut DocRecord,
+    change: &[u8],
+) -> Result<(), WriteError> {
+    t.chunks.insert((id.as_bytes(), record.chunks), change)?;
+    record.chunks += 1;
+    record.chunk_bytes += change.len() as u64;
+    t.docs.insert(id.as_bytes(), record.to_tuple())?;
+    Ok(())
+}
+
+fn load(t: &Tables<'_>, id: &DocId, actor: &ActorId) -> Result<Option<CachedDoc>, WriteError> {
+    let Some(record) = t
+        .docs
+        .get(id.as_bytes())?
+        .map(|v| DocRecord::from_tuple(v.value()))
+    else {
+        return Ok(None);
+    };
+    let damaged = |e: automerge::AutomergeError| {
+        WriteError::Internal(format!("document {id} in the store is damaged: {e}"))
+    };
+    let mut doc = match t.snapshots.get(id.as_bytes())? {
+        Some(s) => AutoCommit::load(s.value()).map_err(damaged)?,
+        None => AutoCommit::new(),
+    };
+    for n in 0..record.chunks {
+        let chunk = t
+            .chunks
+            .get((id.as_bytes(), n))?
+            .ok_or_else(|| WriteError::Internal(format!("document {id} is missing change {n}")))?;
+        doc.load_incremental(chunk.value()).map_err(damaged)?;
+    }
+    doc.set_actor(actor.clone());
+    Ok(Some(CachedDoc { doc, record }))
+}

@@ -1,0 +1,441 @@
+//! The document repo: the one way into and out of a node's store.
+//!
+//! Writes (till commands and entries from other devices) go to a single writer thread that
+//! group-commits them: each command becomes one signed entry, a batch of entries becomes one
+//! redb transaction, and each caller is answered only after that transaction has committed.
+//! Reads go straight to redb's MVCC snapshots and never wait for the writer.
+
+mod docs;
+pub mod requests;
+mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use serde::Serialize;
+use serde_json::Value as Json;
+use tillmesh_protocol::docmap::DocError;
+use tillmesh_protocol::schema::{Document, Settings};
+use tillmesh_protocol::{
+    Currency, DeviceId, DeviceKey, DocId, DocType, MeshId, SchemaError, SignedEntry, VersionVector,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::store::tables::{BY_TYPE, COUNTS, ENTRIES, HEADS, REJECTED, SKUS, VIEWS};
+use crate::store::{self, OpenError};
+use requests::*;
+
+/// Jobs waiting for the writer; a full queue makes callers wait (backpressure), not fail.
+const JOBS_QUEUED_MAX: usize = 8192;
+/// Events kept for slow subscribers of the change stream before they are told they lagged.
+const EVENTS_BUFFERED_MAX: usize = 16_384;
+/// Listing pages are capped so one request can't pull a whole store into memory.
+pub const LIST_LIMIT_MAX: usize = 1000;
+
+/// Why a write was refused. Nothing of a refused write is stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    #[error("{0}")]
+    Invalid(#[from] SchemaError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{what} {id} does not exist")]
+    NotFound { what: &'static str, id: String },
+    #[error("{0}")]
+    UnknownProduct(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the disk is full, so nothing was written; free some space and try again")]
+    DiskFull,
+    #[error(
+        "the store could not write ({0}), so nothing was written; try again, and check the disk if it persists"
+    )]
+    Storage(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("the node is shutting down; nothing was written")]
+    ShuttingDown,
+}
+
+macro_rules! storage_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for WriteError {
+            fn from(e: $t) -> Self {
+                let e: redb::Error = e.into();
+                match e {
+                    redb::Error::Io(io) => {
+                        let se = redb::StorageError::Io(io);
+                        if store::is_disk_full(&se) { WriteError::DiskFull } else { WriteError::Storage(se.to_string()) }
+                    }
+                    other => WriteError::Storage(other.to_string()),
+                }
+            }
+        }
+    )*};
+}
+storage_errors!(
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    redb::CommitError
+);
+
+impl From<DocError> for WriteError {
+    fn from(e: DocError) -> Self {
+        WriteError::Internal(e.to_string())
+    }
+}
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("reading the store failed: {0}")]
+    Storage(String),
+    #[error("document {id} is not a readable {doc_type}: {reason}")]
+    Unreadable {
+        id: DocId,
+        doc_type: DocType,
+        reason: String,
+    },
+}
+
+macro_rules! read_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ReadError {
+            fn from(e: $t) -> Self { ReadError::Storage(e.to_string()) }
+        }
+    )*};
+}
+read_errors!(redb::StorageError, redb::TableError, redb::TransactionError);
+
+/// A till command, executed as one signed entry.
+#[derive(Debug, Clone)]
+pub enum Command {
+    InitSettings(Settings),
+    SetTaxRate { code: String, rate: SetTaxRate },
+    CreateProduct(NewProduct),
+    Sell(NewSale),
+    Void { sale_id: DocId, request: VoidSale },
+    Refund { sale_id: DocId, request: RefundSale },
+    CreateCustomer(NewCustomer),
+    PatchCustomer { id: DocId, patch: CustomerPatch },
+    AdjustStock(NewStockAdjustment),
+}
+
+/// What a committed command wrote.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The document the command is about (the sale, the product, the refund...).
+    pub doc_id: DocId,
+    pub doc: Arc<Json>,
+    pub author: DeviceId,
+    pub seq: u64,
+}
+
+/// What became of an entry from another device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum IngestOutcome {
+    Applied,
+    /// Already held: nothing to do.
+    Duplicate,
+    /// Earlier entries of this author are missing; send those first. Nothing was stored.
+    Gap {
+        have: u64,
+    },
+    /// Refused, kept aside with the reason, never applied.
+    Rejected {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    Local,
+    Remote,
+}
+
+/// A committed change to a document, for the event stream.
+#[derive(Debug, Clone)]
+pub struct DocEvent {
+    pub doc_id: DocId,
+    pub doc_type: DocType,
+    pub origin: Origin,
+    pub author: DeviceId,
+    pub seq: u64,
+    pub doc: Arc<Json>,
+}
+
+pub(crate) enum Job {
+    Command(Command, oneshot::Sender<Result<Written, WriteError>>),
+    Ingest(
+        Box<SignedEntry>,
+        oneshot::Sender<Result<IngestOutcome, WriteError>>,
+    ),
+}
+
+/// A device's identity as everyone may see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PublicIdentity {
+    pub device_id: DeviceId,
+    pub device_name: String,
+    pub mesh_id: MeshId,
+    pub root_id: DeviceId,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RejectedEntry {
+    pub number: u64,
+    pub author: Option<DeviceId>,
+    pub seq: Option<u64>,
+    pub reason: String,
+}
+
+/// A handle on an open node store. Cheap to clone; the writer stops when the last clone drops.
+#[derive(Clone)]
+pub struct Repo {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    identity: PublicIdentity,
+    jobs: mpsc::Sender<Job>,
+    events: broadcast::Sender<DocEvent>,
+}
+
+impl Repo {
+    /// Creates a new mesh with this device as its owner, in an empty or new folder.
+    pub async fn init(
+        dir: &Path,
+        device_name: &str,
+        currency: Currency,
+    ) -> Result<Repo, InitError> {
+        let key = DeviceKey::from_secret(random_bytes());
+        let mesh = MeshId::from_root(&key.device_id());
+        let root = key.device_id();
+        let db = store::create(dir, device_name, key, mesh, root)?;
+        drop(db);
+        let repo = Repo::open(dir)?;
+        repo.execute(Command::InitSettings(Settings::new(device_name, currency)))
+            .await?;
+        Ok(repo)
+    }
+
+    /// Opens an existing store and starts its writer. Reads nothing but the identity and the
+    /// writer's counters, so a store of any size opens in constant time.
+    pub fn open(dir: &Path) -> Result<Repo, OpenError> {
+        let (db, identity) = store::open(dir)?;
+        let db = Arc::new(db);
+        let public = PublicIdentity {
+            device_id: identity.device_id,
+            device_name: identity.device_name.clone(),
+            mesh_id: identity.mesh_id,
+            root_id: identity.root_id,
+        };
+        let (jobs, rx) = mpsc::channel(JOBS_QUEUED_MAX);
+        let (events, _) = broadcast::channel(EVENTS_BUFFERED_MAX);
+        let state = writer::Writer::load(db.clone(), identity).map_err(|e| OpenError::Storage {
+            path: store::store_path(dir),
+            detail: e.to_string(),
+        })?;
+        let ev = events.clone();
+        std::thread::Builder::new()
+            .name("tillmesh-writer".into())
+            .spawn(move || state.run(rx, ev))
+            .map_err(|e| OpenError::Io {
+                path: dir.to_owned(),
+                source: e,
+            })?;
+        Ok(Repo {
+            inner: Arc::new(Inner {
+                db,
+                identity: public,
+                jobs,
+                events,
+            }),
+        })
+    }
+
+    pub fn identity(&self) -> &PublicIdentity {
+        &self.inner.identity
+    }
+
+    /// Runs a command; answers once its entry is durably committed.
+    pub async fn execute(&self, command: Command) -> Result<Written, WriteError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .jobs
+            .send(Job::Command(command, tx))
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
+        rx.await.map_err(|_| WriteError::ShuttingDown)?
+    }
+
+    /// Verifies, applies and stores an entry from another device.
+    pub async fn ingest(&self, entry: SignedEntry) -> Result<IngestOutcome, WriteError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .jobs
+            .send(Job::Ingest(Box::new(entry), tx))
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
+        rx.await.map_err(|_| WriteError::ShuttingDown)?
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<DocEvent> {
+        self.inner.events.subscribe()
+    }
+
+    fn db(&self) -> &Database {
+        &self.inner.db
+    }
+
+    /// A document's materialized JSON (with its `type`), if held.
+    pub fn view(&self, id: &DocId) -> Result<Option<Json>, ReadError> {
+        let tx = self.db().begin_read()?;
+        let views = tx.open_table(VIEWS)?;
+        let Some(v) = views.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| ReadError::Storage(format!("view of {id}: {e}")))
+    }
+
+    /// A document as a typed value, if held and of type `T`.
+    pub fn get<T: Document>(&self, id: &DocId) -> Result<Option<T>, ReadError> {
+        match self.view(id)? {
+            Some(json) if json.get("type").and_then(Json::as_str) == Some(T::TYPE.name()) => {
+                typed(id, json).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Documents of one type, newest first, strictly older than `before` when given.
+    pub fn list(
+        &self,
+        doc_type: DocType,
+        before: Option<DocId>,
+        limit: usize,
+    ) -> Result<Vec<(DocId, Json)>, ReadError> {
+        let tx = self.db().begin_read()?;
+        let by_type = tx.open_table(BY_TYPE)?;
+        let views = tx.open_table(VIEWS)?;
+        let code = doc_type.code();
+        let end = before.map(|b| b.0).unwrap_or([0xff; 16]);
+        let mut out = Vec::new();
+        for item in by_type.range((code, &[0u8; 16])..(code, &end))?.rev() {
+            if out.len() >= limit.min(LIST_LIMIT_MAX) {
+                break;
+            }
+            let id = DocId(*item?.0.value().1);
+            if let Some(v) = views.get(id.as_bytes())? {
+                let json = serde_json::from_slice(v.value())
+                    .map_err(|e| ReadError::Storage(format!("view of {id}: {e}")))?;
+                out.push((id, json));
+            }
+        }
+        // `before` = [0xff; 16] excludes that one id; no real UUID is all ones.
+        Ok(out)
+    }
+
+    pub fn product_by_sku(&self, sku: &str) -> Result<Option<DocId>, ReadError> {
+        let tx = self.db().begin_read()?;
+        let skus = tx.open_table(SKUS)?;
+        let first = skus.range((sku, &[0u8; 16])..=(sku, &[0xffu8; 16]))?.next();
+        Ok(match first {
+            Some(item) => Some(DocId(*item?.0.value().1)),
+            None => None,
+        })
+    }
+
+    pub fn settings(&self) -> Result<Settings, ReadError> {
+        let id = DocId::derived(&self.inner.identity.mesh_id, "settings");
+        self.get::<Settings>(&id)?
+            .ok_or_else(|| ReadError::Storage("the mesh settings document is missing".into()))
+    }
+
+    pub fn version_vector(&self) -> Result<VersionVector, ReadError> {
+        let tx = self.db().begin_read()?;
+        let heads = tx.open_table(HEADS)?;
+        let mut vv = VersionVector::new();
+        for item in heads.iter()? {
+            let (k, v) = item?;
+            vv.advance(DeviceId(*k.value()), v.value().0);
+        }
+        Ok(vv)
+    }
+
+    /// How many documents of each type are held.
+    pub fn counts(&self) -> Result<Vec<(DocType, u64)>, ReadError> {
+        let tx = self.db().begin_read()?;
+        let counts = tx.open_table(COUNTS)?;
+        let mut out = Vec::new();
+        for t in DocType::ALL {
+            out.push((t, counts.get(t.code())?.map(|v| v.value()).unwrap_or(0)));
+        }
+        Ok(out)
+    }
+
+    /// The stored entry `(author, seq)`, as its signed bytes.
+    pub fn entry(&self, author: &DeviceId, seq: u64) -> Result<Option<Vec<u8>>, ReadError> {
+        let tx = self.db().begin_read()?;
+        let entries = tx.open_table(ENTRIES)?;
+        Ok(entries
+            .get((author.as_bytes(), seq))?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Entries refused on ingest, newest first.
+    pub fn rejected(&self, limit: usize) -> Result<(u64, Vec<RejectedEntry>), ReadError> {
+        let tx = self.db().begin_read()?;
+        let table = tx.open_table(REJECTED)?;
+        let total = table.len()?;
+        let mut out = Vec::new();
+        for item in table.iter()?.rev().take(limit) {
+            let (k, v) = item?;
+            let (reason, bytes) = v.value();
+            // Rejected bytes may be anything; show the author and seq only if they decode.
+            let decoded = SignedEntry::decode(bytes).ok();
+            out.push(RejectedEntry {
+                number: k.value(),
+                author: decoded.as_ref().map(|e| e.entry.author),
+                seq: decoded.as_ref().map(|e| e.entry.seq),
+                reason: reason.to_owned(),
+            });
+        }
+        Ok((total, out))
+    }
+}
+
+/// Parses a stored view as a typed document.
+pub fn typed<T: Document>(id: &DocId, mut json: Json) -> Result<T, ReadError> {
+    if let Some(map) = json.as_object_mut() {
+        map.remove("type");
+        map.remove("schema");
+    }
+    serde_json::from_value(json).map_err(|e| ReadError::Unreadable {
+        id: *id,
+        doc_type: T::TYPE,
+        reason: e.to_string(),
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("the new store could not record its settings: {0}")]
+    Write(#[from] WriteError),
+}
+
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    // A machine without an entropy source cannot make keys or ids; nothing sensible goes on.
+    getrandom::fill(&mut b).expect("the operating system's random number generator failed");
+    b
+}

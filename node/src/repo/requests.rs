@@ -1,0 +1,201 @@
+//! What a till asks the node to do: the JSON bodies of the local API, also used by the CLI.
+//!
+//! Unknown fields are refused, so a typo such as `"quantity"` for `"qty"` is an error that
+//! names the field instead of a silently different sale.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use tillmesh_protocol::schema::Address;
+use tillmesh_protocol::{DocId, Money};
+
+/// A field that may be absent (leave as is), `null` (clear it) or a value (set it).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewProduct {
+    pub sku: String,
+    pub name: String,
+    pub price: Money,
+    #[serde(default = "non_taxable")]
+    pub tax_code: String,
+    #[serde(default)]
+    pub stock: i64,
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+fn non_taxable() -> String {
+    "NON".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A line of a sale: the product by id or by SKU.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaleLineRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<DocId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sku: Option<String>,
+    pub qty: i64,
+    /// Overrides the catalogue price for this line (a discount given at the till).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit_price_minor: Option<i64>,
+}
+
+/// A payment. Without an amount it pays the rest of the total (at most one such payment).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenderRequest {
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_minor: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSale {
+    pub lines: Vec<SaleLineRequest>,
+    pub payments: Vec<TenderRequest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<DocId>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoidSale {
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A line to refund: by its index on the sale, or by product (id or SKU).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundLineRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<DocId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sku: Option<String>,
+    pub qty: i64,
+}
+
+/// A refund. No lines: everything not yet refunded. No method: the sale's first payment method.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundSale {
+    #[serde(default)]
+    pub lines: Vec<RefundLineRequest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub reason: String,
+    /// Whether the goods go back on the shelf (default: yes).
+    #[serde(default = "yes")]
+    pub restock: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewCustomer {
+    pub display_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub given_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub company_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Address>,
+}
+
+/// A partial update of a customer: only the fields present change; `null` clears one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub given_name: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub family_name: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub company_name: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub email: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub phone: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub notes: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub address: Option<Option<Address>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StockLineRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<DocId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sku: Option<String>,
+    pub delta: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewStockAdjustment {
+    pub lines: Vec<StockLineRequest>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetTaxRate {
+    pub name: String,
+    /// Parts per million: 8.25 % is 82500.
+    pub rate_ppm: u32,
+}
