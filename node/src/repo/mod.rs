@@ -202,8 +202,21 @@ pub struct Repo {
 struct Inner {
     db: Arc<Database>,
     identity: PublicIdentity,
-    jobs: mpsc::Sender<Job>,
+    /// `None` only while dropping.
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
     events: broadcast::Sender<DocEvent>,
+}
+
+impl Drop for Inner {
+    /// The last handle closes the store: the writer finishes its batch and exits, and the file
+    /// lock is released before this returns, so the folder can be reopened at once.
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
 }
 
 impl Repo {
@@ -242,7 +255,7 @@ impl Repo {
             detail: e.to_string(),
         })?;
         let ev = events.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("tillmesh-writer".into())
             .spawn(move || state.run(rx, ev))
             .map_err(|e| OpenError::Io {
@@ -253,7 +266,8 @@ impl Repo {
             inner: Arc::new(Inner {
                 db,
                 identity: public,
-                jobs,
+                jobs: Some(jobs),
+                writer: Some(writer),
                 events,
             }),
         })
@@ -266,8 +280,7 @@ impl Repo {
     /// Runs a command; answers once its entry is durably committed.
     pub async fn execute(&self, command: Command) -> Result<Written, WriteError> {
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .jobs
+        self.jobs()?
             .send(Job::Command(command, tx))
             .await
             .map_err(|_| WriteError::ShuttingDown)?;
@@ -277,12 +290,15 @@ impl Repo {
     /// Verifies, applies and stores an entry from another device.
     pub async fn ingest(&self, entry: SignedEntry) -> Result<IngestOutcome, WriteError> {
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .jobs
+        self.jobs()?
             .send(Job::Ingest(Box::new(entry), tx))
             .await
             .map_err(|_| WriteError::ShuttingDown)?;
         rx.await.map_err(|_| WriteError::ShuttingDown)?
+    }
+
+    fn jobs(&self) -> Result<&mpsc::Sender<Job>, WriteError> {
+        self.inner.jobs.as_ref().ok_or(WriteError::ShuttingDown)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<DocEvent> {

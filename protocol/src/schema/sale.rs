@@ -650,6 +650,7 @@ mod tests {
                         amount_minor: a,
                     })
                     .collect(),
+                pay_rest: None,
             },
             &settings(),
         )

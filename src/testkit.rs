@@ -1,0 +1,255 @@
+//! Real nodes for tests and benchmarks.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tillmesh_node::Repo;
+use tillmesh_node::cli::client::api_addr_path;
+use tillmesh_protocol::Currency;
+use tokio::net::TcpListener;
+
+/// How long a node process gets to start serving before a test gives up on it.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A client for one node's API that returns status and body, so tests can assert on both.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: impl Into<String>) -> Self {
+        let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(64).build().expect("http client");
+        Api { base: base.into(), http }
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<(StatusCode, Value)> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Ok((status, value))
+    }
+
+    /// Sends raw bytes as the body (malformed JSON and the like).
+    pub async fn raw(&self, method: Method, path: &str, body: &'static [u8]) -> anyhow::Result<(StatusCode, Value)> {
+        let resp = self.http.request(method, format!("{}{path}", self.base)).header("content-type", "application/json").body(body).send().await?;
+        let status = resp.status();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<(StatusCode, Value)> {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<(StatusCode, Value)> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> anyhow::Result<(StatusCode, Value)> {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<(StatusCode, Value)> {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
+    /// POSTs and insists on a 2xx answer.
+    pub async fn ok_post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let (status, v) = self.post(path, body).await?;
+        if !status.is_success() {
+            bail!("POST {path} answered {status}: {v}");
+        }
+        Ok(v)
+    }
+
+    pub async fn ok_get(&self, path: &str) -> anyhow::Result<Value> {
+        let (status, v) = self.get(path).await?;
+        if !status.is_success() {
+            bail!("GET {path} answered {status}: {v}");
+        }
+        Ok(v)
+    }
+
+    /// Every item of a paged listing.
+    pub async fn all(&self, path: &str) -> anyhow::Result<Vec<Value>> {
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = self.ok_get(&format!("{path}?limit=1000&after={after}")).await?;
+            out.extend(page["items"].as_array().cloned().unwrap_or_default());
+            match page["next_after"].as_str() {
+                Some(a) => after = a.to_owned(),
+                None => return Ok(out),
+            }
+        }
+    }
+}
+
+/// Runs `tillmesh` with arguments and returns its output, failing with its stderr.
+pub fn tillmesh(bin: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let out = Command::new(bin).args(args).env_remove("TILLMESH_DATA").output().with_context(|| format!("running {}", bin.display()))?;
+    Ok(out)
+}
+
+/// A node running as its own process, as a till would run it.
+pub struct NodeProcess {
+    pub dir: PathBuf,
+    pub api: Api,
+    bin: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    /// `tillmesh init` in `dir`.
+    pub fn init(bin: &Path, dir: &Path, name: &str) -> anyhow::Result<()> {
+        let out = tillmesh(bin, &["init", "--data", &dir.to_string_lossy(), "--name", name])?;
+        if !out.status.success() {
+            bail!("tillmesh init failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// `tillmesh run` on `dir` with the API on a free loopback port; returns once it serves.
+    pub async fn start(bin: &Path, dir: &Path) -> anyhow::Result<NodeProcess> {
+        let addr_file = api_addr_path(dir);
+        let _ = std::fs::remove_file(&addr_file);
+        let child = Command::new(bin)
+            .args(["run", "--data", &dir.to_string_lossy(), "--api", "127.0.0.1:0"])
+            .env("TILLMESH_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning tillmesh run")?;
+        let mut node = NodeProcess { dir: dir.to_owned(), api: Api::new(""), bin: bin.to_owned(), child: Some(child) };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = node.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("tillmesh run exited with {status} before serving");
+            }
+            if let Ok(addr) = std::fs::read_to_string(&addr_file) {
+                let api = Api::new(format!("http://{}", addr.trim()));
+                if api.get("/v1/status").await.is_ok_and(|(s, _)| s.is_success()) {
+                    node.api = api;
+                    return Ok(node);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("tillmesh run did not serve within {START_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `kill -9`: no chance to flush or clean up, as when a till loses power.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            Command::new("kill").args(["-TERM", &c.id().to_string()]).status()?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    bail!("node did not stop within 10 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        *self = NodeProcess::start(&self.bin, &self.dir).await?;
+        Ok(())
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A node inside this process: the real repo and API, on a loopback port.
+pub struct InProcessNode {
+    pub repo: Repo,
+    pub api: Api,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl InProcessNode {
+    /// A new mesh in `dir` with this node as its owner.
+    pub async fn init(dir: &Path, name: &str) -> anyhow::Result<InProcessNode> {
+        let repo = Repo::init(dir, name, Currency::USD).await?;
+        Self::serve(repo).await
+    }
+
+    pub async fn open(dir: &Path) -> anyhow::Result<InProcessNode> {
+        Self::serve(Repo::open(dir)?).await
+    }
+
+    pub async fn serve(repo: Repo) -> anyhow::Result<InProcessNode> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let api = Api::new(format!("http://{}", listener.local_addr()?));
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(tillmesh_node::server::run(repo.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        Ok(InProcessNode { repo, api, stop: Some(stop), task: Some(task) })
+    }
+
+    /// Stops serving and waits for the server to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+}
+
+/// A product body as the example gives it.
+pub fn product(sku: &str, name: &str, price_minor: i64, stock: i64) -> Value {
+    serde_json::json!({ "sku": sku, "name": name, "price": { "amount_minor": price_minor, "currency": "USD" }, "tax_code": "NON", "stock": stock })
+}
+
+/// A sale of `qty` of `sku`, paid exactly in cash.
+pub fn cash_sale(sku: &str, qty: i64, paid_minor: i64) -> Value {
+    serde_json::json!({ "lines": [{ "sku": sku, "qty": qty }], "payments": [{ "method": "cash", "amount_minor": paid_minor }] })
+}
+
+/// Percentiles of a set of durations, in microseconds.
+pub fn percentiles_us(samples: &mut [Duration]) -> serde_json::Value {
+    samples.sort();
+    let at = |p: f64| -> u128 {
+        if samples.is_empty() {
+            return 0;
+        }
+        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+        samples[i].as_micros()
+    };
+    serde_json::json!({ "p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "p999": at(0.999), "max": at(1.0), "count": samples.len() })
+}
