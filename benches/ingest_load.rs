@@ -13,7 +13,10 @@ use tillmesh::testkit::{Api, NodeProcess, percentiles_us, product};
 const PRODUCTS: usize = 20;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// `clients` tasks ring up `total` sales between them; returns (wall time, latencies).
@@ -53,7 +56,12 @@ async fn main() -> anyhow::Result<()> {
     NodeProcess::init(bin.as_ref(), &dir, "Load Till")?;
     let node = NodeProcess::start(bin.as_ref(), &dir).await?;
     for p in 0..PRODUCTS {
-        node.api.ok_post("/v1/products", &product(&format!("SKU-{p}"), "Load product", 250, 1_000_000)).await?;
+        node.api
+            .ok_post(
+                "/v1/products",
+                &product(&format!("SKU-{p}"), "Load product", 250, 1_000_000),
+            )
+            .await?;
     }
     drive(&node.api, clients, 2_000).await; // warm-up
 

@@ -17,12 +17,21 @@ use tillmesh_protocol::{Currency, Money};
 
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let sales: usize = std::env::var("TILLMESH_REOPEN_SALES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let sales: usize = std::env::var("TILLMESH_REOPEN_SALES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let bin = env!("CARGO_BIN_EXE_tillmesh");
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("till");
@@ -31,7 +40,14 @@ async fn main() -> anyhow::Result<()> {
     {
         let repo = Arc::new(Repo::init(&dir, "Big Till", Currency::USD).await?);
         for p in 0..50 {
-            let np = NewProduct { sku: format!("SKU-{p}"), name: format!("Product {p}"), price: Money::new(199 + p, Currency::USD), tax_code: "NON".into(), stock: 10_000_000, active: true };
+            let np = NewProduct {
+                sku: format!("SKU-{p}"),
+                name: format!("Product {p}"),
+                price: Money::new(199 + p, Currency::USD),
+                tax_code: "NON".into(),
+                stock: 10_000_000,
+                active: true,
+            };
             repo.execute(Command::CreateProduct(np)).await?;
         }
         let writers = 64;
@@ -41,8 +57,16 @@ async fn main() -> anyhow::Result<()> {
             tasks.push(tokio::spawn(async move {
                 for i in (w..sales).step_by(writers) {
                     let sale = NewSale {
-                        lines: vec![SaleLineRequest { product_id: None, sku: Some(format!("SKU-{}", i % 50)), qty: 1 + (i % 3) as i64, unit_price_minor: None }],
-                        payments: vec![TenderRequest { method: "card".into(), amount_minor: None }],
+                        lines: vec![SaleLineRequest {
+                            product_id: None,
+                            sku: Some(format!("SKU-{}", i % 50)),
+                            qty: 1 + (i % 3) as i64,
+                            unit_price_minor: None,
+                        }],
+                        payments: vec![TenderRequest {
+                            method: "card".into(),
+                            amount_minor: None,
+                        }],
                         customer_id: None,
                     };
                     repo.execute(Command::Sell(sale)).await.expect("sale");

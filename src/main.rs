@@ -1,5 +1,5 @@
 //! The `tillmesh` binary: everything lives in `tillmesh_node::cli`.
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     tillmesh_node::cli::main()
 }

@@ -24,11 +24,23 @@ pub struct Api {
 
 impl Api {
     pub fn new(base: impl Into<String>) -> Self {
-        let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(64).build().expect("http client");
-        Api { base: base.into(), http }
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(64)
+            .build()
+            .expect("http client");
+        Api {
+            base: base.into(),
+            http,
+        }
     }
 
-    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<(StatusCode, Value)> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(b) = body {
             req = req.json(b);
@@ -36,13 +48,25 @@ impl Api {
         let resp = req.send().await?;
         let status = resp.status();
         let bytes = resp.bytes().await?;
-        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
         Ok((status, value))
     }
 
     /// Sends raw bytes as the body (malformed JSON and the like).
-    pub async fn raw(&self, method: Method, path: &str, body: &'static [u8]) -> anyhow::Result<(StatusCode, Value)> {
-        let resp = self.http.request(method, format!("{}{path}", self.base)).header("content-type", "application/json").body(body).send().await?;
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: &'static [u8],
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let resp = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await?;
         let status = resp.status();
         Ok((status, resp.json().await.unwrap_or(Value::Null)))
     }
@@ -85,7 +109,9 @@ impl Api {
         let mut out = Vec::new();
         let mut after = String::new();
         loop {
-            let page = self.ok_get(&format!("{path}?limit=1000&after={after}")).await?;
+            let page = self
+                .ok_get(&format!("{path}?limit=1000&after={after}"))
+                .await?;
             out.extend(page["items"].as_array().cloned().unwrap_or_default());
             match page["next_after"].as_str() {
                 Some(a) => after = a.to_owned(),
@@ -97,7 +123,11 @@ impl Api {
 
 /// Runs `tillmesh` with arguments and returns its output, failing with its stderr.
 pub fn tillmesh(bin: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
-    let out = Command::new(bin).args(args).env_remove("TILLMESH_DATA").output().with_context(|| format!("running {}", bin.display()))?;
+    let out = Command::new(bin)
+        .args(args)
+        .env_remove("TILLMESH_DATA")
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
     Ok(out)
 }
 
@@ -112,9 +142,15 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// `tillmesh init` in `dir`.
     pub fn init(bin: &Path, dir: &Path, name: &str) -> anyhow::Result<()> {
-        let out = tillmesh(bin, &["init", "--data", &dir.to_string_lossy(), "--name", name])?;
+        let out = tillmesh(
+            bin,
+            &["init", "--data", &dir.to_string_lossy(), "--name", name],
+        )?;
         if !out.status.success() {
-            bail!("tillmesh init failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "tillmesh init failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     }
@@ -124,21 +160,40 @@ impl NodeProcess {
         let addr_file = api_addr_path(dir);
         let _ = std::fs::remove_file(&addr_file);
         let child = Command::new(bin)
-            .args(["run", "--data", &dir.to_string_lossy(), "--api", "127.0.0.1:0"])
+            .args([
+                "run",
+                "--data",
+                &dir.to_string_lossy(),
+                "--api",
+                "127.0.0.1:0",
+            ])
             .env("TILLMESH_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .context("spawning tillmesh run")?;
-        let mut node = NodeProcess { dir: dir.to_owned(), api: Api::new(""), bin: bin.to_owned(), child: Some(child) };
+        let mut node = NodeProcess {
+            dir: dir.to_owned(),
+            api: Api::new(""),
+            bin: bin.to_owned(),
+            child: Some(child),
+        };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(status) = node.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = node
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 bail!("tillmesh run exited with {status} before serving");
             }
             if let Ok(addr) = std::fs::read_to_string(&addr_file) {
                 let api = Api::new(format!("http://{}", addr.trim()));
-                if api.get("/v1/status").await.is_ok_and(|(s, _)| s.is_success()) {
+                if api
+                    .get("/v1/status")
+                    .await
+                    .is_ok_and(|(s, _)| s.is_success())
+                {
                     node.api = api;
                     return Ok(node);
                 }
@@ -165,7 +220,9 @@ impl NodeProcess {
     /// SIGTERM, then wait for the process to exit.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(mut c) = self.child.take() {
-            Command::new("kill").args(["-TERM", &c.id().to_string()]).status()?;
+            Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()?;
             let deadline = Instant::now() + Duration::from_secs(10);
             while c.try_wait()?.is_none() {
                 if Instant::now() > deadline {
@@ -217,7 +274,12 @@ impl InProcessNode {
         let task = tokio::spawn(tillmesh_node::server::run(repo.clone(), listener, async {
             let _ = stopped.await;
         }));
-        Ok(InProcessNode { repo, api, stop: Some(stop), task: Some(task) })
+        Ok(InProcessNode {
+            repo,
+            api,
+            stop: Some(stop),
+            task: Some(task),
+        })
     }
 
     /// Stops serving and waits for the server to finish.

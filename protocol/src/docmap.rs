@@ -2,17 +2,19 @@
 //!
 //! Writes go through a JSON tree: maps become Automerge maps, arrays lists, strings scalar
 //! strings (last writer wins per field: two tills renaming a customer must not interleave
-//! characters), integers integers, and the type's [`Document::COUNTERS`] counters. An update
+//! characters), integers integers. A new document is written in one batch splice; an update
 //! writes only the fields that differ, so concurrent edits of different fields both survive.
 
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{
     ActorId, AutoCommit, AutoSerde, ObjId, ObjType, Prop, ROOT, ReadDoc, ScalarValue, Value,
+    hydrate,
 };
 use serde_json::{Map, Value as Json};
+use std::collections::HashMap;
 
-use crate::ids::DeviceId;
-use crate::schema::{DocType, Document, SCHEMA_VERSION};
+use crate::ids::{DeviceId, DocId};
+use crate::schema::{DocType, Document, Refund, SCHEMA_VERSION, Sale, StockAdjustment};
 
 /// Why a document could not be written or read as a typed value.
 #[derive(Debug, thiserror::Error)]
@@ -59,34 +61,56 @@ pub fn create<T: Document>(
     value: &T,
     time_s: i64,
 ) -> Result<(AutoCommit, Vec<u8>), DocError> {
-    let mut doc = AutoCommit::new().with_actor(actor.clone());
-    doc.put(ROOT, "type", T::TYPE.name())?;
-    doc.put(ROOT, "schema", SCHEMA_VERSION)?;
+    let mut root: HashMap<String, hydrate::Value> = HashMap::new();
+    root.insert("type".into(), hydrate::Value::Scalar(T::TYPE.name().into()));
+    root.insert(
+        "schema".into(),
+        hydrate::Value::Scalar(ScalarValue::Uint(SCHEMA_VERSION)),
+    );
     for (key, v) in to_json(value)? {
-        if T::COUNTERS.contains(&key.as_str()) {
-            doc.put(
-                ROOT,
-                key.as_str(),
-                ScalarValue::counter(v.as_i64().unwrap_or(0)),
-            )?;
-        } else {
-            put_json(&mut doc, &ROOT, key.as_str().into(), &v)?;
-        }
+        root.insert(key, hydrate_of(&v));
     }
+    let mut doc = AutoCommit::new().with_actor(actor.clone());
+    // One batch splice for the whole tree: an order of magnitude faster than a put per field.
+    doc.init_root_from_hydrate(&hydrate::Map::from(root))?;
     let change = commit(&mut doc, time_s).expect("a new document always has a change");
     Ok((doc, change))
 }
 
-/// Reads a document as a typed value, checking its type and schema version.
-pub fn read<T: Document>(doc: &AutoCommit) -> Result<T, DocError> {
-    let json = read_json(doc);
-    let Json::Object(mut map) = json else {
+fn hydrate_of(v: &Json) -> hydrate::Value {
+    match v {
+        Json::Array(items) => {
+            hydrate::Value::List(items.iter().map(hydrate_of).collect::<Vec<_>>().into())
+        }
+        Json::Object(fields) => hydrate::Value::Map(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), hydrate_of(v)))
+                .collect::<HashMap<String, _>>()
+                .into(),
+        ),
+        scalar => hydrate::Value::Scalar(scalar_of(scalar)),
+    }
+}
+
+/// The JSON a document holding `value` reads as ([`read_json`]), computed without Automerge:
+/// writers that just wrote `value` use it instead of reading the document back.
+pub fn view_of<T: Document>(value: &T) -> Result<Json, DocError> {
+    let mut map = to_json(value)?;
+    map.insert("type".into(), Json::String(T::TYPE.name().into()));
+    map.insert("schema".into(), Json::from(SCHEMA_VERSION));
+    Ok(Json::Object(map))
+}
+
+/// Reads a view (from [`read_json`] or [`view_of`]) as a typed value, checking type and schema.
+pub fn from_view<T: Document>(view: &Json) -> Result<T, DocError> {
+    let Json::Object(map) = view else {
         return Err(DocError::Shape {
             doc_type: T::TYPE,
             reason: "root is not a map".into(),
         });
     };
-    match map.remove("type") {
+    match map.get("type") {
         Some(Json::String(t)) if t == T::TYPE.name() => {}
         other => {
             return Err(DocError::WrongType {
@@ -97,7 +121,7 @@ pub fn read<T: Document>(doc: &AutoCommit) -> Result<T, DocError> {
             });
         }
     }
-    match map.remove("schema") {
+    match map.get("schema") {
         Some(v) if v.as_u64() == Some(SCHEMA_VERSION) => {}
         other => {
             return Err(DocError::SchemaVersion {
@@ -107,10 +131,15 @@ pub fn read<T: Document>(doc: &AutoCommit) -> Result<T, DocError> {
             });
         }
     }
-    serde_json::from_value(Json::Object(map)).map_err(|e| DocError::Shape {
+    T::deserialize(view).map_err(|e| DocError::Shape {
         doc_type: T::TYPE,
         reason: e.to_string(),
     })
+}
+
+/// Reads a document as a typed value, checking its type and schema version.
+pub fn read<T: Document>(doc: &AutoCommit) -> Result<T, DocError> {
+    from_view(&read_json(doc))
 }
 
 /// The whole document as JSON (counters as their current value).
@@ -130,47 +159,33 @@ pub fn doc_type(doc: &AutoCommit) -> Option<DocType> {
 }
 
 /// Writes the fields where `to` differs from `from` and returns the change, or `None` when
-/// nothing differs. Counters are left alone: they move only by [`increment`].
+/// nothing differs.
 pub fn update<T: Document>(
     doc: &mut AutoCommit,
     from: &T,
     to: &T,
     time_s: i64,
 ) -> Result<Option<Vec<u8>>, DocError> {
-    let mut old = to_json(from)?;
-    let mut new = to_json(to)?;
-    for c in T::COUNTERS {
-        old.remove(*c);
-        new.remove(*c);
-    }
-    diff_map(doc, &ROOT, &old, &new)?;
+    diff_map(doc, &ROOT, &to_json(from)?, &to_json(to)?)?;
     Ok(commit(doc, time_s))
 }
 
-/// Adds `delta` to the counter at root `key`; returns the change.
-pub fn increment(
-    doc: &mut AutoCommit,
-    key: &str,
-    delta: i64,
-    time_s: i64,
-) -> Result<Vec<u8>, DocError> {
-    doc.increment(ROOT, key, delta)?;
-    Ok(commit(doc, time_s).expect("an increment is always a change"))
+/// How a document moves stock, read from its view: `(product, units)` pairs. Documents of other
+/// types, and views that do not read as their type, move nothing.
+pub fn stock_moves(doc_type: DocType, view: &Json) -> Vec<(DocId, i64)> {
+    match doc_type {
+        DocType::Sale => from_view::<Sale>(view).map(|s| s.stock_moves()),
+        DocType::Refund => from_view::<Refund>(view).map(|r| r.stock_moves()),
+        DocType::StockAdjustment => from_view::<StockAdjustment>(view).map(|a| a.stock_moves()),
+        _ => return Vec::new(),
+    }
+    .unwrap_or_default()
 }
 
 fn put_json(doc: &mut AutoCommit, obj: &ObjId, prop: Prop, v: &Json) -> Result<(), DocError> {
     match v {
-        Json::Array(items) => {
-            let list = doc.put_object(obj, prop, ObjType::List)?;
-            for (i, item) in items.iter().enumerate() {
-                insert_json(doc, &list, i, item)?;
-            }
-        }
-        Json::Object(fields) => {
-            let map = doc.put_object(obj, prop, ObjType::Map)?;
-            for (k, item) in fields {
-                put_json(doc, &map, k.as_str().into(), item)?;
-            }
+        Json::Array(_) | Json::Object(_) => {
+            doc.batch_create_object(obj, prop, &hydrate_of(v), false)?;
         }
         scalar => doc.put(obj, prop, scalar_of(scalar))?,
     }
@@ -180,25 +195,7 @@ fn put_json(doc: &mut AutoCommit, obj: &ObjId, prop: Prop, v: &Json) -> Result<(
 fn insert_json(doc: &mut AutoCommit, list: &ObjId, index: usize, v: &Json) -> Result<(), DocError> {
     match v {
         Json::Array(_) | Json::Object(_) => {
-            let kind = if v.is_array() {
-                ObjType::List
-            } else {
-                ObjType::Map
-            };
-            let child = doc.insert_object(list, index, kind)?;
-            match v {
-                Json::Array(items) => {
-                    for (i, item) in items.iter().enumerate() {
-                        insert_json(doc, &child, i, item)?;
-                    }
-                }
-                Json::Object(fields) => {
-                    for (k, item) in fields {
-                        put_json(doc, &child, k.as_str().into(), item)?;
-                    }
-                }
-                _ => unreachable!(),
-            }
+            doc.batch_create_object(list, index, &hydrate_of(v), true)?;
         }
         scalar => doc.insert(list, index, scalar_of(scalar))?,
     }
@@ -272,7 +269,6 @@ fn diff_map(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::DocId;
     use crate::money::{Currency, Money};
     use crate::schema::{Customer, Party, Product, Settings};
 
@@ -283,7 +279,7 @@ mod tests {
             price: Money::new(350, Currency::USD),
             tax_code: "NON".into(),
             active: true,
-            stock: 40,
+            opening_stock: 40,
             ledger: None,
         }
     }
@@ -302,11 +298,9 @@ mod tests {
     }
 
     #[test]
-    fn concurrent_stock_moves_add_up_and_field_edits_merge() {
+    fn concurrent_field_edits_merge() {
         let (mut a, _) = create(&actor_for(&DeviceId([1; 32])), &product(), 0).unwrap();
         let mut b = a.fork().with_actor(actor_for(&DeviceId([2; 32])));
-        increment(&mut a, "stock", -2, 1).unwrap();
-        increment(&mut b, "stock", -3, 1).unwrap();
         let mut renamed = product();
         renamed.name = "Sencha".into();
         update(&mut a, &product(), &renamed, 1).unwrap();
@@ -315,7 +309,6 @@ mod tests {
         update(&mut b, &product(), &repriced, 1).unwrap();
         a.merge(&mut b).unwrap();
         let merged = read::<Product>(&a).unwrap();
-        assert_eq!(merged.stock, 35);
         assert_eq!(merged.name, "Sencha");
         assert_eq!(merged.price.amount_minor, 400);
     }
@@ -339,6 +332,5 @@ mod tests {
                 .is_some()
         );
         assert_eq!(read::<Customer>(&doc).unwrap().0, cleared);
-        let _ = DocId([0; 16]);
     }
 }

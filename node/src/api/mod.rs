@@ -140,10 +140,9 @@ pub(crate) fn present(id: &DocId, json: &Json) -> Json {
     }
     if let Some(ledger_total) = out.get("ledger").and_then(|l| l.get("total")).cloned()
         && out.get("total") != Some(&ledger_total)
+        && let Some(till_total) = out.insert("total".into(), ledger_total)
     {
-        if let Some(till_total) = out.insert("total".into(), ledger_total) {
-            out.insert("till_total".into(), till_total);
-        }
+        out.insert("till_total".into(), till_total);
     }
     Json::Object(out)
 }

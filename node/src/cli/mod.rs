@@ -97,8 +97,19 @@ enum Command {
     },
 }
 
-/// Entry point of the `tillmesh` binary.
-pub fn main() -> anyhow::Result<()> {
+/// Entry point of the `tillmesh` binary: runs the command, prints any error as one readable
+/// message (with its causes), and turns it into a failing exit code.
+pub fn main() -> std::process::ExitCode {
+    match run_cli() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let verbose = matches!(cli.command, Command::Run { .. });
     init_logging(if verbose { "info" } else { "warn" });

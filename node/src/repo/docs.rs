@@ -9,6 +9,8 @@ use std::collections::HashMap;
 
 use automerge::{ActorId, AutoCommit};
 use redb::ReadableTable;
+use serde_json::Value as Json;
+use tillmesh_protocol::docmap;
 use tillmesh_protocol::{DocId, DocType};
 
 use crate::store::tables::{DocRecord, Tables};
@@ -24,6 +26,27 @@ const CACHED_DOCS_MAX: usize = 4096;
 pub struct CachedDoc {
     pub doc: AutoCommit,
     pub record: DocRecord,
+    /// The document's JSON as `docmap::read_json` would give it. Local writes keep it current
+    /// (they know what they wrote); `None` means "read it from the document when asked".
+    view: Option<Json>,
+}
+
+impl CachedDoc {
+    /// The current JSON of the document.
+    pub fn view(&mut self) -> &Json {
+        self.view
+            .get_or_insert_with(|| docmap::read_json(&self.doc))
+    }
+
+    /// Records what a local write made the document read as.
+    pub fn set_view(&mut self, view: Json) {
+        self.view = Some(view);
+    }
+
+    /// After changes whose result is not known without reading the document (remote ones).
+    pub fn forget_view(&mut self) {
+        self.view = None;
+    }
 }
 
 pub struct DocCache {
@@ -74,6 +97,7 @@ impl DocCache {
         doc_type: DocType,
         doc: AutoCommit,
         first_change: &[u8],
+        view: Option<Json>,
     ) -> Result<(), WriteError> {
         let mut cached = CachedDoc {
             doc,
@@ -83,6 +107,7 @@ impl DocCache {
                 chunk_bytes: 0,
                 snapshot_bytes: 0,
             },
+            view,
         };
         append_chunk(t, &id, &mut cached.record, first_change)?;
         t.by_type.insert((doc_type.code(), id.as_bytes()), ())?;
@@ -116,10 +141,6 @@ impl DocCache {
         };
         let r = c.record;
         if r.chunks < CHUNKS_BEFORE_COMPACT || r.chunk_bytes * 2 < r.snapshot_bytes {
-            return Ok(());
-        }
-        // Changes still waiting for their dependencies are not part of a save; keep the chunks.
-        if !c.doc.get_missing_deps(&[]).is_empty() {
             return Ok(());
         }
         let snapshot = c.doc.save();
@@ -188,5 +209,9 @@ fn load(t: &Tables<'_>, id: &DocId, actor: &ActorId) -> Result<Option<CachedDoc>
         doc.load_incremental(chunk.value()).map_err(damaged)?;
     }
     doc.set_actor(actor.clone());
-    Ok(Some(CachedDoc { doc, record }))
+    Ok(Some(CachedDoc {
+        doc,
+        record,
+        view: None,
+    }))
 }

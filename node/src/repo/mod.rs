@@ -144,6 +144,11 @@ pub enum IngestOutcome {
     Gap {
         have: u64,
     },
+    /// It builds on changes from other devices that are not held yet; send their entries
+    /// first. Nothing was stored, and nothing is held against the author.
+    Deferred {
+        reason: String,
+    },
     /// Refused, kept aside with the reason, never applied.
     Rejected {
         reason: String,
@@ -153,8 +158,12 @@ pub enum IngestOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
+    /// Written by this device.
     Local,
+    /// Received from another device.
     Remote,
+    /// A product's stock level moved because a sale, refund or adjustment did.
+    Stock,
 }
 
 /// A committed change to a document, for the event stream.
@@ -163,13 +172,14 @@ pub struct DocEvent {
     pub doc_id: DocId,
     pub doc_type: DocType,
     pub origin: Origin,
-    pub author: DeviceId,
-    pub seq: u64,
+    /// The entry that changed the document; none for a stock level that moved.
+    pub author: Option<DeviceId>,
+    pub seq: Option<u64>,
     pub doc: Arc<Json>,
 }
 
 pub(crate) enum Job {
-    Command(Command, oneshot::Sender<Result<Written, WriteError>>),
+    Command(Box<Command>, oneshot::Sender<Result<Written, WriteError>>),
     Ingest(
         Box<SignedEntry>,
         oneshot::Sender<Result<IngestOutcome, WriteError>>,
@@ -200,7 +210,7 @@ pub struct Repo {
 }
 
 struct Inner {
-    db: Arc<Database>,
+    db: Arc<store::Shared>,
     identity: PublicIdentity,
     /// `None` only while dropping.
     jobs: Option<mpsc::Sender<Job>>,
@@ -241,7 +251,7 @@ impl Repo {
     /// writer's counters, so a store of any size opens in constant time.
     pub fn open(dir: &Path) -> Result<Repo, OpenError> {
         let (db, identity) = store::open(dir)?;
-        let db = Arc::new(db);
+        let db = Arc::new(store::Shared::new(dir, db));
         let public = PublicIdentity {
             device_id: identity.device_id,
             device_name: identity.device_name.clone(),
@@ -281,7 +291,7 @@ impl Repo {
     pub async fn execute(&self, command: Command) -> Result<Written, WriteError> {
         let (tx, rx) = oneshot::channel();
         self.jobs()?
-            .send(Job::Command(command, tx))
+            .send(Job::Command(Box::new(command), tx))
             .await
             .map_err(|_| WriteError::ShuttingDown)?;
         rx.await.map_err(|_| WriteError::ShuttingDown)?
@@ -305,13 +315,16 @@ impl Repo {
         self.inner.events.subscribe()
     }
 
-    fn db(&self) -> &Database {
-        &self.inner.db
+    fn db(&self) -> Result<Arc<Database>, ReadError> {
+        self.inner
+            .db
+            .get()
+            .map_err(|e| ReadError::Storage(e.to_string()))
     }
 
     /// A document's materialized JSON (with its `type`), if held.
     pub fn view(&self, id: &DocId) -> Result<Option<Json>, ReadError> {
-        let tx = self.db().begin_read()?;
+        let tx = self.db()?.begin_read()?;
         let views = tx.open_table(VIEWS)?;
         let Some(v) = views.get(id.as_bytes())? else {
             return Ok(None);
@@ -338,7 +351,7 @@ impl Repo {
         before: Option<DocId>,
         limit: usize,
     ) -> Result<Vec<(DocId, Json)>, ReadError> {
-        let tx = self.db().begin_read()?;
+        let tx = self.db()?.begin_read()?;
         let by_type = tx.open_table(BY_TYPE)?;
         let views = tx.open_table(VIEWS)?;
         let code = doc_type.code();
@@ -360,7 +373,7 @@ impl Repo {
     }
 
     pub fn product_by_sku(&self, sku: &str) -> Result<Option<DocId>, ReadError> {
-        let tx = self.db().begin_read()?;
+        let tx = self.db()?.begin_read()?;
         let skus = tx.open_table(SKUS)?;
         let first = skus.range((sku, &[0u8; 16])..=(sku, &[0xffu8; 16]))?.next();
         Ok(match first {
@@ -376,7 +389,7 @@ impl Repo {
     }
 
     pub fn version_vector(&self) -> Result<VersionVector, ReadError> {
-        let tx = self.db().begin_read()?;
+        let tx = self.db()?.begin_read()?;
         let heads = tx.open_table(HEADS)?;
         let mut vv = VersionVector::new();
         for item in heads.iter()? {
@@ -388,7 +401,7 @@ impl Repo {
 
     /// How many documents of each type are held.
     pub fn counts(&self) -> Result<Vec<(DocType, u64)>, ReadError> {
-        let tx = self.db().begin_read()?;
+        let tx = self.db()?.begin_read()?;
         let counts = tx.open_table(COUNTS)?;
         let mut out = Vec::new();
         for t in DocType::ALL {
@@ -399,7 +412,7 @@ impl Repo {
 
     /// The stored entry `(author, seq)`, as its signed bytes.
     pub fn entry(&self, author: &DeviceId, seq: u64) -> Result<Option<Vec<u8>>, ReadError> {
-        let tx = self.db().begin_read()?;
+        let tx = self.db()?.begin_read()?;
         let entries = tx.open_table(ENTRIES)?;
         Ok(entries
             .get((author.as_bytes(), seq))?
@@ -408,7 +421,7 @@ impl Repo {
 
     /// Entries refused on ingest, newest first.
     pub fn rejected(&self, limit: usize) -> Result<(u64, Vec<RejectedEntry>), ReadError> {
-        let tx = self.db().begin_read()?;
+        let tx = self.db()?.begin_read()?;
         let table = tx.open_table(REJECTED)?;
         let total = table.len()?;
         let mut out = Vec::new();

@@ -24,14 +24,14 @@ use tokio::sync::{broadcast, mpsc};
 use super::docs::DocCache;
 use super::requests::*;
 use super::{Command, DocEvent, IngestOutcome, Job, Origin, WriteError, Written, random_bytes};
-use crate::store::Identity;
 use crate::store::tables::{HEADS, META, SKUS, Tables, VIEWS, meta_key};
+use crate::store::{self, Identity};
 
 /// Jobs taken into one transaction at most; more wait for the next commit.
 const BATCH_JOBS_MAX: usize = 512;
 
 pub(crate) struct Writer {
-    db: Arc<Database>,
+    store: Arc<store::Shared>,
     id: Identity,
     settings_id: DocId,
     // Everything below is a cache of the store, reloaded after any failed batch.
@@ -77,11 +77,11 @@ fn is_fatal(e: &WriteError) -> bool {
 }
 
 impl Writer {
-    pub(crate) fn load(db: Arc<Database>, id: Identity) -> Result<Writer, WriteError> {
+    pub(crate) fn load(store: Arc<store::Shared>, id: Identity) -> Result<Writer, WriteError> {
         let settings_id = DocId::derived(&id.mesh_id, "settings");
         let actor = actor_for(&id.device_id);
         let mut w = Writer {
-            db,
+            store,
             id,
             settings_id,
             head: (0, EntryHash::ZERO),
@@ -98,7 +98,7 @@ impl Writer {
     /// Re-reads every cached counter from the store.
     fn reload(&mut self) -> Result<(), WriteError> {
         self.cache.clear();
-        let tx = self.db.begin_read()?;
+        let tx = self.db()?.begin_read()?;
         let heads = tx.open_table(HEADS)?;
         self.head = heads
             .get(self.id.device_id.as_bytes())?
@@ -134,6 +134,12 @@ impl Writer {
         Ok(())
     }
 
+    fn db(&self) -> Result<Arc<Database>, WriteError> {
+        self.store
+            .get()
+            .map_err(|e| WriteError::Storage(e.to_string()))
+    }
+
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Job>, events: broadcast::Sender<DocEvent>) {
         while let Some(first) = rx.blocking_recv() {
             let mut jobs = vec![first];
@@ -149,7 +155,7 @@ impl Writer {
 
     fn run_batch(&mut self, jobs: Vec<Job>, events: &broadcast::Sender<DocEvent>) {
         match self.stage_batch(jobs) {
-            Ok((replies, views)) => answer(replies, &views, events),
+            Ok((replies, finished)) => answer(replies, &finished, events),
             Err((replies, err)) => {
                 tracing::warn!(error = %err, "write batch failed; nothing of it was stored");
                 for r in replies {
@@ -162,6 +168,11 @@ impl Writer {
                         }
                     }
                 }
+                // redb refuses all writes on a handle that failed one; a fresh handle reads the
+                // last committed state and writes again once the cause (a full disk) is gone.
+                if let Err(e) = self.store.reopen() {
+                    tracing::error!(error = %e, "reopening the store failed; will retry on the next batch");
+                }
                 if let Err(e) = self.reload() {
                     tracing::error!(error = %e, "reloading the writer's state failed; will retry on the next batch");
                 }
@@ -173,7 +184,7 @@ impl Writer {
     fn stage_batch(
         &mut self,
         jobs: Vec<Job>,
-    ) -> Result<(Vec<Reply>, HashMap<DocId, Arc<Json>>), (Vec<Reply>, WriteError)> {
+    ) -> Result<(Vec<Reply>, Finished), (Vec<Reply>, WriteError)> {
         let mut replies: Vec<Reply> = Vec::with_capacity(jobs.len());
         let mut jobs = jobs.into_iter();
         let fail = |replies: Vec<Reply>, rest: std::vec::IntoIter<Job>, err: WriteError| {
@@ -186,9 +197,9 @@ impl Writer {
             }
             (replies, err)
         };
-        let tx = match self.db.begin_write() {
+        let tx = match self.db().and_then(|db| Ok(db.begin_write()?)) {
             Ok(tx) => tx,
-            Err(e) => return Err(fail(replies, jobs, e.into())),
+            Err(e) => return Err(fail(replies, jobs, e)),
         };
         let mut touched = BTreeSet::new();
         let views = {
@@ -199,7 +210,7 @@ impl Writer {
             for job in jobs.by_ref() {
                 match job {
                     Job::Command(cmd, reply) => {
-                        let r = self.stage_command(&mut t, cmd, &mut touched);
+                        let r = self.stage_command(&mut t, *cmd, &mut touched);
                         if let Err(e) = &r
                             && is_fatal(e)
                         {
@@ -234,30 +245,119 @@ impl Writer {
         Ok((replies, views))
     }
 
-    /// Writes the views of the documents the batch touched, and compacts where due.
+    /// Writes the views of the documents the batch touched, moves the stock levels their
+    /// changes imply, and compacts where due. Returns the new views, and the products whose
+    /// level moved without their own document changing.
     fn finish(
         &mut self,
         t: &mut Tables<'_>,
         touched: &BTreeSet<DocId>,
-    ) -> Result<HashMap<DocId, Arc<Json>>, WriteError> {
+    ) -> Result<Finished, WriteError> {
         let mut views = HashMap::with_capacity(touched.len());
+        let mut moves: BTreeMap<DocId, i64> = BTreeMap::new();
+        let mut products = BTreeSet::new();
         for id in touched {
             let Some(c) = self.cache.get(t, id)? else {
                 continue;
             };
-            let json = docmap::read_json(&c.doc);
-            let bytes =
-                serde_json::to_vec(&json).map_err(|e| WriteError::Internal(e.to_string()))?;
-            t.views.insert(id.as_bytes(), bytes.as_slice())?;
-            if *id == self.settings_id
-                && let Ok(s) = docmap::read::<Settings>(&c.doc)
-            {
-                self.settings = s;
+            let doc_type = DocType::from_code(c.record.doc_type);
+            let json = c.view().clone();
+            if let Some(dt) = doc_type.filter(|d| {
+                matches!(
+                    d,
+                    DocType::Sale | DocType::Refund | DocType::StockAdjustment
+                )
+            }) {
+                // What the document moved before this batch is undone, what it moves now is done:
+                // a sale voided in this batch gives its goods back, a new one takes them.
+                if let Some(old) = t.views.get(id.as_bytes())? {
+                    let old: Json = serde_json::from_slice(old.value())
+                        .map_err(|e| WriteError::Internal(e.to_string()))?;
+                    for (p, q) in docmap::stock_moves(dt, &old) {
+                        *moves.entry(p).or_default() -= q;
+                    }
+                }
+                for (p, q) in docmap::stock_moves(dt, &json) {
+                    *moves.entry(p).or_default() += q;
+                }
+            }
+            if doc_type == Some(DocType::Product) {
+                self.index_sku(t, id, &json)?;
+                products.insert(*id);
+            } else {
+                write_view(t, id, &json)?;
+                if *id == self.settings_id
+                    && let Ok(s) = docmap::from_view::<Settings>(&json)
+                {
+                    self.settings = s;
+                }
+                views.insert(*id, Arc::new(json));
             }
             self.cache.maybe_compact(t, id)?;
-            views.insert(*id, Arc::new(json));
         }
-        Ok(views)
+        let mut stock_only = Vec::new();
+        for (p, delta) in moves.into_iter().filter(|(_, d)| *d != 0) {
+            let moved = t.stock.get(p.as_bytes())?.map(|v| v.value()).unwrap_or(0) + delta;
+            t.stock.insert(p.as_bytes(), moved)?;
+            if products.insert(p) {
+                stock_only.push(p);
+            }
+        }
+        for p in products {
+            // A product's own changes come from the cache; a level that merely moved is patched
+            // into the stored view, without loading the product's document.
+            let base = if touched.contains(&p) {
+                self.cache.get(t, &p)?.map(|c| c.view().clone())
+            } else {
+                t.views
+                    .get(p.as_bytes())?
+                    .and_then(|v| serde_json::from_slice::<Json>(v.value()).ok())
+            };
+            let Some(mut json) = base else { continue };
+            let moved = t.stock.get(p.as_bytes())?.map(|v| v.value()).unwrap_or(0);
+            if let Some(m) = json.as_object_mut() {
+                let opening = m.get("opening_stock").and_then(Json::as_i64).unwrap_or(0);
+                m.insert("stock".into(), Json::from(opening + moved));
+            }
+            write_view(t, &p, &json)?;
+            views.insert(p, Arc::new(json));
+        }
+        stock_only.retain(|p| views.contains_key(p));
+        Ok(Finished { views, stock_only })
+    }
+
+    /// Keeps the SKU index in step with a product's view, whoever changed the product. When
+    /// two products share a SKU (created on two tills apart), the lowest id wins everywhere.
+    fn index_sku(&mut self, t: &mut Tables<'_>, id: &DocId, view: &Json) -> Result<(), WriteError> {
+        let new = view.get("sku").and_then(Json::as_str).map(str::to_owned);
+        let old = match t.views.get(id.as_bytes())? {
+            Some(v) => serde_json::from_slice::<Json>(v.value())
+                .ok()
+                .and_then(|j| j.get("sku").and_then(Json::as_str).map(str::to_owned)),
+            None => None,
+        };
+        if old == new {
+            return Ok(());
+        }
+        if let Some(old) = old {
+            t.skus.remove((old.as_str(), id.as_bytes()))?;
+            if self.skus.get(&old) == Some(id) {
+                self.skus.remove(&old);
+                let next = t
+                    .skus
+                    .range((old.as_str(), &[0u8; 16])..=(old.as_str(), &[0xffu8; 16]))?
+                    .next();
+                if let Some(item) = next {
+                    self.skus.insert(old.clone(), DocId(*item?.0.value().1));
+                }
+            }
+        }
+        if let Some(new) = new {
+            t.skus.insert((new.as_str(), id.as_bytes()), ())?;
+            let held = self.skus.entry(new).or_insert(*id);
+            *held = (*held).min(*id);
+        }
+        Ok(())
     }
 
     // ---- local commands --------------------------------------------------------------------
@@ -380,7 +480,7 @@ impl Writer {
             price: p.price,
             tax_code: p.tax_code,
             active: p.active,
-            stock: p.stock,
+            opening_stock: p.stock,
             ledger: None,
         };
         product.validate(&self.settings)?;
@@ -392,7 +492,8 @@ impl Writer {
         }
         let id = new_doc_id(now);
         self.create_doc(t, ops, id, &product, now)?;
-        t.skus.insert((product.sku.as_str(), id.as_bytes()), ())?;
+        // Claimed now so a second product with this SKU in the same batch is refused; the
+        // index row is written with the view (see `index_sku`).
         self.skus.insert(product.sku, id);
         Ok(id)
     }
@@ -488,12 +589,6 @@ impl Writer {
         // Checked; from here on only the store can fail.
         let id = new_doc_id(now);
         self.create_doc(t, ops, id, &sale, now)?;
-        self.move_stock(
-            t,
-            ops,
-            sale.lines.iter().map(|l| (l.product_id, -l.qty)),
-            now,
-        )?;
         self.receipt_seq += 1;
         t.meta
             .insert(meta_key::RECEIPT_SEQ, &self.receipt_seq.to_be_bytes()[..])?;
@@ -539,15 +634,8 @@ impl Writer {
         });
         sale.check_update(&next)?;
         next.validate(&self.settings)?;
-        self.require_products(t, sale.lines.iter().map(|l| l.product_id))?;
+        // A voided sale moves no stock: its goods are back in stock once this is committed.
         self.update_doc(t, ops, id, &sale, &next, now)?;
-        // A voided sale never left the shop: its goods are back in stock.
-        self.move_stock(
-            t,
-            ops,
-            sale.lines.iter().map(|l| (l.product_id, l.qty)),
-            now,
-        )?;
         Ok(id)
     }
 
@@ -616,19 +704,8 @@ impl Writer {
         }
         sale.check_update(&next)?;
         next.validate(&self.settings)?;
-        if refund.restock {
-            self.require_products(t, refund.lines.iter().map(|l| l.product_id))?;
-        }
         self.create_doc(t, ops, refund_id, &refund, now)?;
         self.update_doc(t, ops, sale_id, &sale, &next, now)?;
-        if refund.restock {
-            self.move_stock(
-                t,
-                ops,
-                refund.lines.iter().map(|l| (l.product_id, l.qty)),
-                now,
-            )?;
-        }
         Ok(refund_id)
     }
 
@@ -659,28 +736,7 @@ impl Writer {
         adj.validate(&self.settings)?;
         let id = new_doc_id(now);
         self.create_doc(t, ops, id, &adj, now)?;
-        self.move_stock(
-            t,
-            ops,
-            adj.lines.iter().map(|l| (l.product_id, l.delta)),
-            now,
-        )?;
         Ok(id)
-    }
-
-    fn require_products(
-        &mut self,
-        t: &Tables<'_>,
-        ids: impl Iterator<Item = DocId>,
-    ) -> Result<(), WriteError> {
-        for id in ids {
-            if self.doc_type(t, &id)? != Some(DocType::Product) {
-                return Err(WriteError::Conflict(format!(
-                    "product {id} is not held on this device yet; try again once it has synced"
-                )));
-            }
-        }
-        Ok(())
     }
 
     fn doc_type(&mut self, t: &Tables<'_>, id: &DocId) -> Result<Option<DocType>, WriteError> {
@@ -704,7 +760,7 @@ impl Writer {
         if c.record.doc_type != T::TYPE.code() {
             return Err(not_found());
         }
-        docmap::read::<T>(&c.doc)
+        docmap::from_view::<T>(c.view())
             .map_err(|e| WriteError::Conflict(format!("{what} {id} cannot be used: {e}")))
     }
 
@@ -717,7 +773,9 @@ impl Writer {
         now: u64,
     ) -> Result<(), WriteError> {
         let (doc, change) = docmap::create(self.cache.actor(), value, (now / 1000) as i64)?;
-        self.cache.insert_new(t, id, T::TYPE, doc, &change)?;
+        let view = docmap::view_of(value)?;
+        self.cache
+            .insert_new(t, id, T::TYPE, doc, &change, Some(view))?;
         ops.push(id, T::TYPE, change);
         Ok(())
     }
@@ -736,31 +794,9 @@ impl Writer {
             .get(t, &id)?
             .ok_or_else(|| WriteError::Internal(format!("{id} vanished during a write")))?;
         if let Some(change) = docmap::update(&mut c.doc, from, to, (now / 1000) as i64)? {
+            c.set_view(docmap::view_of(to)?);
             self.cache.record_change(t, &id, &change)?;
             ops.push(id, T::TYPE, change);
-        }
-        Ok(())
-    }
-
-    /// Moves stock by counter increments, one change per product however many lines name it.
-    fn move_stock(
-        &mut self,
-        t: &mut Tables<'_>,
-        ops: &mut Ops,
-        moves: impl Iterator<Item = (DocId, i64)>,
-        now: u64,
-    ) -> Result<(), WriteError> {
-        let mut per_product: BTreeMap<DocId, i64> = BTreeMap::new();
-        for (id, delta) in moves {
-            *per_product.entry(id).or_default() += delta;
-        }
-        for (id, delta) in per_product.into_iter().filter(|(_, d)| *d != 0) {
-            let c = self.cache.get(t, &id)?.ok_or_else(|| {
-                WriteError::Internal(format!("product {id} vanished during a sale"))
-            })?;
-            let change = docmap::increment(&mut c.doc, "stock", delta, (now / 1000) as i64)?;
-            self.cache.record_change(t, &id, &change)?;
-            ops.push(id, DocType::Product, change);
         }
         Ok(())
     }
@@ -868,18 +904,21 @@ impl Writer {
                 break;
             }
         }
-        if let Some(reason) = refusal {
+        if let Some(refusal) = refusal {
             for dc in entry.docs() {
                 self.cache.evict(&dc.doc_id);
             }
-            return self.reject(t, &entry, reason);
+            return match refusal {
+                Refusal::Reject(reason) => self.reject(t, &entry, reason),
+                Refusal::Defer(reason) => Ok((IngestOutcome::Deferred { reason }, None)),
+            };
         }
         for dc in entry.docs() {
             let mut changes = dc.changes.iter();
             if let Some(doc) = fresh.remove(&dc.doc_id) {
                 let first = changes.next().map(Vec::as_slice).unwrap_or_default();
                 self.cache
-                    .insert_new(t, dc.doc_id, dc.doc_type, doc, first)?;
+                    .insert_new(t, dc.doc_id, dc.doc_type, doc, first, None)?;
             }
             for c in changes {
                 self.cache.record_change(t, &dc.doc_id, c)?;
@@ -912,23 +951,29 @@ impl Writer {
         doc_type: DocType,
         changes: Vec<Change>,
         fresh: &mut HashMap<DocId, AutoCommit>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refusal> {
         let actor = self.cache.actor().clone();
         let settings = self.settings.clone();
-        let existing = self.cache.get(t, &id).map_err(|e| e.to_string())?;
+        let existing = self
+            .cache
+            .get(t, &id)
+            .map_err(|e| Refusal::Reject(e.to_string()))?;
         let (doc, before_sale) = match existing {
             Some(c) => {
                 if c.record.doc_type != doc_type.code() {
-                    return Err(format!(
+                    return Err(Refusal::Reject(format!(
                         "document {id} is a {}, not a {doc_type}",
                         DocType::from_code(c.record.doc_type)
                             .map(|t| t.name())
                             .unwrap_or("?")
-                    ));
+                    )));
                 }
-                let before = (doc_type == DocType::Sale && c.doc.get_missing_deps(&[]).is_empty())
-                    .then(|| docmap::read::<Sale>(&c.doc).ok())
+                // Stored documents are complete (entries with missing dependencies are deferred).
+                let before = (doc_type == DocType::Sale)
+                    .then(|| docmap::from_view::<Sale>(c.view()).ok())
                     .flatten();
+                // Remote changes: what the document reads as is known only by reading it.
+                c.forget_view();
                 (&mut c.doc, before)
             }
             None => (
@@ -939,20 +984,25 @@ impl Writer {
             ),
         };
         doc.apply_changes(changes)
-            .map_err(|e| format!("document {id}: {e}"))?;
-        if !doc.get_missing_deps(&[]).is_empty() {
-            // Waiting for another device's earlier changes; judged once they arrive.
-            return Ok(());
+            .map_err(|e| Refusal::Reject(format!("document {id}: {e}")))?;
+        let missing = doc.get_missing_deps(&[]);
+        if !missing.is_empty() {
+            // It builds on another device's changes not held here. Applying it now would let it
+            // slip in unchecked when those arrive; it waits for them instead.
+            return Err(Refusal::Defer(format!(
+                "document {id}: builds on {} change(s) from other devices not held yet; send their entries first",
+                missing.len()
+            )));
         }
         if let Some(found) = docmap::doc_type(doc)
             && found != doc_type
         {
-            return Err(format!(
+            return Err(Refusal::Reject(format!(
                 "document {id} says it is a {found}, but the entry files it as a {doc_type}"
-            ));
+            )));
         }
         check_remote(doc_type, doc, &settings, before_sale.as_ref())
-            .map_err(|e| format!("{doc_type} {id}: {e}"))
+            .map_err(|e| Refusal::Reject(format!("{doc_type} {id}: {e}")))
     }
 
     fn reject(
@@ -969,6 +1019,15 @@ impl Writer {
             .insert(meta_key::REJECTED_SEQ, &self.rejected_seq.to_be_bytes()[..])?;
         Ok((IngestOutcome::Rejected { reason }, None))
     }
+}
+
+/// Why an ingested entry is not applied now.
+enum Refusal {
+    /// Bad: kept aside with the reason, never applied.
+    Reject(String),
+    /// Good as far as can be told, but it builds on changes not held yet: not stored, and not
+    /// held against its author; it is accepted when sent again after them.
+    Defer(String),
 }
 
 /// The schema rules an ingested document must keep.
@@ -1001,6 +1060,19 @@ fn check_remote(
         DocType::StockAdjustment => check::<StockAdjustment>(doc, settings).map(drop),
         DocType::Refund => check::<Refund>(doc, settings).map(drop),
     }
+}
+
+fn write_view(t: &mut Tables<'_>, id: &DocId, json: &Json) -> Result<(), WriteError> {
+    let bytes = serde_json::to_vec(json).map_err(|e| WriteError::Internal(e.to_string()))?;
+    t.views.insert(id.as_bytes(), bytes.as_slice())?;
+    Ok(())
+}
+
+/// What a batch's `finish` produced for the answers and the event stream.
+struct Finished {
+    views: HashMap<DocId, Arc<Json>>,
+    /// Products whose stock level moved while their own document did not change.
+    stock_only: Vec<DocId>,
 }
 
 fn store_entry(t: &mut Tables<'_>, e: &SignedEntry) -> Result<(), WriteError> {
@@ -1039,48 +1111,59 @@ impl Ops {
     }
 }
 
-fn answer(
-    replies: Vec<Reply>,
-    views: &HashMap<DocId, Arc<Json>>,
-    events: &broadcast::Sender<DocEvent>,
-) {
+/// Publishes every event of the batch, then answers its callers, so a caller that hears back
+/// can count on the events of its write being out.
+fn answer(replies: Vec<Reply>, finished: &Finished, events: &broadcast::Sender<DocEvent>) {
     let empty = Arc::new(Json::Null);
-    let view = |id: &DocId| views.get(id).cloned().unwrap_or_else(|| empty.clone());
+    let view = |id: &DocId| {
+        finished
+            .views
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| empty.clone())
+    };
+    // No subscribers is not an error: sends below ignore it.
     let publish = |s: &Staged, origin: Origin| {
         for (doc_id, doc_type) in &s.docs {
-            // No subscribers is not an error.
             let _ = events.send(DocEvent {
                 doc_id: *doc_id,
                 doc_type: *doc_type,
                 origin,
-                author: s.author,
-                seq: s.seq,
+                author: Some(s.author),
+                seq: Some(s.seq),
                 doc: view(doc_id),
             });
         }
     };
+    for r in &replies {
+        match r {
+            Reply::Command(_, Ok(s)) => publish(s, Origin::Local),
+            Reply::Ingest(_, Ok((_, Some(s)))) => publish(s, Origin::Remote),
+            _ => {}
+        }
+    }
+    for p in &finished.stock_only {
+        let _ = events.send(DocEvent {
+            doc_id: *p,
+            doc_type: DocType::Product,
+            origin: Origin::Stock,
+            author: None,
+            seq: None,
+            doc: view(p),
+        });
+    }
     for r in replies {
         match r {
             Reply::Command(tx, result) => {
-                let result = result.map(|s| {
-                    publish(&s, Origin::Local);
-                    Written {
-                        doc_id: s.primary,
-                        doc: view(&s.primary),
-                        author: s.author,
-                        seq: s.seq,
-                    }
-                });
-                let _ = tx.send(result);
+                let _ = tx.send(result.map(|s| Written {
+                    doc_id: s.primary,
+                    doc: view(&s.primary),
+                    author: s.author,
+                    seq: s.seq,
+                }));
             }
             Reply::Ingest(tx, result) => {
-                let result = result.map(|(outcome, staged)| {
-                    if let Some(s) = &staged {
-                        publish(s, Origin::Remote);
-                    }
-                    outcome
-                });
-                let _ = tx.send(result);
+                let _ = tx.send(result.map(|(outcome, _)| outcome));
             }
         }
     }

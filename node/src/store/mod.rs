@@ -7,6 +7,8 @@ pub mod tables;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use redb::{Database, DatabaseError, ReadableDatabase, StorageError};
 use tillmesh_protocol::{DeviceId, DeviceKey, MeshId};
@@ -84,6 +86,12 @@ fn map_db_error(path: &Path, e: DatabaseError) -> OpenError {
         }
         DatabaseError::Storage(StorageError::Io(io)) if io.kind() == io::ErrorKind::WouldBlock => {
             OpenError::Locked(path.parent().unwrap_or(path).to_owned())
+        }
+        DatabaseError::Storage(StorageError::Io(io)) if io.kind() == io::ErrorKind::InvalidData => {
+            OpenError::NotOurs {
+                path: path.to_owned(),
+                why: io.to_string(),
+            }
         }
         DatabaseError::Storage(StorageError::Io(io)) => OpenError::Io {
             path: path.to_owned(),
@@ -223,6 +231,73 @@ fn read_identity(db: &Database, path: &Path) -> Result<Identity, OpenError> {
         root_id: DeviceId(arr32(meta_key::ROOT_ID)?),
         receipt_prefix: text(meta_key::RECEIPT_PREFIX)?,
     })
+}
+
+/// The open database, shared by the writer and every reader.
+///
+/// redb refuses every later write on a handle that once failed to write (a full disk, say), so
+/// after such a failure the writer closes and reopens it here; readers wait for the swap.
+pub struct Shared {
+    path: PathBuf,
+    db: RwLock<Option<Arc<Database>>>,
+}
+
+/// How long a reopen waits for readers to let go of the old handle.
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
+
+impl Shared {
+    pub fn new(dir: &Path, db: Database) -> Self {
+        Shared {
+            path: store_path(dir),
+            db: RwLock::new(Some(Arc::new(db))),
+        }
+    }
+
+    /// The open database, reopening it first if a failed reopen left none.
+    pub fn get(&self) -> Result<Arc<Database>, OpenError> {
+        if let Some(db) = self.db.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return Ok(db.clone());
+        }
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        let db = Arc::new(
+            builder()
+                .open(&self.path)
+                .map_err(|e| map_db_error(&self.path, e))?,
+        );
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    /// Closes the handle and opens the file again. Callers must not hold a handle themselves.
+    pub fn reopen(&self) -> Result<(), OpenError> {
+        let old = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut arc) = old {
+            let deadline = Instant::now() + REOPEN_WAIT;
+            loop {
+                match Arc::try_unwrap(arc) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(still_shared) if Instant::now() < deadline => {
+                        arc = still_shared;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(still_shared) => {
+                        *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(still_shared);
+                        return Err(OpenError::storage(
+                            &self.path,
+                            "readers kept the store busy; will retry",
+                        ));
+                    }
+                }
+            }
+        }
+        self.get().map(drop)
+    }
 }
 
 /// True when a storage failure means the disk is full: the write was refused whole, and the

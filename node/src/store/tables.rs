@@ -26,6 +26,10 @@ pub const VIEWS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("views
 pub const BY_TYPE: TableDefinition<(u8, &[u8; 16]), ()> = TableDefinition::new("by_type");
 /// Products by SKU.
 pub const SKUS: TableDefinition<(&str, &[u8; 16]), ()> = TableDefinition::new("skus");
+/// Per product: the sum of the stock movements recorded by the sales, refunds and stock
+/// adjustments held. A product's level is its `opening_stock` plus this; kept apart from the
+/// product so movements that arrive before their product are not lost.
+pub const STOCK: TableDefinition<&[u8; 16], i64> = TableDefinition::new("stock");
 /// Documents held, per type code.
 pub const COUNTS: TableDefinition<u8, u64> = TableDefinition::new("counts");
 /// Entries refused on ingest, by arrival number: `(reason, entry bytes)`. Never applied.
@@ -93,6 +97,7 @@ pub fn create_all(tx: &redb::WriteTransaction) -> Result<(), redb::TableError> {
     tx.open_table(SKUS)?;
     tx.open_table(REJECTED)?;
     tx.open_table(COUNTS)?;
+    tx.open_table(STOCK)?;
     Ok(())
 }
 
@@ -110,6 +115,7 @@ pub struct Tables<'t> {
     pub skus: redb::Table<'t, (&'static str, &'static [u8; 16]), ()>,
     pub rejected: redb::Table<'t, u64, (&'static str, &'static [u8])>,
     pub counts: redb::Table<'t, u8, u64>,
+    pub stock: redb::Table<'t, &'static [u8; 16], i64>,
 }
 
 impl<'t> Tables<'t> {
@@ -127,6 +133,7 @@ impl<'t> Tables<'t> {
             skus: tx.open_table(SKUS)?,
             rejected: tx.open_table(REJECTED)?,
             counts: tx.open_table(COUNTS)?,
+            stock: tx.open_table(STOCK)?,
         })
     }
 }

@@ -7,8 +7,15 @@ use super::{
 use crate::ids::{DeviceId, DocId};
 use crate::money::Money;
 
-/// A product in the catalogue. `stock` is an Automerge counter moved by sales, refunds and
-/// adjustments, so concurrent movements on different tills add up.
+/// A product in the catalogue.
+///
+/// Its stock level is not a field that tills overwrite: it is `opening_stock` plus every movement
+/// recorded by sales, refunds and stock adjustments ([`Sale::stock_moves`] and friends). Each
+/// movement is its own document, so concurrent sales on different tills add up, every node that
+/// holds the same documents computes the same level, and a sale never has to touch the product's
+/// document (a hot product's history would otherwise make every sale slower).
+///
+/// [`Sale::stock_moves`]: super::Sale::stock_moves
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Product {
     pub sku: String,
@@ -16,7 +23,8 @@ pub struct Product {
     pub price: Money,
     pub tax_code: String,
     pub active: bool,
-    pub stock: i64,
+    /// Units on hand when the product was added.
+    pub opening_stock: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger: Option<Ledger>,
 }
@@ -33,7 +41,6 @@ impl Product {
 
 impl Document for Product {
     const TYPE: DocType = DocType::Product;
-    const COUNTERS: &'static [&'static str] = &["stock"];
 
     fn validate(&self, settings: &Settings) -> Result<(), SchemaError> {
         check_text("sku", &self.sku, true)?;
@@ -70,6 +77,13 @@ pub struct StockAdjustment {
     pub reason: String,
     pub at_ms: u64,
     pub by: DeviceId,
+}
+
+impl StockAdjustment {
+    /// How this adjustment moves stock: each line's delta.
+    pub fn stock_moves(&self) -> Vec<(DocId, i64)> {
+        self.lines.iter().map(|l| (l.product_id, l.delta)).collect()
+    }
 }
 
 impl Document for StockAdjustment {

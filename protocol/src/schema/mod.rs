@@ -2,9 +2,9 @@
 //! a shop would expect of them.
 //!
 //! Every document's root map holds `"type"` and `"schema"` (this crate's [`SCHEMA_VERSION`]) next
-//! to the type's fields. Money is integer minor units. Counters (a product's stock) are Automerge
-//! counter values, so concurrent sales on different tills add up. The `ledger` map is written only
-//! by the QuickBooks bridge and wins over what tills wrote.
+//! to the type's fields. Money is integer minor units. Stock levels are derived from the
+//! documents that move stock (see [`Product`]), so concurrent sales on different tills add up.
+//! The `ledger` map is written only by the QuickBooks bridge and wins over what tills wrote.
 
 mod catalog;
 mod finance;
@@ -239,9 +239,6 @@ pub(crate) fn expect_eq(
 /// A typed document value with a fixed Automerge layout.
 pub trait Document: Serialize + DeserializeOwned + Clone {
     const TYPE: DocType;
-    /// Root keys stored as Automerge counters (moved by increments, never overwritten).
-    const COUNTERS: &'static [&'static str] = &[];
-
     /// Checks the rules that hold for any value of this type, given the mesh settings.
     fn validate(&self, settings: &Settings) -> Result<(), SchemaError>;
 

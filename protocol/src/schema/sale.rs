@@ -220,6 +220,14 @@ impl Sale {
             })
     }
 
+    /// How this sale moves stock: its lines leave the shop, unless it was voided.
+    pub fn stock_moves(&self) -> Vec<(DocId, i64)> {
+        if self.status == SaleStatus::Voided {
+            return Vec::new();
+        }
+        self.lines.iter().map(|l| (l.product_id, -l.qty)).collect()
+    }
+
     /// The total every view shows: QBO's once the bridge has posted or pulled it.
     pub fn effective_total(&self) -> Money {
         self.ledger
@@ -564,6 +572,16 @@ impl Refund {
     }
 }
 
+impl Refund {
+    /// How this refund moves stock: restocked goods come back.
+    pub fn stock_moves(&self) -> Vec<(DocId, i64)> {
+        if !self.restock {
+            return Vec::new();
+        }
+        self.lines.iter().map(|l| (l.product_id, l.qty)).collect()
+    }
+}
+
 impl Document for Refund {
     const TYPE: DocType = DocType::Refund;
 
@@ -621,7 +639,7 @@ mod tests {
             price: Money::new(price, Currency::USD),
             tax_code: tax.into(),
             active: true,
-            stock: 40,
+            opening_stock: 40,
             ledger: None,
         }
     }

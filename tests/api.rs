@@ -1,0 +1,513 @@
+//! The local HTTP API of one real node (store, writer and server in this process): the shapes a
+//! till's developer relies on, the sale lifecycle, and bad input that must change nothing.
+
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tillmesh::testkit::{Api, InProcessNode, cash_sale, product};
+
+async fn node() -> (tempfile::TempDir, InProcessNode) {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = InProcessNode::init(&tmp.path().join("till"), "Till 1")
+        .await
+        .unwrap();
+    (tmp, node)
+}
+
+async fn stock(api: &Api, id: &str) -> i64 {
+    api.ok_get(&format!("/v1/products/{id}")).await.unwrap()["stock"]
+        .as_i64()
+        .unwrap()
+}
+
+async fn entries(api: &Api) -> u64 {
+    api.ok_get("/v1/status").await.unwrap()["entries"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_shapes_work_as_written() {
+    let (_tmp, node) = node().await;
+    let api = &node.api;
+    let (status, p) = api
+        .post("/v1/products", &json!({"sku": "TEA-1", "name": "Green tea", "price": {"amount_minor": 350, "currency": "USD"}, "tax_code": "NON", "stock": 40}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{p}");
+    assert_eq!(p["stock"], 40);
+    assert_eq!(p["sku"], "TEA-1");
+    let product_id = p["id"].as_str().unwrap().to_owned();
+
+    let (status, s) = api
+        .post("/v1/sales", &json!({"lines": [{"sku": "TEA-1", "qty": 2}], "payments": [{"method": "cash", "amount_minor": 700}]}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{s}");
+    assert_eq!(s["status"], "completed");
+    assert_eq!(s["total"], json!({"amount_minor": 700, "currency": "USD"}));
+    assert!(s["id"].is_string());
+    assert_eq!(s["receipt_number"], "TILL1-000001");
+    assert_eq!(stock(api, &product_id).await, 38);
+
+    let (status, c) = api
+        .post(
+            "/v1/customers",
+            &json!({"display_name": "Jane Doe", "email": "jane@example.com"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{c}");
+    assert_eq!(c["display_name"], "Jane Doe");
+    assert!(c["id"].is_string());
+
+    let got = api
+        .ok_get(&format!("/v1/sales/{}", s["id"].as_str().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(got["receipt_number"], "TILL1-000001");
+    assert_eq!(got["lines"][0]["product_id"], product_id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxes_follow_the_mesh_rates_and_round_per_line() {
+    let (_tmp, node) = node().await;
+    let api = &node.api;
+    let (st, _) = api
+        .put(
+            "/v1/settings/tax-rates/TAX",
+            &json!({"name": "Sales tax", "rate_ppm": 82_500}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::OK);
+    let settings = api.ok_get("/v1/settings").await.unwrap();
+    assert_eq!(
+        settings["tax_rates"]["NON"]["rate_ppm"], 0,
+        "NON always exists"
+    );
+    let mut mug = product("MUG-1", "Mug", 1200, 5);
+    mug["tax_code"] = json!("TAX");
+    api.ok_post("/v1/products", &mug).await.unwrap();
+    api.ok_post("/v1/products", &product("TEA-1", "Tea", 350, 5))
+        .await
+        .unwrap();
+    // 12.00 at 8.25 % = 0.99 tax; tea untaxed; the card pays the rest exactly.
+    let s = api
+        .ok_post("/v1/sales", &json!({"lines": [{"sku": "MUG-1", "qty": 1}, {"sku": "TEA-1", "qty": 1}], "payments": [{"method": "card"}]}))
+        .await
+        .unwrap();
+    assert_eq!(s["subtotal"]["amount_minor"], 1550);
+    assert_eq!(s["tax"]["amount_minor"], 99);
+    assert_eq!(s["total"]["amount_minor"], 1649);
+    assert_eq!(s["paid"]["amount_minor"], 1649);
+    assert_eq!(s["change"]["amount_minor"], 0);
+    let mut bad = product("X-1", "X", 100, 1);
+    bad["tax_code"] = json!("VAT");
+    let (st, e) = api.post("/v1/products", &bad).await.unwrap();
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("VAT"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn void_and_refund_are_new_facts_and_move_stock_back() {
+    let (_tmp, node) = node().await;
+    let api = &node.api;
+    let p = api
+        .ok_post("/v1/products", &product("CAKE-1", "Cake", 425, 20))
+        .await
+        .unwrap();
+    let pid = p["id"].as_str().unwrap();
+    let s1 = api
+        .ok_post("/v1/sales", &cash_sale("CAKE-1", 3, 1275))
+        .await
+        .unwrap();
+    let s2 = api
+        .ok_post("/v1/sales", &cash_sale("CAKE-1", 4, 1700))
+        .await
+        .unwrap();
+    assert_eq!(stock(api, pid).await, 13);
+
+    let v = api
+        .ok_post(
+            &format!("/v1/sales/{}/void", s1["id"].as_str().unwrap()),
+            &json!({"reason": "twice"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v["status"], "voided");
+    assert_eq!(
+        v["total"]["amount_minor"], 1275,
+        "a void keeps the sale's amounts"
+    );
+    assert_eq!(stock(api, pid).await, 16);
+    let (st, e) = api
+        .post(
+            &format!("/v1/sales/{}/void", s1["id"].as_str().unwrap()),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::CONFLICT, "{e}");
+    assert_eq!(
+        stock(api, pid).await,
+        16,
+        "a refused second void moves nothing"
+    );
+
+    let sid = s2["id"].as_str().unwrap();
+    let r = api
+        .post(
+            &format!("/v1/sales/{sid}/refund"),
+            &json!({"lines": [{"sku": "CAKE-1", "qty": 1}], "reason": "stale"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.0, StatusCode::CREATED, "{}", r.1);
+    assert_eq!(r.1["total"]["amount_minor"], 425);
+    assert_eq!(
+        r.1["method"], "cash",
+        "refunds default to the sale's payment method"
+    );
+    assert_eq!(stock(api, pid).await, 17);
+    let (st, e) = api
+        .post(
+            &format!("/v1/sales/{sid}/refund"),
+            &json!({"lines": [{"sku": "CAKE-1", "qty": 4}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "over-refund: {e}");
+    let (st, e) = api
+        .post(&format!("/v1/sales/{sid}/void"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::CONFLICT, "void after a refund: {e}");
+    let rest = api
+        .ok_post(&format!("/v1/sales/{sid}/refund"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(rest["total"]["amount_minor"], 1275, "the rest: 3 cakes");
+    let sale = api.ok_get(&format!("/v1/sales/{sid}")).await.unwrap();
+    assert_eq!(sale["status"], "refunded");
+    assert_eq!(
+        sale["total"]["amount_minor"], 1700,
+        "the sale's own amounts never change"
+    );
+    assert_eq!(sale["refunds"].as_array().unwrap().len(), 2);
+    assert_eq!(stock(api, pid).await, 20);
+
+    let adj = api
+        .post(
+            "/v1/stock-adjustments",
+            &json!({"lines": [{"product_id": pid, "delta": -2}], "reason": "dropped"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(adj.0, StatusCode::CREATED, "{}", adj.1);
+    assert_eq!(stock(api, pid).await, 18);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sales_list_newest_first_in_pages() {
+    let (_tmp, node) = node().await;
+    let api = &node.api;
+    api.ok_post("/v1/products", &product("TEA-1", "Tea", 100, 1000))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..7 {
+        ids.push(
+            api.ok_post("/v1/sales", &cash_sale("TEA-1", 1, 100))
+                .await
+                .unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let page1 = api.ok_get("/v1/sales?limit=3").await.unwrap();
+    let got: Vec<&str> = page1["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, vec![&ids[6], &ids[5], &ids[4]]);
+    let after = page1["next_after"].as_str().unwrap();
+    let page2 = api
+        .ok_get(&format!("/v1/sales?limit=3&after={after}"))
+        .await
+        .unwrap();
+    let got: Vec<&str> = page2["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, vec![&ids[3], &ids[2], &ids[1]]);
+    let page3 = api
+        .ok_get(&format!(
+            "/v1/sales?limit=3&after={}",
+            page2["next_after"].as_str().unwrap()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(page3["items"].as_array().unwrap().len(), 1);
+    assert!(page3["next_after"].is_null());
+    let (st, _) = api.get("/v1/sales?limit=0").await.unwrap();
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, _) = api.get("/v1/sales?after=yesterday").await.unwrap();
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_patch_field_by_field() {
+    let (_tmp, node) = node().await;
+    let api = &node.api;
+    let c = api
+        .ok_post(
+            "/v1/customers",
+            &json!({"display_name": "Jane Doe", "email": "jane@example.com", "phone": "555-0100"}),
+        )
+        .await
+        .unwrap();
+    let path = format!("/v1/customers/{}", c["id"].as_str().unwrap());
+    let (st, p) = api
+        .patch(&path, &json!({"phone": null, "notes": "prefers oat milk"}))
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::OK, "{p}");
+    assert_eq!(p["email"], "jane@example.com", "untouched fields stay");
+    assert!(p.get("phone").is_none(), "null clears: {p}");
+    assert_eq!(p["notes"], "prefers oat milk");
+    let (st, e) = api
+        .patch(&path, &json!({"email": "not-an-email"}))
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    let (st, e) = api
+        .patch(&path, &json!({"ledger": {"qbo_id": "1"}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        st,
+        StatusCode::BAD_REQUEST,
+        "tills cannot write the ledger: {e}"
+    );
+    let list = api.all("/v1/customers").await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["notes"], "prefers oat milk");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_writes_nothing() {
+    let (_tmp, node) = node().await;
+    let api = &node.api;
+    let p = api
+        .ok_post("/v1/products", &product("TEA-1", "Tea", 350, 40))
+        .await
+        .unwrap();
+    let pid = p["id"].as_str().unwrap();
+    let before = entries(api).await;
+
+    let (st, e) = api
+        .raw(reqwest::Method::POST, "/v1/sales", b"{\"lines\": [")
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_json")),
+        "{e}"
+    );
+    let (st, e) = api
+        .post(
+            "/v1/sales",
+            &json!({"lines": [{"sku": "TEA-1", "quantity": 2}], "payments": []}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("quantity"),
+        "names the unknown field: {e}"
+    );
+    let (st, e) = api
+        .post("/v1/sales", &cash_sale("NOPE-1", 1, 100))
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("unknown_product")),
+        "{e}"
+    );
+    assert!(e["error"]["message"].as_str().unwrap().contains("NOPE-1"));
+    let (st, e) = api
+        .post("/v1/sales", &cash_sale("TEA-1", -2, 700))
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid")),
+        "{e}"
+    );
+    let (st, e) = api
+        .post("/v1/sales", &cash_sale("TEA-1", 2, 699))
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("underpaid")),
+        "{e}"
+    );
+    let (st, e) = api
+        .post(
+            "/v1/sales/0190f1b2-7c3a-7def-8000-0123456789ab/void",
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found")),
+        "{e}"
+    );
+    let (st, _) = api
+        .post("/v1/sales/not-an-id/void", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, e) = api
+        .post("/v1/products", &product("TEA-1", "Tea again", 350, 1))
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::CONFLICT, "duplicate sku: {e}");
+    let (st, e) = api
+        .post(
+            "/v1/products",
+            &json!({"sku": "X", "name": "X", "price": {"amount_minor": -5, "currency": "USD"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "negative price: {e}");
+    let (st, e) = api
+        .post(
+            "/v1/products",
+            &json!({"sku": "X", "name": "X", "price": {"amount_minor": 5, "currency": "EUR"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        st,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "foreign currency: {e}"
+    );
+    let (st, e) = api.post("/v1/sales", &json!({"lines": [{"sku": "TEA-1", "qty": 1}], "payments": [{"method": "card", "amount_minor": 500}]})).await.unwrap();
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "card overpaid: {e}");
+    let (st, e) = api.get("/v1/nothing-here").await.unwrap();
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+
+    assert_eq!(
+        entries(api).await,
+        before,
+        "no refused request wrote an entry"
+    );
+    assert_eq!(stock(api, pid).await, 40, "no refused sale moved stock");
+    assert!(
+        api.ok_get("/v1/sales").await.unwrap()["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // And the node still serves.
+    api.ok_post("/v1/sales", &cash_sale("TEA-1", 2, 700))
+        .await
+        .unwrap();
+    assert_eq!(stock(api, pid).await, 38);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_stream_carries_every_committed_change() {
+    let (_tmp, node) = node().await;
+    let api = &node.api;
+    api.ok_post("/v1/products", &product("TEA-1", "Tea", 350, 40))
+        .await
+        .unwrap();
+    let resp = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{}/v1/events", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut stream = resp.bytes_stream();
+    let sale = api
+        .ok_post("/v1/sales", &cash_sale("TEA-1", 2, 700))
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let mut events: Vec<Value> = Vec::new();
+    while events.len() < 2 {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next())
+            .await
+            .expect("event in time")
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = seen.find("\n\n") {
+            let block: String = seen.drain(..end + 2).collect();
+            if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) {
+                events.push(serde_json::from_str(data.trim()).unwrap());
+            }
+        }
+    }
+    let sale_event = events
+        .iter()
+        .find(|e| e["type"] == "sale")
+        .expect("a sale event");
+    assert_eq!(sale_event["doc_id"], sale["id"]);
+    assert_eq!(sale_event["origin"], "local");
+    assert_eq!(sale_event["doc"]["total"]["amount_minor"], 700);
+    let product_event = events
+        .iter()
+        .find(|e| e["type"] == "product")
+        .expect("the stock move");
+    assert_eq!(product_event["doc"]["stock"], 38);
+    assert_eq!(
+        product_event["origin"], "stock",
+        "the level moved because the sale did"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_describes_the_device() {
+    let (_tmp, node) = node().await;
+    let api = &node.api;
+    api.ok_post("/v1/products", &product("TEA-1", "Tea", 350, 40))
+        .await
+        .unwrap();
+    api.ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350))
+        .await
+        .unwrap();
+    let s = api.ok_get("/v1/status").await.unwrap();
+    let me = node.repo.identity();
+    assert_eq!(s["device"]["id"], me.device_id.to_string());
+    assert_eq!(s["device"]["name"], "Till 1");
+    assert_eq!(s["mesh_id"], me.mesh_id.to_string());
+    assert_eq!(
+        s["version_vector"][me.device_id.to_string()],
+        3,
+        "settings, product, sale"
+    );
+    assert_eq!(s["documents"]["sale"], 1);
+    assert_eq!(s["documents"]["product"], 1);
+    assert_eq!(s["rejected"]["count"], 0);
+}

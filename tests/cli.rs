@@ -1,0 +1,341 @@
+//! The `tillmesh` command line: offline against the store, and through a running node's API;
+//! clear refusals for folders that are not ours, stores in use, and a full disk.
+
+use std::process::Output;
+
+use serde_json::Value;
+use tillmesh::testkit::{NodeProcess, cash_sale, product, tillmesh};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tillmesh");
+
+fn run(args: &[&str]) -> Output {
+    tillmesh(BIN.as_ref(), args).unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "tillmesh {args:?} failed: {}",
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+fn json(args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    serde_json::from_str(&ok(&a)).unwrap()
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [
+        vec![],
+        vec!["init"],
+        vec!["run"],
+        vec!["status"],
+        vec!["product"],
+        vec!["product", "add"],
+        vec!["product", "list"],
+        vec!["sell"],
+        vec!["sales"],
+        vec!["void"],
+        vec!["refund"],
+        vec!["stock"],
+        vec!["customer"],
+        vec!["customer", "add"],
+        vec!["tax"],
+        vec!["demo"],
+    ] {
+        let mut args = cmd.clone();
+        args.push("--help");
+        let out = ok(&args);
+        assert!(out.contains("Usage"), "{cmd:?} --help: {out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shop_commands_work_offline_and_through_a_running_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("till");
+    let d = dir.to_str().unwrap();
+    let out = ok(&["init", "--data", d, "--name", "Front Till"]);
+    assert!(out.contains("owner"), "{out}");
+
+    // No node running: the CLI opens the store itself.
+    ok(&["tax", "--data", d, "TAX", "8.25", "--name", "Sales tax"]);
+    let p = json(&[
+        "product",
+        "add",
+        "--data",
+        d,
+        "--sku",
+        "TEA-1",
+        "--name",
+        "Green tea",
+        "--price",
+        "3.50",
+        "--stock",
+        "40",
+    ]);
+    assert_eq!(p["price"]["amount_minor"], 350);
+    let s = json(&["sell", "--data", d, "TEA-1:2", "--cash", "10"]);
+    assert_eq!(s["total"]["amount_minor"], 700);
+    assert_eq!(s["change"]["amount_minor"], 300);
+    let c = json(&[
+        "customer",
+        "add",
+        "--data",
+        d,
+        "--name",
+        "Jane Doe",
+        "--email",
+        "jane@example.com",
+    ]);
+    assert_eq!(c["display_name"], "Jane Doe");
+
+    // A running node owns the store; the CLI goes through its API instead.
+    let node = NodeProcess::start(BIN.as_ref(), &dir).await.unwrap();
+    let s2 = json(&["sell", "--data", d, "TEA-1", "--pay", "card"]);
+    assert_eq!(s2["receipt_number"], "FRONTTIL-000002");
+    let via_api = node
+        .api
+        .ok_get(&format!("/v1/sales/{}", s2["id"].as_str().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(via_api["payments"][0]["method"], "card");
+    let stock = ok(&["stock", "--data", d]);
+    assert!(
+        stock
+            .lines()
+            .any(|l| l.starts_with("TEA-1") && l.trim_end().ends_with("37")),
+        "{stock}"
+    );
+    ok(&[
+        "stock", "--data", d, "--adjust", "TEA-1:5", "--reason", "delivery",
+    ]);
+    let status = json(&["status", "--data", d]);
+    assert_eq!(status["documents"]["sale"], 2);
+    assert_eq!(status["device"]["name"], "Front Till");
+    let sales = ok(&["sales", "--data", d]);
+    assert!(
+        sales.contains("FRONTTIL-000001") && sales.contains("FRONTTIL-000002"),
+        "{sales}"
+    );
+
+    // Refusals come back as the API's message, with a failing exit code.
+    let o = run(&["sell", "--data", d, "NOPE:1"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no product has SKU 'NOPE'"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["void", "--data", d, s["id"].as_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["void", "--data", d, s["id"].as_str().unwrap()]);
+    assert!(stderr(&o).contains("already voided"), "{}", stderr(&o));
+    drop(node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folders_that_are_not_stores_are_refused_and_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A folder with someone else's files.
+    let other = tmp.path().join("photos");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("cat.jpg"), b"meow").unwrap();
+    let o = run(&["init", "--data", other.to_str().unwrap(), "--name", "T"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not empty"), "{}", stderr(&o));
+    let o = run(&["run", "--data", other.to_str().unwrap()]);
+    assert!(
+        stderr(&o).contains("not a tillmesh store"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read(other.join("cat.jpg")).unwrap(), b"meow");
+    assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1);
+
+    // A file by our name that is not ours.
+    let fake = tmp.path().join("fake");
+    std::fs::create_dir(&fake).unwrap();
+    let garbage = vec![0x5a; 8192];
+    std::fs::write(fake.join("tillmesh.redb"), &garbage).unwrap();
+    let o = run(&["status", "--data", fake.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("not a tillmesh store") || stderr(&o).contains("could not be read"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read(fake.join("tillmesh.redb")).unwrap(),
+        garbage,
+        "left untouched"
+    );
+
+    // Nothing there at all.
+    let o = run(&[
+        "status",
+        "--data",
+        tmp.path().join("nowhere").to_str().unwrap(),
+    ]);
+    assert!(stderr(&o).contains("tillmesh init"), "{}", stderr(&o));
+
+    // A store in use by another process.
+    let dir = tmp.path().join("till");
+    NodeProcess::init(BIN.as_ref(), &dir, "Till").unwrap();
+    let o = run(&["init", "--data", dir.to_str().unwrap(), "--name", "Again"]);
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+    let _node = NodeProcess::start(BIN.as_ref(), &dir).await.unwrap();
+    let o = run(&[
+        "run",
+        "--data",
+        dir.to_str().unwrap(),
+        "--api",
+        "127.0.0.1:0",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("in use by another process"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["run", "--data", dir.to_str().unwrap(), "--api", "0.0.0.0:0"]);
+    assert!(stderr(&o).contains("loopback only"), "{}", stderr(&o));
+}
+
+/// A real full disk: a small tmpfs. Needs root (CI runs as root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_keeps_serving_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("small-disk");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=12m",
+            "tmpfs",
+            mnt.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "mounting a tmpfs needs root; run the tests as root (CI does)"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+
+    let dir = mnt.join("till");
+    NodeProcess::init(BIN.as_ref(), &dir, "Till").unwrap();
+    let mut node = NodeProcess::start(BIN.as_ref(), &dir).await.unwrap();
+    node.api
+        .ok_post("/v1/products", &product("TEA-1", "Tea", 100, 1_000_000))
+        .await
+        .unwrap();
+    let mut acked = Vec::new();
+    for _ in 0..50 {
+        acked.push(
+            node.api
+                .ok_post("/v1/sales", &cash_sale("TEA-1", 1, 100))
+                .await
+                .unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    // Fill the disk.
+    let filler = mnt.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", filler.display()),
+            "bs=64k",
+        ])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let mut refused = None;
+    for _ in 0..2000 {
+        let (status, v) = node
+            .api
+            .post("/v1/sales", &cash_sale("TEA-1", 1, 100))
+            .await
+            .unwrap();
+        if status.is_success() {
+            acked.push(v["id"].as_str().unwrap().to_owned());
+        } else {
+            refused = Some((status, v));
+            break;
+        }
+    }
+    let (status, v) = refused.expect("a full disk refuses a write");
+    assert_eq!(status.as_u16(), 507, "{v}");
+    assert_eq!(v["error"]["code"], "disk_full");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("free some space"),
+        "{v}"
+    );
+    // Reads still work while the disk is full.
+    assert_eq!(node.api.all("/v1/sales").await.unwrap().len(), acked.len());
+    // Space comes back; so do writes.
+    std::fs::remove_file(&filler).unwrap();
+    let mut recovered = false;
+    for _ in 0..50 {
+        let (status, v) = node
+            .api
+            .post("/v1/sales", &cash_sale("TEA-1", 1, 100))
+            .await
+            .unwrap();
+        if status.is_success() {
+            acked.push(v["id"].as_str().unwrap().to_owned());
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "writes resume once space is freed");
+    node.restart().await.unwrap();
+    let held: std::collections::HashSet<String> = node
+        .api
+        .all("/v1/sales")
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        acked.iter().all(|id| held.contains(id)),
+        "every acknowledged sale survived the full disk and a restart"
+    );
+    let p = &node.api.all("/v1/products").await.unwrap()[0];
+    assert_eq!(
+        p["stock"].as_i64().unwrap(),
+        1_000_000 - held.len() as i64,
+        "no half-applied sale"
+    );
+}

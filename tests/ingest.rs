@@ -1,0 +1,338 @@
+//! Entries from other devices: applied when good, refused and kept aside with a reason when
+//! not, never half-applied; duplicates are no-ops; concurrent stock moves add up.
+
+use automerge::AutoCommit;
+use tillmesh::testkit::{InProcessNode, cash_sale, product};
+use tillmesh_node::Repo;
+use tillmesh_node::repo::IngestOutcome;
+use tillmesh_protocol::docmap::{self, actor_for};
+use tillmesh_protocol::schema::Sale;
+use tillmesh_protocol::{
+    DeviceId, DeviceKey, DocChanges, DocId, DocType, Entry, EntryHash, Payload, SignedEntry,
+};
+
+/// A second device of the same mesh (membership and pairing come with the trust work).
+async fn second_device(
+    tmp: &tempfile::TempDir,
+    owner: &Repo,
+    name: &str,
+    secret: [u8; 32],
+) -> InProcessNode {
+    let dir = tmp.path().join(name);
+    let id = owner.identity();
+    drop(
+        tillmesh_node::store::create(
+            &dir,
+            name,
+            DeviceKey::from_secret(secret),
+            id.mesh_id,
+            id.root_id,
+        )
+        .unwrap(),
+    );
+    InProcessNode::open(&dir).await.unwrap()
+}
+
+fn entries_of(repo: &Repo, author: &DeviceId) -> Vec<SignedEntry> {
+    let n = repo.version_vector().unwrap().get(author);
+    (1..=n)
+        .map(|s| SignedEntry::decode(&repo.entry(author, s).unwrap().unwrap()).unwrap())
+        .collect()
+}
+
+/// Sends `from`'s entries that `to` lacks, in order.
+async fn sync_one_way(from: &Repo, to: &Repo) {
+    let theirs = from.version_vector().unwrap();
+    for (author, range) in to.version_vector().unwrap().missing_from(&theirs) {
+        for seq in range {
+            let e = SignedEntry::decode(&from.entry(&author, seq).unwrap().unwrap()).unwrap();
+            assert_eq!(
+                to.ingest(e).await.unwrap(),
+                IngestOutcome::Applied,
+                "{author:?}/{seq}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tills_converge_and_their_stock_moves_add_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = InProcessNode::init(&tmp.path().join("a"), "Till A")
+        .await
+        .unwrap();
+    let b = second_device(&tmp, &a.repo, "b", [2; 32]).await;
+    let tea = a
+        .api
+        .ok_post("/v1/products", &product("TEA-1", "Tea", 350, 40))
+        .await
+        .unwrap();
+    let tea_path = format!("/v1/products/{}", tea["id"].as_str().unwrap());
+    sync_one_way(&a.repo, &b.repo).await;
+    assert_eq!(b.api.ok_get(&tea_path).await.unwrap()["stock"], 40);
+
+    // Both tills sell while apart.
+    let mut b_events = b.repo.subscribe();
+    for _ in 0..3 {
+        a.api
+            .ok_post("/v1/sales", &cash_sale("TEA-1", 2, 700))
+            .await
+            .unwrap();
+    }
+    let on_b = b
+        .api
+        .ok_post("/v1/sales", &cash_sale("TEA-1", 5, 1750))
+        .await
+        .unwrap();
+    assert_eq!(on_b["receipt_number"], "B-000001");
+    while b_events.try_recv().is_ok() {}
+
+    sync_one_way(&a.repo, &b.repo).await;
+    sync_one_way(&b.repo, &a.repo).await;
+    for node in [&a, &b] {
+        assert_eq!(
+            node.api.ok_get(&tea_path).await.unwrap()["stock"],
+            40 - 6 - 5,
+            "sales on both tills add up"
+        );
+        assert_eq!(node.api.all("/v1/sales").await.unwrap().len(), 4);
+    }
+    assert_eq!(
+        a.repo.version_vector().unwrap(),
+        b.repo.version_vector().unwrap()
+    );
+    let mut origins = Vec::new();
+    while let Ok(e) = b_events.try_recv() {
+        origins.push(e.origin);
+    }
+    assert!(
+        origins.contains(&tillmesh_node::repo::Origin::Remote),
+        "remote changes reach the event stream: {origins:?}"
+    );
+    assert!(
+        origins.contains(&tillmesh_node::repo::Origin::Stock),
+        "and so do the stock levels they move"
+    );
+
+    // Ingesting again is a no-op; a later entry without its predecessors is a gap, not stored.
+    let a_log = entries_of(&a.repo, &a.repo.identity().device_id);
+    assert_eq!(
+        b.repo.ingest(a_log[1].clone()).await.unwrap(),
+        IngestOutcome::Duplicate
+    );
+    let c = second_device(&tmp, &a.repo, "c", [3; 32]).await;
+    assert_eq!(
+        c.repo.ingest(a_log[2].clone()).await.unwrap(),
+        IngestOutcome::Gap { have: 0 }
+    );
+    assert_eq!(c.repo.version_vector().unwrap().total(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_entries_are_refused_kept_aside_and_never_applied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = InProcessNode::init(&tmp.path().join("a"), "Till A")
+        .await
+        .unwrap();
+    a.api
+        .ok_post("/v1/products", &product("TEA-1", "Tea", 350, 40))
+        .await
+        .unwrap();
+    let sale = a
+        .api
+        .ok_post("/v1/sales", &cash_sale("TEA-1", 2, 700))
+        .await
+        .unwrap();
+    let b = second_device(&tmp, &a.repo, "b", [2; 32]).await;
+    let a_id = a.repo.identity().device_id;
+    let mesh = a.repo.identity().mesh_id;
+    let log = entries_of(&a.repo, &a_id);
+    b.repo.ingest(log[0].clone()).await.unwrap();
+    let entries_before = b.repo.version_vector().unwrap();
+
+    let mut refused = Vec::new();
+    // 1. Forged: claims to be A, signed by another key.
+    let mut forged = log[1].entry.clone();
+    forged.author = a_id;
+    let forged =
+        SignedEntry::decode(&resign_as(&forged, &DeviceKey::from_secret([9; 32]), &mesh)).unwrap();
+    refused.push(("forged signature", b.repo.ingest(forged).await.unwrap()));
+    // 2. Tampered after signing.
+    let mut bytes = log[1].encoded().to_vec();
+    let at = bytes.len() - 80;
+    bytes[at] ^= 0x40;
+    if let Ok(tampered) = SignedEntry::decode(&bytes) {
+        refused.push(("tampered bytes", b.repo.ingest(tampered).await.unwrap()));
+    }
+    // 3. A rogue device (signs correctly) whose entry breaks its own hash chain.
+    let rogue = DeviceKey::from_secret([7; 32]);
+    let first = Entry {
+        author: rogue.device_id(),
+        seq: 1,
+        prev: EntryHash::ZERO,
+        timestamp_ms: 1,
+        payload: log[1].entry.payload.clone(),
+    }
+    .sign(&mesh, &rogue);
+    let broken = Entry {
+        author: rogue.device_id(),
+        seq: 2,
+        prev: EntryHash([1; 32]),
+        timestamp_ms: 2,
+        payload: log[1].entry.payload.clone(),
+    }
+    .sign(&mesh, &rogue);
+    assert_eq!(
+        b.repo.ingest(first.clone()).await.unwrap(),
+        IngestOutcome::Applied
+    );
+    refused.push(("broken chain", b.repo.ingest(broken).await.unwrap()));
+    // 4. A fork: a second, different entry 1 from the same key.
+    let fork = Entry {
+        author: rogue.device_id(),
+        seq: 1,
+        prev: EntryHash::ZERO,
+        timestamp_ms: 99,
+        payload: log[1].entry.payload.clone(),
+    }
+    .sign(&mesh, &rogue);
+    refused.push(("fork", b.repo.ingest(fork).await.unwrap()));
+    // 5. Bytes that are not an Automerge change.
+    let junk = Entry {
+        author: rogue.device_id(),
+        seq: 2,
+        prev: first.hash(),
+        timestamp_ms: 3,
+        payload: Payload::Changes(vec![DocChanges {
+            doc_id: DocId([5; 16]),
+            doc_type: DocType::Sale,
+            changes: vec![b"not automerge".to_vec()],
+        }]),
+    }
+    .sign(&mesh, &rogue);
+    refused.push(("junk change", b.repo.ingest(junk).await.unwrap()));
+    // 6. A well-formed, well-signed change that edits a completed sale's total: before the sale
+    // itself has arrived it is deferred (not stored, not held against anyone); once the sale is
+    // held, it is refused.
+    let sale_id: DocId = sale["id"].as_str().unwrap().parse().unwrap();
+    let mut doc = AutoCommit::new().with_actor(actor_for(&rogue.device_id()));
+    for e in &log {
+        for d in e.docs().iter().filter(|d| d.doc_id == sale_id) {
+            for c in &d.changes {
+                doc.load_incremental(c).unwrap();
+            }
+        }
+    }
+    let honest: Sale = docmap::read(&doc).unwrap();
+    // A consistent rewrite (one unit instead of two, totals to match, change given back), so
+    // only the rule that a completed sale's money never changes can catch it.
+    let mut cooked = honest.clone();
+    cooked.lines[0].qty = 1;
+    cooked.lines[0].net_minor = 350;
+    cooked.subtotal.amount_minor = 350;
+    cooked.total.amount_minor = 350;
+    cooked.change.amount_minor = 350;
+    let change = docmap::update(&mut doc, &honest, &cooked, 0)
+        .unwrap()
+        .unwrap();
+    let edit = Entry {
+        author: rogue.device_id(),
+        seq: 2,
+        prev: first.hash(),
+        timestamp_ms: 4,
+        payload: Payload::Changes(vec![DocChanges {
+            doc_id: sale_id,
+            doc_type: DocType::Sale,
+            changes: vec![change],
+        }]),
+    }
+    .sign(&mesh, &rogue);
+    assert!(
+        matches!(
+            b.repo.ingest(edit.clone()).await.unwrap(),
+            IngestOutcome::Deferred { .. }
+        ),
+        "an edit of a sale not held yet waits"
+    );
+    assert_eq!(
+        b.repo.version_vector().unwrap().get(&rogue.device_id()),
+        1,
+        "a deferred entry is not stored"
+    );
+    for e in &log[1..] {
+        assert_eq!(
+            b.repo.ingest(e.clone()).await.unwrap(),
+            IngestOutcome::Applied
+        );
+    }
+    refused.push(("edited sale total", b.repo.ingest(edit).await.unwrap()));
+
+    for (what, outcome) in &refused {
+        assert!(
+            matches!(outcome, IngestOutcome::Rejected { .. }),
+            "{what}: {outcome:?}"
+        );
+    }
+    let reasons: Vec<String> = refused
+        .iter()
+        .map(|(_, o)| match o {
+            IngestOutcome::Rejected { reason } => reason.clone(),
+            _ => String::new(),
+        })
+        .collect();
+    assert!(reasons[0].contains("signature"), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("hash chain")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r.contains("fork")), "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("not an Automerge change")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.last().unwrap().contains("cannot change"),
+        "{reasons:?}"
+    );
+
+    // Nothing refused was applied; the sale still shows what the till rang up.
+    let held = b.api.ok_get(&format!("/v1/sales/{sale_id}")).await.unwrap();
+    assert_eq!(held["total"]["amount_minor"], 700);
+    let vv = b.repo.version_vector().unwrap();
+    assert_eq!(vv.get(&a_id), log.len() as u64);
+    assert_eq!(
+        vv.get(&rogue.device_id()),
+        1,
+        "only the rogue's good first entry"
+    );
+    assert!(vv.get(&a_id) > entries_before.get(&a_id));
+    let status = b.api.ok_get("/v1/status").await.unwrap();
+    assert_eq!(
+        status["rejected"]["count"].as_u64().unwrap(),
+        refused.len() as u64
+    );
+    assert!(
+        status["rejected"]["recent"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cannot change")
+    );
+    // And the node keeps serving.
+    b.api
+        .ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350))
+        .await
+        .unwrap();
+}
+
+/// Encodes `entry` and signs it with `key`, whoever the entry claims as author.
+fn resign_as(entry: &Entry, key: &DeviceKey, mesh: &tillmesh_protocol::MeshId) -> Vec<u8> {
+    // Sign honestly as `key`, then splice the claimed author into the bytes: the signature no
+    // longer matches the author it names.
+    let mut honest = entry.clone();
+    honest.author = key.device_id();
+    let mut bytes = honest.sign(mesh, key).encoded().to_vec();
+    bytes[4..36].copy_from_slice(entry.author.as_bytes());
+    bytes
+}
