@@ -45,7 +45,7 @@ fn sale_entry(key: &DeviceKey) -> Entry {
         &settings,
     )
     .unwrap();
-    let (_, sale_change) = docmap::create(&actor, &sale, 0).unwrap();
+    let (_, sale_change, _) = docmap::create(&actor, &sale, 0).unwrap();
     Entry {
         author: key.device_id(),
         seq: 42,

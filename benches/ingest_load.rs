@@ -12,6 +12,26 @@ use tillmesh::testkit::{Api, NodeProcess, percentiles_us, product};
 
 const PRODUCTS: usize = 20;
 
+/// CPU time (user + system) a process has used, from /proc, in microseconds.
+fn cpu_us(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = fields
+        .get(11)
+        .and_then(|u| u.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
+    // Linux reports in clock ticks of 1/100 s on every platform we run on.
+    ticks * 10_000
+}
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -65,8 +85,12 @@ async fn main() -> anyhow::Result<()> {
     }
     drive(&node.api, clients, 2_000).await; // warm-up
 
+    let pid = node.pid().unwrap_or(0);
+    let cpu_before = cpu_us(pid);
     let (wall, mut lat) = drive(&node.api, clients, total).await;
+    let node_cpu_us_per_sale = (cpu_us(pid) - cpu_before) as f64 / lat.len() as f64;
     let concurrent = json!({
+        "node_cpu_us_per_sale": node_cpu_us_per_sale,
         "clients": clients,
         "sales": lat.len(),
         "wall_s": wall.as_secs_f64(),

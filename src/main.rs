@@ -1,5 +1,10 @@
 //! The `tillmesh` binary: everything lives in `tillmesh_node::cli`.
 
+// glibc's allocator grows and trims per-thread arenas under the writer's and the preparers'
+// allocation pattern; mimalloc keeps that off the hot path.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     tillmesh_node::cli::main()
 }

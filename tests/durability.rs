@@ -138,7 +138,9 @@ async fn kill_9_mid_stream_loses_no_acknowledged_sale() {
     for round in 0..3 {
         let stop = Arc::new(Mutex::new(false));
         let tasks = sell_until(&node.api, 8, stop.clone());
-        tokio::time::sleep(Duration::from_millis(400 + 150 * round)).await;
+        // Rounds shorter and longer than a checkpoint interval (1 s): the kill lands both on
+        // writes only the write-ahead log holds and on writes redb has made durable.
+        tokio::time::sleep(Duration::from_millis(300 + 800 * round)).await;
         node.kill9(); // mid-stream: requests are in flight
         *stop.lock().unwrap() = true;
         let mut this_round = 0;

@@ -6,6 +6,7 @@
 //! Reads go straight to redb's MVCC snapshots and never wait for the writer.
 
 mod docs;
+mod prepare;
 pub mod requests;
 mod writer;
 
@@ -123,6 +124,19 @@ pub enum Command {
     AdjustStock(NewStockAdjustment),
 }
 
+/// The commands the writer runs itself: they read a document and change it, or must be unique.
+// Travels boxed (`Job::Command`), so its size does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(crate) enum Serial {
+    InitSettings(Settings),
+    SetTaxRate { code: String, rate: SetTaxRate },
+    CreateProduct(NewProduct),
+    Void { sale_id: DocId, request: VoidSale },
+    Refund { sale_id: DocId, request: RefundSale },
+    PatchCustomer { id: DocId, patch: CustomerPatch },
+}
+
 /// What a committed command wrote.
 #[derive(Debug, Clone)]
 pub struct Written {
@@ -179,7 +193,11 @@ pub struct DocEvent {
 }
 
 pub(crate) enum Job {
-    Command(Box<Command>, oneshot::Sender<Result<Written, WriteError>>),
+    Command(Box<Serial>, oneshot::Sender<Result<Written, WriteError>>),
+    Prepared(
+        Box<prepare::Prepared>,
+        oneshot::Sender<Result<Written, WriteError>>,
+    ),
     Ingest(
         Box<SignedEntry>,
         oneshot::Sender<Result<IngestOutcome, WriteError>>,
@@ -214,6 +232,7 @@ struct Inner {
     identity: PublicIdentity,
     /// `None` only while dropping.
     jobs: Option<mpsc::Sender<Job>>,
+    device: Arc<prepare::Device>,
     writer: Option<std::thread::JoinHandle<()>>,
     events: broadcast::Sender<DocEvent>,
 }
@@ -260,10 +279,20 @@ impl Repo {
         };
         let (jobs, rx) = mpsc::channel(JOBS_QUEUED_MAX);
         let (events, _) = broadcast::channel(EVENTS_BUFFERED_MAX);
+        let device = Arc::new(prepare::Device {
+            id: identity.device_id,
+            actor: tillmesh_protocol::docmap::actor_for(&identity.device_id),
+            receipt_prefix: identity.receipt_prefix.clone(),
+            settings_id: DocId::derived(&identity.mesh_id, "settings"),
+            receipts: Default::default(),
+        });
         let state = writer::Writer::load(db.clone(), identity).map_err(|e| OpenError::Storage {
             path: store::store_path(dir),
             detail: e.to_string(),
         })?;
+        device
+            .receipts
+            .store(state.receipt_seq(), std::sync::atomic::Ordering::Relaxed);
         let ev = events.clone();
         let writer = std::thread::Builder::new()
             .name("tillmesh-writer".into())
@@ -277,6 +306,7 @@ impl Repo {
                 db,
                 identity: public,
                 jobs: Some(jobs),
+                device,
                 writer: Some(writer),
                 events,
             }),
@@ -290,11 +320,62 @@ impl Repo {
     /// Runs a command; answers once its entry is durably committed.
     pub async fn execute(&self, command: Command) -> Result<Written, WriteError> {
         let (tx, rx) = oneshot::channel();
+        let job = match command {
+            Command::InitSettings(s) => Job::Command(Box::new(Serial::InitSettings(s)), tx),
+            Command::SetTaxRate { code, rate } => {
+                Job::Command(Box::new(Serial::SetTaxRate { code, rate }), tx)
+            }
+            Command::CreateProduct(p) => Job::Command(Box::new(Serial::CreateProduct(p)), tx),
+            Command::Void { sale_id, request } => {
+                Job::Command(Box::new(Serial::Void { sale_id, request }), tx)
+            }
+            Command::Refund { sale_id, request } => {
+                Job::Command(Box::new(Serial::Refund { sale_id, request }), tx)
+            }
+            Command::PatchCustomer { id, patch } => {
+                Job::Command(Box::new(Serial::PatchCustomer { id, patch }), tx)
+            }
+            Command::Sell(r) => Job::Prepared(
+                Box::new(self.prepare(move |s, d| prepare::sale(s, d, r)).await?),
+                tx,
+            ),
+            Command::AdjustStock(r) => Job::Prepared(
+                Box::new(
+                    self.prepare(move |s, d| prepare::stock_adjustment(s, d, r))
+                        .await?,
+                ),
+                tx,
+            ),
+            Command::CreateCustomer(r) => Job::Prepared(
+                Box::new(self.prepare(move |s, d| prepare::customer(s, d, r)).await?),
+                tx,
+            ),
+        };
         self.jobs()?
-            .send(Job::Command(Box::new(command), tx))
+            .send(job)
             .await
             .map_err(|_| WriteError::ShuttingDown)?;
         rx.await.map_err(|_| WriteError::ShuttingDown)?
+    }
+
+    /// Runs a preparation on a blocking thread, against a fresh read snapshot. (Running it on
+    /// the caller's task measured slower: it holds up the runtime's workers, which also serve
+    /// HTTP.)
+    async fn prepare(
+        &self,
+        f: impl FnOnce(&prepare::Snapshot, &prepare::Device) -> Result<prepare::Prepared, WriteError>
+        + Send
+        + 'static,
+    ) -> Result<prepare::Prepared, WriteError> {
+        let db = self
+            .inner
+            .db
+            .get()
+            .map_err(|e| WriteError::Storage(e.to_string()))?;
+        let device = self.inner.device.clone();
+        tokio::task::spawn_blocking(move || f(&prepare::Snapshot::open(&db)?, &device))
+            .await
+            .map_err(|e| WriteError::Internal(format!("preparing the write failed: {e}")))?
     }
 
     /// Verifies, applies and stores an entry from another device.
@@ -460,6 +541,17 @@ pub enum InitError {
     Open(#[from] OpenError),
     #[error("the new store could not record its settings: {0}")]
     Write(#[from] WriteError),
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn new_doc_id(now: u64) -> DocId {
+    DocId::new_v7(now, random_bytes())
 }
 
 pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {

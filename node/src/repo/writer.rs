@@ -7,28 +7,35 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use automerge::{AutoCommit, Change};
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use serde_json::Value as Json;
 use tillmesh_protocol::docmap::{self, actor_for};
 use tillmesh_protocol::schema::{
-    Customer, Document, Expense, Invoice, LineInput, Party, Payment, Product, Refund,
-    RefundLineInput, RingUp, Sale, SaleStatus, Settings, StockAdjustment, StockLine, TaxRate,
-    Tender, Vendor, VoidInfo,
+    Customer, Document, Expense, Invoice, Payment, Product, Refund, RefundLineInput, Sale,
+    SaleStatus, Settings, StockAdjustment, TaxRate, Vendor, VoidInfo,
 };
 use tillmesh_protocol::{DocChanges, DocId, DocType, Entry, EntryHash, Payload, SignedEntry};
 use tokio::sync::{broadcast, mpsc};
 
 use super::docs::DocCache;
+use super::prepare::Prepared;
 use super::requests::*;
-use super::{Command, DocEvent, IngestOutcome, Job, Origin, WriteError, Written, random_bytes};
+use super::{
+    DocEvent, IngestOutcome, Job, Origin, Serial, WriteError, Written, new_doc_id, now_ms,
+};
 use crate::store::tables::{HEADS, META, SKUS, Tables, VIEWS, meta_key};
+use crate::store::wal::Wal;
 use crate::store::{self, Identity};
 
 /// Jobs taken into one transaction at most; more wait for the next commit.
 const BATCH_JOBS_MAX: usize = 512;
+/// How often redb is made durable (and the write-ahead log emptied) while writes come in.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// A log larger than this is checkpointed at once, so replay after a crash stays short.
+const WAL_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
 pub(crate) struct Writer {
     store: Arc<store::Shared>,
@@ -41,6 +48,13 @@ pub(crate) struct Writer {
     settings: Settings,
     skus: HashMap<String, DocId>,
     cache: DocCache,
+    /// Acknowledged entries redb holds only in memory, until the next checkpoint.
+    wal: Wal,
+    /// The entries the current batch stored, in order, for the log.
+    wal_batch: Vec<Vec<u8>>,
+    last_checkpoint: Instant,
+    /// redb failed a write: its handle refuses all further ones until reopened.
+    redb_failed: bool,
 }
 
 enum Reply {
@@ -62,11 +76,12 @@ struct Staged {
     seq: u64,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+fn io_error(e: std::io::Error) -> WriteError {
+    if store::is_disk_full(&redb::StorageError::Io(e)) {
+        WriteError::DiskFull
+    } else {
+        WriteError::Storage("the write-ahead log could not be written".into())
+    }
 }
 
 fn is_fatal(e: &WriteError) -> bool {
@@ -78,6 +93,7 @@ fn is_fatal(e: &WriteError) -> bool {
 
 impl Writer {
     pub(crate) fn load(store: Arc<store::Shared>, id: Identity) -> Result<Writer, WriteError> {
+        let (wal, records) = Wal::open(store.dir()).map_err(io_error)?;
         let settings_id = DocId::derived(&id.mesh_id, "settings");
         let actor = actor_for(&id.device_id);
         let mut w = Writer {
@@ -90,9 +106,97 @@ impl Writer {
             settings: Settings::new("", tillmesh_protocol::Currency::USD),
             skus: HashMap::new(),
             cache: DocCache::new(actor),
+            wal,
+            wal_batch: Vec::new(),
+            last_checkpoint: Instant::now(),
+            redb_failed: false,
         };
         w.reload()?;
+        w.replay(records)?;
         Ok(w)
+    }
+
+    /// Applies the write-ahead log's entries that redb does not hold (after a crash, or after
+    /// reopening a failed handle). Entries it holds are duplicates and change nothing. The
+    /// commit is not durable and the log is kept: the next checkpoint makes both moot, and a
+    /// full disk does not stop the node from coming back with every acknowledged write.
+    fn replay(&mut self, records: Vec<Vec<u8>>) -> Result<(), WriteError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let db = self.db()?;
+        let mut tx = db.begin_write()?;
+        tx.set_durability(Durability::None)
+            .map_err(|e| WriteError::Storage(e.to_string()))?;
+        let mut touched = BTreeSet::new();
+        let mut applied = 0usize;
+        {
+            let mut t = Tables::open(&tx)?;
+            for (n, bytes) in records.iter().enumerate() {
+                match SignedEntry::decode(bytes) {
+                    Ok(entry) => {
+                        if let (IngestOutcome::Applied, _) =
+                            self.stage_ingest(&mut t, entry, &mut touched)?
+                        {
+                            applied += 1;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(record = n, error = %e, "write-ahead log record does not decode; skipped")
+                    }
+                }
+            }
+            self.finish(&mut t, &touched)?;
+        }
+        tx.commit()?;
+        self.wal_batch.clear();
+        tracing::info!(records = records.len(), applied, "write-ahead log replayed");
+        self.reload()
+    }
+
+    /// Makes every non-durable commit durable, then empties the log.
+    fn checkpoint(&mut self) -> Result<(), WriteError> {
+        if self.wal.is_empty() {
+            return Ok(());
+        }
+        let db = self.db()?;
+        // An empty durable commit persists every non-durable one before it.
+        let tx = db.begin_write()?;
+        if let Err(e) = tx.commit() {
+            self.redb_failed = true;
+            return Err(e.into());
+        }
+        self.wal.truncate_to(0).map_err(io_error)?;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// After a failed batch: a fresh redb handle if the old one failed a write, the log's
+    /// entries applied again, and every cached counter re-read.
+    fn recover(&mut self) {
+        self.wal_batch.clear();
+        if std::mem::take(&mut self.redb_failed) {
+            if let Err(e) = self.store.reopen() {
+                self.redb_failed = true;
+                tracing::error!(error = %e, "reopening the store failed; will retry on the next batch");
+                return;
+            }
+            let replayed =
+                Wal::open(self.store.dir())
+                    .map_err(io_error)
+                    .and_then(|(wal, records)| {
+                        self.wal = wal;
+                        self.replay(records)
+                    });
+            if let Err(e) = replayed {
+                self.redb_failed = true;
+                tracing::error!(error = %e, "re-applying the write-ahead log failed; will retry on the next batch");
+                return;
+            }
+        }
+        if let Err(e) = self.reload() {
+            tracing::error!(error = %e, "reloading the writer's state failed; will retry on the next batch");
+        }
     }
 
     /// Re-reads every cached counter from the store.
@@ -151,6 +255,10 @@ impl Writer {
             }
             self.run_batch(jobs, &events);
         }
+        // Closing: leave redb durable and the log empty, so the next open has nothing to replay.
+        if let Err(e) = self.checkpoint() {
+            tracing::warn!(error = %e, "final checkpoint failed; the write-ahead log will be replayed on the next open");
+        }
     }
 
     fn run_batch(&mut self, jobs: Vec<Job>, events: &broadcast::Sender<DocEvent>) {
@@ -168,14 +276,7 @@ impl Writer {
                         }
                     }
                 }
-                // redb refuses all writes on a handle that failed one; a fresh handle reads the
-                // last committed state and writes again once the cause (a full disk) is gone.
-                if let Err(e) = self.store.reopen() {
-                    tracing::error!(error = %e, "reopening the store failed; will retry on the next batch");
-                }
-                if let Err(e) = self.reload() {
-                    tracing::error!(error = %e, "reloading the writer's state failed; will retry on the next batch");
-                }
+                self.recover();
             }
         }
     }
@@ -191,15 +292,28 @@ impl Writer {
             let mut replies = replies;
             for j in rest {
                 replies.push(match j {
-                    Job::Command(_, tx) => Reply::Command(tx, Err(err.clone())),
+                    Job::Command(_, tx) | Job::Prepared(_, tx) => {
+                        Reply::Command(tx, Err(err.clone()))
+                    }
                     Job::Ingest(_, tx) => Reply::Ingest(tx, Err(err.clone())),
                 });
             }
             (replies, err)
         };
-        let tx = match self.db().and_then(|db| Ok(db.begin_write()?)) {
+        self.wal_batch.clear();
+        let begun = self.db().and_then(|db| {
+            let mut tx = db.begin_write()?;
+            // Durability comes from the write-ahead log; see `store::wal`.
+            tx.set_durability(Durability::None)
+                .map_err(|e| WriteError::Storage(e.to_string()))?;
+            Ok(tx)
+        });
+        let tx = match begun {
             Ok(tx) => tx,
-            Err(e) => return Err(fail(replies, jobs, e)),
+            Err(e) => {
+                self.redb_failed = true;
+                return Err(fail(replies, jobs, e));
+            }
         };
         let mut touched = BTreeSet::new();
         let views = {
@@ -211,6 +325,17 @@ impl Writer {
                 match job {
                     Job::Command(cmd, reply) => {
                         let r = self.stage_command(&mut t, *cmd, &mut touched);
+                        if let Err(e) = &r
+                            && is_fatal(e)
+                        {
+                            let e = e.clone();
+                            replies.push(Reply::Command(reply, r));
+                            return Err(fail(replies, jobs, e));
+                        }
+                        replies.push(Reply::Command(reply, r));
+                    }
+                    Job::Prepared(prepared, reply) => {
+                        let r = self.stage_prepared(&mut t, *prepared, &mut touched);
                         if let Err(e) = &r
                             && is_fatal(e)
                         {
@@ -238,10 +363,28 @@ impl Writer {
                 Err(e) => return Err(fail(replies, jobs, e)),
             }
         };
+        // Durable first: once the log has the batch, a crash cannot lose it. A failed append
+        // leaves the log as it was and the transaction is dropped, so nothing of the batch exists.
+        let wal_before = self.wal.len();
+        if let Err(e) = self.wal.append(self.wal_batch.iter().map(Vec::as_slice)) {
+            return Err(fail(replies, jobs, io_error(e)));
+        }
         if let Err(e) = tx.commit() {
+            self.redb_failed = true;
+            // The callers hear "not written": the log must not bring the batch back later.
+            if let Err(e) = self.wal.truncate_to(wal_before) {
+                tracing::error!(error = %e, "could not take a failed batch back out of the write-ahead log");
+            }
             return Err(fail(replies, jobs, e.into()));
         }
         self.cache.trim();
+        if self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL || self.wal.len() >= WAL_BYTES_MAX
+        {
+            // The batch is durable in the log already; a failed checkpoint only delays the next.
+            if let Err(e) = self.checkpoint() {
+                tracing::warn!(error = %e, "checkpoint failed; the write-ahead log keeps every write meanwhile");
+            }
+        }
         Ok((replies, views))
     }
 
@@ -365,13 +508,13 @@ impl Writer {
     fn stage_command(
         &mut self,
         t: &mut Tables<'_>,
-        cmd: Command,
+        cmd: Serial,
         touched: &mut BTreeSet<DocId>,
     ) -> Result<Staged, WriteError> {
         let now = now_ms();
         let mut ops = Ops::default();
         let primary = match cmd {
-            Command::InitSettings(s) => {
+            Serial::InitSettings(s) => {
                 s.validate(&s)?;
                 let id = self.settings_id;
                 if self.cache.get(t, &id)?.is_some() {
@@ -383,7 +526,7 @@ impl Writer {
                 self.settings = s;
                 id
             }
-            Command::SetTaxRate { code, rate } => {
+            Serial::SetTaxRate { code, rate } => {
                 let mut next = self.settings.clone();
                 next.tax_rates.insert(
                     code,
@@ -399,30 +542,12 @@ impl Writer {
                 self.settings = next;
                 id
             }
-            Command::CreateProduct(p) => self.create_product(t, &mut ops, p, now)?,
-            Command::Sell(s) => self.sell(t, &mut ops, s, now)?,
-            Command::Void { sale_id, request } => self.void(t, &mut ops, sale_id, request, now)?,
-            Command::Refund { sale_id, request } => {
+            Serial::CreateProduct(p) => self.create_product(t, &mut ops, p, now)?,
+            Serial::Void { sale_id, request } => self.void(t, &mut ops, sale_id, request, now)?,
+            Serial::Refund { sale_id, request } => {
                 self.refund(t, &mut ops, sale_id, request, now)?
             }
-            Command::CreateCustomer(c) => {
-                let party = Party {
-                    given_name: c.given_name,
-                    family_name: c.family_name,
-                    company_name: c.company_name,
-                    email: c.email,
-                    phone: c.phone,
-                    notes: c.notes,
-                    address: c.address,
-                    ..Party::named(c.display_name)
-                };
-                let customer = Customer(party);
-                customer.validate(&self.settings)?;
-                let id = new_doc_id(now);
-                self.create_doc(t, &mut ops, id, &customer, now)?;
-                id
-            }
-            Command::PatchCustomer { id, patch } => {
+            Serial::PatchCustomer { id, patch } => {
                 let current: Customer = self.typed(t, &id, "customer")?;
                 let mut p = current.0.clone();
                 if let Some(v) = patch.display_name {
@@ -451,7 +576,6 @@ impl Writer {
                 self.update_doc(t, &mut ops, id, &current, &next, now)?;
                 id
             }
-            Command::AdjustStock(a) => self.adjust_stock(t, &mut ops, a, now)?,
         };
         if ops.docs.is_empty() {
             // Nothing changed (a patch that set fields to what they were): no entry to write.
@@ -465,6 +589,34 @@ impl Writer {
         let staged = self.seal(t, ops, primary, now)?;
         touched.extend(staged.docs.iter().map(|(id, _)| *id));
         Ok(staged)
+    }
+
+    /// Orders a document prepared outside the writer (see `prepare`) into this device's log.
+    fn stage_prepared(
+        &mut self,
+        t: &mut Tables<'_>,
+        p: Prepared,
+        touched: &mut BTreeSet<DocId>,
+    ) -> Result<Staged, WriteError> {
+        let now = now_ms();
+        let mut ops = Ops::default();
+        for d in p.docs {
+            self.cache
+                .insert_new(t, d.id, d.doc_type, d.doc, &d.change, Some(d.view))?;
+            ops.push(d.id, d.doc_type, d.change);
+        }
+        if let Some(n) = p.receipt_seq.filter(|n| *n > self.receipt_seq) {
+            self.receipt_seq = n;
+            t.meta.insert(meta_key::RECEIPT_SEQ, &n.to_be_bytes()[..])?;
+        }
+        let staged = self.seal(t, ops, p.primary, now)?;
+        touched.extend(staged.docs.iter().map(|(id, _)| *id));
+        Ok(staged)
+    }
+
+    /// The highest receipt number this device has committed.
+    pub(crate) fn receipt_seq(&self) -> u64 {
+        self.receipt_seq
     }
 
     fn create_product(
@@ -495,103 +647,6 @@ impl Writer {
         // Claimed now so a second product with this SKU in the same batch is refused; the
         // index row is written with the view (see `index_sku`).
         self.skus.insert(product.sku, id);
-        Ok(id)
-    }
-
-    fn resolve_product(
-        &mut self,
-        t: &Tables<'_>,
-        field: &str,
-        id: Option<DocId>,
-        sku: Option<&str>,
-    ) -> Result<DocId, WriteError> {
-        let by_sku = match sku {
-            Some(s) => Some(*self.skus.get(s).ok_or_else(|| {
-                WriteError::UnknownProduct(format!("{field}: no product has SKU '{s}'"))
-            })?),
-            None => None,
-        };
-        match (id, by_sku) {
-            (Some(a), Some(b)) if a != b => Err(WriteError::BadRequest(format!(
-                "{field}: product_id {a} and sku '{}' name different products",
-                sku.unwrap_or("")
-            ))),
-            (Some(a), _) => match self.doc_type(t, &a)? {
-                Some(DocType::Product) => Ok(a),
-                _ => Err(WriteError::UnknownProduct(format!(
-                    "{field}: no product has id {a}"
-                ))),
-            },
-            (None, Some(b)) => Ok(b),
-            (None, None) => Err(WriteError::BadRequest(format!(
-                "{field}: give a product_id or a sku"
-            ))),
-        }
-    }
-
-    fn sell(
-        &mut self,
-        t: &mut Tables<'_>,
-        ops: &mut Ops,
-        req: NewSale,
-        now: u64,
-    ) -> Result<DocId, WriteError> {
-        let mut lines = Vec::with_capacity(req.lines.len());
-        for (i, l) in req.lines.iter().enumerate() {
-            let product_id =
-                self.resolve_product(t, &format!("lines[{i}]"), l.product_id, l.sku.as_deref())?;
-            let product: Product = self.typed(t, &product_id, "product")?;
-            lines.push(LineInput {
-                product_id,
-                product,
-                qty: l.qty,
-                unit_price_minor: l.unit_price_minor,
-            });
-        }
-        if let Some(c) = req.customer_id
-            && self.doc_type(t, &c)? != Some(DocType::Customer)
-        {
-            return Err(WriteError::NotFound {
-                what: "customer",
-                id: c.to_string(),
-            });
-        }
-        let (rest, given): (Vec<_>, Vec<_>) = req
-            .payments
-            .into_iter()
-            .partition(|p| p.amount_minor.is_none());
-        if rest.len() > 1 {
-            return Err(WriteError::BadRequest(
-                "payments: only one payment may leave out its amount (it pays the rest)".into(),
-            ));
-        }
-        let payments = given
-            .into_iter()
-            .map(|p| Tender {
-                method: p.method,
-                amount_minor: p.amount_minor.unwrap_or_default(),
-            })
-            .collect();
-        let pay_rest = rest.into_iter().next().map(|p| p.method);
-        let receipt_number = format!("{}-{:06}", self.id.receipt_prefix, self.receipt_seq + 1);
-        let sale = Sale::ring_up(
-            RingUp {
-                receipt_number,
-                till: self.id.device_id,
-                created_at_ms: now,
-                customer_id: req.customer_id,
-                lines,
-                payments,
-                pay_rest,
-            },
-            &self.settings,
-        )?;
-        // Checked; from here on only the store can fail.
-        let id = new_doc_id(now);
-        self.create_doc(t, ops, id, &sale, now)?;
-        self.receipt_seq += 1;
-        t.meta
-            .insert(meta_key::RECEIPT_SEQ, &self.receipt_seq.to_be_bytes()[..])?;
         Ok(id)
     }
 
@@ -709,43 +764,6 @@ impl Writer {
         Ok(refund_id)
     }
 
-    fn adjust_stock(
-        &mut self,
-        t: &mut Tables<'_>,
-        ops: &mut Ops,
-        req: NewStockAdjustment,
-        now: u64,
-    ) -> Result<DocId, WriteError> {
-        let mut lines = Vec::with_capacity(req.lines.len());
-        for (i, l) in req.lines.iter().enumerate() {
-            let product_id =
-                self.resolve_product(t, &format!("lines[{i}]"), l.product_id, l.sku.as_deref())?;
-            let product: Product = self.typed(t, &product_id, "product")?;
-            lines.push(StockLine {
-                product_id,
-                sku: product.sku,
-                delta: l.delta,
-            });
-        }
-        let adj = StockAdjustment {
-            lines,
-            reason: req.reason,
-            at_ms: now,
-            by: self.id.device_id,
-        };
-        adj.validate(&self.settings)?;
-        let id = new_doc_id(now);
-        self.create_doc(t, ops, id, &adj, now)?;
-        Ok(id)
-    }
-
-    fn doc_type(&mut self, t: &Tables<'_>, id: &DocId) -> Result<Option<DocType>, WriteError> {
-        Ok(self
-            .cache
-            .get(t, id)?
-            .and_then(|c| DocType::from_code(c.record.doc_type)))
-    }
-
     fn typed<T: Document>(
         &mut self,
         t: &Tables<'_>,
@@ -772,8 +790,7 @@ impl Writer {
         value: &T,
         now: u64,
     ) -> Result<(), WriteError> {
-        let (doc, change) = docmap::create(self.cache.actor(), value, (now / 1000) as i64)?;
-        let view = docmap::view_of(value)?;
+        let (doc, change, view) = docmap::create(self.cache.actor(), value, (now / 1000) as i64)?;
         self.cache
             .insert_new(t, id, T::TYPE, doc, &change, Some(view))?;
         ops.push(id, T::TYPE, change);
@@ -822,6 +839,7 @@ impl Writer {
             .map_err(|e| WriteError::Internal(format!("entry too large: {e}")))?;
         let signed = entry.sign(&self.id.mesh_id, &self.id.key);
         store_entry(t, &signed)?;
+        self.wal_batch.push(signed.encoded().to_vec());
         self.head = (signed.entry.seq, signed.hash());
         Ok(Staged {
             primary,
@@ -926,6 +944,21 @@ impl Writer {
             touched.insert(dc.doc_id);
         }
         store_entry(t, &entry)?;
+        self.wal_batch.push(entry.encoded().to_vec());
+        if author == self.id.device_id {
+            // This device's own entries come back from the log after a crash: the receipt
+            // counter follows the highest number its sales carry, so no number is issued twice.
+            for d in entry.docs().iter().filter(|d| d.doc_type == DocType::Sale) {
+                let n = self
+                    .cache
+                    .get(t, &d.doc_id)?
+                    .and_then(|c| receipt_seq_of(c.view()));
+                if let Some(n) = n.filter(|n| *n > self.receipt_seq) {
+                    self.receipt_seq = n;
+                    t.meta.insert(meta_key::RECEIPT_SEQ, &n.to_be_bytes()[..])?;
+                }
+            }
+        }
         let docs = entry
             .docs()
             .iter()
@@ -1062,6 +1095,16 @@ fn check_remote(
     }
 }
 
+/// The counter part of a sale's receipt number, `TILL1-000042` -> 42.
+fn receipt_seq_of(view: &Json) -> Option<u64> {
+    view.get("receipt_number")?
+        .as_str()?
+        .rsplit_once('-')?
+        .1
+        .parse()
+        .ok()
+}
+
 fn write_view(t: &mut Tables<'_>, id: &DocId, json: &Json) -> Result<(), WriteError> {
     let bytes = serde_json::to_vec(json).map_err(|e| WriteError::Internal(e.to_string()))?;
     t.views.insert(id.as_bytes(), bytes.as_slice())?;
@@ -1086,10 +1129,6 @@ fn store_entry(t: &mut Tables<'_>, e: &SignedEntry) -> Result<(), WriteError> {
             .insert(d.doc_id.as_bytes(), (author.as_bytes(), e.entry.seq))?;
     }
     Ok(())
-}
-
-fn new_doc_id(now: u64) -> DocId {
-    DocId::new_v7(now, random_bytes())
 }
 
 /// The changes one command makes, grouped per document in the order first touched.

@@ -4,6 +4,7 @@
 //! write goes through the repo's writer; this module opens, creates and classifies failures.
 
 pub mod tables;
+pub mod wal;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -251,6 +252,11 @@ impl Shared {
             path: store_path(dir),
             db: RwLock::new(Some(Arc::new(db))),
         }
+    }
+
+    /// The data folder.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
     }
 
     /// The open database, reopening it first if a failed reopen left none.

@@ -1,0 +1,275 @@
+//! Preparing new documents on the caller's thread, outside the writer.
+//!
+//! A sale, a stock adjustment or a new customer only adds a document, and whether it is valid
+//! depends on nothing a concurrent write could change (products and customers are never
+//! deleted). So it is checked, priced and built here, against a read snapshot, on as many cores
+//! as there are callers; the single writer thread then only orders it: next seq, signature,
+//! commit. Commands that read and then change a document (void, refund, patch) or that must be
+//! unique (a product's SKU) stay in the writer, where they are serialized.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use automerge::{ActorId, AutoCommit};
+use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase};
+use serde_json::Value as Json;
+use tillmesh_protocol::docmap;
+use tillmesh_protocol::schema::{
+    Customer, Document, LineInput, Party, Product, RingUp, Sale, Settings, StockAdjustment,
+    StockLine, Tender,
+};
+use tillmesh_protocol::{DeviceId, DocId, DocType};
+
+use super::requests::{NewCustomer, NewSale, NewStockAdjustment};
+use super::{WriteError, new_doc_id, now_ms};
+use crate::store::tables::{SKUS, VIEWS};
+
+/// A document built and checked, ready to be ordered into the log.
+pub(crate) struct NewDoc {
+    pub id: DocId,
+    pub doc_type: DocType,
+    pub doc: AutoCommit,
+    pub change: Vec<u8>,
+    pub view: Json,
+}
+
+/// What a prepared command adds: one entry's worth of new documents.
+pub(crate) struct Prepared {
+    pub primary: DocId,
+    pub docs: Vec<NewDoc>,
+    /// The receipt number a sale took, so the writer can record the highest one issued.
+    pub receipt_seq: Option<u64>,
+}
+
+/// What preparing needs to know about this device.
+pub(crate) struct Device {
+    pub id: DeviceId,
+    pub actor: ActorId,
+    pub receipt_prefix: String,
+    pub settings_id: DocId,
+    /// The last receipt number handed out. Numbers are taken only by sales that passed every
+    /// check, so only a failed commit (a full disk) can leave a gap.
+    pub receipts: AtomicU64,
+}
+
+/// A consistent read of the store for one preparation.
+pub(crate) struct Snapshot {
+    _tx: ReadTransaction,
+    views: ReadOnlyTable<&'static [u8; 16], &'static [u8]>,
+    skus: ReadOnlyTable<(&'static str, &'static [u8; 16]), ()>,
+}
+
+impl Snapshot {
+    pub fn open(db: &Database) -> Result<Snapshot, WriteError> {
+        let tx = db.begin_read()?;
+        Ok(Snapshot {
+            views: tx.open_table(VIEWS)?,
+            skus: tx.open_table(SKUS)?,
+            _tx: tx,
+        })
+    }
+
+    fn view(&self, id: &DocId) -> Result<Option<Json>, WriteError> {
+        match self.views.get(id.as_bytes())? {
+            Some(v) => serde_json::from_slice(v.value())
+                .map(Some)
+                .map_err(|e| WriteError::Internal(format!("view of {id}: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    fn typed<T: Document>(&self, id: &DocId, what: &'static str) -> Result<T, WriteError> {
+        let view = self.view(id)?.ok_or_else(|| WriteError::NotFound {
+            what,
+            id: id.to_string(),
+        })?;
+        if view.get("type").and_then(Json::as_str) != Some(T::TYPE.name()) {
+            return Err(WriteError::NotFound {
+                what,
+                id: id.to_string(),
+            });
+        }
+        docmap::from_view(&view)
+            .map_err(|e| WriteError::Conflict(format!("{what} {id} cannot be used: {e}")))
+    }
+
+    fn settings(&self, device: &Device) -> Result<Settings, WriteError> {
+        self.typed(&device.settings_id, "mesh settings")
+    }
+
+    /// The product a line names, by id or SKU (the lowest id, when two share a SKU).
+    fn product(
+        &self,
+        field: &str,
+        id: Option<DocId>,
+        sku: Option<&str>,
+    ) -> Result<(DocId, Product), WriteError> {
+        let by_sku = match sku {
+            Some(s) => {
+                let first = self
+                    .skus
+                    .range((s, &[0u8; 16])..=(s, &[0xffu8; 16]))?
+                    .next();
+                match first {
+                    Some(item) => Some(DocId(*item?.0.value().1)),
+                    None => {
+                        return Err(WriteError::UnknownProduct(format!(
+                            "{field}: no product has SKU '{s}'"
+                        )));
+                    }
+                }
+            }
+            None => None,
+        };
+        let id = match (id, by_sku) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(WriteError::BadRequest(format!(
+                    "{field}: product_id {a} and sku '{}' name different products",
+                    sku.unwrap_or("")
+                )));
+            }
+            (Some(a), _) => a,
+            (None, Some(b)) => b,
+            (None, None) => {
+                return Err(WriteError::BadRequest(format!(
+                    "{field}: give a product_id or a sku"
+                )));
+            }
+        };
+        match self.typed::<Product>(&id, "product") {
+            Ok(p) => Ok((id, p)),
+            Err(WriteError::NotFound { .. }) => Err(WriteError::UnknownProduct(format!(
+                "{field}: no product has id {id}"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn new_doc<T: Document>(
+    device: &Device,
+    id: DocId,
+    value: &T,
+    now: u64,
+) -> Result<NewDoc, WriteError> {
+    let (doc, change, view) = docmap::create(&device.actor, value, (now / 1000) as i64)?;
+    Ok(NewDoc {
+        id,
+        doc_type: T::TYPE,
+        doc,
+        change,
+        view,
+    })
+}
+
+pub(crate) fn sale(s: &Snapshot, device: &Device, req: NewSale) -> Result<Prepared, WriteError> {
+    let now = now_ms();
+    let settings = s.settings(device)?;
+    let mut lines = Vec::with_capacity(req.lines.len());
+    for (i, l) in req.lines.iter().enumerate() {
+        let (product_id, product) =
+            s.product(&format!("lines[{i}]"), l.product_id, l.sku.as_deref())?;
+        lines.push(LineInput {
+            product_id,
+            product,
+            qty: l.qty,
+            unit_price_minor: l.unit_price_minor,
+        });
+    }
+    if let Some(c) = req.customer_id {
+        s.typed::<Customer>(&c, "customer")?;
+    }
+    let (rest, given): (Vec<_>, Vec<_>) = req
+        .payments
+        .into_iter()
+        .partition(|p| p.amount_minor.is_none());
+    if rest.len() > 1 {
+        return Err(WriteError::BadRequest(
+            "payments: only one payment may leave out its amount (it pays the rest)".into(),
+        ));
+    }
+    let payments = given
+        .into_iter()
+        .map(|p| Tender {
+            method: p.method,
+            amount_minor: p.amount_minor.unwrap_or_default(),
+        })
+        .collect();
+    let pay_rest = rest.into_iter().next().map(|p| p.method);
+    let ring = RingUp {
+        receipt_number: device.receipt_prefix.clone(),
+        till: device.id,
+        created_at_ms: now,
+        customer_id: req.customer_id,
+        lines,
+        payments,
+        pay_rest,
+    };
+    let mut sale = Sale::ring_up(ring, &settings)?;
+    // Checked: only now does the sale take a receipt number.
+    let n = device.receipts.fetch_add(1, Ordering::Relaxed) + 1;
+    sale.receipt_number = format!("{}-{n:06}", device.receipt_prefix);
+    let id = new_doc_id(now);
+    Ok(Prepared {
+        primary: id,
+        docs: vec![new_doc(device, id, &sale, now)?],
+        receipt_seq: Some(n),
+    })
+}
+
+pub(crate) fn stock_adjustment(
+    s: &Snapshot,
+    device: &Device,
+    req: NewStockAdjustment,
+) -> Result<Prepared, WriteError> {
+    let now = now_ms();
+    let settings = s.settings(device)?;
+    let mut lines = Vec::with_capacity(req.lines.len());
+    for (i, l) in req.lines.iter().enumerate() {
+        let (product_id, product) =
+            s.product(&format!("lines[{i}]"), l.product_id, l.sku.as_deref())?;
+        lines.push(StockLine {
+            product_id,
+            sku: product.sku,
+            delta: l.delta,
+        });
+    }
+    let adj = StockAdjustment {
+        lines,
+        reason: req.reason,
+        at_ms: now,
+        by: device.id,
+    };
+    adj.validate(&settings)?;
+    let id = new_doc_id(now);
+    Ok(Prepared {
+        primary: id,
+        docs: vec![new_doc(device, id, &adj, now)?],
+        receipt_seq: None,
+    })
+}
+
+pub(crate) fn customer(
+    s: &Snapshot,
+    device: &Device,
+    c: NewCustomer,
+) -> Result<Prepared, WriteError> {
+    let now = now_ms();
+    let party = Party {
+        given_name: c.given_name,
+        family_name: c.family_name,
+        company_name: c.company_name,
+        email: c.email,
+        phone: c.phone,
+        notes: c.notes,
+        address: c.address,
+        ..Party::named(c.display_name)
+    };
+    let customer = Customer(party);
+    customer.validate(&s.settings(device)?)?;
+    let id = new_doc_id(now);
+    Ok(Prepared {
+        primary: id,
+        docs: vec![new_doc(device, id, &customer, now)?],
+        receipt_seq: None,
+    })
+}
