@@ -336,3 +336,78 @@ fn resign_as(entry: &Entry, key: &DeviceKey, mesh: &tillmesh_protocol::MeshId) -
     bytes[4..36].copy_from_slice(entry.author.as_bytes());
     bytes
 }
+
+/// A till restored from an empty backup gets its own entries back from a peer: its next entry
+/// must follow them (no fork of its own log) and its receipt numbers must carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_till_carries_on_its_own_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = [42; 32];
+    let key = DeviceKey::from_secret(secret);
+    let mesh = tillmesh_protocol::MeshId::from_root(&key.device_id());
+    let make = |name: &str| {
+        let dir = tmp.path().join(name);
+        drop(
+            tillmesh_node::store::create(
+                &dir,
+                "Till",
+                DeviceKey::from_secret(secret),
+                mesh,
+                key.device_id(),
+            )
+            .unwrap(),
+        );
+        dir
+    };
+    let original = InProcessNode::open(&make("original")).await.unwrap();
+    original
+        .repo
+        .execute(tillmesh_node::repo::Command::InitSettings(
+            tillmesh_protocol::schema::Settings::new("Shop", tillmesh_protocol::Currency::USD),
+        ))
+        .await
+        .unwrap();
+    original
+        .api
+        .ok_post("/v1/products", &product("TEA-1", "Tea", 350, 40))
+        .await
+        .unwrap();
+    let mut receipts = std::collections::HashSet::new();
+    for _ in 0..3 {
+        let s = original
+            .api
+            .ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350))
+            .await
+            .unwrap();
+        receipts.insert(s["receipt_number"].as_str().unwrap().to_owned());
+    }
+    let restored = InProcessNode::open(&make("restored")).await.unwrap();
+    sync_one_way(&original.repo, &restored.repo).await;
+    let s = restored
+        .api
+        .ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350))
+        .await
+        .unwrap();
+    assert!(
+        !receipts.contains(s["receipt_number"].as_str().unwrap()),
+        "receipt {} issued twice",
+        s["receipt_number"]
+    );
+    let me = key.device_id();
+    let log = entries_of(&restored.repo, &me);
+    assert_eq!(
+        log.len(),
+        6,
+        "settings, product, three sales, and the new sale"
+    );
+    assert_eq!(
+        log[5].entry.prev,
+        log[4].hash(),
+        "the new entry follows the restored ones"
+    );
+    // The original accepts it: one unbroken log, no fork.
+    assert_eq!(
+        original.repo.ingest(log[5].clone()).await.unwrap(),
+        IngestOutcome::Applied
+    );
+}

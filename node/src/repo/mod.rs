@@ -286,13 +286,12 @@ impl Repo {
             settings_id: DocId::derived(&identity.mesh_id, "settings"),
             receipts: Default::default(),
         });
-        let state = writer::Writer::load(db.clone(), identity).map_err(|e| OpenError::Storage {
-            path: store::store_path(dir),
-            detail: e.to_string(),
+        let state = writer::Writer::load(db.clone(), identity, device.clone()).map_err(|e| {
+            OpenError::Storage {
+                path: store::store_path(dir),
+                detail: e.to_string(),
+            }
         })?;
-        device
-            .receipts
-            .store(state.receipt_seq(), std::sync::atomic::Ordering::Relaxed);
         let ev = events.clone();
         let writer = std::thread::Builder::new()
             .name("tillmesh-writer".into())

@@ -21,7 +21,7 @@ use tillmesh_protocol::{DocChanges, DocId, DocType, Entry, EntryHash, Payload, S
 use tokio::sync::{broadcast, mpsc};
 
 use super::docs::DocCache;
-use super::prepare::Prepared;
+use super::prepare::{Device, Prepared};
 use super::requests::*;
 use super::{
     DocEvent, IngestOutcome, Job, Origin, Serial, WriteError, Written, new_doc_id, now_ms,
@@ -55,6 +55,13 @@ pub(crate) struct Writer {
     last_checkpoint: Instant,
     /// redb failed a write: its handle refuses all further ones until reopened.
     redb_failed: bool,
+    /// The log must be cut back to this length: it holds a batch its callers were told failed.
+    wal_cut: Option<u64>,
+    /// A recovery did not finish: no batch runs until `recover` succeeds, since writing on a
+    /// rolled-back store would let a checkpoint empty the log of writes the store lacks.
+    needs_recovery: bool,
+    /// Shared with the preparers: the receipt counter they take numbers from.
+    device: Arc<Device>,
 }
 
 enum Reply {
@@ -92,7 +99,11 @@ fn is_fatal(e: &WriteError) -> bool {
 }
 
 impl Writer {
-    pub(crate) fn load(store: Arc<store::Shared>, id: Identity) -> Result<Writer, WriteError> {
+    pub(crate) fn load(
+        store: Arc<store::Shared>,
+        id: Identity,
+        device: Arc<Device>,
+    ) -> Result<Writer, WriteError> {
         let (wal, records) = Wal::open(store.dir()).map_err(io_error)?;
         let settings_id = DocId::derived(&id.mesh_id, "settings");
         let actor = actor_for(&id.device_id);
@@ -110,6 +121,9 @@ impl Writer {
             wal_batch: Vec::new(),
             last_checkpoint: Instant::now(),
             redb_failed: false,
+            wal_cut: None,
+            needs_recovery: false,
+            device,
         };
         w.reload()?;
         w.replay(records)?;
@@ -166,36 +180,37 @@ impl Writer {
             self.redb_failed = true;
             return Err(e.into());
         }
+        // Durable in redb now: a log that fails to empty is merely replayed (as duplicates).
         self.wal.truncate_to(0).map_err(io_error)?;
         self.last_checkpoint = Instant::now();
         Ok(())
     }
 
-    /// After a failed batch: a fresh redb handle if the old one failed a write, the log's
-    /// entries applied again, and every cached counter re-read.
+    /// After a failed write: the log cut back to what callers were told was written, a fresh
+    /// redb handle if the old one failed, the store's state re-read, and the log re-read from
+    /// disk and applied again.
     fn recover(&mut self) {
         self.wal_batch.clear();
-        if std::mem::take(&mut self.redb_failed) {
-            if let Err(e) = self.store.reopen() {
-                self.redb_failed = true;
-                tracing::error!(error = %e, "reopening the store failed; will retry on the next batch");
-                return;
+        let recovered = (|| -> Result<(), WriteError> {
+            if let Some(cut) = self.wal_cut {
+                self.wal.truncate_to(cut).map_err(io_error)?;
+                self.wal_cut = None;
             }
-            let replayed =
-                Wal::open(self.store.dir())
-                    .map_err(io_error)
-                    .and_then(|(wal, records)| {
-                        self.wal = wal;
-                        self.replay(records)
-                    });
-            if let Err(e) = replayed {
-                self.redb_failed = true;
-                tracing::error!(error = %e, "re-applying the write-ahead log failed; will retry on the next batch");
-                return;
+            if self.redb_failed {
+                self.store
+                    .reopen()
+                    .map_err(|e| WriteError::Storage(e.to_string()))?;
+                self.redb_failed = false;
             }
-        }
-        if let Err(e) = self.reload() {
-            tracing::error!(error = %e, "reloading the writer's state failed; will retry on the next batch");
+            // Whatever was cached came from the failed batch or the failed handle.
+            self.reload()?;
+            let (wal, records) = Wal::open(self.store.dir()).map_err(io_error)?;
+            self.wal = wal;
+            self.replay(records)
+        })();
+        self.needs_recovery = recovered.is_err();
+        if let Err(e) = recovered {
+            tracing::error!(error = %e, "recovering the store failed; writes are refused until it succeeds");
         }
     }
 
@@ -220,14 +235,21 @@ impl Writer {
                 .unwrap_or(0))
         };
         self.receipt_seq = get(meta_key::RECEIPT_SEQ)?;
+        self.device
+            .receipts
+            .fetch_max(self.receipt_seq, std::sync::atomic::Ordering::Relaxed);
         self.rejected_seq = get(meta_key::REJECTED_SEQ)?;
         let views = tx.open_table(VIEWS)?;
-        if let Some(v) = views.get(self.settings_id.as_bytes())? {
-            let json: Json = serde_json::from_slice(v.value())
-                .map_err(|e| WriteError::Internal(e.to_string()))?;
-            self.settings = super::typed(&self.settings_id, json)
-                .map_err(|e| WriteError::Internal(e.to_string()))?;
-        }
+        self.settings = match views.get(self.settings_id.as_bytes())? {
+            Some(v) => {
+                let json: Json = serde_json::from_slice(v.value())
+                    .map_err(|e| WriteError::Internal(e.to_string()))?;
+                super::typed(&self.settings_id, json)
+                    .map_err(|e| WriteError::Internal(e.to_string()))?
+            }
+            // Not received yet (a device that just joined): nothing priced can be checked.
+            None => Settings::new("", tillmesh_protocol::Currency::USD),
+        };
         self.skus.clear();
         for item in tx.open_table(SKUS)?.iter()? {
             let (k, _) = item?;
@@ -300,6 +322,13 @@ impl Writer {
             }
             (replies, err)
         };
+        if self.needs_recovery {
+            self.recover();
+            if self.needs_recovery {
+                let e = WriteError::Storage("the store is recovering from a failed write".into());
+                return Err(fail(replies, jobs, e));
+            }
+        }
         self.wal_batch.clear();
         let begun = self.db().and_then(|db| {
             let mut tx = db.begin_write()?;
@@ -365,16 +394,16 @@ impl Writer {
         };
         // Durable first: once the log has the batch, a crash cannot lose it. A failed append
         // leaves the log as it was and the transaction is dropped, so nothing of the batch exists.
+        // The callers of a failed batch hear "not written", so the log must never bring it
+        // back: `recover` cuts it back to here before it reads the log again.
         let wal_before = self.wal.len();
         if let Err(e) = self.wal.append(self.wal_batch.iter().map(Vec::as_slice)) {
+            self.wal_cut = Some(wal_before);
             return Err(fail(replies, jobs, io_error(e)));
         }
         if let Err(e) = tx.commit() {
             self.redb_failed = true;
-            // The callers hear "not written": the log must not bring the batch back later.
-            if let Err(e) = self.wal.truncate_to(wal_before) {
-                tracing::error!(error = %e, "could not take a failed batch back out of the write-ahead log");
-            }
+            self.wal_cut = Some(wal_before);
             return Err(fail(replies, jobs, e.into()));
         }
         self.cache.trim();
@@ -383,6 +412,9 @@ impl Writer {
             // The batch is durable in the log already; a failed checkpoint only delays the next.
             if let Err(e) = self.checkpoint() {
                 tracing::warn!(error = %e, "checkpoint failed; the write-ahead log keeps every write meanwhile");
+                if self.redb_failed {
+                    self.recover();
+                }
             }
         }
         Ok((replies, views))
@@ -417,11 +449,13 @@ impl Writer {
                     let old: Json = serde_json::from_slice(old.value())
                         .map_err(|e| WriteError::Internal(e.to_string()))?;
                     for (p, q) in docmap::stock_moves(dt, &old) {
-                        *moves.entry(p).or_default() -= q;
+                        let m = moves.entry(p).or_default();
+                        *m = m.saturating_sub(q);
                     }
                 }
                 for (p, q) in docmap::stock_moves(dt, &json) {
-                    *moves.entry(p).or_default() += q;
+                    let m = moves.entry(p).or_default();
+                    *m = m.saturating_add(q);
                 }
             }
             if doc_type == Some(DocType::Product) {
@@ -440,7 +474,12 @@ impl Writer {
         }
         let mut stock_only = Vec::new();
         for (p, delta) in moves.into_iter().filter(|(_, d)| *d != 0) {
-            let moved = t.stock.get(p.as_bytes())?.map(|v| v.value()).unwrap_or(0) + delta;
+            let moved = t
+                .stock
+                .get(p.as_bytes())?
+                .map(|v| v.value())
+                .unwrap_or(0)
+                .saturating_add(delta);
             t.stock.insert(p.as_bytes(), moved)?;
             if products.insert(p) {
                 stock_only.push(p);
@@ -460,7 +499,7 @@ impl Writer {
             let moved = t.stock.get(p.as_bytes())?.map(|v| v.value()).unwrap_or(0);
             if let Some(m) = json.as_object_mut() {
                 let opening = m.get("opening_stock").and_then(Json::as_i64).unwrap_or(0);
-                m.insert("stock".into(), Json::from(opening + moved));
+                m.insert("stock".into(), Json::from(opening.saturating_add(moved)));
             }
             write_view(t, &p, &json)?;
             views.insert(p, Arc::new(json));
@@ -527,7 +566,9 @@ impl Writer {
                 id
             }
             Serial::SetTaxRate { code, rate } => {
-                let mut next = self.settings.clone();
+                let id = self.settings_id;
+                let current: Settings = self.typed(t, &id, "mesh settings")?;
+                let mut next = current.clone();
                 next.tax_rates.insert(
                     code,
                     TaxRate {
@@ -536,8 +577,6 @@ impl Writer {
                     },
                 );
                 next.validate(&next)?;
-                let id = self.settings_id;
-                let current = self.settings.clone();
                 self.update_doc(t, &mut ops, id, &current, &next, now)?;
                 self.settings = next;
                 id
@@ -612,11 +651,6 @@ impl Writer {
         let staged = self.seal(t, ops, p.primary, now)?;
         touched.extend(staged.docs.iter().map(|(id, _)| *id));
         Ok(staged)
-    }
-
-    /// The highest receipt number this device has committed.
-    pub(crate) fn receipt_seq(&self) -> u64 {
-        self.receipt_seq
     }
 
     fn create_product(
@@ -929,6 +963,8 @@ impl Writer {
             return match refusal {
                 Refusal::Reject(reason) => self.reject(t, &entry, reason),
                 Refusal::Defer(reason) => Ok((IngestOutcome::Deferred { reason }, None)),
+                // The store, not the entry, failed: the batch fails and the entry can come again.
+                Refusal::Fail(e) => Err(e),
             };
         }
         for dc in entry.docs() {
@@ -945,7 +981,22 @@ impl Writer {
         }
         store_entry(t, &entry)?;
         self.wal_batch.push(entry.encoded().to_vec());
+        if entry.docs().iter().any(|d| d.doc_id == self.settings_id) {
+            // Later entries of this batch (a product with a new tax code) are checked against
+            // the settings as they are now.
+            let id = self.settings_id;
+            if let Some(settings) = self
+                .cache
+                .get(t, &id)?
+                .and_then(|c| docmap::from_view::<Settings>(c.view()).ok())
+            {
+                self.settings = settings;
+            }
+        }
         if author == self.id.device_id {
+            // Its own entries coming back (from the log after a crash, or from peers to a till
+            // restored from an old backup): its next entry must follow the last one.
+            self.head = (seq, entry.hash());
             // This device's own entries come back from the log after a crash: the receipt
             // counter follows the highest number its sales carry, so no number is issued twice.
             for d in entry.docs().iter().filter(|d| d.doc_type == DocType::Sale) {
@@ -956,6 +1007,9 @@ impl Writer {
                 if let Some(n) = n.filter(|n| *n > self.receipt_seq) {
                     self.receipt_seq = n;
                     t.meta.insert(meta_key::RECEIPT_SEQ, &n.to_be_bytes()[..])?;
+                    self.device
+                        .receipts
+                        .fetch_max(n, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }
@@ -987,10 +1041,7 @@ impl Writer {
     ) -> Result<(), Refusal> {
         let actor = self.cache.actor().clone();
         let settings = self.settings.clone();
-        let existing = self
-            .cache
-            .get(t, &id)
-            .map_err(|e| Refusal::Reject(e.to_string()))?;
+        let existing = self.cache.get(t, &id).map_err(Refusal::Fail)?;
         let (doc, before_sale) = match existing {
             Some(c) => {
                 if c.record.doc_type != doc_type.code() {
@@ -1061,6 +1112,8 @@ enum Refusal {
     /// Good as far as can be told, but it builds on changes not held yet: not stored, and not
     /// held against its author; it is accepted when sent again after them.
     Defer(String),
+    /// Reading the store failed: nothing is said about the entry.
+    Fail(WriteError),
 }
 
 /// The schema rules an ingested document must keep.

@@ -31,12 +31,17 @@ impl Wal {
     /// Opens (or creates) the log in `dir` and returns the entries it holds, in order.
     pub fn open(dir: &Path) -> io::Result<(Wal, Vec<Vec<u8>>)> {
         let path = dir.join(WAL_FILE);
+        let existed = path.exists();
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)?;
+        if !existed {
+            // A new file's name is durable only once its folder is synced.
+            File::open(dir)?.sync_all()?;
+        }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         let mut records = Vec::new();

@@ -30,6 +30,8 @@ pub struct Product {
 }
 
 pub const SKU_CHARS_MAX: usize = 64;
+/// Units on hand a product may start with, either way.
+pub const OPENING_STOCK_MAX: i64 = 1_000_000_000;
 
 impl Product {
     /// The price every view shows. The ledger has no say on price: QBO's item price is a default,
@@ -54,6 +56,12 @@ impl Document for Product {
         check_amount("price.amount_minor", self.price.amount_minor, false)?;
         check_currency("price.currency", self.price.currency, settings.currency)?;
         settings.tax_rate(&self.tax_code)?;
+        if self.opening_stock.unsigned_abs() > OPENING_STOCK_MAX as u64 {
+            return Err(invalid(
+                "opening_stock",
+                format!("must be within ±{OPENING_STOCK_MAX}"),
+            ));
+        }
         Ok(())
     }
 
@@ -103,7 +111,7 @@ impl Document for StockAdjustment {
             ));
         }
         for (i, l) in self.lines.iter().enumerate() {
-            if l.delta == 0 || l.delta.abs() > QTY_MAX {
+            if l.delta == 0 || l.delta.unsigned_abs() > QTY_MAX as u64 {
                 return Err(invalid(
                     format!("lines[{i}].delta"),
                     format!("must be non-zero and within ±{QTY_MAX}"),
