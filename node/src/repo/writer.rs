@@ -75,6 +75,17 @@ enum Reply {
     ),
 }
 
+impl Reply {
+    /// A failure of the store rather than of the job: the whole batch fails with it.
+    fn fatal_error(&self) -> Option<WriteError> {
+        let e = match self {
+            Reply::Command(_, Err(e)) | Reply::Ingest(_, Err(e)) => e,
+            _ => return None,
+        };
+        is_fatal(e).then(|| e.clone())
+    }
+}
+
 /// What a staged entry wrote, for the answer and the event stream once committed.
 struct Staged {
     primary: DocId,
@@ -351,40 +362,21 @@ impl Writer {
                 Err(e) => return Err(fail(replies, jobs, e.into())),
             };
             for job in jobs.by_ref() {
-                match job {
-                    Job::Command(cmd, reply) => {
-                        let r = self.stage_command(&mut t, *cmd, &mut touched);
-                        if let Err(e) = &r
-                            && is_fatal(e)
-                        {
-                            let e = e.clone();
-                            replies.push(Reply::Command(reply, r));
-                            return Err(fail(replies, jobs, e));
-                        }
-                        replies.push(Reply::Command(reply, r));
+                let reply = match job {
+                    Job::Command(cmd, tx) => {
+                        Reply::Command(tx, self.stage_command(&mut t, *cmd, &mut touched))
                     }
-                    Job::Prepared(prepared, reply) => {
-                        let r = self.stage_prepared(&mut t, *prepared, &mut touched);
-                        if let Err(e) = &r
-                            && is_fatal(e)
-                        {
-                            let e = e.clone();
-                            replies.push(Reply::Command(reply, r));
-                            return Err(fail(replies, jobs, e));
-                        }
-                        replies.push(Reply::Command(reply, r));
+                    Job::Prepared(p, tx) => {
+                        Reply::Command(tx, self.stage_prepared(&mut t, *p, &mut touched))
                     }
-                    Job::Ingest(entry, reply) => {
-                        let r = self.stage_ingest(&mut t, *entry, &mut touched);
-                        if let Err(e) = &r
-                            && is_fatal(e)
-                        {
-                            let e = e.clone();
-                            replies.push(Reply::Ingest(reply, r));
-                            return Err(fail(replies, jobs, e));
-                        }
-                        replies.push(Reply::Ingest(reply, r));
+                    Job::Ingest(e, tx) => {
+                        Reply::Ingest(tx, self.stage_ingest(&mut t, *e, &mut touched))
                     }
+                };
+                let fatal = reply.fatal_error();
+                replies.push(reply);
+                if let Some(e) = fatal {
+                    return Err(fail(replies, jobs, e));
                 }
             }
             match self.finish(&mut t, &touched) {

@@ -4,11 +4,11 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    DocType, Document, LINES_MAX, Ledger, QTY_MAX, SchemaError, Settings, check_amount,
-    check_currency, check_text, expect_eq, invalid, sum_minor,
+    DocType, Document, LINES_MAX, Ledger, SchemaError, Settings, check_amount, check_currency,
+    check_priced_line, check_text, expect_eq, invalid, sum_minor,
 };
 use crate::ids::DocId;
-use crate::money::{Money, tax_on};
+use crate::money::Money;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvoiceLine {
@@ -63,33 +63,14 @@ impl Document for Invoice {
         }
         for (i, l) in self.lines.iter().enumerate() {
             check_text(&format!("lines[{i}].description"), &l.description, true)?;
-            if !(1..=QTY_MAX).contains(&l.qty) {
-                return Err(invalid(
-                    format!("lines[{i}].qty"),
-                    format!("must be between 1 and {QTY_MAX}"),
-                ));
-            }
-            check_amount(
-                &format!("lines[{i}].unit_price_minor"),
+            check_priced_line(
+                &format!("lines[{i}]"),
+                l.qty,
                 l.unit_price_minor,
-                false,
-            )?;
-            let cur = self.total.currency;
-            let net = l
-                .unit_price_minor
-                .checked_mul(l.qty)
-                .ok_or_else(|| invalid("lines", "amount overflows"))?;
-            expect_eq(
-                &format!("lines[{i}].net_minor"),
-                &Money::new(l.net_minor, cur),
-                net,
-                "unit price × qty",
-            )?;
-            expect_eq(
-                &format!("lines[{i}].tax_minor"),
-                &Money::new(l.tax_minor, cur),
-                tax_on(net, l.tax_rate_ppm)?,
-                "the line's tax rate",
+                l.net_minor,
+                l.tax_minor,
+                l.tax_rate_ppm,
+                self.total.currency,
             )?;
         }
         for (f, m) in [

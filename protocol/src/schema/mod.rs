@@ -236,6 +236,47 @@ pub(crate) fn expect_eq(
     Ok(())
 }
 
+/// Checks a priced line as stored: a sensible quantity and price, `net = unit price × qty`, and
+/// the tax its recorded rate gives (rates are the line's own, not today's settings, so a
+/// document written before a tax change stays valid).
+pub(crate) fn check_priced_line(
+    field: &str,
+    qty: i64,
+    unit_price_minor: i64,
+    net_minor: i64,
+    tax_minor: i64,
+    tax_rate_ppm: u32,
+    currency: Currency,
+) -> Result<(), SchemaError> {
+    if !(1..=QTY_MAX).contains(&qty) {
+        return Err(invalid(
+            format!("{field}.qty"),
+            format!("must be between 1 and {QTY_MAX}"),
+        ));
+    }
+    check_amount(
+        &format!("{field}.unit_price_minor"),
+        unit_price_minor,
+        false,
+    )?;
+    let net = unit_price_minor
+        .checked_mul(qty)
+        .ok_or_else(|| invalid(field, "amount overflows"))?;
+    expect_eq(
+        &format!("{field}.net_minor"),
+        &Money::new(net_minor, currency),
+        net,
+        "unit price × qty",
+    )?;
+    let tax = crate::money::tax_on(net, tax_rate_ppm)?;
+    expect_eq(
+        &format!("{field}.tax_minor"),
+        &Money::new(tax_minor, currency),
+        tax,
+        "the line's tax rate",
+    )
+}
+
 /// A typed document value with a fixed Automerge layout.
 pub trait Document: Serialize + DeserializeOwned + Clone {
     const TYPE: DocType;

@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     DocType, Document, LINES_MAX, Ledger, Product, QTY_MAX, SchemaError, Settings, check_amount,
-    check_currency, check_text, expect_eq, invalid, sum_minor,
+    check_currency, check_priced_line, check_text, expect_eq, invalid, sum_minor,
 };
 use crate::ids::{DeviceId, DocId};
 use crate::money::{Currency, Money, tax_on};
@@ -309,33 +309,14 @@ impl Document for Sale {
             ));
         }
         for (i, l) in self.lines.iter().enumerate() {
-            if !(1..=QTY_MAX).contains(&l.qty) {
-                return Err(invalid(
-                    format!("lines[{i}].qty"),
-                    format!("must be between 1 and {QTY_MAX}"),
-                ));
-            }
-            check_amount(
-                &format!("lines[{i}].unit_price_minor"),
+            check_priced_line(
+                &format!("lines[{i}]"),
+                l.qty,
                 l.unit_price_minor,
-                false,
-            )?;
-            let net = l
-                .unit_price_minor
-                .checked_mul(l.qty)
-                .ok_or_else(|| invalid("lines", "amount overflows"))?;
-            expect_eq(
-                &format!("lines[{i}].net_minor"),
-                &Money::new(l.net_minor, cur),
-                net,
-                "unit price × qty",
-            )?;
-            let tax = tax_on(net, l.tax_rate_ppm)?;
-            expect_eq(
-                &format!("lines[{i}].tax_minor"),
-                &Money::new(l.tax_minor, cur),
-                tax,
-                "the line's tax rate",
+                l.net_minor,
+                l.tax_minor,
+                l.tax_rate_ppm,
+                cur,
             )?;
             if self.refunded_qty(i) > l.qty {
                 return Err(invalid(
