@@ -149,17 +149,6 @@ pub fn read_json(doc: &AutoCommit) -> Json {
     serde_json::to_value(AutoSerde::from(doc)).unwrap_or(Json::Null)
 }
 
-/// The `type` a document says it has, if any.
-pub fn doc_type(doc: &AutoCommit) -> Option<DocType> {
-    match doc.get(ROOT, "type").ok()?? {
-        (Value::Scalar(s), _) => match s.as_ref() {
-            ScalarValue::Str(t) => DocType::from_name(t),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
 /// Writes the fields where `to` differs from `from` and returns the change, or `None` when
 /// nothing differs.
 pub fn update<T: Document>(
@@ -318,7 +307,7 @@ mod tests {
         copy.apply_changes([parsed]).unwrap();
         assert_eq!(read::<Product>(&copy).unwrap(), product());
         assert_eq!(read::<Product>(&doc).unwrap(), product());
-        assert_eq!(doc_type(&doc), Some(DocType::Product));
+        assert_eq!(read_json(&doc)["type"], "product");
         assert!(matches!(
             read::<Settings>(&doc),
             Err(DocError::WrongType { .. })

@@ -23,7 +23,7 @@ use tillmesh_protocol::{
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::store::tables::{BY_TYPE, COUNTS, ENTRIES, HEADS, REJECTED, SKUS, VIEWS};
+use crate::store::tables::{BY_TYPE, COUNTS, ENTRIES, HEADS, REJECTED, VIEWS};
 use crate::store::{self, OpenError};
 use requests::*;
 
@@ -450,16 +450,6 @@ impl Repo {
         }
         // `before` = [0xff; 16] excludes that one id; no real UUID is all ones.
         Ok(out)
-    }
-
-    pub fn product_by_sku(&self, sku: &str) -> Result<Option<DocId>, ReadError> {
-        let tx = self.db()?.begin_read()?;
-        let skus = tx.open_table(SKUS)?;
-        let first = skus.range((sku, &[0u8; 16])..=(sku, &[0xffu8; 16]))?.next();
-        Ok(match first {
-            Some(item) => Some(DocId(*item?.0.value().1)),
-            None => None,
-        })
     }
 
     pub fn settings(&self) -> Result<Settings, ReadError> {

@@ -272,7 +272,7 @@ impl Writer {
         for item in tx.open_table(SKUS)?.iter()? {
             let (k, _) = item?;
             let (sku, id) = k.value();
-            // The first id per SKU in key order wins, the same rule `Repo::product_by_sku` uses.
+            // The first id per SKU in key order wins, the same rule `prepare::Snapshot` uses.
             self.skus.entry(sku.to_owned()).or_insert(DocId(*id));
         }
         Ok(())

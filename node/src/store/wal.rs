@@ -13,7 +13,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use tillmesh_protocol::entry::ENTRY_BYTES_MAX;
@@ -23,7 +23,6 @@ const RECORD_HEADER: usize = 4 + 32;
 
 pub struct Wal {
     file: File,
-    path: PathBuf,
     len: u64,
 }
 
@@ -69,7 +68,6 @@ impl Wal {
         Ok((
             Wal {
                 file,
-                path,
                 len: at as u64,
             },
             records,
@@ -120,10 +118,6 @@ impl Wal {
         self.file.sync_data()?;
         self.len = len;
         Ok(())
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

@@ -33,14 +33,6 @@ pub const SKU_CHARS_MAX: usize = 64;
 /// Units on hand a product may start with, either way.
 pub const OPENING_STOCK_MAX: i64 = 1_000_000_000;
 
-impl Product {
-    /// The price every view shows. The ledger has no say on price: QBO's item price is a default,
-    /// not a financial fact.
-    pub fn price(&self) -> Money {
-        self.price
-    }
-}
-
 impl Document for Product {
     const TYPE: DocType = DocType::Product;
 

@@ -228,14 +228,6 @@ impl Sale {
         self.lines.iter().map(|l| (l.product_id, -l.qty)).collect()
     }
 
-    /// The total every view shows: QBO's once the bridge has posted or pulled it.
-    pub fn effective_total(&self) -> Money {
-        self.ledger
-            .as_ref()
-            .and_then(|l| l.total)
-            .unwrap_or(self.total)
-    }
-
     /// Checks that `next` is a lawful successor of this sale: financial fields unchanged,
     /// status moving only forward, refunds only appended.
     pub fn check_update(&self, next: &Sale) -> Result<(), SchemaError> {
