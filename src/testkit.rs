@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tillmesh_node::Repo;
-use tillmesh_node::cli::client::api_addr_path;
+use tillmesh_node::cli::client::{api_addr_path, read_api_addr};
 use tillmesh_protocol::Currency;
 use tokio::net::TcpListener;
 
@@ -24,9 +24,11 @@ pub struct Api {
 
 impl Api {
     pub fn new(base: impl Into<String>) -> Self {
+        // A wedged node fails the test instead of hanging CI.
         let http = reqwest::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(64)
+            .timeout(Duration::from_secs(60))
             .build()
             .expect("http client");
         Api {
@@ -157,6 +159,15 @@ impl NodeProcess {
 
     /// `tillmesh run` on `dir` with the API on a free loopback port; returns once it serves.
     pub async fn start(bin: &Path, dir: &Path) -> anyhow::Result<NodeProcess> {
+        Self::start_with(bin, dir, &[]).await
+    }
+
+    /// [`NodeProcess::start`] with extra environment variables for the node.
+    pub async fn start_with(
+        bin: &Path,
+        dir: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<NodeProcess> {
         let addr_file = api_addr_path(dir);
         let _ = std::fs::remove_file(&addr_file);
         let child = Command::new(bin)
@@ -168,6 +179,7 @@ impl NodeProcess {
                 "127.0.0.1:0",
             ])
             .env("TILLMESH_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -187,8 +199,8 @@ impl NodeProcess {
             {
                 bail!("tillmesh run exited with {status} before serving");
             }
-            if let Ok(addr) = std::fs::read_to_string(&addr_file) {
-                let api = Api::new(format!("http://{}", addr.trim()));
+            if let Some((addr, _device)) = read_api_addr(dir) {
+                let api = Api::new(format!("http://{addr}"));
                 if api
                     .get("/v1/status")
                     .await
@@ -227,6 +239,7 @@ impl NodeProcess {
             while c.try_wait()?.is_none() {
                 if Instant::now() > deadline {
                     let _ = c.kill();
+                    let _ = c.wait();
                     bail!("node did not stop within 10 s of SIGTERM");
                 }
                 std::thread::sleep(Duration::from_millis(10));

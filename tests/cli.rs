@@ -218,6 +218,14 @@ async fn folders_that_are_not_stores_are_refused_and_left_alone() {
 /// A real full disk: a small tmpfs. Needs root (CI runs as root).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_keeps_serving_and_loses_nothing() {
+    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        // Mounting a small disk needs root. CI runs as root, so there it always runs.
+        eprintln!(
+            "SKIPPED a_full_disk_refuses_writes_keeps_serving_and_loses_nothing: needs root to mount a tmpfs"
+        );
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("small-disk");
     std::fs::create_dir(&mnt).unwrap();
@@ -338,4 +346,29 @@ async fn a_full_disk_refuses_writes_keeps_serving_and_loses_nothing() {
         1_000_000 - held.len() as i64,
         "no half-applied sale"
     );
+}
+
+/// After a crash leaves `api.addr` behind and another node takes that port, the CLI must not
+/// send this folder's commands to the other node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_address_file_never_reaches_another_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    NodeProcess::init(BIN.as_ref(), &a, "Till A").unwrap();
+    NodeProcess::init(BIN.as_ref(), &b, "Till B").unwrap();
+    let a_id = json(&["status", "--data", a.to_str().unwrap()])["device"]["id"].clone();
+    let node_b = NodeProcess::start(BIN.as_ref(), &b).await.unwrap();
+    // A's folder points at B's port, as a stale file would after B took it.
+    let b_addr = node_b.api.base.trim_start_matches("http://").to_owned();
+    std::fs::write(
+        a.join("api.addr"),
+        format!("{b_addr} {}\n", a_id.as_str().unwrap()),
+    )
+    .unwrap();
+    let status = json(&["status", "--data", a.to_str().unwrap()]);
+    assert_eq!(
+        status["device"]["id"], a_id,
+        "A's own store answered, not node B"
+    );
+    drop(node_b);
 }

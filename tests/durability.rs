@@ -2,6 +2,7 @@
 //! stream of sales, comes back with every sale it acknowledged, and nothing half-written.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,11 +17,13 @@ fn sell_until(
     api: &Api,
     clients: usize,
     stop: Arc<Mutex<bool>>,
+    count: Arc<AtomicUsize>,
 ) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
     (0..clients)
         .map(|c| {
             let api = api.clone();
             let stop = stop.clone();
+            let count = count.clone();
             tokio::spawn(async move {
                 let mut acked = Vec::new();
                 let mut i = 0i64;
@@ -33,7 +36,8 @@ fn sell_until(
                     let qty = 1 + (i % 3);
                     match api.post("/v1/sales", &cash_sale(sku, qty, qty * 100)).await {
                         Ok((s, v)) if s.as_u16() == 201 => {
-                            acked.push(v["id"].as_str().unwrap().to_owned())
+                            acked.push(v["id"].as_str().unwrap().to_owned());
+                            count.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok((s, v)) => panic!("sale refused while the node was up: {s} {v}"),
                         Err(_) => break, // the node died under us: this sale was not acknowledged
@@ -44,6 +48,19 @@ fn sell_until(
             })
         })
         .collect()
+}
+
+/// Waits until `count` reaches `n` (the load runs on a loaded machine: no fixed sleep).
+async fn wait_for(count: &AtomicUsize, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while count.load(Ordering::Relaxed) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the load stalled at {} sales",
+            count.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Checks the store against the acknowledged sales: all there, stock consistent, receipts unique.
@@ -108,14 +125,14 @@ async fn a_stopped_node_restarts_with_every_sale() {
     let tmp = tempfile::tempdir().unwrap();
     let mut node = new_till(&tmp).await;
     let stop = Arc::new(Mutex::new(false));
-    let tasks = sell_until(&node.api, 4, stop.clone());
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let count = Arc::new(AtomicUsize::new(0));
+    let tasks = sell_until(&node.api, 4, stop.clone(), count.clone());
+    wait_for(&count, 200).await;
     *stop.lock().unwrap() = true;
     let mut acked = HashSet::new();
     for t in tasks {
         acked.extend(t.await.unwrap());
     }
-    assert!(acked.len() > 50, "the load ran ({} sales)", acked.len());
     node.stop().unwrap();
     assert!(
         !node.dir.join("api.addr").exists(),
@@ -137,10 +154,11 @@ async fn kill_9_mid_stream_loses_no_acknowledged_sale() {
     let mut acked = HashSet::new();
     for round in 0..3 {
         let stop = Arc::new(Mutex::new(false));
-        let tasks = sell_until(&node.api, 8, stop.clone());
-        // Rounds shorter and longer than a checkpoint interval (1 s): the kill lands both on
-        // writes only the write-ahead log holds and on writes redb has made durable.
-        tokio::time::sleep(Duration::from_millis(300 + 800 * round)).await;
+        let count = Arc::new(AtomicUsize::new(0));
+        let tasks = sell_until(&node.api, 8, stop.clone(), count.clone());
+        // Rounds of growing length (around and beyond a checkpoint interval of 500 ms): the
+        // kill lands on writes only the log holds and on writes redb has made durable.
+        wait_for(&count, 100 + 1500 * round).await;
         node.kill9(); // mid-stream: requests are in flight
         *stop.lock().unwrap() = true;
         let mut this_round = 0;
@@ -150,7 +168,7 @@ async fn kill_9_mid_stream_loses_no_acknowledged_sale() {
             acked.extend(ids);
         }
         assert!(
-            this_round > 20,
+            this_round >= 100,
             "round {round}: the load ran ({this_round} sales)"
         );
         node.restart().await.unwrap();
@@ -200,14 +218,20 @@ async fn a_crash_right_after_setup_comes_back_whole() {
     )
     .unwrap();
     assert!(out.status.success());
-    let mut node = NodeProcess::start(BIN.as_ref(), &dir).await.unwrap();
-    node.api
+    // No checkpoint during the test: everything below lives only in the write-ahead log.
+    let hold = [("TILLMESH_CHECKPOINT_MS", "3600000")];
+    let mut node = NodeProcess::start_with(BIN.as_ref(), &dir, &hold)
+        .await
+        .unwrap();
+    let (st, v) = node
+        .api
         .put(
             "/v1/settings/tax-rates/VAT",
             &serde_json::json!({"name": "VAT", "rate_ppm": 200_000}),
         )
         .await
         .unwrap();
+    assert!(st.is_success(), "{v}");
     let mut p = product("BREAD-1", "Bread", 300, 50);
     p["price"]["currency"] = "EUR".into();
     p["tax_code"] = "VAT".into();
@@ -218,7 +242,11 @@ async fn a_crash_right_after_setup_comes_back_whole() {
         assert_eq!(s["total"]["amount_minor"], 360);
         acked.insert(s["receipt_number"].as_str().unwrap().to_owned());
     }
-    node.kill9(); // well inside the first checkpoint interval: all of it is only in the log
+    assert!(
+        std::fs::metadata(dir.join("tillmesh.wal")).unwrap().len() > 0,
+        "the log holds the setup"
+    );
+    node.kill9();
     node.restart().await.unwrap();
     let status = node.api.ok_get("/v1/status").await.unwrap();
     assert_eq!(

@@ -29,6 +29,9 @@ fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], IdParseError> {
             got: s.len(),
         });
     }
+    if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(IdParseError::NotHex(s.to_owned()));
+    }
     let mut out = [0u8; N];
     for (i, byte) in out.iter_mut().enumerate() {
         *byte = u8::from_str_radix(s.get(i * 2..i * 2 + 2).unwrap_or("zz"), 16)
@@ -250,6 +253,10 @@ mod tests {
             "zz".repeat(32).parse::<DeviceId>(),
             Err(IdParseError::NotHex(_))
         ));
+        assert!(
+            format!("+f{}", "0".repeat(62)).parse::<DeviceId>().is_err(),
+            "only canonical hex"
+        );
         // Multi-byte characters must not make the parser slice inside a character.
         assert!("é".repeat(32).parse::<DeviceId>().is_err());
     }

@@ -69,7 +69,7 @@ impl From<WriteError> for ApiError {
 impl From<ReadError> for ApiError {
     fn from(e: ReadError) -> Self {
         ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::SERVICE_UNAVAILABLE,
             "storage_error",
             e.to_string(),
         )

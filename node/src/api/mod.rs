@@ -71,7 +71,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             ApiError::new(
                 e.status(),
                 "bad_body",
-                format!("could not read the request body: {e}"),
+                format!("could not read the request body (at most {BODY_BYTES_MAX} bytes): {e}"),
             )
         })?;
         let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {

@@ -19,10 +19,30 @@ use crate::store::OpenError;
 pub const API_ADDR_FILE: &str = "api.addr";
 
 /// How long the CLI waits for a running node's API before deciding none is there.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn api_addr_path(data: &Path) -> PathBuf {
     data.join(API_ADDR_FILE)
+}
+
+/// What a running node writes to `api.addr`: its API address and its device id, so a client
+/// can tell its node from another that took the same port after a crash left the file behind.
+pub fn write_api_addr(
+    data: &Path,
+    addr: &std::net::SocketAddr,
+    device: &str,
+) -> std::io::Result<()> {
+    let file = api_addr_path(data);
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, format!("{addr} {device}\n"))?;
+    std::fs::rename(&tmp, &file)
+}
+
+/// The `(address, device id)` in a data folder's `api.addr`, if there is one.
+pub fn read_api_addr(data: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(api_addr_path(data)).ok()?;
+    let mut parts = text.split_whitespace();
+    Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
 }
 
 pub enum Client {
@@ -43,15 +63,20 @@ impl Client {
     /// Connects to the node serving `data`, or opens its store when no node runs.
     pub async fn connect(data: &Path) -> anyhow::Result<Client> {
         let addr_file = api_addr_path(data);
-        if let Ok(addr) = std::fs::read_to_string(&addr_file) {
-            let base = format!("http://{}", addr.trim());
+        if let Some((addr, device)) = read_api_addr(data) {
+            let base = format!("http://{addr}");
             let http = reqwest::Client::builder().no_proxy().build()?;
             let probe = http
                 .get(format!("{base}/v1/status"))
                 .timeout(PROBE_TIMEOUT)
                 .send()
                 .await;
-            if probe.is_ok_and(|r| r.status().is_success()) {
+            let status: Option<Value> = match probe {
+                Ok(r) if r.status().is_success() => r.json().await.ok(),
+                _ => None,
+            };
+            // Only this folder's own node: another may have taken the port since.
+            if status.is_some_and(|s| s["device"]["id"].as_str() == Some(device.as_str())) {
                 return Ok(Client::Http { base, http });
             }
         }

@@ -171,9 +171,7 @@ async fn run(data: PathBuf, api: SocketAddr) -> anyhow::Result<()> {
     })?;
     let addr = listener.local_addr()?;
     let addr_file = api_addr_path(&data);
-    let tmp = addr_file.with_extension("tmp");
-    std::fs::write(&tmp, addr.to_string())
-        .and_then(|_| std::fs::rename(&tmp, &addr_file))
+    client::write_api_addr(&data, &addr, &repo.identity().device_id.to_string())
         .with_context(|| format!("cannot write {}", addr_file.display()))?;
     let id = repo.identity().clone();
     println!(

@@ -55,7 +55,9 @@ pub enum WriteError {
     Storage(String),
     #[error("internal error: {0}")]
     Internal(String),
-    #[error("the node is shutting down; nothing was written")]
+    #[error(
+        "the node is shutting down, or its writer has stopped; nothing was written (restart the node if this persists)"
+    )]
     ShuttingDown,
 }
 
@@ -539,8 +541,38 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A new UUIDv7 document id. Ids this process hands out increase even within one millisecond
+/// (the 12 bits UUIDv7 calls `rand_a` carry a counter), so newest-first listings, which sort by
+/// id, show a till's sales in the order it rang them up.
 pub(crate) fn new_doc_id(now: u64) -> DocId {
-    DocId::new_v7(now, random_bytes())
+    static LAST: std::sync::Mutex<(u64, u16)> = std::sync::Mutex::new((0, 0));
+    const COUNTER_MAX: u16 = 0x0fff;
+    let (ms, n) = {
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        *last = if now > last.0 {
+            (now, 0)
+        } else if last.1 < COUNTER_MAX {
+            (last.0, last.1 + 1)
+        } else {
+            // 4096 ids in one millisecond: borrow the next millisecond rather than lose order.
+            (last.0 + 1, 0)
+        };
+        *last
+    };
+    let mut random: [u8; 10] = random_bytes();
+    random[..2].copy_from_slice(&n.to_be_bytes());
+    DocId::new_v7(ms, random)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_doc_id;
+
+    #[test]
+    fn ids_increase_within_a_millisecond() {
+        let ids: Vec<_> = (0..10_000).map(|_| new_doc_id(1_700_000_000_000)).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
 }
 
 pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {

@@ -33,8 +33,17 @@ use crate::store::{self, Identity};
 /// Jobs taken into one transaction at most; more wait for the next commit.
 const BATCH_JOBS_MAX: usize = 512;
 /// How often redb is made durable (and the write-ahead log emptied) while writes come in.
-/// It also bounds how much a restart after a crash has to replay.
+/// It also bounds how much a restart after a crash has to replay. `TILLMESH_CHECKPOINT_MS`
+/// overrides it (tests use that to hold everything in the log).
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+
+fn checkpoint_interval() -> Duration {
+    std::env::var("TILLMESH_CHECKPOINT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(CHECKPOINT_INTERVAL)
+}
 /// A log larger than this is checkpointed at once, so replay after a crash stays short.
 const WAL_BYTES_MAX: u64 = 4 * 1024 * 1024;
 
@@ -54,6 +63,7 @@ pub(crate) struct Writer {
     /// The entries the current batch stored, in order, for the log.
     wal_batch: Vec<Vec<u8>>,
     last_checkpoint: Instant,
+    checkpoint_interval: Duration,
     /// redb failed a write: its handle refuses all further ones until reopened.
     redb_failed: bool,
     /// The log must be cut back to this length: it holds a batch its callers were told failed.
@@ -132,6 +142,7 @@ impl Writer {
             wal,
             wal_batch: Vec::new(),
             last_checkpoint: Instant::now(),
+            checkpoint_interval: checkpoint_interval(),
             redb_failed: false,
             wal_cut: None,
             needs_recovery: false,
@@ -406,7 +417,8 @@ impl Writer {
             return Err(fail(replies, jobs, e.into()));
         }
         self.cache.trim();
-        if self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL || self.wal.len() >= WAL_BYTES_MAX
+        if self.last_checkpoint.elapsed() >= self.checkpoint_interval
+            || self.wal.len() >= WAL_BYTES_MAX
         {
             // The batch is durable in the log already; a failed checkpoint only delays the next.
             if let Err(e) = self.checkpoint() {
@@ -736,6 +748,17 @@ impl Writer {
         now: u64,
     ) -> Result<DocId, WriteError> {
         let sale: Sale = self.typed(t, &sale_id, "sale")?;
+        if matches!(sale.status, SaleStatus::Voided | SaleStatus::Refunded) {
+            let status = if sale.status == SaleStatus::Voided {
+                "voided"
+            } else {
+                "already fully refunded"
+            };
+            return Err(WriteError::Conflict(format!(
+                "sale {} is {status}; there is nothing to refund",
+                sale.receipt_number
+            )));
+        }
         let mut wanted = Vec::with_capacity(req.lines.len());
         for (k, l) in req.lines.iter().enumerate() {
             let line = match (l.line, l.product_id, l.sku.as_deref()) {
@@ -1046,7 +1069,7 @@ impl Writer {
         let actor = self.cache.actor().clone();
         let settings = self.settings.clone();
         let existing = self.cache.get(t, &id).map_err(Refusal::Fail)?;
-        let (doc, before_sale) = match existing {
+        let (doc, before) = match existing {
             Some(c) => {
                 if c.record.doc_type != doc_type.code() {
                     return Err(Refusal::Reject(format!(
@@ -1056,10 +1079,10 @@ impl Writer {
                             .unwrap_or("?")
                     )));
                 }
-                // Stored documents are complete (entries with missing dependencies are deferred).
-                let before = (doc_type == DocType::Sale)
-                    .then(|| docmap::from_view::<Sale>(c.view()).ok())
-                    .flatten();
+                // Facts that must not change are compared with their stored state (stored
+                // documents are complete: entries with missing dependencies are deferred).
+                let before =
+                    matches!(doc_type, DocType::Sale | DocType::Refund).then(|| c.view().clone());
                 // Remote changes: what the document reads as is known only by reading it.
                 c.forget_view();
                 (&mut c.doc, before)
@@ -1092,7 +1115,7 @@ impl Writer {
                 "document {id} says it is a {found}, but the entry files it as a {doc_type}"
             )));
         }
-        check_remote(doc_type, &view, &settings, before_sale.as_ref())
+        check_remote(doc_type, &view, &settings, before.as_ref())
             .map_err(|e| Refusal::Reject(format!("{doc_type} {id}: {e}")))?;
         match fresh.get_mut(&id) {
             Some(f) => f.1 = Some(view),
@@ -1137,22 +1160,30 @@ fn check_remote(
     doc_type: DocType,
     doc: &Json,
     settings: &Settings,
-    before_sale: Option<&Sale>,
+    before: Option<&Json>,
 ) -> Result<(), String> {
     fn check<T: Document>(doc: &Json, settings: &Settings) -> Result<T, String> {
         let v = docmap::from_view::<T>(doc).map_err(|e| e.to_string())?;
         v.validate(settings).map_err(|e| e.to_string())?;
         Ok(v)
     }
+    fn earlier<T: Document>(before: Option<&Json>) -> Option<T> {
+        before.and_then(|b| docmap::from_view::<T>(b).ok())
+    }
     match doc_type {
         DocType::Settings => check::<Settings>(doc, settings).map(drop),
         DocType::Product => check::<Product>(doc, settings).map(drop),
         DocType::Sale => {
             let after = check::<Sale>(doc, settings)?;
-            match before_sale {
-                Some(before) => before.check_update(&after).map_err(|e| e.to_string()),
-                None => Ok(()),
-            }
+            earlier::<Sale>(before).map_or(Ok(()), |b| {
+                b.check_update(&after).map_err(|e| e.to_string())
+            })
+        }
+        DocType::Refund => {
+            let after = check::<Refund>(doc, settings)?;
+            earlier::<Refund>(before).map_or(Ok(()), |b| {
+                b.check_update(&after).map_err(|e| e.to_string())
+            })
         }
         DocType::Customer => check::<Customer>(doc, settings).map(drop),
         DocType::Vendor => check::<Vendor>(doc, settings).map(drop),
@@ -1160,7 +1191,6 @@ fn check_remote(
         DocType::Payment => check::<Payment>(doc, settings).map(drop),
         DocType::Expense => check::<Expense>(doc, settings).map(drop),
         DocType::StockAdjustment => check::<StockAdjustment>(doc, settings).map(drop),
-        DocType::Refund => check::<Refund>(doc, settings).map(drop),
     }
 }
 

@@ -84,7 +84,14 @@ impl Document for Invoice {
         let tax = sum_minor("tax", self.lines.iter().map(|l| l.tax_minor))?;
         expect_eq("subtotal", &self.subtotal, subtotal, "the sum of the lines")?;
         expect_eq("tax", &self.tax, tax, "the sum of the lines' tax")?;
-        expect_eq("total", &self.total, subtotal + tax, "subtotal plus tax")
+        expect_eq(
+            "total",
+            &self.total,
+            subtotal
+                .checked_add(tax)
+                .ok_or_else(|| invalid("total", "overflows"))?,
+            "subtotal plus tax",
+        )
     }
 
     fn ledger(&self) -> Option<&Ledger> {

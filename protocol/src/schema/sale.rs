@@ -86,7 +86,9 @@ pub struct Sale {
     pub status: SaleStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub void: Option<VoidInfo>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Always written, even empty: two tills recording their first refund of a sale offline
+    /// must both append to one list, not each create a list of their own (one would be lost).
+    #[serde(default)]
     pub refunds: Vec<RefundRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger: Option<Ledger>,
@@ -169,6 +171,7 @@ impl Sale {
             .checked_add(tax)
             .ok_or_else(|| invalid("total", "overflows"))?;
         let mut payments = r.payments;
+        check_payments(&payments)?;
         if let Some(method) = r.pay_rest {
             let given = sum_minor("payments", payments.iter().map(|p| p.amount_minor))?;
             if given >= total {
@@ -215,8 +218,14 @@ impl Sale {
             .iter()
             .flat_map(|r| &r.lines)
             .filter(|l| l.line as usize == line)
-            .fold((0, 0, 0), |(q, n, t), l| {
-                (q + l.qty, n + l.net_minor, t + l.tax_minor)
+            // Saturating: records from other devices are checked by `validate`, which may be
+            // the caller of this very sum.
+            .fold((0i64, 0i64, 0i64), |(q, n, t), l| {
+                (
+                    q.saturating_add(l.qty),
+                    n.saturating_add(l.net_minor),
+                    t.saturating_add(l.tax_minor),
+                )
             })
     }
 
@@ -310,11 +319,28 @@ impl Document for Sale {
                 l.tax_rate_ppm,
                 cur,
             )?;
-            if self.refunded_qty(i) > l.qty {
+            let (q, n, t) = self.refunded(i);
+            if q > l.qty || n > l.net_minor || t > l.tax_minor {
                 return Err(invalid(
                     format!("lines[{i}]"),
-                    "more units refunded than were sold",
+                    "more refunded than was sold",
                 ));
+            }
+        }
+        for (k, r) in self.refunds.iter().enumerate() {
+            for rl in &r.lines {
+                if rl.line as usize >= self.lines.len() {
+                    return Err(invalid(
+                        format!("refunds[{k}]"),
+                        format!("names line {}, which the sale does not have", rl.line),
+                    ));
+                }
+                if !(1..=QTY_MAX).contains(&rl.qty) || rl.net_minor < 0 || rl.tax_minor < 0 {
+                    return Err(invalid(
+                        format!("refunds[{k}]"),
+                        "refunds units and amounts must be positive",
+                    ));
+                }
             }
         }
         for (field, m) in [
@@ -330,21 +356,11 @@ impl Document for Sale {
         let tax = sum_minor("tax", self.lines.iter().map(|l| l.tax_minor))?;
         expect_eq("subtotal", &self.subtotal, subtotal, "the sum of the lines")?;
         expect_eq("tax", &self.tax, tax, "the sum of the lines' tax")?;
-        expect_eq("total", &self.total, subtotal + tax, "subtotal plus tax")?;
-        for (i, p) in self.payments.iter().enumerate() {
-            check_text(&format!("payments[{i}].method"), &p.method, true)?;
-            if p.amount_minor <= 0 {
-                return Err(invalid(
-                    format!("payments[{i}].amount_minor"),
-                    "must be more than zero",
-                ));
-            }
-            check_amount(
-                &format!("payments[{i}].amount_minor"),
-                p.amount_minor,
-                false,
-            )?;
-        }
+        let total = subtotal
+            .checked_add(tax)
+            .ok_or_else(|| invalid("total", "overflows"))?;
+        expect_eq("total", &self.total, total, "subtotal plus tax")?;
+        check_payments(&self.payments)?;
         let paid = sum_minor("payments", self.payments.iter().map(|p| p.amount_minor))?;
         expect_eq("paid", &self.paid, paid, "the sum of the payments")?;
         if self.status != SaleStatus::Open {
@@ -354,18 +370,15 @@ impl Document for Sale {
                     total: self.total.to_string(),
                 });
             }
-            expect_eq(
-                "change",
-                &self.change,
-                paid - self.total.amount_minor,
-                "paid minus total",
+            // `paid >= total >= 0` here (total was checked against the lines): no overflow.
+            expect_eq("change", &self.change, paid - total, "paid minus total")?;
+            let cash = sum_minor(
+                "payments",
+                self.payments
+                    .iter()
+                    .filter(|p| p.is_cash())
+                    .map(|p| p.amount_minor),
             )?;
-            let cash: i64 = self
-                .payments
-                .iter()
-                .filter(|p| p.is_cash())
-                .map(|p| p.amount_minor)
-                .sum();
             if self.change.amount_minor > cash {
                 return Err(invalid(
                     "payments",
@@ -385,6 +398,32 @@ impl Document for Sale {
     fn ledger(&self) -> Option<&Ledger> {
         self.ledger.as_ref()
     }
+}
+
+/// Each payment names a method and pays a positive, sensible amount; a sale has a bounded
+/// number of them. Checked before any payment is summed.
+fn check_payments(payments: &[Tender]) -> Result<(), SchemaError> {
+    if payments.len() > LINES_MAX {
+        return Err(invalid(
+            "payments",
+            format!("a sale has at most {LINES_MAX} payments"),
+        ));
+    }
+    for (i, p) in payments.iter().enumerate() {
+        check_text(&format!("payments[{i}].method"), &p.method, true)?;
+        if p.amount_minor <= 0 {
+            return Err(invalid(
+                format!("payments[{i}].amount_minor"),
+                "must be more than zero",
+            ));
+        }
+        check_amount(
+            &format!("payments[{i}].amount_minor"),
+            p.amount_minor,
+            false,
+        )?;
+    }
+    Ok(())
 }
 
 /// One line of a refund as the till asks for it: which line of the sale, how many units.
@@ -498,12 +537,13 @@ impl Refund {
                     ),
                 ));
             }
-            let (net, tax) = if w.qty == remaining {
-                (l.net_minor - done_net, l.tax_minor - done_tax)
-            } else {
-                let net = l.unit_price_minor * w.qty;
-                (net, tax_on(net, l.tax_rate_ppm)?)
-            };
+            // Cumulative: after this refund, k units of the line are back, and together they
+            // have returned exactly the tax on k units. Each refund's tax is that minus what was
+            // returned before, so rounding never adds up across partial refunds, and the last
+            // unit brings the line to exactly what was charged.
+            let done_after = done_qty + w.qty;
+            let net = l.unit_price_minor * done_after - done_net;
+            let tax = tax_on(l.unit_price_minor * done_after, l.tax_rate_ppm)? - done_tax;
             out.push(RefundLine {
                 line: w.line as u32,
                 product_id: l.product_id,
@@ -546,6 +586,29 @@ impl Refund {
 }
 
 impl Refund {
+    /// A refund is a booked fact: what it gives back, against which sale, never changes (only
+    /// its reason text and the bridge's ledger may).
+    pub fn check_update(&self, next: &Refund) -> Result<(), SchemaError> {
+        let fixed = |r: &Refund| {
+            (
+                r.sale_id,
+                r.lines.clone(),
+                r.total,
+                r.method.clone(),
+                r.restock,
+                r.at_ms,
+                r.by,
+            )
+        };
+        if fixed(self) != fixed(next) {
+            return Err(SchemaError::Immutable(format!(
+                "refund against sale {} cannot change; record another refund instead",
+                self.sale_receipt_number
+            )));
+        }
+        Ok(())
+    }
+
     /// How this refund moves stock: restocked goods come back.
     pub fn stock_moves(&self) -> Vec<(DocId, i64)> {
         if !self.restock {
@@ -705,6 +768,97 @@ mod tests {
         let mut back = voided.clone();
         back.status = SaleStatus::Completed;
         assert!(voided.check_update(&back).is_err());
+    }
+
+    #[test]
+    fn one_unit_at_a_time_never_returns_more_tax_than_was_charged() {
+        // 4 × 0.07 at 8.25 %: 2¢ of tax charged; each unit alone would round to 1¢.
+        let mut s = ring(vec![(7, "TAX", 4)], vec![("cash", 100)]).unwrap();
+        assert_eq!(s.lines[0].tax_minor, 2);
+        let mut back = (0, 0);
+        for k in 0..4u8 {
+            let (r, rec) = Refund::against(
+                &s,
+                DocId([9; 16]),
+                DocId([k; 16]),
+                &[RefundLineInput { line: 0, qty: 1 }],
+                "cash".into(),
+                String::new(),
+                true,
+                5,
+                DeviceId([1; 32]),
+            )
+            .unwrap();
+            r.validate(&settings()).unwrap();
+            back = (back.0 + r.lines[0].net_minor, back.1 + r.lines[0].tax_minor);
+            assert!(
+                back.1 <= 2,
+                "after {} units, {}¢ of tax returned",
+                k + 1,
+                back.1
+            );
+            s.refunds.push(rec);
+            s.validate(&settings()).unwrap();
+        }
+        assert_eq!(back, (28, 2), "exactly what was charged");
+        // 80 × 2.99: 19.73 charged; 79 single refunds and then the last one.
+        let mut s = ring(vec![(299, "TAX", 80)], vec![("cash", 30_000)]).unwrap();
+        let mut tax_back = 0;
+        for k in 0..80u8 {
+            let (r, rec) = Refund::against(
+                &s,
+                DocId([9; 16]),
+                DocId([k; 16]),
+                &[RefundLineInput { line: 0, qty: 1 }],
+                "cash".into(),
+                String::new(),
+                true,
+                5,
+                DeviceId([1; 32]),
+            )
+            .unwrap();
+            tax_back += r.lines[0].tax_minor;
+            assert!(tax_back <= s.lines[0].tax_minor);
+            s.refunds.push(rec);
+        }
+        assert_eq!(tax_back, s.lines[0].tax_minor);
+    }
+
+    #[test]
+    fn refund_records_from_elsewhere_are_checked() {
+        let s = ring(vec![(350, "NON", 2)], vec![("cash", 700)]).unwrap();
+        let record = |line, qty, net, tax| RefundRecord {
+            refund_id: DocId([3; 16]),
+            lines: vec![RefundRecordLine {
+                line,
+                qty,
+                net_minor: net,
+                tax_minor: tax,
+            }],
+        };
+        for bad in [
+            record(0, -5, -1750, 0),
+            record(7, 1, 350, 0),
+            record(0, 1, 9_999, 0),
+            record(0, i64::MAX, 0, 0),
+        ] {
+            let mut cooked = s.clone();
+            cooked.refunds.push(bad.clone());
+            cooked.refunds.push(bad);
+            assert!(cooked.validate(&settings()).is_err());
+        }
+    }
+
+    #[test]
+    fn absurd_payments_are_refused_not_overflowed() {
+        assert!(ring(vec![(350, "NON", 1)], vec![("cash", i64::MIN)]).is_err());
+        assert!(
+            ring(
+                vec![(350, "NON", 1)],
+                vec![("cash", i64::MAX), ("card", i64::MAX)]
+            )
+            .is_err()
+        );
     }
 
     #[test]
