@@ -139,7 +139,13 @@ pub struct NodeProcess {
     pub api: Api,
     bin: PathBuf,
     child: Option<Child>,
+    /// The network flags it was started with, for restarts.
+    net: Vec<String>,
 }
+
+/// Network flags for a node on the host: loopback only, no mDNS (it would reach the host's
+/// real LAN), any free port.
+pub const LOOPBACK_NET: [&str; 3] = ["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"];
 
 impl NodeProcess {
     /// `tillmesh init` in `dir`.
@@ -168,6 +174,17 @@ impl NodeProcess {
         dir: &Path,
         env: &[(&str, &str)],
     ) -> anyhow::Result<NodeProcess> {
+        Self::spawn(bin, dir, &LOOPBACK_NET, env).await
+    }
+
+    /// `tillmesh run` with these network flags (`--listen`, `--peer`, `--no-mdns`...) in
+    /// place of the loopback-only default, and these environment variables.
+    pub async fn spawn(
+        bin: &Path,
+        dir: &Path,
+        net: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<NodeProcess> {
         let addr_file = api_addr_path(dir);
         let _ = std::fs::remove_file(&addr_file);
         let child = Command::new(bin)
@@ -178,6 +195,7 @@ impl NodeProcess {
                 "--api",
                 "127.0.0.1:0",
             ])
+            .args(net)
             .env("TILLMESH_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -189,6 +207,7 @@ impl NodeProcess {
             api: Api::new(""),
             bin: bin.to_owned(),
             child: Some(child),
+            net: net.iter().map(|s| s.to_string()).collect(),
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -250,7 +269,8 @@ impl NodeProcess {
 
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9();
-        *self = NodeProcess::start(&self.bin, &self.dir).await?;
+        let net: Vec<&str> = self.net.iter().map(String::as_str).collect();
+        *self = NodeProcess::spawn(&self.bin, &self.dir, &net, &[]).await?;
         Ok(())
     }
 }
@@ -284,7 +304,7 @@ impl InProcessNode {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let api = Api::new(format!("http://{}", listener.local_addr()?));
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(tillmesh_node::server::run(repo.clone(), listener, async {
+        let task = tokio::spawn(tillmesh_node::server::run(repo.clone(), listener, None, async {
             let _ = stopped.await;
         }));
         Ok(InProcessNode {
@@ -327,4 +347,86 @@ pub fn percentiles_us(samples: &mut [Duration]) -> serde_json::Value {
         samples[i].as_micros()
     };
     serde_json::json!({ "p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "p999": at(0.999), "max": at(1.0), "count": samples.len() })
+}
+
+/// `tillmesh invite` on a running node's folder: the code on its last line.
+pub fn invite_code(bin: &Path, dir: &Path) -> anyhow::Result<String> {
+    let out = tillmesh(bin, &["invite", "--data", &dir.to_string_lossy()])?;
+    if !out.status.success() {
+        bail!(
+            "tillmesh invite failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8(out.stdout)?;
+    text.lines()
+        .last()
+        .map(str::to_owned)
+        .context("tillmesh invite printed nothing")
+}
+
+/// `tillmesh join` into a new folder.
+pub fn join(bin: &Path, dir: &Path, name: &str, code: &str) -> anyhow::Result<()> {
+    let out = tillmesh(
+        bin,
+        &["join", "--data", &dir.to_string_lossy(), "--name", name, code],
+    )?;
+    if !out.status.success() {
+        bail!(
+            "tillmesh join failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A node's version vector, from its status.
+pub async fn version_vector(api: &Api) -> anyhow::Result<Value> {
+    Ok(api.ok_get("/v1/status").await?["version_vector"].clone())
+}
+
+/// Waits until every node holds the same entries, and at least `entries_min` of them.
+/// Returns how long that took; fails after `timeout` with each node's version vector.
+pub async fn wait_converged(
+    apis: &[&Api],
+    entries_min: u64,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let mut vvs = Vec::with_capacity(apis.len());
+        for api in apis {
+            vvs.push(version_vector(api).await?);
+        }
+        let total = |v: &Value| {
+            v.as_object()
+                .map(|m| m.values().filter_map(Value::as_u64).sum::<u64>())
+                .unwrap_or(0)
+        };
+        if vvs.windows(2).all(|w| w[0] == w[1]) && total(&vvs[0]) >= entries_min {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            bail!("not converged after {timeout:?}: {vvs:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout` saying `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if started.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -11,6 +11,7 @@
 //! - [`vv`]: version vectors, the O(authors) summary peers compare.
 //! - [`money`]: integer money and the tax rounding rule.
 //! - [`schema`]: the document types of a shop and their rules.
+//! - [`sync`]: replication with peers (push and anti-entropy pull), sans-IO.
 //! - [`docmap`]: typed values to Automerge documents and back.
 
 pub mod docmap;
@@ -19,6 +20,7 @@ pub mod ids;
 pub mod keys;
 pub mod money;
 pub mod schema;
+pub mod sync;
 pub mod vv;
 
 pub use entry::{DecodeError, DocChanges, Entry, Payload, SignedEntry, VerifyError};

@@ -12,13 +12,14 @@ mod sales;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Query, Request};
+use axum::extract::{FromRef, FromRequest, Query, Request};
 use axum::http::{StatusCode, Uri};
 use axum::routing::{get, post, put};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value as Json};
 use tillmesh_protocol::{DocId, DocType};
 
+use crate::net::Network;
 use crate::repo::Repo;
 use error::ApiError;
 
@@ -27,7 +28,20 @@ const BODY_BYTES_MAX: usize = 1024 * 1024;
 /// Page size of listings when the caller gives none.
 const LIST_LIMIT_DEFAULT: usize = 50;
 
-pub fn router(repo: Repo) -> Router {
+/// What the handlers share: the repo, and the network when the node runs one.
+#[derive(Clone)]
+pub struct AppState {
+    pub repo: Repo,
+    pub network: Option<Network>,
+}
+
+impl FromRef<AppState> for Repo {
+    fn from_ref(state: &AppState) -> Repo {
+        state.repo.clone()
+    }
+}
+
+pub fn router(repo: Repo, network: Option<Network>) -> Router {
     Router::new()
         .route("/v1/products", post(catalog::create).get(catalog::list))
         .route("/v1/products/{id}", get(catalog::get))
@@ -56,7 +70,7 @@ pub fn router(repo: Repo) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
-        .with_state(repo)
+        .with_state(AppState { repo, network })
 }
 
 /// A JSON body whose errors come back in the API's error shape, naming what is wrong.

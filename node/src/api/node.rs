@@ -11,14 +11,15 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::error::ApiError;
-use super::{Body, present};
+use super::{AppState, Body, present};
 use crate::repo::requests::SetTaxRate;
 use crate::repo::{Command, Repo};
 
 /// Rejected entries listed in the status; the rest are counted.
 const STATUS_REJECTED_SHOWN_MAX: usize = 20;
 
-pub async fn status(State(repo): State<Repo>) -> Result<Json<Value>, ApiError> {
+pub async fn status(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let repo = &app.repo;
     let id = repo.identity();
     let vv = repo.version_vector()?;
     let counts = repo.counts()?;
@@ -31,6 +32,7 @@ pub async fn status(State(repo): State<Repo>) -> Result<Json<Value>, ApiError> {
         "entries": vv.total(),
         "documents": counts.iter().map(|(t, n)| (t.name().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "rejected": { "count": rejected_total, "recent": recent },
+        "network": app.network.as_ref().map(|n| n.status()),
     })))
 }
 

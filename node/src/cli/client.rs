@@ -127,7 +127,7 @@ impl Client {
                         body.map(|b| Body::from(b.to_string()))
                             .unwrap_or_else(Body::empty),
                     )?;
-                let resp = api::router(repo.clone()).oneshot(req).await?;
+                let resp = api::router(repo.clone(), None).oneshot(req).await?;
                 let status = resp.status().as_u16();
                 let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await?;
                 (status, bytes.to_vec())

@@ -32,7 +32,7 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::server::run(repo, listener, async {
+    let server = tokio::spawn(crate::server::run(repo, listener, None, async {
         let _ = stopped.await;
     }));
     println!("   local API at {base}\n");

@@ -3,6 +3,7 @@
 
 pub mod client;
 mod demo;
+mod mesh;
 mod shop;
 
 use std::net::SocketAddr;
@@ -50,11 +51,24 @@ enum Command {
         #[arg(long, default_value = "USD")]
         currency: String,
     },
-    /// Run the node: serve the local API until stopped (Ctrl-C or SIGTERM).
+    /// Run the node: replicate with peers and serve the local API until stopped (Ctrl-C or
+    /// SIGTERM).
     Run {
         /// Address of the local API; loopback only, since it has no authentication.
         #[arg(long, default_value = DEFAULT_API)]
         api: SocketAddr,
+        #[command(flatten)]
+        net: mesh::NetArgs,
+    },
+    /// Print an invite for a new device (the node must be running); the code is the last line.
+    Invite,
+    /// Make this data folder a new device of the mesh an invite names.
+    Join {
+        /// This device's name, shown to other devices and on receipts ("Till 2").
+        #[arg(long)]
+        name: String,
+        /// The code `tillmesh invite` printed.
+        code: String,
     },
     /// Show this device, its mesh, its log and what it holds.
     Status,
@@ -153,13 +167,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             });
             Ok(())
         }
-        Command::Run { api } => run(data()?, api).await,
+        Command::Run { api, net } => run(data()?, api, net).await,
+        Command::Invite => mesh::invite(&data()?).await,
+        Command::Join { name, code } => mesh::join(&data()?, &name, &code, out),
         Command::Demo { keep } => demo::run(keep).await,
         command => shop::dispatch(&data()?, command, out).await,
     }
 }
 
-async fn run(data: PathBuf, api: SocketAddr) -> anyhow::Result<()> {
+async fn run(data: PathBuf, api: SocketAddr, net: mesh::NetArgs) -> anyhow::Result<()> {
     if !api.ip().is_loopback() {
         bail!(
             "--api {api}: the till API has no authentication, so it listens on loopback only (127.0.0.1 or [::1])"
@@ -185,16 +201,31 @@ async fn run(data: PathBuf, api: SocketAddr) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop_rx2 = stop_rx.clone();
-    let server = tokio::spawn(crate::server::run(repo, listener, async move {
-        let mut rx = stop_rx;
+    let stopped = |rx: tokio::sync::watch::Receiver<bool>| async move {
+        let mut rx = rx;
         let _ = rx.wait_for(|s| *s).await;
-    }));
+    };
+    let config = net.config(&data)?;
+    let (network, net_task) =
+        crate::net::start(repo.clone(), config, stopped(stop_rx.clone())).await?;
+    let status = network.status();
+    println!("peer id: {}", status.peer_id);
+    for a in &status.listen {
+        println!("listening on {a}");
+    }
+    let server = tokio::spawn(crate::server::run(
+        repo,
+        listener,
+        Some(network),
+        stopped(stop_rx),
+    ));
     wait_for_stop_signal().await;
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
     let _ = stop_rx2.changed().await;
     // Event streams never end by themselves; give requests a moment, then go.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, net_task).await;
     let _ = std::fs::remove_file(&addr_file);
     Ok(())
 }

@@ -137,7 +137,7 @@ pub async fn dispatch(data: &Path, command: Command, out: Output) -> anyhow::Res
                 let docs = s["documents"].as_object().map(|m| {
                     m.iter().filter(|(_, n)| n.as_u64() != Some(0)).map(|(t, n)| format!("{t}: {n}")).collect::<Vec<_>>().join(", ")
                 });
-                format!(
+                let mut text = format!(
                     "device   {} ({})\nmesh     {}\nentries  {} from {} device(s)\ndocs     {}\nrejected {}",
                     s["device"]["name"].as_str().unwrap_or("?"),
                     s["device"]["id"].as_str().unwrap_or("?"),
@@ -146,7 +146,9 @@ pub async fn dispatch(data: &Path, command: Command, out: Output) -> anyhow::Res
                     s["version_vector"].as_object().map(|m| m.len()).unwrap_or(0),
                     docs.unwrap_or_default(),
                     s["rejected"]["count"],
-                )
+                );
+                text.push_str(&network_text(&s["network"]));
+                text
             });
         }
         Command::Product(ProductCmd::Add {
@@ -359,7 +361,11 @@ pub async fn dispatch(data: &Path, command: Command, out: Output) -> anyhow::Res
                 .await?;
             out.show(&s, || format!("tax code {code} is now {percent} %"));
         }
-        Command::Init { .. } | Command::Run { .. } | Command::Demo { .. } => {
+        Command::Init { .. }
+        | Command::Run { .. }
+        | Command::Demo { .. }
+        | Command::Invite
+        | Command::Join { .. } => {
             unreachable!("handled by the caller")
         }
     }
@@ -403,4 +409,35 @@ async fn all_pages(client: &Client, path: &str) -> anyhow::Result<Vec<Value>> {
             None => return Ok(out),
         }
     }
+}
+
+/// The network part of `tillmesh status`: where this node listens and how each peer stands.
+fn network_text(n: &Value) -> String {
+    if n.is_null() {
+        return "\nnetwork  not running (start the node with `tillmesh run`)".into();
+    }
+    let mut out = format!(
+        "\npeer id  {}\nreach    {}{}{}",
+        n["peer_id"].as_str().unwrap_or("?"),
+        n["reachability"].as_str().unwrap_or("?"),
+        if n["mdns"] == true { ", mDNS on" } else { ", mDNS off" },
+        if n["relay"] == true { ", relaying" } else { "" },
+    );
+    for a in n["listen"].as_array().into_iter().flatten() {
+        out.push_str(&format!("\nlisten   {}", a.as_str().unwrap_or("?")));
+    }
+    let peers = n["peers"].as_array().cloned().unwrap_or_default();
+    out.push_str(&format!("\npeers    {}", peers.len()));
+    for p in &peers {
+        out.push_str(&format!(
+            "\n  {}  found by {}, {} {}, rtt {}, {}",
+            p["device_id"].as_str().map(|d| &d[..d.len().min(12)]).unwrap_or("?"),
+            p["found_by"].as_str().unwrap_or("?"),
+            p["transport"].as_str().unwrap_or("?"),
+            p["address"].as_str().unwrap_or("?"),
+            p["rtt_ms"].as_f64().map(|r| format!("{r:.1} ms")).unwrap_or_else(|| "-".into()),
+            if p["synced"] == true { "synced" } else { "syncing" },
+        ));
+    }
+    out
 }

@@ -10,6 +10,7 @@ mod prepare;
 pub mod requests;
 mod writer;
 
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -169,6 +170,11 @@ pub enum IngestOutcome {
     Rejected {
         reason: String,
     },
+    /// Its signature does not hold (or it was signed for another mesh): refused and kept
+    /// aside like a rejected entry, and whoever sent it is not an honest peer.
+    Forged {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -237,6 +243,9 @@ struct Inner {
     device: Arc<prepare::Device>,
     writer: Option<std::thread::JoinHandle<()>>,
     events: broadcast::Sender<DocEvent>,
+    committed: broadcast::Sender<Arc<SignedEntry>>,
+    /// The device key's secret, for the network identity (the PeerId is the device key).
+    secret: [u8; 32],
 }
 
 impl Drop for Inner {
@@ -257,7 +266,17 @@ impl Repo {
         device_name: &str,
         currency: Currency,
     ) -> Result<Repo, InitError> {
-        let key = DeviceKey::from_secret(random_bytes());
+        Repo::init_with_key(dir, device_name, currency, DeviceKey::from_secret(random_bytes()))
+            .await
+    }
+
+    /// [`Repo::init`] with a given device key (the simulation derives keys from its seed).
+    pub async fn init_with_key(
+        dir: &Path,
+        device_name: &str,
+        currency: Currency,
+        key: DeviceKey,
+    ) -> Result<Repo, InitError> {
         let mesh = MeshId::from_root(&key.device_id());
         let root = key.device_id();
         let db = store::create(dir, device_name, key, mesh, root)?;
@@ -268,11 +287,30 @@ impl Repo {
         Ok(repo)
     }
 
+    /// Makes a new device of the mesh whose owner is `root`, in an empty or new folder. It
+    /// holds nothing until it syncs; the mesh settings arrive with the first sync.
+    pub fn join(dir: &Path, device_name: &str, root: DeviceId) -> Result<Repo, OpenError> {
+        Repo::join_with_key(dir, device_name, root, DeviceKey::from_secret(random_bytes()))
+    }
+
+    /// [`Repo::join`] with a given device key.
+    pub fn join_with_key(
+        dir: &Path,
+        device_name: &str,
+        root: DeviceId,
+        key: DeviceKey,
+    ) -> Result<Repo, OpenError> {
+        let db = store::create(dir, device_name, key, MeshId::from_root(&root), root)?;
+        drop(db);
+        Repo::open(dir)
+    }
+
     /// Opens an existing store and starts its writer. Reads nothing but the identity and the
     /// writer's counters, so a store of any size opens in constant time.
     pub fn open(dir: &Path) -> Result<Repo, OpenError> {
         let (db, identity) = store::open(dir)?;
         let db = Arc::new(store::Shared::new(dir, db));
+        let secret = identity.key.secret();
         let public = PublicIdentity {
             device_id: identity.device_id,
             device_name: identity.device_name.clone(),
@@ -281,6 +319,7 @@ impl Repo {
         };
         let (jobs, rx) = mpsc::channel(JOBS_QUEUED_MAX);
         let (events, _) = broadcast::channel(EVENTS_BUFFERED_MAX);
+        let (committed, _) = broadcast::channel(EVENTS_BUFFERED_MAX);
         let device = Arc::new(prepare::Device {
             id: identity.device_id,
             actor: tillmesh_protocol::docmap::actor_for(&identity.device_id),
@@ -294,10 +333,13 @@ impl Repo {
                 detail: e.to_string(),
             }
         })?;
-        let ev = events.clone();
+        let outlets = writer::Outlets {
+            events: events.clone(),
+            committed: committed.clone(),
+        };
         let writer = std::thread::Builder::new()
             .name("tillmesh-writer".into())
-            .spawn(move || state.run(rx, ev))
+            .spawn(move || state.run(rx, outlets))
             .map_err(|e| OpenError::Io {
                 path: dir.to_owned(),
                 source: e,
@@ -310,12 +352,18 @@ impl Repo {
                 device,
                 writer: Some(writer),
                 events,
+                committed,
+                secret,
             }),
         })
     }
 
     pub fn identity(&self) -> &PublicIdentity {
         &self.inner.identity
+    }
+
+    pub(crate) fn device_secret(&self) -> [u8; 32] {
+        self.inner.secret
     }
 
     /// Runs a command; answers once its entry is durably committed.
@@ -395,6 +443,63 @@ impl Repo {
 
     pub fn subscribe(&self) -> broadcast::Receiver<DocEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// This device's own entries, as each is committed. A receiver that lags misses some;
+    /// anti-entropy finds them.
+    pub fn subscribe_committed(&self) -> broadcast::Receiver<Arc<SignedEntry>> {
+        self.inner.committed.subscribe()
+    }
+
+    /// Ingests entries in order, letting the writer batch them; one outcome per entry.
+    pub async fn ingest_many(
+        &self,
+        entries: Vec<SignedEntry>,
+    ) -> Result<Vec<IngestOutcome>, WriteError> {
+        let jobs = self.jobs()?;
+        let mut replies = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let (tx, rx) = oneshot::channel();
+            jobs.send(Job::Ingest(Box::new(entry), tx))
+                .await
+                .map_err(|_| WriteError::ShuttingDown)?;
+            replies.push(rx);
+        }
+        let mut out = Vec::with_capacity(replies.len());
+        for rx in replies {
+            out.push(rx.await.map_err(|_| WriteError::ShuttingDown)??);
+        }
+        Ok(out)
+    }
+
+    /// Reads the entries of `ranges` (per author, in order) until a limit is reached; the
+    /// flag says whether any were left out. One entry larger than `bytes_max` goes alone.
+    pub fn entries_in(
+        &self,
+        ranges: &[(DeviceId, RangeInclusive<u64>)],
+        entries_max: usize,
+        bytes_max: usize,
+    ) -> Result<(Vec<SignedEntry>, bool), ReadError> {
+        let tx = self.db()?.begin_read()?;
+        let table = tx.open_table(ENTRIES)?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (author, range) in ranges {
+            let from = (author.as_bytes(), *range.start());
+            let to = (author.as_bytes(), *range.end());
+            for item in table.range(from..=to)? {
+                let (_, v) = item?;
+                let raw = v.value();
+                if out.len() >= entries_max || (!out.is_empty() && bytes + raw.len() > bytes_max) {
+                    return Ok((out, true));
+                }
+                bytes += raw.len();
+                out.push(SignedEntry::decode(raw).map_err(|e| {
+                    ReadError::Storage(format!("a stored entry of device {author} does not decode: {e}"))
+                })?);
+            }
+        }
+        Ok((out, false))
     }
 
     fn db(&self) -> Result<Arc<Database>, ReadError> {

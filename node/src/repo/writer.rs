@@ -103,6 +103,8 @@ struct Staged {
     docs: Vec<(DocId, DocType)>,
     author: tillmesh_protocol::DeviceId,
     seq: u64,
+    /// This device's own entry, for the peers; none for entries received from them.
+    own: Option<Arc<SignedEntry>>,
 }
 
 fn io_error(e: std::io::Error) -> WriteError {
@@ -295,7 +297,7 @@ impl Writer {
             .map_err(|e| WriteError::Storage(e.to_string()))
     }
 
-    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Job>, events: broadcast::Sender<DocEvent>) {
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Job>, events: Outlets) {
         while let Some(first) = rx.blocking_recv() {
             let mut jobs = vec![first];
             while jobs.len() < BATCH_JOBS_MAX {
@@ -312,7 +314,7 @@ impl Writer {
         }
     }
 
-    fn run_batch(&mut self, jobs: Vec<Job>, events: &broadcast::Sender<DocEvent>) {
+    fn run_batch(&mut self, jobs: Vec<Job>, events: &Outlets) {
         match self.stage_batch(jobs) {
             Ok((replies, finished)) => answer(replies, &finished, events),
             Err((replies, err)) => {
@@ -634,6 +636,7 @@ impl Writer {
                 docs: Vec::new(),
                 author: self.id.device_id,
                 seq: self.head.0,
+                own: None,
             });
         }
         let staged = self.seal(t, ops, primary, now)?;
@@ -902,6 +905,7 @@ impl Writer {
             docs,
             author: signed.entry.author,
             seq: signed.entry.seq,
+            own: Some(Arc::new(signed)),
         })
     }
 
@@ -919,7 +923,9 @@ impl Writer {
         from_log: bool,
     ) -> Result<(IngestOutcome, Option<Staged>), WriteError> {
         if !from_log && let Err(e) = entry.verify(&self.id.mesh_id) {
-            return self.reject(t, &entry, e.to_string());
+            let reason = e.to_string();
+            self.keep_aside(t, &entry, &reason)?;
+            return Ok((IngestOutcome::Forged { reason }, None));
         }
         let (author, seq) = (entry.entry.author, entry.entry.seq);
         let (have, tip) = t
@@ -1053,6 +1059,7 @@ impl Writer {
                 docs,
                 author,
                 seq,
+                own: None,
             }),
         ))
     }
@@ -1134,13 +1141,23 @@ impl Writer {
         entry: &SignedEntry,
         reason: String,
     ) -> Result<(IngestOutcome, Option<Staged>), WriteError> {
+        self.keep_aside(t, entry, &reason)?;
+        Ok((IngestOutcome::Rejected { reason }, None))
+    }
+
+    fn keep_aside(
+        &mut self,
+        t: &mut Tables<'_>,
+        entry: &SignedEntry,
+        reason: &str,
+    ) -> Result<(), WriteError> {
         tracing::warn!(author = %entry.entry.author.short(), seq = entry.entry.seq, %reason, "entry refused");
         self.rejected_seq += 1;
         t.rejected
-            .insert(self.rejected_seq, (reason.as_str(), entry.encoded()))?;
+            .insert(self.rejected_seq, (reason, entry.encoded()))?;
         t.meta
             .insert(meta_key::REJECTED_SEQ, &self.rejected_seq.to_be_bytes()[..])?;
-        Ok((IngestOutcome::Rejected { reason }, None))
+        Ok(())
     }
 }
 
@@ -1210,6 +1227,13 @@ fn write_view(t: &mut Tables<'_>, id: &DocId, json: &Json) -> Result<(), WriteEr
     Ok(())
 }
 
+/// Where the writer announces what it committed: document changes for the API's event
+/// stream, and this device's own entries for the peers.
+pub(crate) struct Outlets {
+    pub events: broadcast::Sender<DocEvent>,
+    pub committed: broadcast::Sender<Arc<SignedEntry>>,
+}
+
 /// What a batch's `finish` produced for the answers and the event stream.
 struct Finished {
     views: HashMap<DocId, Arc<Json>>,
@@ -1251,7 +1275,8 @@ impl Ops {
 
 /// Publishes every event of the batch, then answers its callers, so a caller that hears back
 /// can count on the events of its write being out.
-fn answer(replies: Vec<Reply>, finished: &Finished, events: &broadcast::Sender<DocEvent>) {
+fn answer(replies: Vec<Reply>, finished: &Finished, outlets: &Outlets) {
+    let events = &outlets.events;
     let empty = Arc::new(Json::Null);
     let view = |id: &DocId| {
         finished
@@ -1275,7 +1300,12 @@ fn answer(replies: Vec<Reply>, finished: &Finished, events: &broadcast::Sender<D
     };
     for r in &replies {
         match r {
-            Reply::Command(_, Ok(s)) => publish(s, Origin::Local),
+            Reply::Command(_, Ok(s)) => {
+                publish(s, Origin::Local);
+                if let Some(e) = &s.own {
+                    let _ = outlets.committed.send(e.clone());
+                }
+            }
             Reply::Ingest(_, Ok((_, Some(s)))) => publish(s, Origin::Remote),
             _ => {}
         }

@@ -1,0 +1,88 @@
+//! The libp2p protocols a node speaks, in one composed behaviour.
+
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    StreamProtocol, autonat, dcutr, gossipsub, identify, ping, relay, request_response,
+};
+use tillmesh_protocol::sync::wire::MESSAGE_BYTES_MAX;
+
+use super::codec::SyncCodec;
+
+/// A pull streams at most one batch; a slow disk on the other side gets this long.
+pub const PULL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// A relayed connection carries a full sync, so the relay's defaults (2 minutes, 128 KiB) are
+/// far too small; these bound what one circuit may cost the relay.
+const RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(3600);
+const RELAY_CIRCUIT_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub gossipsub: gossipsub::Behaviour,
+    pub sync: request_response::Behaviour<SyncCodec>,
+    pub relay_client: relay::client::Behaviour,
+    pub relay: Toggle<relay::Behaviour>,
+    pub dcutr: dcutr::Behaviour,
+    pub autonat: autonat::Behaviour,
+}
+
+impl Behaviour {
+    pub fn new(
+        key: &Keypair,
+        relay_client: relay::client::Behaviour,
+        sync_protocol: StreamProtocol,
+        relay_server: bool,
+    ) -> Result<Behaviour, String> {
+        let peer_id = key.public().to_peer_id();
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .max_transmit_size(MESSAGE_BYTES_MAX)
+            .heartbeat_interval(Duration::from_millis(500))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossip_config,
+        )?;
+        let relay = relay_server.then(|| {
+            relay::Behaviour::new(
+                peer_id,
+                relay::Config {
+                    max_circuit_duration: RELAY_CIRCUIT_DURATION,
+                    max_circuit_bytes: RELAY_CIRCUIT_BYTES_MAX,
+                    ..Default::default()
+                },
+            )
+        });
+        Ok(Behaviour {
+            identify: identify::Behaviour::new(
+                identify::Config::new("/tillmesh/1".into(), key.public())
+                    .with_push_listen_addr_updates(true),
+            ),
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
+            gossipsub,
+            sync: request_response::Behaviour::with_codec(
+                SyncCodec,
+                [(sync_protocol, request_response::ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(PULL_TIMEOUT),
+            ),
+            relay_client,
+            relay: relay.into(),
+            dcutr: dcutr::Behaviour::new(peer_id),
+            autonat: autonat::Behaviour::new(
+                peer_id,
+                autonat::Config {
+                    // Shops and test networks use private addresses; they count here.
+                    only_global_ips: false,
+                    ..Default::default()
+                },
+            ),
+        })
+    }
+}

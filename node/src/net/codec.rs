@@ -1,0 +1,77 @@
+//! The request-response codec of the sync protocol: one length-prefixed [`Message`] each way.
+//!
+//! Length first, checked against [`MESSAGE_BYTES_MAX`] before anything is read, so a peer
+//! cannot make us allocate more than one message. Bytes that are not a sync message fail the
+//! stream with `InvalidData`; the driver takes that as misbehaviour.
+
+use std::io;
+
+use libp2p::StreamProtocol;
+use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tillmesh_protocol::sync::Message;
+use tillmesh_protocol::sync::wire::MESSAGE_BYTES_MAX;
+
+#[derive(Debug, Clone, Default)]
+pub struct SyncCodec;
+
+async fn read_message<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Message> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MESSAGE_BYTES_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("sync message of {len} bytes is over the limit of {MESSAGE_BYTES_MAX}"),
+        ));
+    }
+    let mut buf = vec![0; len];
+    io.read_exact(&mut buf).await?;
+    Message::decode(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+async fn write_message<T: AsyncWrite + Unpin + Send>(io: &mut T, m: Message) -> io::Result<()> {
+    let bytes = m.encode();
+    io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+    io.write_all(&bytes).await?;
+    io.close().await
+}
+
+impl libp2p::request_response::Codec for SyncCodec {
+    type Protocol = StreamProtocol;
+    type Request = Message;
+    type Response = Message;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Message> {
+        read_message(io).await
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Message> {
+        read_message(io).await
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        m: Message,
+    ) -> io::Result<()> {
+        write_message(io, m).await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        m: Message,
+    ) -> io::Result<()> {
+        write_message(io, m).await
+    }
+}

@@ -1,0 +1,756 @@
+//! The network event loop: libp2p events and the store in, the sync core's outputs out.
+//!
+//! Nothing slow runs on the loop itself. Applying entries goes to one applier task, in order
+//! (the core's parking relies on that order); serving a pull reads the store on a blocking
+//! thread and hands the answer back. The loop only moves messages and keeps the peer table.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use libp2p::core::ConnectedPoint;
+use libp2p::futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, gossipsub, identify, noise, ping, relay,
+    tcp, yamux,
+};
+use tillmesh_protocol::sync::{Message, Output, Source, Sync, Verdict};
+use tillmesh_protocol::{DeviceId, SignedEntry, VersionVector};
+use tokio::sync::{broadcast, mpsc};
+
+use super::behaviour::{Behaviour, BehaviourEvent};
+use super::discovery::{self, Discovery, Found};
+use super::{FoundBy, NetConfig, NetError, NetStatus, PeerStatus};
+use crate::replication;
+use crate::repo::Repo;
+
+/// How often the loop wakes with nothing else to do: timers of the core, dials, status.
+const TICK: Duration = Duration::from_millis(100);
+const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(500);
+const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long a peer that misbehaved is refused.
+const BAN: Duration = Duration::from_secs(60);
+/// How often this node tells the mesh where it can be reached.
+const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(10);
+/// Applies waiting for the store; pushes beyond this are dropped (pulls find them later).
+const APPLY_QUEUED_MAX: usize = 1024;
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+
+struct Applied {
+    source: Source<PeerId>,
+    results: Vec<(SignedEntry, Verdict)>,
+    vv: VersionVector,
+}
+
+struct Target {
+    peer: Option<PeerId>,
+    addrs: Vec<Multiaddr>,
+    found_by: FoundBy,
+    next_dial: Instant,
+    backoff: Duration,
+}
+
+struct Connection {
+    transport: &'static str,
+    address: Multiaddr,
+}
+
+struct PeerInfo {
+    device: Option<DeviceId>,
+    found_by: FoundBy,
+    connections: BTreeMap<ConnectionId, Connection>,
+    rtt: Option<Duration>,
+}
+
+impl PeerInfo {
+    /// A direct connection beats a relayed one, QUIC and TCP are equal.
+    fn best(&self) -> Option<&Connection> {
+        self.connections
+            .values()
+            .min_by_key(|c| u8::from(c.transport == "relay"))
+    }
+}
+
+pub(super) struct Driver {
+    swarm: Swarm<Behaviour>,
+    repo: Repo,
+    sync: Sync<PeerId>,
+    started: Instant,
+    protocol: StreamProtocol,
+    push_topic: gossipsub::IdentTopic,
+    announce_topic: gossipsub::IdentTopic,
+    peers: BTreeMap<PeerId, PeerInfo>,
+    targets: BTreeMap<String, Target>,
+    banned: HashMap<PeerId, Instant>,
+    reserved_on: Vec<PeerId>,
+    discovery: Option<Discovery>,
+    found: Option<mpsc::Receiver<Found>>,
+    apply_tx: mpsc::UnboundedSender<(Source<PeerId>, Vec<SignedEntry>)>,
+    applied_rx: mpsc::UnboundedReceiver<Applied>,
+    apply_queued: usize,
+    served_tx: mpsc::UnboundedSender<(ResponseChannel<Message>, Message)>,
+    served_rx: mpsc::UnboundedReceiver<(ResponseChannel<Message>, Message)>,
+    committed: broadcast::Receiver<Arc<SignedEntry>>,
+    status: Arc<Mutex<NetStatus>>,
+    listen: Vec<Multiaddr>,
+    reachability: &'static str,
+    last_announce: Option<Instant>,
+}
+
+fn transport_of(addr: &Multiaddr) -> &'static str {
+    if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+        "relay"
+    } else if addr.iter().any(|p| matches!(p, Protocol::QuicV1)) {
+        "quic"
+    } else {
+        "tcp"
+    }
+}
+
+/// The address without a trailing `/p2p/<id>`.
+fn without_peer(addr: &Multiaddr) -> Multiaddr {
+    let mut a = addr.clone();
+    if matches!(a.iter().last(), Some(Protocol::P2p(_))) {
+        a.pop();
+    }
+    a
+}
+
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(p)) => Some(p),
+        _ => None,
+    }
+}
+
+impl Driver {
+    pub(super) fn new(
+        repo: Repo,
+        config: NetConfig,
+        status: Arc<Mutex<NetStatus>>,
+    ) -> Result<Driver, NetError> {
+        let identity = repo.identity().clone();
+        let key = libp2p::identity::Keypair::ed25519_from_bytes(repo.device_secret())
+            .map_err(|e| NetError::Start(format!("the device key is not usable: {e}")))?;
+        let local = key.public().to_peer_id();
+        let tag = discovery::mesh_tag(&identity.mesh_id);
+        let protocol = StreamProtocol::try_from_owned(format!("/tillmesh/sync/1/{tag}"))
+            .map_err(|e| NetError::Start(e.to_string()))?;
+        let relay_server = config.relay;
+        let sync_protocol = protocol.clone();
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| NetError::Start(e.to_string()))?
+            .with_quic()
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| NetError::Start(e.to_string()))?
+            .with_behaviour(|key, relay_client| {
+                Behaviour::new(key, relay_client, sync_protocol, relay_server)
+                    .map_err(Box::<dyn std::error::Error + Send + std::marker::Sync>::from)
+            })
+            .map_err(|e| NetError::Start(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+            .build();
+        let push_topic = gossipsub::IdentTopic::new(format!("tillmesh/entries/{tag}"));
+        let announce_topic = gossipsub::IdentTopic::new(format!("tillmesh/peers/{tag}"));
+        for t in [&push_topic, &announce_topic] {
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(t)
+                .map_err(|e| NetError::Start(e.to_string()))?;
+        }
+        for addr in &config.listen {
+            swarm.listen_on(addr.clone()).map_err(|e| NetError::Listen {
+                addr: addr.clone(),
+                detail: e.to_string(),
+            })?;
+        }
+        let now = Instant::now();
+        let mut targets = BTreeMap::new();
+        for addr in &config.peers {
+            targets.insert(
+                addr.to_string(),
+                Target {
+                    peer: peer_of(addr),
+                    addrs: vec![without_peer(addr)],
+                    found_by: FoundBy::Address,
+                    next_dial: now,
+                    backoff: DIAL_BACKOFF_MIN,
+                },
+            );
+        }
+        let (discovery, found) = if config.mdns {
+            let (d, rx) = Discovery::start(&identity.mesh_id, local)
+                .map_err(|e| NetError::Mdns(e.to_string()))?;
+            (Some(d), Some(rx))
+        } else {
+            (None, None)
+        };
+        let (apply_tx, apply_rx) = mpsc::unbounded_channel();
+        let (applied_tx, applied_rx) = mpsc::unbounded_channel();
+        tokio::spawn(applier(repo.clone(), apply_rx, applied_tx));
+        let (served_tx, served_rx) = mpsc::unbounded_channel();
+        if let Ok(mut s) = status.lock() {
+            s.peer_id = local.to_string();
+            s.mdns = config.mdns;
+            s.relay = config.relay;
+            s.reachability = "unknown".into();
+        }
+        Ok(Driver {
+            committed: repo.subscribe_committed(),
+            swarm,
+            repo,
+            sync: Sync::new(config.sync),
+            started: now,
+            protocol,
+            push_topic,
+            announce_topic,
+            peers: BTreeMap::new(),
+            targets,
+            banned: HashMap::new(),
+            reserved_on: Vec::new(),
+            discovery,
+            found,
+            apply_tx,
+            applied_rx,
+            apply_queued: 0,
+            served_tx,
+            served_rx,
+            status,
+            listen: Vec::new(),
+            reachability: "unknown",
+            last_announce: None,
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub(super) async fn run(mut self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                event = self.swarm.select_next_some() => self.on_swarm(event),
+                Some(a) = self.applied_rx.recv() => {
+                    self.apply_queued = self.apply_queued.saturating_sub(1);
+                    let now = self.now_ms();
+                    self.sync.applied(a.source, a.results, &a.vv, now);
+                }
+                Some((channel, answer)) = self.served_rx.recv() => {
+                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, answer);
+                }
+                entry = self.committed.recv() => match entry {
+                    Ok(e) => self.sync.committed((*e).clone()),
+                    // Missed pushes are found by the next pull.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                Some(found) = next_found(&mut self.found) => self.on_found(found),
+                _ = tick.tick() => {
+                    let now = self.now_ms();
+                    self.sync.tick(now);
+                    self.dial_due();
+                    self.announce();
+                    self.publish_status();
+                }
+            }
+            self.perform();
+        }
+        if let Some(d) = self.discovery.take() {
+            d.stop();
+        }
+    }
+
+    /// Carries out everything the core asked for.
+    fn perform(&mut self) {
+        while let Some(out) = self.sync.poll() {
+            match out {
+                Output::Pull {
+                    peer,
+                    entries_max,
+                    bytes_max,
+                } => match self.repo.version_vector() {
+                    Ok(have) => {
+                        self.swarm.behaviour_mut().sync.send_request(
+                            &peer,
+                            Message::Pull {
+                                have,
+                                entries_max,
+                                bytes_max,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the version vector to pull");
+                        let now = self.now_ms();
+                        self.sync.pull_failed(&peer, now);
+                    }
+                },
+                Output::Publish(message) => {
+                    // No peers subscribed yet is normal; pulls cover what a push misses.
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .publish(self.push_topic.clone(), message.encode());
+                }
+                Output::Apply { source, entries } => {
+                    if matches!(source, Source::Push(_)) && self.apply_queued >= APPLY_QUEUED_MAX {
+                        continue;
+                    }
+                    self.apply_queued += 1;
+                    let _ = self.apply_tx.send((source, entries));
+                }
+                Output::Disconnect { peer, reason } => self.ban(peer, &reason),
+            }
+        }
+    }
+
+    fn ban(&mut self, peer: PeerId, reason: &str) {
+        tracing::warn!(%peer, %reason, "disconnecting a misbehaving peer");
+        self.banned.insert(peer, Instant::now() + BAN);
+        self.sync.disconnected(&peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                if let Some(d) = &mut self.discovery
+                    && let Some(Protocol::Tcp(port)) =
+                        address.iter().find(|p| matches!(p, Protocol::Tcp(_)))
+                    && transport_of(&address) == "tcp"
+                    && let Err(e) = d.advertise(port)
+                {
+                    tracing::warn!(error = %e, "cannot advertise on mDNS");
+                }
+                if !self.listen.contains(&address) {
+                    self.listen.push(address);
+                }
+                self.last_announce = None;
+                self.publish_status();
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen.retain(|a| *a != address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => self.on_connected(peer_id, connection_id, &endpoint),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                if let Some(info) = self.peers.get_mut(&peer_id) {
+                    info.connections.remove(&connection_id);
+                }
+                if num_established == 0 {
+                    self.peers.remove(&peer_id);
+                    self.sync.disconnected(&peer_id);
+                    tracing::info!(peer = %peer_id, "peer disconnected");
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, %error, "dial failed");
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour(event),
+            _ => {}
+        }
+    }
+
+    fn on_connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: &ConnectedPoint) {
+        if self.banned.get(&peer).is_some_and(|until| *until > Instant::now()) {
+            let _ = self.swarm.close_connection(id);
+            return;
+        }
+        let address = match endpoint {
+            ConnectedPoint::Dialer { address, .. } => address.clone(),
+            ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
+        };
+        let dialed = without_peer(&address);
+        let mut found_by = if endpoint.is_dialer() {
+            FoundBy::Address
+        } else {
+            FoundBy::Inbound
+        };
+        for t in self.targets.values_mut() {
+            let ours = t.peer == Some(peer) || (t.peer.is_none() && t.addrs.contains(&dialed));
+            if ours {
+                t.peer = Some(peer);
+                t.backoff = DIAL_BACKOFF_MIN;
+                if endpoint.is_dialer() {
+                    found_by = t.found_by;
+                }
+            }
+        }
+        if transport_of(&address) == "relay" && found_by == FoundBy::Address {
+            found_by = FoundBy::Relay;
+        }
+        tracing::info!(%peer, %address, "connected");
+        let info = self.peers.entry(peer).or_insert(PeerInfo {
+            device: None,
+            found_by,
+            connections: BTreeMap::new(),
+            rtt: None,
+        });
+        info.connections.insert(
+            id,
+            Connection {
+                transport: transport_of(&address),
+                address,
+            },
+        );
+    }
+
+    fn on_behaviour(&mut self, event: BehaviourEvent) {
+        let now = self.now_ms();
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let device = info
+                    .public_key
+                    .clone()
+                    .try_into_ed25519()
+                    .ok()
+                    .map(|k| DeviceId(k.to_bytes()));
+                if let Some(p) = self.peers.get_mut(&peer_id) {
+                    p.device = device;
+                }
+                if info.protocols.contains(&self.protocol) {
+                    self.sync.connected(peer_id, now);
+                }
+                if info.protocols.contains(&relay::HOP_PROTOCOL_NAME)
+                    && !self.reserved_on.contains(&peer_id)
+                {
+                    self.reserve_on(peer_id, &info.listen_addrs);
+                }
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.rtt = Some(rtt);
+                }
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message,
+                ..
+            }) => {
+                if message.topic == self.push_topic.hash() {
+                    match Message::decode(&message.data) {
+                        Ok(m) => self.sync.pushed(&propagation_source, m),
+                        Err(e) => {
+                            let reason = format!("pushed a malformed message: {e}");
+                            self.ban(propagation_source, &reason);
+                        }
+                    }
+                } else if message.topic == self.announce_topic.hash()
+                    && let Some(source) = message.source
+                {
+                    self.on_announce(source, &message.data);
+                }
+            }
+            BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => self.serve(peer, request, channel),
+                    request_response::Message::Response { response, .. } => {
+                        self.sync.received(&peer, response, now)
+                    }
+                }
+            }
+            BehaviourEvent::Sync(request_response::Event::OutboundFailure {
+                peer, error, ..
+            }) => {
+                tracing::debug!(%peer, %error, "pull failed");
+                if let request_response::OutboundFailure::Io(e) = &error
+                    && e.kind() == std::io::ErrorKind::InvalidData
+                {
+                    self.ban(peer, &format!("answered a pull with garbage: {error}"));
+                } else {
+                    self.sync.pull_failed(&peer, now);
+                }
+            }
+            BehaviourEvent::Sync(request_response::Event::InboundFailure {
+                peer, error, ..
+            }) => {
+                if let request_response::InboundFailure::Io(e) = &error
+                    && e.kind() == std::io::ErrorKind::InvalidData
+                {
+                    self.ban(peer, &format!("sent a malformed pull: {error}"));
+                }
+            }
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
+                self.reachability = match new {
+                    autonat::NatStatus::Public(_) => "public",
+                    autonat::NatStatus::Private => "private",
+                    autonat::NatStatus::Unknown => "unknown",
+                };
+                tracing::info!(reachability = self.reachability, "AutoNAT");
+            }
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                ..
+            }) => {
+                tracing::info!(relay = %relay_peer_id, "reachable through relay");
+            }
+            BehaviourEvent::Dcutr(e) => tracing::info!(?e, "hole punching"),
+            _ => {}
+        }
+    }
+
+    /// Reads the answer to a pull off the loop, and refuses anything but a pull.
+    fn serve(&mut self, peer: PeerId, request: Message, channel: ResponseChannel<Message>) {
+        let Message::Pull {
+            have,
+            entries_max,
+            bytes_max,
+        } = request
+        else {
+            self.ban(peer, "sent a request that is not a pull");
+            return;
+        };
+        let repo = self.repo.clone();
+        let tx = self.served_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            match replication::serve(&repo, &have, entries_max, bytes_max) {
+                Ok(answer) => {
+                    let _ = tx.send((channel, answer));
+                }
+                // Dropping the channel fails the peer's pull; it retries with backoff.
+                Err(e) => tracing::warn!(error = %e, "cannot serve a pull"),
+            }
+        });
+    }
+
+    /// Listens through a relay, so peers that cannot reach us directly can through it.
+    fn reserve_on(&mut self, relay: PeerId, listen_addrs: &[Multiaddr]) {
+        let dialed = self
+            .peers
+            .get(&relay)
+            .and_then(|p| p.connections.values().find(|c| c.transport != "relay"))
+            .map(|c| without_peer(&c.address));
+        let Some(base) = dialed.or_else(|| {
+            listen_addrs
+                .iter()
+                .find(|a| transport_of(a) == "tcp")
+                .cloned()
+        }) else {
+            return;
+        };
+        let circuit = base.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
+        match self.swarm.listen_on(circuit.clone()) {
+            Ok(_) => {
+                tracing::info!(%circuit, "reserving a slot on a relay");
+                self.reserved_on.push(relay);
+            }
+            Err(e) => tracing::warn!(%circuit, error = %e, "cannot listen through the relay"),
+        }
+    }
+
+    fn on_found(&mut self, found: Found) {
+        let key = found.peer.to_string();
+        let target = self.targets.entry(key).or_insert(Target {
+            peer: Some(found.peer),
+            addrs: Vec::new(),
+            found_by: FoundBy::Mdns,
+            next_dial: Instant::now(),
+            backoff: DIAL_BACKOFF_MIN,
+        });
+        target.addrs = found.addrs;
+        target.next_dial = Instant::now();
+        self.dial_due();
+    }
+
+    fn on_announce(&mut self, source: PeerId, data: &[u8]) {
+        if source == *self.swarm.local_peer_id() {
+            return;
+        }
+        let Ok(addrs) = serde_json::from_slice::<Vec<String>>(data) else {
+            return;
+        };
+        let addrs: Vec<Multiaddr> = addrs
+            .iter()
+            .take(16)
+            .filter_map(|a| a.parse().ok())
+            .map(|a: Multiaddr| {
+                if transport_of(&a) == "relay" && peer_of(&a).is_none() {
+                    a.with(Protocol::P2p(source))
+                } else {
+                    a
+                }
+            })
+            .collect();
+        if addrs.is_empty() {
+            return;
+        }
+        let found_by = if addrs.iter().any(|a| transport_of(a) == "relay") {
+            FoundBy::Relay
+        } else {
+            FoundBy::Gossip
+        };
+        let key = source.to_string();
+        match self.targets.get_mut(&key) {
+            Some(t) => {
+                for a in addrs {
+                    if !t.addrs.contains(&a) {
+                        t.addrs.push(a);
+                    }
+                }
+            }
+            None => {
+                self.targets.insert(
+                    key,
+                    Target {
+                        peer: Some(source),
+                        addrs,
+                        found_by,
+                        next_dial: Instant::now(),
+                        backoff: DIAL_BACKOFF_MIN,
+                    },
+                );
+            }
+        }
+    }
+
+    fn dial_due(&mut self) {
+        let now = Instant::now();
+        self.banned.retain(|_, until| *until > now);
+        let mut dials = Vec::new();
+        for t in self.targets.values_mut() {
+            if t.next_dial > now {
+                continue;
+            }
+            if let Some(p) = t.peer
+                && (self.swarm.is_connected(&p) || self.banned.contains_key(&p))
+            {
+                continue;
+            }
+            t.next_dial = now + t.backoff;
+            t.backoff = (t.backoff * 2).min(DIAL_BACKOFF_MAX);
+            dials.push(match t.peer {
+                Some(p) => DialOpts::peer_id(p)
+                    .addresses(t.addrs.clone())
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build(),
+                None => DialOpts::unknown_peer_id()
+                    .address(t.addrs[0].clone())
+                    .build(),
+            });
+        }
+        for d in dials {
+            if let Err(e) = self.swarm.dial(d) {
+                tracing::debug!(error = %e, "cannot dial");
+            }
+        }
+    }
+
+    fn announce(&mut self) {
+        if self
+            .last_announce
+            .is_some_and(|t| t.elapsed() < ANNOUNCE_INTERVAL)
+            || self.peers.is_empty()
+        {
+            return;
+        }
+        let addrs: Vec<String> = self
+            .listen
+            .iter()
+            .filter(|a| {
+                !a.iter().any(|p| match p {
+                    Protocol::Ip4(ip) => ip.is_unspecified(),
+                    _ => false,
+                })
+            })
+            .map(|a| a.to_string())
+            .collect();
+        let Ok(data) = serde_json::to_vec(&addrs) else {
+            return;
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.announce_topic.clone(), data);
+        self.last_announce = Some(Instant::now());
+    }
+
+    fn publish_status(&mut self) {
+        let peers = self
+            .peers
+            .iter()
+            .filter_map(|(id, info)| {
+                let best = info.best()?;
+                let sync = self.sync.peer(id);
+                Some(PeerStatus {
+                    peer_id: id.to_string(),
+                    device_id: info.device.map(|d| d.to_string()),
+                    found_by: info.found_by,
+                    transport: best.transport,
+                    address: best.address.to_string(),
+                    rtt_ms: info.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    synced: sync.as_ref().is_some_and(|s| s.synced),
+                    entries_received: sync.map(|s| s.entries_received).unwrap_or(0),
+                })
+            })
+            .collect();
+        if let Ok(mut s) = self.status.lock() {
+            s.listen = self.listen.iter().map(|a| a.to_string()).collect();
+            s.reachability = self.reachability.into();
+            s.parked = self.sync.parked();
+            s.peers = peers;
+        }
+    }
+}
+
+async fn next_found(rx: &mut Option<mpsc::Receiver<Found>>) -> Option<Found> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Applies entries in the order the core asked for, one batch at a time.
+async fn applier(
+    repo: Repo,
+    mut rx: mpsc::UnboundedReceiver<(Source<PeerId>, Vec<SignedEntry>)>,
+    tx: mpsc::UnboundedSender<Applied>,
+) {
+    while let Some((source, entries)) = rx.recv().await {
+        let (results, vv) = match replication::apply(&repo, entries).await {
+            Ok(r) => r,
+            Err(e) => {
+                // The store failed, not the entries: report nothing applied, so the core
+                // backs off and pulls them again.
+                tracing::warn!(error = %e, "cannot apply entries from a peer");
+                (Vec::new(), repo.version_vector().unwrap_or_default())
+            }
+        };
+        if tx.send(Applied { source, results, vv }).is_err() {
+            return;
+        }
+    }
+}

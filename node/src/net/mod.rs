@@ -1,0 +1,142 @@
+//! The network edge: libp2p transports, discovery and the driver that runs the sync core.
+//!
+//! - [`behaviour`]: the protocols spoken (identify, ping, gossipsub for push, request-response
+//!   for pulls, relay server and client, DCUtR, AutoNAT).
+//! - [`codec`]: the sync protocol's framing on a request-response stream.
+//! - [`discovery`]: mDNS advertising and browsing, filtered by mesh.
+//! - `driver`: the event loop. It feeds connections, messages and time to
+//!   [`tillmesh_protocol::sync::Sync`] and performs what it asks, with the store at hand.
+//!
+//! The PeerId is the device key: one ed25519 key names the device in the log and on the wire.
+
+pub mod behaviour;
+pub mod codec;
+pub mod discovery;
+mod driver;
+pub mod invite;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use libp2p::Multiaddr;
+use serde::Serialize;
+use thiserror::Error;
+use tillmesh_protocol::sync;
+
+use crate::repo::Repo;
+
+/// Where a node listens unless told otherwise: every interface, TCP and QUIC on one port.
+pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/tcp/7421", "/ip4/0.0.0.0/udp/7421/quic-v1"];
+
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    pub listen: Vec<Multiaddr>,
+    /// Addresses to dial and keep dialing (with backoff) whenever not connected.
+    pub peers: Vec<Multiaddr>,
+    /// Advertise and browse on the LAN. Off for anything on the host's own interfaces in tests.
+    pub mdns: bool,
+    /// Serve as a libp2p relay for nodes behind NAT (head office runs one).
+    pub relay: bool,
+    pub sync: sync::Config,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            listen: DEFAULT_LISTEN
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+            peers: Vec::new(),
+            mdns: true,
+            relay: false,
+            sync: sync::Config::default(),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum NetError {
+    #[error("cannot listen on {addr}: {detail}; choose another address with --listen")]
+    Listen { addr: Multiaddr, detail: String },
+    #[error("the network could not start: {0}")]
+    Start(String),
+    #[error("mDNS discovery could not start: {0}; run with --no-mdns and give --peer addresses")]
+    Mdns(String),
+}
+
+/// How a peer came to be known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FoundBy {
+    /// mDNS on the LAN.
+    Mdns,
+    /// A `--peer` address or an invite.
+    Address,
+    /// An address through a relay, learned from another peer.
+    Relay,
+    /// A direct address learned from another peer.
+    Gossip,
+    /// It dialed us.
+    Inbound,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerStatus {
+    pub peer_id: String,
+    /// The device this peer is (its key is the PeerId's).
+    pub device_id: Option<String>,
+    pub found_by: FoundBy,
+    /// `tcp`, `quic` or `relay` (a circuit through a relay); the best of its connections.
+    pub transport: &'static str,
+    pub address: String,
+    pub rtt_ms: Option<f64>,
+    /// Our last pull from it covered everything it held.
+    pub synced: bool,
+    pub entries_received: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NetStatus {
+    pub peer_id: String,
+    pub listen: Vec<String>,
+    /// What AutoNAT found: `public`, `private` or `unknown`.
+    pub reachability: String,
+    pub mdns: bool,
+    pub relay: bool,
+    /// Entries waiting for other authors' entries.
+    pub parked: usize,
+    pub peers: Vec<PeerStatus>,
+}
+
+/// A handle on the running network, for status.
+#[derive(Clone)]
+pub struct Network {
+    status: Arc<Mutex<NetStatus>>,
+}
+
+impl Network {
+    pub fn status(&self) -> NetStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// Starts listening and replicating; runs until `shutdown` resolves. Listening is set up
+/// before this returns, so a bad address is an error here and not a log line later.
+pub async fn start(
+    repo: Repo,
+    config: NetConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(Network, tokio::task::JoinHandle<()>), NetError> {
+    let status = Arc::new(Mutex::new(NetStatus::default()));
+    let driver = driver::Driver::new(repo, config, status.clone())?;
+    let task = tokio::spawn(driver.run(shutdown));
+    // The listeners report their addresses on the first turns of the loop.
+    for _ in 0..50 {
+        if !status.lock().map(|s| s.listen.is_empty()).unwrap_or(true) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Ok((Network { status }, task))
+}

@@ -1,0 +1,144 @@
+//! Replication between real node processes on loopback: joining by invite, convergence after
+//! concurrent sales, and a till killed with `kill -9` in the middle of the stream.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::Value;
+use tillmesh::testkit::{
+    Api, NodeProcess, cash_sale, invite_code, join, product, wait_converged, wait_for,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tillmesh");
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An owner and `n - 1` tills joined by invite, all running on loopback; the owner's
+/// catalogue has reached every till.
+async fn shop(root: &std::path::Path, n: usize) -> anyhow::Result<Vec<NodeProcess>> {
+    let a = root.join("till-0");
+    NodeProcess::init(BIN.as_ref(), &a, "Till 0")?;
+    let owner = NodeProcess::start(BIN.as_ref(), &a).await?;
+    owner
+        .api
+        .ok_post("/v1/products", &product("TEA-1", "Green tea", 350, 100_000))
+        .await?;
+    let code = invite_code(BIN.as_ref(), &a)?;
+    let mut nodes = vec![owner];
+    for i in 1..n {
+        let dir = root.join(format!("till-{i}"));
+        join(BIN.as_ref(), &dir, &format!("Till {i}"), &code)?;
+        nodes.push(NodeProcess::start(BIN.as_ref(), &dir).await?);
+    }
+    for node in &nodes[1..] {
+        let api = node.api.clone();
+        wait_for("the catalogue to reach a new till", CONVERGE_TIMEOUT, || {
+            let api = api.clone();
+            async move {
+                let list = api.all("/v1/products").await?;
+                Ok((!list.is_empty()).then_some(()))
+            }
+        })
+        .await?;
+    }
+    Ok(nodes)
+}
+
+async fn sale_ids(api: &Api) -> anyhow::Result<BTreeSet<String>> {
+    Ok(api
+        .all("/v1/sales")
+        .await?
+        .iter()
+        .filter_map(|s| s["id"].as_str().map(str::to_owned))
+        .collect())
+}
+
+async fn stock(api: &Api) -> anyhow::Result<Value> {
+    let products = api.all("/v1/products").await?;
+    Ok(products[0]["stock"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_processes_converge_after_concurrent_sales() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let nodes = shop(root.path(), 3).await?;
+    const SALES_PER_TILL: usize = 40;
+    let mut sellers = Vec::new();
+    for node in &nodes {
+        let api = node.api.clone();
+        sellers.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..SALES_PER_TILL {
+                let qty = 1 + (i % 3) as i64;
+                let v = api
+                    .ok_post("/v1/sales", &cash_sale("TEA-1", qty, qty * 350))
+                    .await?;
+                ids.push(v["id"].as_str().unwrap().to_owned());
+            }
+            anyhow::Ok(ids)
+        }));
+    }
+    let mut acked = BTreeSet::new();
+    for s in sellers {
+        acked.extend(s.await??);
+    }
+    assert_eq!(acked.len(), 3 * SALES_PER_TILL);
+    let apis: Vec<&Api> = nodes.iter().map(|n| &n.api).collect();
+    wait_converged(&apis, 0, CONVERGE_TIMEOUT).await?;
+    let first = sale_ids(apis[0]).await?;
+    assert_eq!(first, acked, "every acknowledged sale, and nothing else");
+    let level = stock(apis[0]).await?;
+    for api in &apis[1..] {
+        assert_eq!(sale_ids(api).await?, first);
+        assert_eq!(stock(api).await?, level, "stock derived the same everywhere");
+    }
+    let expected: i64 = 100_000 - 3 * (0..SALES_PER_TILL as i64).map(|i| 1 + i % 3).sum::<i64>();
+    assert_eq!(level, serde_json::json!(expected));
+    // Status shows each till its two peers, how they were found, and that it is synced.
+    let status = apis[1].ok_get("/v1/status").await?;
+    let peers = status["network"]["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 2, "{status}");
+    for p in peers {
+        assert!(p["transport"] == "tcp", "{p}");
+        assert!(p["rtt_ms"].is_number() || p["rtt_ms"].is_null(), "{p}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_till_killed_mid_stream_loses_no_acknowledged_sale_and_converges() -> anyhow::Result<()>
+{
+    let root = tempfile::tempdir()?;
+    let mut nodes = shop(root.path(), 2).await?;
+    let seller = nodes[1].api.clone();
+    let stream = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        // Sells until the till dies under it; only answered sales count.
+        while let Ok((s, v)) = seller.post("/v1/sales", &cash_sale("TEA-1", 1, 350)).await {
+            if s.as_u16() != 201 {
+                break;
+            }
+            acked.push(v["id"].as_str().unwrap().to_owned());
+        }
+        acked
+    });
+    // Let the stream and the replication of it run, then pull the plug.
+    let owner = nodes[0].api.clone();
+    wait_for("sales to replicate", CONVERGE_TIMEOUT, || {
+        let owner = owner.clone();
+        async move { Ok((sale_ids(&owner).await?.len() >= 50).then_some(())) }
+    })
+    .await?;
+    nodes[1].kill9();
+    let acked: BTreeSet<String> = stream.await?.into_iter().collect();
+    assert!(acked.len() >= 50);
+    nodes[1].restart().await?;
+    let apis: Vec<&Api> = nodes.iter().map(|n| &n.api).collect();
+    wait_converged(&apis, 0, CONVERGE_TIMEOUT).await?;
+    for api in &apis {
+        let held = sale_ids(api).await?;
+        let lost: Vec<_> = acked.difference(&held).collect();
+        assert!(lost.is_empty(), "acknowledged sales lost: {lost:?}");
+    }
+    assert_eq!(sale_ids(apis[0]).await?, sale_ids(apis[1]).await?);
+    Ok(())
+}
