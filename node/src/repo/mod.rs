@@ -246,6 +246,8 @@ struct Inner {
     committed: broadcast::Sender<Arc<SignedEntry>>,
     /// The device key's secret, for the network identity (the PeerId is the device key).
     secret: [u8; 32],
+    /// Set by [`Repo::power_cut`]: the writer exits without its closing checkpoint.
+    power_cut: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for Inner {
@@ -311,6 +313,8 @@ impl Repo {
         let (db, identity) = store::open(dir)?;
         let db = Arc::new(store::Shared::new(dir, db));
         let secret = identity.key.secret();
+        let power_cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut = power_cut.clone();
         let public = PublicIdentity {
             device_id: identity.device_id,
             device_name: identity.device_name.clone(),
@@ -339,7 +343,7 @@ impl Repo {
         };
         let writer = std::thread::Builder::new()
             .name("tillmesh-writer".into())
-            .spawn(move || state.run(rx, outlets))
+            .spawn(move || state.run(rx, outlets, cut))
             .map_err(|e| OpenError::Io {
                 path: dir.to_owned(),
                 source: e,
@@ -354,12 +358,22 @@ impl Repo {
                 events,
                 committed,
                 secret,
+                power_cut,
             }),
         })
     }
 
     pub fn identity(&self) -> &PublicIdentity {
         &self.inner.identity
+    }
+
+    /// Closes the store as a power cut would: no closing checkpoint, so the next open recovers
+    /// from the write-ahead log. For simulations of crashes inside one process; takes effect
+    /// when the last handle drops.
+    pub fn power_cut(self) {
+        self.inner
+            .power_cut
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn device_secret(&self) -> [u8; 32] {
@@ -472,8 +486,15 @@ impl Repo {
         Ok(out)
     }
 
-    /// Reads the entries of `ranges` (per author, in order) until a limit is reached; the
-    /// flag says whether any were left out. One entry larger than `bytes_max` goes alone.
+    /// Reads the entries of `ranges` until a limit is reached; the flag says whether any were
+    /// left out. One entry larger than `bytes_max` goes alone.
+    ///
+    /// Authors are interleaved: a first pass takes an equal share of the batch from every
+    /// author (at least its first missing entry), a second pass fills what is left in author
+    /// order. An entry may need another author's entries first; were the batch filled by one
+    /// author, an asker missing the other could receive the same unusable batch forever. With
+    /// every author's first missing entry in each batch, the causally earliest of them always
+    /// applies, so each pull makes progress (as long as a batch holds one entry per author).
     pub fn entries_in(
         &self,
         ranges: &[(DeviceId, RangeInclusive<u64>)],
@@ -484,19 +505,35 @@ impl Repo {
         let table = tx.open_table(ENTRIES)?;
         let mut out = Vec::new();
         let mut bytes = 0;
-        for (author, range) in ranges {
-            let from = (author.as_bytes(), *range.start());
-            let to = (author.as_bytes(), *range.end());
-            for item in table.range(from..=to)? {
-                let (_, v) = item?;
-                let raw = v.value();
-                if out.len() >= entries_max || (!out.is_empty() && bytes + raw.len() > bytes_max) {
-                    return Ok((out, true));
+        let mut next: Vec<u64> = ranges.iter().map(|(_, r)| *r.start()).collect();
+        let share = (entries_max / ranges.len().max(1)).max(1) as u64;
+        for pass in 0..2 {
+            for (i, (author, range)) in ranges.iter().enumerate() {
+                let last = match pass {
+                    0 => (*range.end()).min(next[i].saturating_add(share - 1)),
+                    _ => *range.end(),
+                };
+                if next[i] > last {
+                    continue;
                 }
-                bytes += raw.len();
-                out.push(SignedEntry::decode(raw).map_err(|e| {
-                    ReadError::Storage(format!("a stored entry of device {author} does not decode: {e}"))
-                })?);
+                let from = (author.as_bytes(), next[i]);
+                let to = (author.as_bytes(), last);
+                for item in table.range(from..=to)? {
+                    let (_, v) = item?;
+                    let raw = v.value();
+                    if out.len() >= entries_max
+                        || (!out.is_empty() && bytes + raw.len() > bytes_max)
+                    {
+                        return Ok((out, true));
+                    }
+                    bytes += raw.len();
+                    out.push(SignedEntry::decode(raw).map_err(|e| {
+                        ReadError::Storage(format!(
+                            "a stored entry of device {author} does not decode: {e}"
+                        ))
+                    })?);
+                    next[i] += 1;
+                }
             }
         }
         Ok((out, false))

@@ -5,11 +5,11 @@
 //! nothing; anything that fails after that point fails the whole batch, and the writer reloads
 //! its in-memory state from the store (see `docs` for why dropping the cache is always safe).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use automerge::{AutoCommit, Change};
+use automerge::{AutoCommit, Change, ChangeHash};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use serde_json::Value as Json;
 use tillmesh_protocol::docmap::{self, actor_for};
@@ -297,7 +297,12 @@ impl Writer {
             .map_err(|e| WriteError::Storage(e.to_string()))
     }
 
-    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Job>, events: Outlets) {
+    pub(crate) fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Job>,
+        events: Outlets,
+        power_cut: Arc<std::sync::atomic::AtomicBool>,
+    ) {
         while let Some(first) = rx.blocking_recv() {
             let mut jobs = vec![first];
             while jobs.len() < BATCH_JOBS_MAX {
@@ -307,6 +312,9 @@ impl Writer {
                 }
             }
             self.run_batch(jobs, &events);
+        }
+        if power_cut.load(std::sync::atomic::Ordering::Relaxed) {
+            return; // As if the power went: the log holds what was acknowledged.
         }
         // Closing: leave redb durable and the log empty, so the next open has nothing to replay.
         if let Err(e) = self.checkpoint() {
@@ -1076,7 +1084,7 @@ impl Writer {
         let actor = self.cache.actor().clone();
         let settings = self.settings.clone();
         let existing = self.cache.get(t, &id).map_err(Refusal::Fail)?;
-        let (doc, before) = match existing {
+        let (doc, before, existed) = match existing {
             Some(c) => {
                 if c.record.doc_type != doc_type.code() {
                     return Err(Refusal::Reject(format!(
@@ -1092,7 +1100,7 @@ impl Writer {
                     matches!(doc_type, DocType::Sale | DocType::Refund).then(|| c.view().clone());
                 // Remote changes: what the document reads as is known only by reading it.
                 c.forget_view();
-                (&mut c.doc, before)
+                (&mut c.doc, before, true)
             }
             None => (
                 &mut fresh
@@ -1100,8 +1108,22 @@ impl Writer {
                     .or_insert_with(|| (AutoCommit::new().with_actor(actor), None))
                     .0,
                 None,
+                false,
             ),
         };
+        // What the author saw: the heads its changes build on, outside the entry itself.
+        let mut heads_before = doc.get_heads();
+        heads_before.sort();
+        let own: HashSet<ChangeHash> = changes.iter().map(Change::hash).collect();
+        let mut seen: Vec<ChangeHash> = changes
+            .iter()
+            .flat_map(|c| c.deps().iter().copied())
+            .filter(|h| !own.contains(h))
+            .collect();
+        seen.sort();
+        seen.dedup();
+        let concurrent = existed && seen != heads_before;
+        let entry_changes = concurrent.then(|| changes.clone());
         doc.apply_changes(changes)
             .map_err(|e| Refusal::Reject(format!("document {id}: {e}")))?;
         let missing = doc.get_missing_deps(&[]);
@@ -1122,8 +1144,26 @@ impl Writer {
                 "document {id} says it is a {found}, but the entry files it as a {doc_type}"
             )));
         }
-        check_remote(doc_type, &view, &settings, before.as_ref())
-            .map_err(|e| Refusal::Reject(format!("{doc_type} {id}: {e}")))?;
+        match entry_changes {
+            // The author's change is judged on the document as the author saw it, not as
+            // merged with concurrent changes held here: the verdict then depends only on the
+            // entry and its history, so every node reaches the same one in whatever order
+            // entries arrive. (A merge of two lawful changes may still break a rule, say two
+            // tills refunding the last unit at once; it is kept, as every node keeps it.)
+            Some(changes) => {
+                let mut as_seen = doc
+                    .fork_at(&seen)
+                    .map_err(|e| Refusal::Reject(format!("document {id}: {e}")))?;
+                let seen_view = docmap::read_json(&as_seen);
+                as_seen
+                    .apply_changes(changes)
+                    .map_err(|e| Refusal::Reject(format!("document {id}: {e}")))?;
+                let after = docmap::read_json(&as_seen);
+                check_remote(doc_type, &after, &settings, Some(&seen_view))
+            }
+            None => check_remote(doc_type, &view, &settings, before.as_ref()),
+        }
+        .map_err(|e| Refusal::Reject(format!("{doc_type} {id}: {e}")))?;
         match fresh.get_mut(&id) {
             Some(f) => f.1 = Some(view),
             None => {

@@ -1,0 +1,779 @@
+//! Deterministic simulation of a mesh: 3 to 8 nodes, each the real repo (redb file, write-ahead
+//! log, writer thread) driven by the real sync core, exchanging real encoded messages through
+//! a simulated network that a seed controls.
+//!
+//! The seed decides everything the harness decides: how many nodes, which node writes what and
+//! when, which links are cut and mended, which messages are dropped, duplicated or delayed
+//! (and so reordered), and which nodes lose power and come back with only what they had
+//! committed. Time is virtual; every store call is awaited in turn, so a run is one sequence.
+//! Device keys come from the seed too. What the seed does not fix: document ids and
+//! timestamps, which the repo draws from the clock and the OS; they never steer the
+//! schedule (choices among documents are made in an order the seed fixes), so a replayed seed
+//! takes the same path.
+//!
+//! After the schedule, everything heals: links mended, faults off, every node up. The run
+//! then checks that
+//! - all nodes converge: the same version vector and the same view of every document;
+//! - no acknowledged write is missing anywhere (created documents exist, voids hold);
+//! - no entry was applied twice: on each node, the entries the store reported as newly
+//!   applied number exactly the entries it holds from other devices;
+//! - no honest entry was refused, and no honest peer was disconnected.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use tillmesh_node::Repo;
+use tillmesh_node::repo::requests::{
+    CustomerPatch, NewCustomer, NewProduct, NewStockAdjustment, RefundSale, VoidSale,
+};
+use tillmesh_node::repo::{Command, WriteError};
+use tillmesh_node::replication;
+use tillmesh_protocol::sync::{Config, Message, Output, Sync, Verdict};
+use tillmesh_protocol::{Currency, DeviceKey, DocId, DocType};
+
+/// Virtual milliseconds of writes and faults before everything heals.
+const SCHEDULE_MS: u64 = 20_000;
+/// After healing, the mesh must converge within this much virtual time.
+const CONVERGE_MS_MAX: u64 = 300_000;
+const TICK_MS: u64 = 50;
+const PRODUCTS: [&str; 3] = ["TEA-1", "MUG-1", "CAKE-1"];
+
+/// A small, seedable generator (SplitMix64): the harness's only source of choices.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    pub fn chance(&mut self, per_mille: u64) -> bool {
+        self.below(1000) < per_mille
+    }
+}
+
+/// What one seed's run did, for the report.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub nodes: usize,
+    pub writes_acked: u64,
+    pub writes_refused: u64,
+    pub crashes: u64,
+    pub link_cuts: u64,
+    pub messages_sent: u64,
+    pub messages_dropped: u64,
+    pub messages_duplicated: u64,
+    pub entries: u64,
+    pub converged_after_heal_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("seed {seed}: {what}")]
+    Invariant { seed: u64, what: String },
+    #[error("seed {seed}: the store failed: {detail}")]
+    Store { seed: u64, detail: String },
+}
+
+#[derive(Debug, Clone)]
+enum Wire {
+    Request,
+    Response,
+    Push,
+}
+
+#[derive(Debug)]
+enum Event {
+    Tick,
+    Write { node: usize },
+    Deliver {
+        from: usize,
+        to: usize,
+        epoch: u64,
+        wire: Wire,
+        bytes: Vec<u8>,
+    },
+    Cut { a: usize, b: usize },
+    Mend { a: usize, b: usize },
+    Crash { node: usize },
+    Restart { node: usize },
+    Heal,
+}
+
+struct Node {
+    dir: PathBuf,
+    repo: Option<Repo>,
+    sync: Sync<usize>,
+    committed: Option<tokio::sync::broadcast::Receiver<std::sync::Arc<tillmesh_protocol::SignedEntry>>>,
+    /// Entries the store reported as newly applied from other devices, across restarts.
+    applied: u64,
+}
+
+/// A write that was acknowledged, to look for at the end.
+#[derive(Debug, Clone)]
+enum Acked {
+    Created(DocId),
+    Voided(DocId),
+}
+
+struct Faults {
+    drop_per_mille: u64,
+    dup_per_mille: u64,
+    delay_ms_max: u64,
+}
+
+pub struct Sim {
+    seed: u64,
+    rng: Rng,
+    now_ms: u64,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    events: BTreeMap<u64, Event>,
+    next_event: u64,
+    nodes: Vec<Node>,
+    link_up: Vec<Vec<bool>>,
+    /// Bumped whenever the connection between two nodes comes or goes: a message of an older
+    /// connection is never delivered on a newer one.
+    epoch: Vec<Vec<u64>>,
+    faults: Faults,
+    healed: bool,
+    acked: Vec<Acked>,
+    report: Report,
+    trace: bool,
+}
+
+fn sim_config() -> Config {
+    Config {
+        pull_interval_ms: 1_000,
+        pull_timeout_ms: 5_000,
+        retry_ms_min: 100,
+        retry_ms_max: 4_000,
+        // Small batches, so a run crosses many batch boundaries.
+        batch_entries_max: 16,
+        batch_bytes_max: 64 * 1024,
+        ..Config::default()
+    }
+}
+
+impl Sim {
+    fn store_err(&self, e: impl std::fmt::Display) -> SimError {
+        SimError::Store {
+            seed: self.seed,
+            detail: e.to_string(),
+        }
+    }
+
+    fn broken(&self, what: impl Into<String>) -> SimError {
+        SimError::Invariant {
+            seed: self.seed,
+            what: what.into(),
+        }
+    }
+
+    fn at(&mut self, time_ms: u64, event: Event) {
+        let id = self.next_event;
+        self.next_event += 1;
+        self.queue.push(Reverse((time_ms, id)));
+        self.events.insert(id, event);
+    }
+
+    fn connected(&self, a: usize, b: usize) -> bool {
+        a != b && self.link_up[a][b] && self.nodes[a].repo.is_some() && self.nodes[b].repo.is_some()
+    }
+
+    /// Recomputes one link's connection after anything changed: tells both cores.
+    fn relink(&mut self, a: usize, b: usize, was: bool) {
+        let now = self.connected(a, b);
+        if now == was {
+            return;
+        }
+        self.epoch[a][b] += 1;
+        self.epoch[b][a] += 1;
+        let t = self.now_ms;
+        for (x, y) in [(a, b), (b, a)] {
+            if self.nodes[x].repo.is_some() {
+                if now {
+                    self.nodes[x].sync.connected(y, t);
+                } else {
+                    self.nodes[x].sync.disconnected(&y);
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, from: usize, to: usize, wire: Wire, message: &Message) {
+        if !self.connected(from, to) {
+            return;
+        }
+        self.report.messages_sent += 1;
+        if self.rng.chance(self.faults.drop_per_mille) {
+            self.report.messages_dropped += 1;
+            return;
+        }
+        let copies = if self.rng.chance(self.faults.dup_per_mille) {
+            self.report.messages_duplicated += 1;
+            2
+        } else {
+            1
+        };
+        let bytes = message.encode();
+        for _ in 0..copies {
+            let delay = 1 + self.rng.below(self.faults.delay_ms_max);
+            let epoch = self.epoch[from][to];
+            let at = self.now_ms + delay;
+            self.at(
+                at,
+                Event::Deliver {
+                    from,
+                    to,
+                    epoch,
+                    wire: wire.clone(),
+                    bytes: bytes.clone(),
+                },
+            );
+        }
+    }
+
+    /// Carries out everything node `i`'s core asked for, until it asks nothing more.
+    async fn pump(&mut self, i: usize) -> Result<(), SimError> {
+        loop {
+            // Own commits first: the core publishes them.
+            let node = &mut self.nodes[i];
+            if let Some(rx) = &mut node.committed {
+                while let Ok(e) = rx.try_recv() {
+                    node.sync.committed((*e).clone());
+                }
+            }
+            let Some(out) = self.nodes[i].sync.poll() else {
+                return Ok(());
+            };
+            let Some(repo) = self.nodes[i].repo.clone() else {
+                return Ok(());
+            };
+            match out {
+                Output::Pull {
+                    peer,
+                    entries_max,
+                    bytes_max,
+                } => {
+                    let have = repo.version_vector().map_err(|e| self.store_err(e))?;
+                    let m = Message::Pull {
+                        have,
+                        entries_max,
+                        bytes_max,
+                    };
+                    self.send(i, peer, Wire::Request, &m);
+                }
+                Output::Publish(m) => {
+                    for peer in 0..self.nodes.len() {
+                        self.send(i, peer, Wire::Push, &m);
+                    }
+                }
+                Output::Apply { source, entries } => {
+                    let (results, vv) = replication::apply(&repo, entries)
+                        .await
+                        .map_err(|e| self.store_err(e))?;
+                    for (e, v) in &results {
+                        match v {
+                            Verdict::Applied => self.nodes[i].applied += 1,
+                            Verdict::Rejected | Verdict::Forged => {
+                                let reason = repo
+                                    .rejected(1)
+                                    .ok()
+                                    .and_then(|(_, r)| r.into_iter().next())
+                                    .map(|r| r.reason)
+                                    .unwrap_or_default();
+                                return Err(self.broken(format!(
+                                    "node {i} refused an honest entry {}:{}: {reason}",
+                                    e.entry.author.short(),
+                                    e.entry.seq
+                                )));
+                            }
+                            _ => {}
+                        }
+                    }
+                    let t = self.now_ms;
+                    self.nodes[i].sync.applied(source, results, &vv, t);
+                }
+                Output::Disconnect { peer, reason } => {
+                    return Err(
+                        self.broken(format!("node {i} disconnected honest node {peer}: {reason}"))
+                    );
+                }
+            }
+        }
+    }
+
+    async fn deliver(
+        &mut self,
+        from: usize,
+        to: usize,
+        epoch: u64,
+        wire: Wire,
+        bytes: Vec<u8>,
+    ) -> Result<(), SimError> {
+        if !self.connected(from, to) || self.epoch[from][to] != epoch {
+            self.report.messages_dropped += 1;
+            return Ok(());
+        }
+        let message = Message::decode(&bytes)
+            .map_err(|e| self.broken(format!("an honest message does not decode: {e}")))?;
+        let t = self.now_ms;
+        match wire {
+            Wire::Request => {
+                let Message::Pull {
+                    have,
+                    entries_max,
+                    bytes_max,
+                } = message
+                else {
+                    return Err(self.broken("a request that is not a pull"));
+                };
+                let repo = self.nodes[to].repo.clone().expect("connected implies up");
+                let answer = replication::serve(&repo, &have, entries_max, bytes_max)
+                    .map_err(|e| self.store_err(e))?;
+                self.send(to, from, Wire::Response, &answer);
+            }
+            Wire::Response => self.nodes[to].sync.received(&from, message, t),
+            Wire::Push => self.nodes[to].sync.pushed(&from, message),
+        }
+        self.pump(to).await
+    }
+
+    async fn write(&mut self, i: usize) -> Result<(), SimError> {
+        let Some(repo) = self.nodes[i].repo.clone() else {
+            return Ok(());
+        };
+        let pick = self.rng.below(100);
+        let command = if pick < 60 {
+            let sku = PRODUCTS[self.rng.below(3) as usize];
+            let qty = 1 + self.rng.below(3);
+            Some(Command::Sell(serde(json!({
+                "lines": [{ "sku": sku, "qty": qty }],
+                "payments": [{ "method": "card" }],
+            }))))
+        } else if pick < 70 {
+            let n = self.rng.below(1_000_000);
+            Some(Command::CreateCustomer(serde::<NewCustomer>(json!({
+                "display_name": format!("Customer {i}-{n}"),
+            }))))
+        } else if pick < 78 {
+            // Another device's customer, often: its changes must wait for the creation.
+            let target = self.pick_doc(&repo, DocType::Customer, "display_name")?;
+            let n = self.rng.below(1000);
+            target.map(|id| Command::PatchCustomer {
+                id,
+                patch: serde::<CustomerPatch>(json!({ "email": format!("c{i}-{n}@example.com") })),
+            })
+        } else if pick < 86 {
+            let target = self.pick_doc(&repo, DocType::Sale, "receipt_number")?;
+            target.map(|sale_id| Command::Void {
+                sale_id,
+                request: serde::<VoidSale>(json!({ "reason": "simulated" })),
+            })
+        } else if pick < 93 {
+            let target = self.pick_doc(&repo, DocType::Sale, "receipt_number")?;
+            target.map(|sale_id| Command::Refund {
+                sale_id,
+                request: serde::<RefundSale>(json!({ "lines": [{ "line": 0, "qty": 1 }] })),
+            })
+        } else {
+            let sku = PRODUCTS[self.rng.below(3) as usize];
+            let delta = self.rng.below(20) as i64 - 5;
+            Some(Command::AdjustStock(serde::<NewStockAdjustment>(json!({
+                "lines": [{ "sku": sku, "delta": delta }],
+                "reason": "count",
+            }))))
+        };
+        let Some(command) = command else {
+            return Ok(());
+        };
+        let void = matches!(command, Command::Void { .. });
+        match repo.execute(command).await {
+            Ok(w) => {
+                self.report.writes_acked += 1;
+                self.acked.push(if void {
+                    Acked::Voided(w.doc_id)
+                } else {
+                    Acked::Created(w.doc_id)
+                });
+                if self.trace {
+                    eprintln!("{:>6} write on {i}: {}", self.now_ms, w.doc_id);
+                }
+            }
+            // Refused by the rules (a void of a refunded sale, a patch that changes nothing,
+            // a catalogue not synced yet): not acknowledged, so nothing to find later.
+            Err(
+                WriteError::Invalid(_)
+                | WriteError::BadRequest(_)
+                | WriteError::NotFound { .. }
+                | WriteError::UnknownProduct(_)
+                | WriteError::Conflict(_),
+            ) => {
+                self.report.writes_refused += 1
+            }
+            Err(e) => return Err(self.store_err(e)),
+        }
+        self.pump(i).await
+    }
+
+    /// A document of `doc_type` the node holds, chosen by the seed in an order that does not
+    /// depend on random ids (`key` is a field that is the same in every run).
+    fn pick_doc(
+        &mut self,
+        repo: &Repo,
+        doc_type: DocType,
+        key: &str,
+    ) -> Result<Option<DocId>, SimError> {
+        let mut docs = repo
+            .list(doc_type, None, 100_000)
+            .map_err(|e| self.store_err(e))?;
+        if docs.is_empty() {
+            return Ok(None);
+        }
+        docs.sort_by(|a, b| a.1[key].to_string().cmp(&b.1[key].to_string()));
+        let i = self.rng.below(docs.len() as u64) as usize;
+        Ok(Some(docs[i].0))
+    }
+
+    fn crash(&mut self, i: usize) {
+        let before: Vec<bool> = (0..self.nodes.len()).map(|j| self.connected(i, j)).collect();
+        if let Some(repo) = self.nodes[i].repo.take() {
+            repo.power_cut();
+            self.report.crashes += 1;
+        }
+        self.nodes[i].committed = None;
+        self.nodes[i].sync = Sync::new(sim_config());
+        for (j, was) in before.into_iter().enumerate() {
+            if j != i {
+                self.relink(i, j, was);
+            }
+        }
+    }
+
+    async fn restart(&mut self, i: usize) -> Result<(), SimError> {
+        if self.nodes[i].repo.is_some() {
+            return Ok(());
+        }
+        let before: Vec<bool> = (0..self.nodes.len()).map(|j| self.connected(i, j)).collect();
+        let repo = Repo::open(&self.nodes[i].dir).map_err(|e| self.store_err(e))?;
+        self.nodes[i].committed = Some(repo.subscribe_committed());
+        self.nodes[i].repo = Some(repo);
+        for (j, was) in before.into_iter().enumerate() {
+            if j != i {
+                self.relink(i, j, was);
+                self.pump(j).await?;
+            }
+        }
+        self.pump(i).await
+    }
+
+    fn set_link(&mut self, a: usize, b: usize, up: bool) {
+        let was = self.connected(a, b);
+        self.link_up[a][b] = up;
+        self.link_up[b][a] = up;
+        self.relink(a, b, was);
+    }
+
+    async fn converged(&self) -> Result<bool, SimError> {
+        let mut first = None;
+        for n in &self.nodes {
+            let Some(repo) = &n.repo else {
+                return Ok(false);
+            };
+            let vv = repo.version_vector().map_err(|e| self.store_err(e))?;
+            match &first {
+                None => first = Some(vv),
+                Some(f) if *f != vv => return Ok(false),
+                _ => {}
+            }
+        }
+        Ok(true)
+    }
+
+    async fn step(&mut self, event: Event) -> Result<(), SimError> {
+        if self.trace && !matches!(event, Event::Tick) {
+            eprintln!("{:>6} {:?}", self.now_ms, short(&event));
+        }
+        match event {
+            Event::Tick => {
+                for i in 0..self.nodes.len() {
+                    if self.nodes[i].repo.is_some() {
+                        let t = self.now_ms;
+                        self.nodes[i].sync.tick(t);
+                        self.pump(i).await?;
+                    }
+                }
+                let t = self.now_ms + TICK_MS;
+                self.at(t, Event::Tick);
+            }
+            Event::Write { node } => {
+                if !self.healed {
+                    self.write(node).await?;
+                }
+            }
+            Event::Deliver {
+                from,
+                to,
+                epoch,
+                wire,
+                bytes,
+            } => self.deliver(from, to, epoch, wire, bytes).await?,
+            Event::Cut { a, b } => {
+                if !self.healed {
+                    self.report.link_cuts += 1;
+                    self.set_link(a, b, false);
+                }
+            }
+            Event::Mend { a, b } => {
+                self.set_link(a, b, true);
+                self.pump(a).await?;
+                self.pump(b).await?;
+            }
+            Event::Crash { node } => {
+                if !self.healed {
+                    self.crash(node);
+                }
+            }
+            Event::Restart { node } => self.restart(node).await?,
+            Event::Heal => {
+                self.healed = true;
+                self.faults = Faults {
+                    drop_per_mille: 0,
+                    dup_per_mille: 0,
+                    delay_ms_max: 5,
+                };
+                for i in 0..self.nodes.len() {
+                    self.restart(i).await?;
+                }
+                for a in 0..self.nodes.len() {
+                    for b in a + 1..self.nodes.len() {
+                        self.set_link(a, b, true);
+                    }
+                }
+                for i in 0..self.nodes.len() {
+                    self.pump(i).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every invariant of the module docs, on the converged mesh.
+    async fn check(&mut self) -> Result<(), SimError> {
+        let repos: Vec<Repo> = self.nodes.iter().filter_map(|n| n.repo.clone()).collect();
+        let mut dumps = Vec::new();
+        for (i, repo) in repos.iter().enumerate() {
+            let vv = repo.version_vector().map_err(|e| self.store_err(e))?;
+            let own = vv.get(&repo.identity().device_id);
+            if self.nodes[i].applied != vv.total() - own {
+                return Err(self.broken(format!(
+                    "node {i} applied {} entries from others but holds {}",
+                    self.nodes[i].applied,
+                    vv.total() - own
+                )));
+            }
+            let (rejected, _) = repo.rejected(0).map_err(|e| self.store_err(e))?;
+            if rejected != 0 {
+                return Err(self.broken(format!("node {i} refused {rejected} entries")));
+            }
+            let mut dump = BTreeMap::new();
+            for t in DocType::ALL {
+                for (id, view) in repo.list(t, None, 10_000_000).map_err(|e| self.store_err(e))? {
+                    dump.insert(id, view);
+                }
+            }
+            for a in &self.acked {
+                let ok = match a {
+                    Acked::Created(id) => dump.contains_key(id),
+                    // The void is recorded; its status may lose to a concurrent refund's (the
+                    // same on every node), which the conflict review is for.
+                    Acked::Voided(id) => dump.get(id).is_some_and(|v| !v["void"].is_null()),
+                };
+                if !ok {
+                    return Err(self.broken(format!("node {i} lacks acknowledged write {a:?}")));
+                }
+            }
+            self.report.entries = vv.total();
+            dumps.push(dump);
+        }
+        for (i, d) in dumps.iter().enumerate().skip(1) {
+            if *d != dumps[0] {
+                let differing = d
+                    .iter()
+                    .find(|(id, v)| dumps[0].get(id) != Some(v))
+                    .map(|(id, v)| format!("{id}: {v} vs {:?}", dumps[0].get(id)));
+                return Err(self.broken(format!(
+                    "node {i} and node 0 hold different documents ({} vs {}); first difference: {differing:?}",
+                    d.len(),
+                    dumps[0].len()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn serde<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).expect("the harness's requests are well-formed")
+}
+
+fn short(e: &Event) -> String {
+    match e {
+        Event::Deliver {
+            from, to, wire, ..
+        } => format!("deliver {wire:?} {from}->{to}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Runs one seed in a fresh folder under `root`; `trace` prints every event.
+pub async fn run_seed(seed: u64, root: &Path, trace: bool) -> Result<Report, SimError> {
+    let mut rng = Rng::new(seed);
+    let n = 3 + rng.below(6) as usize;
+    let faults = Faults {
+        drop_per_mille: rng.below(200),
+        dup_per_mille: rng.below(100),
+        delay_ms_max: 1 + rng.below(200),
+    };
+    let mut sim = Sim {
+        seed,
+        rng,
+        now_ms: 0,
+        queue: BinaryHeap::new(),
+        events: BTreeMap::new(),
+        next_event: 0,
+        nodes: Vec::new(),
+        link_up: vec![vec![true; n]; n],
+        epoch: vec![vec![0; n]; n],
+        faults,
+        healed: false,
+        acked: Vec::new(),
+        report: Report {
+            seed,
+            nodes: n,
+            ..Report::default()
+        },
+        trace,
+    };
+    // Keys from the seed, so author order (and with it every batch) is the same each run.
+    let key = |i: usize| {
+        let mut k = [0u8; 32];
+        k[..8].copy_from_slice(&seed.to_be_bytes());
+        k[8] = i as u8;
+        k[9] = 0x5e;
+        DeviceKey::from_secret(k)
+    };
+    let owner_dir = root.join("node-0");
+    let owner = Repo::init_with_key(&owner_dir, "Till 0", Currency::USD, key(0))
+        .await
+        .map_err(|e| sim.store_err(e))?;
+    for sku in PRODUCTS {
+        owner
+            .execute(Command::CreateProduct(serde::<NewProduct>(json!({
+                "sku": sku, "name": sku, "price": { "amount_minor": 250, "currency": "USD" },
+                "stock": 1000,
+            }))))
+            .await
+            .map_err(|e| sim.store_err(e))?;
+    }
+    let root_id = owner.identity().device_id;
+    let mut repos = vec![(owner_dir, owner)];
+    for i in 1..n {
+        let dir = root.join(format!("node-{i}"));
+        let repo = Repo::join_with_key(&dir, &format!("Till {i}"), root_id, key(i))
+            .map_err(|e| sim.store_err(e))?;
+        repos.push((dir, repo));
+    }
+    for (dir, repo) in repos {
+        sim.nodes.push(Node {
+            dir,
+            committed: Some(repo.subscribe_committed()),
+            repo: Some(repo),
+            sync: Sync::new(sim_config()),
+            applied: 0,
+        });
+    }
+    for a in 0..n {
+        for b in a + 1..n {
+            sim.relink(a, b, false);
+        }
+    }
+    // The schedule.
+    sim.at(0, Event::Tick);
+    let writes = 40 + sim.rng.below(160);
+    for _ in 0..writes {
+        let t = sim.rng.below(SCHEDULE_MS);
+        let node = sim.rng.below(n as u64) as usize;
+        sim.at(t, Event::Write { node });
+    }
+    for _ in 0..sim.rng.below(2 * n as u64) {
+        let (a, b) = (sim.rng.below(n as u64) as usize, sim.rng.below(n as u64) as usize);
+        if a == b {
+            continue;
+        }
+        let t = sim.rng.below(SCHEDULE_MS);
+        let len = 100 + sim.rng.below(8_000);
+        sim.at(t, Event::Cut { a, b });
+        sim.at(t + len, Event::Mend { a, b });
+    }
+    for _ in 0..sim.rng.below(4) {
+        let node = sim.rng.below(n as u64) as usize;
+        let t = sim.rng.below(SCHEDULE_MS);
+        let len = 50 + sim.rng.below(5_000);
+        sim.at(t, Event::Crash { node });
+        sim.at(t + len, Event::Restart { node });
+    }
+    sim.at(SCHEDULE_MS, Event::Heal);
+    for i in 0..n {
+        sim.pump(i).await?;
+    }
+    let mut checked_at = 0;
+    while let Some(Reverse((t, id))) = sim.queue.pop() {
+        sim.now_ms = t;
+        let event = sim.events.remove(&id).expect("every queued event is stored");
+        sim.step(event).await?;
+        if sim.healed && t >= checked_at + 250 {
+            checked_at = t;
+            if sim.converged().await? {
+                sim.report.converged_after_heal_ms = t - SCHEDULE_MS;
+                break;
+            }
+            if t > SCHEDULE_MS + CONVERGE_MS_MAX {
+                let mut state = String::new();
+                for (i, node) in sim.nodes.iter().enumerate() {
+                    let vv = node.repo.as_ref().map(|r| r.version_vector());
+                    let peers: Vec<String> = node
+                        .sync
+                        .peers()
+                        .map(|(p, s)| format!("{p}:{s:?}"))
+                        .collect();
+                    state.push_str(&format!(
+                        "\n node {i}: vv {vv:?}, parked {}, peers {peers:?}",
+                        node.sync.parked()
+                    ));
+                }
+                return Err(sim.broken(format!(
+                    "not converged {CONVERGE_MS_MAX} ms after healing:{state}"
+                )));
+            }
+        }
+    }
+    sim.check().await?;
+    Ok(sim.report)
+}
