@@ -430,3 +430,8 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A client for the node whose `api.addr` is in `dir`, if it has written one.
+pub fn read_api(dir: &Path) -> Option<Api> {
+    read_api_addr(dir).map(|(addr, _)| Api::new(format!("http://{addr}")))
+}

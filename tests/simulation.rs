@@ -16,6 +16,19 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
+fn add(totals: &mut Report, r: &Report) {
+    totals.nodes += r.nodes;
+    totals.writes_acked += r.writes_acked;
+    totals.writes_refused += r.writes_refused;
+    totals.crashes += r.crashes;
+    totals.link_cuts += r.link_cuts;
+    totals.messages_sent += r.messages_sent;
+    totals.messages_dropped += r.messages_dropped;
+    totals.messages_duplicated += r.messages_duplicated;
+    totals.entries += r.entries;
+    totals.converged_after_heal_ms = totals.converged_after_heal_ms.max(r.converged_after_heal_ms);
+}
+
 #[test]
 fn seeds_converge_with_nothing_lost_and_nothing_applied_twice() {
     let trace = std::env::var_os("TILLMESH_SIM_TRACE").is_some();
@@ -33,37 +46,50 @@ fn seeds_converge_with_nothing_lost_and_nothing_applied_twice() {
     } else {
         std::env::temp_dir()
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let started = Instant::now();
+    // Seeds are independent: one worker per core, each with its own runtime.
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(count as usize)
+        .max(1) as u64;
+    let results: Vec<(Report, Vec<String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let base = base.clone();
+                scope.spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    let mut totals = Report::default();
+                    let mut failures = Vec::new();
+                    for seed in (first..first + count).filter(|s| (s - first) % workers == w) {
+                        let dir = tempfile::tempdir_in(&base).unwrap();
+                        match runtime.block_on(run_seed(seed, dir.path(), trace)) {
+                            Ok(r) => {
+                                if trace {
+                                    eprintln!("{}", serde_json::to_string(&r).unwrap());
+                                }
+                                add(&mut totals, &r);
+                            }
+                            Err(e) => {
+                                eprintln!("FAILED {e}");
+                                failures.push(e.to_string());
+                            }
+                        }
+                    }
+                    (totals, failures)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
     let mut totals = Report::default();
     let mut failures = Vec::new();
-    for seed in first..first + count {
-        let dir = tempfile::tempdir_in(&base).unwrap();
-        match runtime.block_on(run_seed(seed, dir.path(), trace)) {
-            Ok(r) => {
-                totals.nodes += r.nodes;
-                totals.writes_acked += r.writes_acked;
-                totals.writes_refused += r.writes_refused;
-                totals.crashes += r.crashes;
-                totals.link_cuts += r.link_cuts;
-                totals.messages_sent += r.messages_sent;
-                totals.messages_dropped += r.messages_dropped;
-                totals.messages_duplicated += r.messages_duplicated;
-                totals.entries += r.entries;
-                totals.converged_after_heal_ms =
-                    totals.converged_after_heal_ms.max(r.converged_after_heal_ms);
-                if trace {
-                    eprintln!("{}", serde_json::to_string(&r).unwrap());
-                }
-            }
-            Err(e) => {
-                eprintln!("FAILED {e}");
-                failures.push(e.to_string());
-            }
-        }
+    for (t, f) in results {
+        add(&mut totals, &t);
+        failures.extend(f);
     }
     eprintln!(
         "{}",

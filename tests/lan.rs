@@ -1,0 +1,302 @@
+//! Networks of real hosts, as Linux network namespaces the tests build and remove:
+//! - a shop LAN where tills with no address configured find each other by mDNS, converge, and
+//!   a till whose cable is pulled while the others sell catches up when it is plugged back;
+//! - the internet: two shops that can reach only head office's relay sync through it.
+//!
+//! They need root and iproute2 (`.ci/run` installs it); without them they say so and pass.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tillmesh::netns::{Lan, Netns, NsNode, available};
+use tillmesh::testkit::{Api, cash_sale, join, product, tillmesh};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tillmesh");
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+fn skip() -> bool {
+    match available() {
+        Ok(()) => false,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            true
+        }
+    }
+}
+
+/// A unique prefix for this test's namespaces.
+fn tag(test: &str) -> String {
+    format!("tm{}{test}", std::process::id() % 100_000)
+}
+
+/// Runs `tillmesh ARGS` inside `ns`.
+fn tillmesh_in(ns: &Netns, args: &[&str]) -> anyhow::Result<String> {
+    let out = ns.command(Path::new(BIN)).args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "tillmesh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn invite_in(ns: &Netns, dir: &Path) -> anyhow::Result<String> {
+    let out = tillmesh_in(ns, &["invite", "--data", &dir.to_string_lossy()])?;
+    Ok(out.lines().last().unwrap_or_default().to_owned())
+}
+
+async fn status(api: &Api) -> Value {
+    api.ok_get("/v1/status").await.unwrap_or(Value::Null)
+}
+
+/// Waits, polling each node inside its own namespace, until all hold the same entries.
+fn wait_converged(nodes: &[(&Netns, &Api)], what: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let vvs: Vec<Value> = nodes
+            .iter()
+            .map(|(ns, api)| ns.block_on(async { status(api).await["version_vector"].clone() }))
+            .collect();
+        if !vvs[0].is_null() && vvs.windows(2).all(|w| w[0] == w[1]) {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < TIMEOUT,
+            "{what}: not converged after {TIMEOUT:?}: {vvs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sale_ids(ns: &Netns, api: &Api) -> anyhow::Result<BTreeSet<String>> {
+    ns.block_on(async {
+        Ok(api
+            .all("/v1/sales")
+            .await?
+            .iter()
+            .filter_map(|s| s["id"].as_str().map(str::to_owned))
+            .collect())
+    })
+}
+
+/// Sells `count` sales on a till from `clients` connections; returns the acknowledged ids.
+fn sell(ns: &Netns, api: &Api, count: usize, clients: usize) -> anyhow::Result<Vec<String>> {
+    ns.block_on(async {
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let api = api.clone();
+            let n = count / clients + usize::from(c < count % clients);
+            tasks.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..n {
+                    let v = api.ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350)).await?;
+                    ids.push(v["id"].as_str().unwrap_or_default().to_owned());
+                }
+                anyhow::Ok(ids)
+            }));
+        }
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.extend(t.await??);
+        }
+        Ok(ids)
+    })
+}
+
+#[test]
+fn shop_lan_tills_find_each_other_by_mdns_and_a_cut_till_catches_up() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let lan = Lan::create(&tag("lan"), 77, 3)?;
+    let root = tempfile::tempdir()?;
+    let dirs: Vec<_> = (0..3).map(|i| root.path().join(format!("till-{i}"))).collect();
+    tillmesh_in(
+        &lan.hosts[0],
+        &["init", "--data", &dirs[0].to_string_lossy(), "--name", "Till 0"],
+    )?;
+    // Default network flags: mDNS on, every interface (here: only the namespace's own).
+    let mut nodes = vec![NsNode::start(&lan.hosts[0], BIN.as_ref(), &dirs[0], &[])?];
+    lan.hosts[0].block_on(
+        nodes[0]
+            .api
+            .ok_post("/v1/products", &product("TEA-1", "Green tea", 350, 1_000_000)),
+    )?;
+    let code = invite_in(&lan.hosts[0], &dirs[0])?;
+    for i in 1..3 {
+        join(BIN.as_ref(), &dirs[i], &format!("Till {i}"), &code)?;
+        // No address configured: only mDNS can find the others.
+        std::fs::remove_file(dirs[i].join("peers"))?;
+        nodes.push(NsNode::start(&lan.hosts[i], BIN.as_ref(), &dirs[i], &[])?);
+    }
+    let all: Vec<(&Netns, &Api)> = lan.hosts.iter().zip(nodes.iter().map(|n| &n.api)).collect();
+    wait_converged(&all, "the catalogue")?;
+    // Each till sees the other two, found by mDNS.
+    for (i, (ns, api)) in all.iter().enumerate() {
+        let peers = ns.block_on(async {
+            let deadline = Instant::now() + TIMEOUT;
+            loop {
+                let s = status(api).await;
+                let peers = s["network"]["peers"].as_array().cloned().unwrap_or_default();
+                if peers.len() == 2 || Instant::now() > deadline {
+                    return peers;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        assert_eq!(peers.len(), 2, "till {i} peers: {peers:?}");
+        assert!(
+            peers.iter().any(|p| p["found_by"] == "mdns"),
+            "till {i} found no peer by mDNS: {peers:?}"
+        );
+    }
+
+    // Concurrent sales on all three converge.
+    let mut acked = BTreeSet::new();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let handles: Vec<_> = all
+            .iter()
+            .map(|(ns, api)| s.spawn(move || sell(ns, api, 30, 2)))
+            .collect();
+        for h in handles {
+            acked.extend(h.join().expect("seller")?);
+        }
+        Ok(())
+    })?;
+    wait_converged(&all, "concurrent sales")?;
+    for (ns, api) in &all {
+        assert_eq!(sale_ids(ns, api)?, acked);
+    }
+
+    // Pull till 2's cable; the others sell thousands; plug it back.
+    lan.set_link(2, false)?;
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let handles: Vec<_> = all[..2]
+            .iter()
+            .map(|(ns, api)| s.spawn(move || sell(ns, api, 1000, 4)))
+            .collect();
+        for h in handles {
+            acked.extend(h.join().expect("seller")?);
+        }
+        Ok(())
+    })?;
+    let cut_till = sale_ids(all[2].0, all[2].1)?;
+    assert!(
+        cut_till.len() < acked.len(),
+        "the cut till cannot have the sales made while it was cut off"
+    );
+    lan.set_link(2, true)?;
+    let took = wait_converged(&all, "catching up after the cable is back")?;
+    eprintln!("cut till caught up with 2,000 sales in {took:?}");
+    for (ns, api) in &all {
+        let held = sale_ids(ns, api)?;
+        assert_eq!(held.len(), acked.len());
+        assert_eq!(held, acked, "nothing lost, nothing extra");
+    }
+    Ok(())
+}
+
+#[test]
+fn shops_that_reach_only_the_relay_sync_through_it() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let t = tag("relay");
+    // Head office's relay sits on two networks; each shop sees only its own.
+    let relay = Netns::create(&format!("{t}-r"))?;
+    let shops = [
+        Netns::create(&format!("{t}-a"))?,
+        Netns::create(&format!("{t}-b"))?,
+    ];
+    for (i, shop) in shops.iter().enumerate() {
+        let (outer, inner) = (format!("r{i}"), "eth0");
+        relay.ip(&[
+            "link", "add", &outer, "type", "veth", "peer", "name", inner, "netns", &shop.name,
+        ])?;
+        relay.ip(&["addr", "add", &format!("10.78.{i}.1/24"), "dev", &outer])?;
+        relay.ip(&["link", "set", &outer, "up"])?;
+        shop.ip(&["addr", "add", &format!("10.78.{i}.2/24"), "dev", inner])?;
+        shop.ip(&["link", "set", inner, "up"])?;
+    }
+    // No forwarding in the relay's namespace: the shops have no route to each other.
+    let unreachable = shops[0]
+        .command(Path::new("ping"))
+        .args(["-c1", "-W1", "10.78.1.2"])
+        .output();
+    if let Ok(o) = unreachable {
+        assert!(!o.status.success(), "the shops must not reach each other");
+    }
+
+    let root = tempfile::tempdir()?;
+    let office = root.path().join("office");
+    tillmesh_in(
+        &relay,
+        &["init", "--data", &office.to_string_lossy(), "--name", "Head office"],
+    )?;
+    let hub = NsNode::start(
+        &relay,
+        BIN.as_ref(),
+        &office,
+        &["--relay", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/7421"],
+    )?;
+    relay.block_on(
+        hub.api
+            .ok_post("/v1/products", &product("TEA-1", "Green tea", 350, 1_000_000)),
+    )?;
+    let code = invite_in(&relay, &office)?;
+    let mut nodes = Vec::new();
+    for (i, shop) in shops.iter().enumerate() {
+        let dir = root.path().join(format!("shop-{i}"));
+        join(BIN.as_ref(), &dir, &format!("Shop {i}"), &code)?;
+        nodes.push(NsNode::start(
+            shop,
+            BIN.as_ref(),
+            &dir,
+            &["--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/7421"],
+        )?);
+    }
+    // Each shop comes to see the other as a peer through a relay circuit.
+    for (i, shop) in shops.iter().enumerate() {
+        let other = shops[1 - i].block_on(async {
+            status(&nodes[1 - i].api).await["network"]["peer_id"].clone()
+        });
+        let seen = shop.block_on(async {
+            let deadline = Instant::now() + TIMEOUT;
+            loop {
+                let s = status(&nodes[i].api).await;
+                let peer = s["network"]["peers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["peer_id"] == other)
+                    .cloned();
+                if peer.is_some() || Instant::now() > deadline {
+                    return (peer, s);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let (peer, s) = seen;
+        let peer = peer.unwrap_or_else(|| panic!("shop {i} never connected to the other: {s}"));
+        assert_eq!(peer["transport"], "relay", "{peer}");
+    }
+    // A sale in one shop reaches the other.
+    let sale = shops[0].block_on(
+        nodes[0]
+            .api
+            .ok_post("/v1/sales", &cash_sale("TEA-1", 2, 700)),
+    )?;
+    let id = sale["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    loop {
+        if sale_ids(&shops[1], &nodes[1].api)?.contains(&id) {
+            break;
+        }
+        assert!(started.elapsed() < TIMEOUT, "the sale never reached shop 1");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = tillmesh(BIN.as_ref(), &["--version"]);
+    Ok(())
+}
