@@ -182,9 +182,18 @@ impl NsNode {
         let _ = std::fs::remove_file(&addr_file);
         let child = ns
             .command(bin)
-            .args(["run", "--data", &dir.to_string_lossy(), "--api", "127.0.0.1:0"])
+            .args([
+                "run",
+                "--data",
+                &dir.to_string_lossy(),
+                "--api",
+                "127.0.0.1:0",
+            ])
             .args(args)
-            .env("TILLMESH_LOG", "warn")
+            .env(
+                "TILLMESH_LOG",
+                std::env::var("TILLMESH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -195,7 +204,11 @@ impl NsNode {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(status) = node.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = node
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 bail!("tillmesh run exited with {status} before serving");
             }
             if let Some(api) = read_api(dir)

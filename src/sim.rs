@@ -25,11 +25,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use tillmesh_node::Repo;
+use tillmesh_node::replication;
 use tillmesh_node::repo::requests::{
     CustomerPatch, NewCustomer, NewProduct, NewStockAdjustment, RefundSale, VoidSale,
 };
 use tillmesh_node::repo::{Command, WriteError};
-use tillmesh_node::replication;
 use tillmesh_protocol::sync::{Config, Message, Output, Sync, Verdict};
 use tillmesh_protocol::{Currency, DeviceKey, DocId, DocType};
 
@@ -101,7 +101,9 @@ enum Wire {
 #[derive(Debug)]
 enum Event {
     Tick,
-    Write { node: usize },
+    Write {
+        node: usize,
+    },
     Deliver {
         from: usize,
         to: usize,
@@ -109,10 +111,20 @@ enum Event {
         wire: Wire,
         bytes: Vec<u8>,
     },
-    Cut { a: usize, b: usize },
-    Mend { a: usize, b: usize },
-    Crash { node: usize },
-    Restart { node: usize },
+    Cut {
+        a: usize,
+        b: usize,
+    },
+    Mend {
+        a: usize,
+        b: usize,
+    },
+    Crash {
+        node: usize,
+    },
+    Restart {
+        node: usize,
+    },
     Heal,
 }
 
@@ -120,7 +132,8 @@ struct Node {
     dir: PathBuf,
     repo: Option<Repo>,
     sync: Sync<usize>,
-    committed: Option<tokio::sync::broadcast::Receiver<std::sync::Arc<tillmesh_protocol::SignedEntry>>>,
+    committed:
+        Option<tokio::sync::broadcast::Receiver<std::sync::Arc<tillmesh_protocol::SignedEntry>>>,
     /// Entries the store reported as newly applied from other devices, across restarts.
     applied: u64,
 }
@@ -311,9 +324,9 @@ impl Sim {
                     self.nodes[i].sync.applied(source, results, &vv, t);
                 }
                 Output::Disconnect { peer, reason } => {
-                    return Err(
-                        self.broken(format!("node {i} disconnected honest node {peer}: {reason}"))
-                    );
+                    return Err(self.broken(format!(
+                        "node {i} disconnected honest node {peer}: {reason}"
+                    )));
                 }
             }
         }
@@ -424,9 +437,7 @@ impl Sim {
                 | WriteError::NotFound { .. }
                 | WriteError::UnknownProduct(_)
                 | WriteError::Conflict(_),
-            ) => {
-                self.report.writes_refused += 1
-            }
+            ) => self.report.writes_refused += 1,
             Err(e) => return Err(self.store_err(e)),
         }
         self.pump(i).await
@@ -452,7 +463,9 @@ impl Sim {
     }
 
     fn crash(&mut self, i: usize) {
-        let before: Vec<bool> = (0..self.nodes.len()).map(|j| self.connected(i, j)).collect();
+        let before: Vec<bool> = (0..self.nodes.len())
+            .map(|j| self.connected(i, j))
+            .collect();
         if let Some(repo) = self.nodes[i].repo.take() {
             repo.power_cut();
             self.report.crashes += 1;
@@ -470,7 +483,9 @@ impl Sim {
         if self.nodes[i].repo.is_some() {
             return Ok(());
         }
-        let before: Vec<bool> = (0..self.nodes.len()).map(|j| self.connected(i, j)).collect();
+        let before: Vec<bool> = (0..self.nodes.len())
+            .map(|j| self.connected(i, j))
+            .collect();
         let repo = Repo::open(&self.nodes[i].dir).map_err(|e| self.store_err(e))?;
         self.nodes[i].committed = Some(repo.subscribe_committed());
         self.nodes[i].repo = Some(repo);
@@ -594,7 +609,10 @@ impl Sim {
             }
             let mut dump = BTreeMap::new();
             for t in DocType::ALL {
-                for (id, view) in repo.list(t, None, 10_000_000).map_err(|e| self.store_err(e))? {
+                for (id, view) in repo
+                    .list(t, None, 10_000_000)
+                    .map_err(|e| self.store_err(e))?
+                {
                     dump.insert(id, view);
                 }
             }
@@ -635,9 +653,7 @@ fn serde<T: serde::de::DeserializeOwned>(v: Value) -> T {
 
 fn short(e: &Event) -> String {
     match e {
-        Event::Deliver {
-            from, to, wire, ..
-        } => format!("deliver {wire:?} {from}->{to}"),
+        Event::Deliver { from, to, wire, .. } => format!("deliver {wire:?} {from}->{to}"),
         other => format!("{other:?}"),
     }
 }
@@ -723,7 +739,10 @@ pub async fn run_seed(seed: u64, root: &Path, trace: bool) -> Result<Report, Sim
         sim.at(t, Event::Write { node });
     }
     for _ in 0..sim.rng.below(2 * n as u64) {
-        let (a, b) = (sim.rng.below(n as u64) as usize, sim.rng.below(n as u64) as usize);
+        let (a, b) = (
+            sim.rng.below(n as u64) as usize,
+            sim.rng.below(n as u64) as usize,
+        );
         if a == b {
             continue;
         }
@@ -746,7 +765,10 @@ pub async fn run_seed(seed: u64, root: &Path, trace: bool) -> Result<Report, Sim
     let mut checked_at = 0;
     while let Some(Reverse((t, id))) = sim.queue.pop() {
         sim.now_ms = t;
-        let event = sim.events.remove(&id).expect("every queued event is stored");
+        let event = sim
+            .events
+            .remove(&id)
+            .expect("every queued event is stored");
         sim.step(event).await?;
         if sim.healed && t >= checked_at + 250 {
             checked_at = t;

@@ -304,9 +304,14 @@ impl InProcessNode {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let api = Api::new(format!("http://{}", listener.local_addr()?));
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(tillmesh_node::server::run(repo.clone(), listener, None, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(tillmesh_node::server::run(
+            repo.clone(),
+            listener,
+            None,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Ok(InProcessNode {
             repo,
             api,
@@ -369,7 +374,14 @@ pub fn invite_code(bin: &Path, dir: &Path) -> anyhow::Result<String> {
 pub fn join(bin: &Path, dir: &Path, name: &str, code: &str) -> anyhow::Result<()> {
     let out = tillmesh(
         bin,
-        &["join", "--data", &dir.to_string_lossy(), "--name", name, code],
+        &[
+            "join",
+            "--data",
+            &dir.to_string_lossy(),
+            "--name",
+            name,
+            code,
+        ],
     )?;
     if !out.status.success() {
         bail!(

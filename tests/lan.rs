@@ -91,7 +91,9 @@ fn sell(ns: &Netns, api: &Api, count: usize, clients: usize) -> anyhow::Result<V
             tasks.push(tokio::spawn(async move {
                 let mut ids = Vec::new();
                 for _ in 0..n {
-                    let v = api.ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350)).await?;
+                    let v = api
+                        .ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350))
+                        .await?;
                     ids.push(v["id"].as_str().unwrap_or_default().to_owned());
                 }
                 anyhow::Ok(ids)
@@ -112,18 +114,25 @@ fn shop_lan_tills_find_each_other_by_mdns_and_a_cut_till_catches_up() -> anyhow:
     }
     let lan = Lan::create(&tag("lan"), 77, 3)?;
     let root = tempfile::tempdir()?;
-    let dirs: Vec<_> = (0..3).map(|i| root.path().join(format!("till-{i}"))).collect();
+    let dirs: Vec<_> = (0..3)
+        .map(|i| root.path().join(format!("till-{i}")))
+        .collect();
     tillmesh_in(
         &lan.hosts[0],
-        &["init", "--data", &dirs[0].to_string_lossy(), "--name", "Till 0"],
+        &[
+            "init",
+            "--data",
+            &dirs[0].to_string_lossy(),
+            "--name",
+            "Till 0",
+        ],
     )?;
     // Default network flags: mDNS on, every interface (here: only the namespace's own).
     let mut nodes = vec![NsNode::start(&lan.hosts[0], BIN.as_ref(), &dirs[0], &[])?];
-    lan.hosts[0].block_on(
-        nodes[0]
-            .api
-            .ok_post("/v1/products", &product("TEA-1", "Green tea", 350, 1_000_000)),
-    )?;
+    lan.hosts[0].block_on(nodes[0].api.ok_post(
+        "/v1/products",
+        &product("TEA-1", "Green tea", 350, 1_000_000),
+    ))?;
     let code = invite_in(&lan.hosts[0], &dirs[0])?;
     for i in 1..3 {
         join(BIN.as_ref(), &dirs[i], &format!("Till {i}"), &code)?;
@@ -139,7 +148,10 @@ fn shop_lan_tills_find_each_other_by_mdns_and_a_cut_till_catches_up() -> anyhow:
             let deadline = Instant::now() + TIMEOUT;
             loop {
                 let s = status(api).await;
-                let peers = s["network"]["peers"].as_array().cloned().unwrap_or_default();
+                let peers = s["network"]["peers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 if peers.len() == 2 || Instant::now() > deadline {
                     return peers;
                 }
@@ -233,7 +245,13 @@ fn shops_that_reach_only_the_relay_sync_through_it() -> anyhow::Result<()> {
     let office = root.path().join("office");
     tillmesh_in(
         &relay,
-        &["init", "--data", &office.to_string_lossy(), "--name", "Head office"],
+        &[
+            "init",
+            "--data",
+            &office.to_string_lossy(),
+            "--name",
+            "Head office",
+        ],
     )?;
     let hub = NsNode::start(
         &relay,
@@ -241,10 +259,10 @@ fn shops_that_reach_only_the_relay_sync_through_it() -> anyhow::Result<()> {
         &office,
         &["--relay", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/7421"],
     )?;
-    relay.block_on(
-        hub.api
-            .ok_post("/v1/products", &product("TEA-1", "Green tea", 350, 1_000_000)),
-    )?;
+    relay.block_on(hub.api.ok_post(
+        "/v1/products",
+        &product("TEA-1", "Green tea", 350, 1_000_000),
+    ))?;
     let code = invite_in(&relay, &office)?;
     let mut nodes = Vec::new();
     for (i, shop) in shops.iter().enumerate() {
@@ -259,9 +277,8 @@ fn shops_that_reach_only_the_relay_sync_through_it() -> anyhow::Result<()> {
     }
     // Each shop comes to see the other as a peer through a relay circuit.
     for (i, shop) in shops.iter().enumerate() {
-        let other = shops[1 - i].block_on(async {
-            status(&nodes[1 - i].api).await["network"]["peer_id"].clone()
-        });
+        let other = shops[1 - i]
+            .block_on(async { status(&nodes[1 - i].api).await["network"]["peer_id"].clone() });
         let seen = shop.block_on(async {
             let deadline = Instant::now() + TIMEOUT;
             loop {

@@ -31,13 +31,17 @@ async fn shop(root: &std::path::Path, n: usize) -> anyhow::Result<Vec<NodeProces
     }
     for node in &nodes[1..] {
         let api = node.api.clone();
-        wait_for("the catalogue to reach a new till", CONVERGE_TIMEOUT, || {
-            let api = api.clone();
-            async move {
-                let list = api.all("/v1/products").await?;
-                Ok((!list.is_empty()).then_some(()))
-            }
-        })
+        wait_for(
+            "the catalogue to reach a new till",
+            CONVERGE_TIMEOUT,
+            || {
+                let api = api.clone();
+                async move {
+                    let list = api.all("/v1/products").await?;
+                    Ok((!list.is_empty()).then_some(()))
+                }
+            },
+        )
         .await?;
     }
     Ok(nodes)
@@ -89,7 +93,11 @@ async fn three_processes_converge_after_concurrent_sales() -> anyhow::Result<()>
     let level = stock(apis[0]).await?;
     for api in &apis[1..] {
         assert_eq!(sale_ids(api).await?, first);
-        assert_eq!(stock(api).await?, level, "stock derived the same everywhere");
+        assert_eq!(
+            stock(api).await?,
+            level,
+            "stock derived the same everywhere"
+        );
     }
     let expected: i64 = 100_000 - 3 * (0..SALES_PER_TILL as i64).map(|i| 1 + i % 3).sum::<i64>();
     assert_eq!(level, serde_json::json!(expected));
@@ -105,8 +113,7 @@ async fn three_processes_converge_after_concurrent_sales() -> anyhow::Result<()>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_till_killed_mid_stream_loses_no_acknowledged_sale_and_converges() -> anyhow::Result<()>
-{
+async fn a_till_killed_mid_stream_loses_no_acknowledged_sale_and_converges() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
     let mut nodes = shop(root.path(), 2).await?;
     let seller = nodes[1].api.clone();

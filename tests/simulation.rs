@@ -26,7 +26,9 @@ fn add(totals: &mut Report, r: &Report) {
     totals.messages_dropped += r.messages_dropped;
     totals.messages_duplicated += r.messages_duplicated;
     totals.entries += r.entries;
-    totals.converged_after_heal_ms = totals.converged_after_heal_ms.max(r.converged_after_heal_ms);
+    totals.converged_after_heal_ms = totals
+        .converged_after_heal_ms
+        .max(r.converged_after_heal_ms);
 }
 
 #[test]
@@ -105,5 +107,9 @@ fn seeds_converge_with_nothing_lost_and_nothing_applied_twice() {
             "slowest_convergence_after_heal_ms": totals.converged_after_heal_ms,
         })
     );
-    assert!(failures.is_empty(), "{} seeds failed: {failures:#?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} seeds failed: {failures:#?}",
+        failures.len()
+    );
 }

@@ -9,8 +9,8 @@ use libp2p::multiaddr::Protocol;
 
 use super::client::{Client, read_api_addr};
 use super::shop::Output;
-use crate::net::invite::{INVITE_ADDRS_MAX, Invite};
 use crate::net::NetConfig;
+use crate::net::invite::{INVITE_ADDRS_MAX, Invite};
 use crate::repo::Repo;
 
 /// File in the data folder listing peers to dial at every start, one multiaddr per line;
@@ -120,7 +120,9 @@ pub async fn invite(data: &Path) -> anyhow::Result<()> {
     // before relayed.
     addrs.sort_by_key(|a| {
         let relayed = a.iter().any(|p| matches!(p, Protocol::P2pCircuit));
-        let loopback = a.iter().any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_loopback()));
+        let loopback = a
+            .iter()
+            .any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_loopback()));
         (relayed, loopback)
     });
     addrs.truncate(INVITE_ADDRS_MAX);
@@ -139,7 +141,10 @@ pub fn join(data: &Path, name: &str, code: &str, out: Output) -> anyhow::Result<
     let invite = Invite::decode(code)?;
     let repo = Repo::join(data, name, invite.owner)?;
     let mut lines: Vec<String> = invite.addrs.iter().map(|a| a.to_string()).collect();
-    lines.insert(0, "# peers dialed at every start; written by `tillmesh join`".into());
+    lines.insert(
+        0,
+        "# peers dialed at every start; written by `tillmesh join`".into(),
+    );
     let path = peers_path(data);
     std::fs::write(&path, lines.join("\n") + "\n")
         .with_context(|| format!("cannot write {}", path.display()))?;

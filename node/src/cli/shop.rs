@@ -420,7 +420,11 @@ fn network_text(n: &Value) -> String {
         "\npeer id  {}\nreach    {}{}{}",
         n["peer_id"].as_str().unwrap_or("?"),
         n["reachability"].as_str().unwrap_or("?"),
-        if n["mdns"] == true { ", mDNS on" } else { ", mDNS off" },
+        if n["mdns"] == true {
+            ", mDNS on"
+        } else {
+            ", mDNS off"
+        },
         if n["relay"] == true { ", relaying" } else { "" },
     );
     for a in n["listen"].as_array().into_iter().flatten() {
@@ -431,12 +435,22 @@ fn network_text(n: &Value) -> String {
     for p in &peers {
         out.push_str(&format!(
             "\n  {}  found by {}, {} {}, rtt {}, {}",
-            p["device_id"].as_str().map(|d| &d[..d.len().min(12)]).unwrap_or("?"),
+            p["device_id"]
+                .as_str()
+                .map(|d| &d[..d.len().min(12)])
+                .unwrap_or("?"),
             p["found_by"].as_str().unwrap_or("?"),
             p["transport"].as_str().unwrap_or("?"),
             p["address"].as_str().unwrap_or("?"),
-            p["rtt_ms"].as_f64().map(|r| format!("{r:.1} ms")).unwrap_or_else(|| "-".into()),
-            if p["synced"] == true { "synced" } else { "syncing" },
+            p["rtt_ms"]
+                .as_f64()
+                .map(|r| format!("{r:.1} ms"))
+                .unwrap_or_else(|| "-".into()),
+            if p["synced"] == true {
+                "synced"
+            } else {
+                "syncing"
+            },
         ));
     }
     out

@@ -5,9 +5,7 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{
-    StreamProtocol, autonat, dcutr, gossipsub, identify, ping, relay, request_response,
-};
+use libp2p::{StreamProtocol, autonat, dcutr, gossipsub, identify, ping, relay, request_response};
 use tillmesh_protocol::sync::wire::MESSAGE_BYTES_MAX;
 
 use super::codec::SyncCodec;

@@ -100,6 +100,7 @@ pub(super) struct Driver {
     listen: Vec<Multiaddr>,
     reachability: &'static str,
     last_announce: Option<Instant>,
+    relay: bool,
 }
 
 fn transport_of(addr: &Multiaddr) -> &'static str {
@@ -110,6 +111,16 @@ fn transport_of(addr: &Multiaddr) -> &'static str {
     } else {
         "tcp"
     }
+}
+
+/// Whether another device could reach this address: loopback reaches only ourselves,
+/// unspecified reaches nobody.
+fn is_routable(addr: &Multiaddr) -> bool {
+    !addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified() || ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_unspecified() || ip.is_loopback(),
+        _ => false,
+    })
 }
 
 /// The address without a trailing `/p2p/<id>`.
@@ -171,24 +182,31 @@ impl Driver {
                 .map_err(|e| NetError::Start(e.to_string()))?;
         }
         for addr in &config.listen {
-            swarm.listen_on(addr.clone()).map_err(|e| NetError::Listen {
-                addr: addr.clone(),
-                detail: e.to_string(),
-            })?;
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError::Listen {
+                    addr: addr.clone(),
+                    detail: e.to_string(),
+                })?;
         }
         let now = Instant::now();
         let mut targets = BTreeMap::new();
+        // One target per peer, with all its addresses: libp2p tries them together, where
+        // separate dials of one peer would refuse each other.
         for addr in &config.peers {
-            targets.insert(
-                addr.to_string(),
-                Target {
-                    peer: peer_of(addr),
-                    addrs: vec![without_peer(addr)],
+            let peer = peer_of(addr);
+            let key = peer.map_or_else(|| addr.to_string(), |p| p.to_string());
+            targets
+                .entry(key)
+                .or_insert(Target {
+                    peer,
+                    addrs: Vec::new(),
                     found_by: FoundBy::Address,
                     next_dial: now,
                     backoff: DIAL_BACKOFF_MIN,
-                },
-            );
+                })
+                .addrs
+                .push(without_peer(addr));
         }
         let (discovery, found) = if config.mdns {
             let (d, rx) = Discovery::start(&identity.mesh_id, local)
@@ -231,6 +249,7 @@ impl Driver {
             listen: Vec::new(),
             reachability: "unknown",
             last_announce: None,
+            relay: config.relay,
         })
     }
 
@@ -340,6 +359,11 @@ impl Driver {
                 {
                     tracing::warn!(error = %e, "cannot advertise on mDNS");
                 }
+                // A relay is meant to be reachable at the addresses it is given: say so at once,
+                // rather than waiting for AutoNAT to confirm before serving reservations.
+                if self.relay && transport_of(&address) != "relay" && is_routable(&address) {
+                    self.swarm.add_external_address(address.clone());
+                }
                 if !self.listen.contains(&address) {
                     self.listen.push(address);
                 }
@@ -379,13 +403,27 @@ impl Driver {
     }
 
     fn on_connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: &ConnectedPoint) {
-        if self.banned.get(&peer).is_some_and(|until| *until > Instant::now()) {
+        if self
+            .banned
+            .get(&peer)
+            .is_some_and(|until| *until > Instant::now())
+        {
             let _ = self.swarm.close_connection(id);
             return;
         }
-        let address = match endpoint {
-            ConnectedPoint::Dialer { address, .. } => address.clone(),
-            ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
+        // A relayed connection we accepted shows the circuit only in our own address.
+        let (address, transport) = match endpoint {
+            ConnectedPoint::Dialer { address, .. } => (address.clone(), transport_of(address)),
+            ConnectedPoint::Listener {
+                send_back_addr,
+                local_addr,
+            } => (
+                send_back_addr.clone(),
+                match transport_of(local_addr) {
+                    "relay" => "relay",
+                    _ => transport_of(send_back_addr),
+                },
+            ),
         };
         let dialed = without_peer(&address);
         let mut found_by = if endpoint.is_dialer() {
@@ -403,7 +441,7 @@ impl Driver {
                 }
             }
         }
-        if transport_of(&address) == "relay" && found_by == FoundBy::Address {
+        if transport == "relay" && found_by == FoundBy::Address {
             found_by = FoundBy::Relay;
         }
         tracing::info!(%peer, %address, "connected");
@@ -413,13 +451,8 @@ impl Driver {
             connections: BTreeMap::new(),
             rtt: None,
         });
-        info.connections.insert(
-            id,
-            Connection {
-                transport: transport_of(&address),
-                address,
-            },
-        );
+        info.connections
+            .insert(id, Connection { transport, address });
     }
 
     fn on_behaviour(&mut self, event: BehaviourEvent) {
@@ -572,6 +605,12 @@ impl Driver {
     }
 
     fn on_found(&mut self, found: Found) {
+        // Both sides of a LAN find each other; whichever dialed first, each found the other.
+        if let Some(p) = self.peers.get_mut(&found.peer)
+            && p.found_by == FoundBy::Inbound
+        {
+            p.found_by = FoundBy::Mdns;
+        }
         let key = found.peer.to_string();
         let target = self.targets.entry(key).or_insert(Target {
             peer: Some(found.peer),
@@ -679,12 +718,7 @@ impl Driver {
         let addrs: Vec<String> = self
             .listen
             .iter()
-            .filter(|a| {
-                !a.iter().any(|p| match p {
-                    Protocol::Ip4(ip) => ip.is_unspecified(),
-                    _ => false,
-                })
-            })
+            .filter(|a| is_routable(a))
             .map(|a| a.to_string())
             .collect();
         let Ok(data) = serde_json::to_vec(&addrs) else {
@@ -749,7 +783,14 @@ async fn applier(
                 (Vec::new(), repo.version_vector().unwrap_or_default())
             }
         };
-        if tx.send(Applied { source, results, vv }).is_err() {
+        if tx
+            .send(Applied {
+                source,
+                results,
+                vv,
+            })
+            .is_err()
+        {
             return;
         }
     }

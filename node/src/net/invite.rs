@@ -45,7 +45,10 @@ impl Invite {
     }
 
     pub fn decode(code: &str) -> Result<Invite, InviteError> {
-        let rest = code.trim().strip_prefix(PREFIX).ok_or(InviteError::Prefix)?;
+        let rest = code
+            .trim()
+            .strip_prefix(PREFIX)
+            .ok_or(InviteError::Prefix)?;
         let (owner, addrs) = rest.split_once('@').ok_or(InviteError::Shape)?;
         let owner: DeviceId = owner
             .parse()
@@ -78,7 +81,9 @@ mod tests {
         let peer = libp2p::identity::Keypair::generate_ed25519()
             .public()
             .to_peer_id();
-        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}").parse().unwrap();
+        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}")
+            .parse()
+            .unwrap();
         let invite = Invite {
             owner,
             addrs: vec![addr],

@@ -268,8 +268,13 @@ impl Repo {
         device_name: &str,
         currency: Currency,
     ) -> Result<Repo, InitError> {
-        Repo::init_with_key(dir, device_name, currency, DeviceKey::from_secret(random_bytes()))
-            .await
+        Repo::init_with_key(
+            dir,
+            device_name,
+            currency,
+            DeviceKey::from_secret(random_bytes()),
+        )
+        .await
     }
 
     /// [`Repo::init`] with a given device key (the simulation derives keys from its seed).
@@ -292,7 +297,12 @@ impl Repo {
     /// Makes a new device of the mesh whose owner is `root`, in an empty or new folder. It
     /// holds nothing until it syncs; the mesh settings arrive with the first sync.
     pub fn join(dir: &Path, device_name: &str, root: DeviceId) -> Result<Repo, OpenError> {
-        Repo::join_with_key(dir, device_name, root, DeviceKey::from_secret(random_bytes()))
+        Repo::join_with_key(
+            dir,
+            device_name,
+            root,
+            DeviceKey::from_secret(random_bytes()),
+        )
     }
 
     /// [`Repo::join`] with a given device key.

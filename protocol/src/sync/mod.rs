@@ -377,7 +377,8 @@ impl<P: Ord + Clone + std::fmt::Debug> Sync<P> {
             _ => {}
         }
         if progress && !self.parked.is_empty() && !self.parked_retrying {
-            let entries: Vec<SignedEntry> = std::mem::take(&mut self.parked).into_values().collect();
+            let entries: Vec<SignedEntry> =
+                std::mem::take(&mut self.parked).into_values().collect();
             self.parked_bytes = 0;
             self.parked_retrying = true;
             self.outputs.push_back(Output::Apply {

@@ -67,7 +67,10 @@ fn a_new_peer_is_pulled_at_once_and_again_after_the_interval_once_synced() {
         &vv(&[(1, 1)]),
         120,
     );
-    assert!(drain(&mut s).is_empty(), "synced: no pull before the interval");
+    assert!(
+        drain(&mut s).is_empty(),
+        "synced: no pull before the interval"
+    );
     assert!(s.peer(&7).unwrap().synced);
     assert_eq!(s.next_deadline_ms(), Some(1120));
     s.tick(1119);
@@ -293,9 +296,7 @@ fn messages_round_trip() {
             holder: vv(&[(1, 1)]),
             more: true,
         },
-        Message::Push {
-            entry: entry(3, 1),
-        },
+        Message::Push { entry: entry(3, 1) },
     ];
     for m in m {
         assert_eq!(Message::decode(&m.encode()).unwrap(), m);

@@ -126,10 +126,7 @@ impl Message {
                 entries, holder, ..
             } => {
                 16 + holder.len() * 40
-                    + entries
-                        .iter()
-                        .map(|e| e.encoded().len() + 4)
-                        .sum::<usize>()
+                    + entries.iter().map(|e| e.encoded().len() + 4).sum::<usize>()
             }
             Message::Push { entry } => 12 + entry.encoded().len(),
         }
