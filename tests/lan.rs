@@ -134,11 +134,11 @@ fn shop_lan_tills_find_each_other_by_mdns_and_a_cut_till_catches_up() -> anyhow:
         &product("TEA-1", "Green tea", 350, 1_000_000),
     ))?;
     let code = invite_in(&lan.hosts[0], &dirs[0])?;
-    for i in 1..3 {
-        join(BIN.as_ref(), &dirs[i], &format!("Till {i}"), &code)?;
+    for (i, dir) in dirs.iter().enumerate().skip(1) {
+        join(BIN.as_ref(), dir, &format!("Till {i}"), &code)?;
         // No address configured: only mDNS can find the others.
-        std::fs::remove_file(dirs[i].join("peers"))?;
-        nodes.push(NsNode::start(&lan.hosts[i], BIN.as_ref(), &dirs[i], &[])?);
+        std::fs::remove_file(dir.join("peers"))?;
+        nodes.push(NsNode::start(&lan.hosts[i], BIN.as_ref(), dir, &[])?);
     }
     let all: Vec<(&Netns, &Api)> = lan.hosts.iter().zip(nodes.iter().map(|n| &n.api)).collect();
     wait_converged(&all, "the catalogue")?;
