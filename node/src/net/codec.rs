@@ -1,8 +1,9 @@
 //! The request-response codec of the sync protocol: one length-prefixed [`Message`] each way.
 //!
 //! Length first, checked against [`MESSAGE_BYTES_MAX`] before anything is read, so a peer
-//! cannot make us allocate more than one message. Bytes that are not a sync message fail the
-//! stream with `InvalidData`; the driver takes that as misbehaviour.
+//! cannot make us allocate more than one message. Bytes that are not a sync message are read
+//! as [`Framed::Err`] rather than failing the stream: libp2p drops a failed inbound stream
+//! without telling the behaviour, and the driver must see the misbehaviour to act on it.
 
 use std::io;
 
@@ -14,22 +15,25 @@ use tillmesh_protocol::sync::wire::MESSAGE_BYTES_MAX;
 #[derive(Debug, Clone, Default)]
 pub struct SyncCodec;
 
-async fn read_message<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Message> {
+/// A message as read off a stream: the message, or why the bytes are not one.
+pub type Framed = Result<Message, String>;
+
+async fn read_message<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Framed> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len > MESSAGE_BYTES_MAX {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("sync message of {len} bytes is over the limit of {MESSAGE_BYTES_MAX}"),
-        ));
+        return Ok(Err(format!(
+            "a sync message of {len} bytes, over the limit of {MESSAGE_BYTES_MAX}"
+        )));
     }
     let mut buf = vec![0; len];
     io.read_exact(&mut buf).await?;
-    Message::decode(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    Ok(Message::decode(&buf).map_err(|e| format!("a malformed sync message: {e}")))
 }
 
-async fn write_message<T: AsyncWrite + Unpin + Send>(io: &mut T, m: Message) -> io::Result<()> {
+async fn write_message<T: AsyncWrite + Unpin + Send>(io: &mut T, m: Framed) -> io::Result<()> {
+    let m = m.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let bytes = m.encode();
     io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
     io.write_all(&bytes).await?;
@@ -38,14 +42,14 @@ async fn write_message<T: AsyncWrite + Unpin + Send>(io: &mut T, m: Message) -> 
 
 impl libp2p::request_response::Codec for SyncCodec {
     type Protocol = StreamProtocol;
-    type Request = Message;
-    type Response = Message;
+    type Request = Framed;
+    type Response = Framed;
 
     async fn read_request<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-    ) -> io::Result<Message> {
+    ) -> io::Result<Framed> {
         read_message(io).await
     }
 
@@ -53,7 +57,7 @@ impl libp2p::request_response::Codec for SyncCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-    ) -> io::Result<Message> {
+    ) -> io::Result<Framed> {
         read_message(io).await
     }
 
@@ -61,7 +65,7 @@ impl libp2p::request_response::Codec for SyncCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        m: Message,
+        m: Framed,
     ) -> io::Result<()> {
         write_message(io, m).await
     }
@@ -70,7 +74,7 @@ impl libp2p::request_response::Codec for SyncCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        m: Message,
+        m: Framed,
     ) -> io::Result<()> {
         write_message(io, m).await
     }

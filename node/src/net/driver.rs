@@ -20,6 +20,8 @@ use libp2p::{
     tcp, yamux,
 };
 use tillmesh_protocol::sync::{Message, Output, Source, Sync, Verdict};
+
+use super::codec::Framed;
 use tillmesh_protocol::{DeviceId, SignedEntry, VersionVector};
 use tokio::sync::{broadcast, mpsc};
 
@@ -93,8 +95,8 @@ pub(super) struct Driver {
     apply_tx: mpsc::UnboundedSender<(Source<PeerId>, Vec<SignedEntry>)>,
     applied_rx: mpsc::UnboundedReceiver<Applied>,
     apply_queued: usize,
-    served_tx: mpsc::UnboundedSender<(ResponseChannel<Message>, Message)>,
-    served_rx: mpsc::UnboundedReceiver<(ResponseChannel<Message>, Message)>,
+    served_tx: mpsc::UnboundedSender<(ResponseChannel<Framed>, Message)>,
+    served_rx: mpsc::UnboundedReceiver<(ResponseChannel<Framed>, Message)>,
     committed: broadcast::Receiver<Arc<SignedEntry>>,
     status: Arc<Mutex<NetStatus>>,
     listen: Vec<Multiaddr>,
@@ -271,7 +273,7 @@ impl Driver {
                     self.sync.applied(a.source, a.results, &a.vv, now);
                 }
                 Some((channel, answer)) = self.served_rx.recv() => {
-                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, answer);
+                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, Ok(answer));
                 }
                 entry = self.committed.recv() => match entry {
                     Ok(e) => self.sync.committed((*e).clone()),
@@ -307,11 +309,11 @@ impl Driver {
                     Ok(have) => {
                         self.swarm.behaviour_mut().sync.send_request(
                             &peer,
-                            Message::Pull {
+                            Ok(Message::Pull {
                                 have,
                                 entries_max,
                                 bytes_max,
-                            },
+                            }),
                         );
                     }
                     Err(e) => {
@@ -510,9 +512,10 @@ impl Driver {
                     request_response::Message::Request {
                         request, channel, ..
                     } => self.serve(peer, request, channel),
-                    request_response::Message::Response { response, .. } => {
-                        self.sync.received(&peer, response, now)
-                    }
+                    request_response::Message::Response { response, .. } => match response {
+                        Ok(m) => self.sync.received(&peer, m, now),
+                        Err(e) => self.ban(peer, &format!("answered a pull with {e}")),
+                    },
                 }
             }
             BehaviourEvent::Sync(request_response::Event::OutboundFailure {
@@ -556,15 +559,15 @@ impl Driver {
     }
 
     /// Reads the answer to a pull off the loop, and refuses anything but a pull.
-    fn serve(&mut self, peer: PeerId, request: Message, channel: ResponseChannel<Message>) {
-        let Message::Pull {
-            have,
-            entries_max,
-            bytes_max,
-        } = request
-        else {
-            self.ban(peer, "sent a request that is not a pull");
-            return;
+    fn serve(&mut self, peer: PeerId, request: Framed, channel: ResponseChannel<Framed>) {
+        let (have, entries_max, bytes_max) = match request {
+            Ok(Message::Pull {
+                have,
+                entries_max,
+                bytes_max,
+            }) => (have, entries_max, bytes_max),
+            Ok(_) => return self.ban(peer, "sent a request that is not a pull"),
+            Err(e) => return self.ban(peer, &format!("sent {e}")),
         };
         let repo = self.repo.clone();
         let tx = self.served_tx.clone();

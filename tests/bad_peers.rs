@@ -1,0 +1,263 @@
+//! Peers that misbehave: garbage where a sync message belongs, a length over the limit, a
+//! pushed entry whose signature does not hold. Each is disconnected (and turned away for a
+//! while), a forged entry is kept aside with its reason and never applied, and the node goes
+//! on serving its till and its honest peers.
+
+use std::io;
+
+use anyhow::Context;
+use std::time::Duration;
+
+use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, noise, request_response, tcp,
+    yamux,
+};
+use serde_json::Value;
+use tillmesh::testkit::{NodeProcess, cash_sale, product};
+use tillmesh_node::net::discovery::mesh_tag;
+use tillmesh_protocol::sync::Message;
+use tillmesh_protocol::{
+    DeviceKey, DocChanges, DocId, DocType, Entry, EntryHash, MeshId, Payload, SignedEntry,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tillmesh");
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Sends whatever bytes it is given, as they are: no framing, no checks.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        io.read_to_end(&mut v).await?;
+        Ok(v)
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        io.take(1 << 20).read_to_end(&mut v).await?;
+        Ok(v)
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()> {
+        io.write_all(&req).await?;
+        io.close().await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()> {
+        io.write_all(&res).await?;
+        io.close().await
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Attacker {
+    identify: identify::Behaviour,
+    gossipsub: gossipsub::Behaviour,
+    sync: request_response::Behaviour<RawCodec>,
+}
+
+fn attacker(tag: &str) -> anyhow::Result<Swarm<Attacker>> {
+    let protocol = StreamProtocol::try_from_owned(format!("/tillmesh/sync/1/{tag}"))?;
+    Ok(libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_behaviour(|key| {
+            let gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossipsub::Config::default(),
+            )?;
+            Ok(Attacker {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/tillmesh/1".into(),
+                    key.public(),
+                )),
+                gossipsub,
+                sync: request_response::Behaviour::with_codec(
+                    RawCodec,
+                    [(protocol, request_response::ProtocolSupport::Full)],
+                    request_response::Config::default(),
+                ),
+            })
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build())
+}
+
+/// Connects to the node and waits until it has identified us (so it treats us as a peer).
+async fn connect(swarm: &mut Swarm<Attacker>, addr: &Multiaddr) -> anyhow::Result<PeerId> {
+    swarm.dial(addr.clone())?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let event = tokio::time::timeout_at(deadline, swarm.select_next_some()).await?;
+        if let SwarmEvent::Behaviour(AttackerEvent::Identify(identify::Event::Received {
+            peer_id,
+            ..
+        })) = event
+        {
+            return Ok(peer_id);
+        }
+    }
+}
+
+/// Drives the swarm until the node closes every connection to us.
+async fn wait_disconnected(swarm: &mut Swarm<Attacker>, node: PeerId) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while swarm.is_connected(&node) {
+        let _ = tokio::time::timeout_at(deadline, swarm.select_next_some()).await?;
+    }
+    Ok(())
+}
+
+async fn node_addr(api: &tillmesh::testkit::Api) -> anyhow::Result<(Multiaddr, MeshId)> {
+    let status = api.ok_get("/v1/status").await?;
+    let listen: Multiaddr = status["network"]["listen"][0]
+        .as_str()
+        .unwrap_or_default()
+        .parse()?;
+    let mesh: MeshId = status["mesh_id"].as_str().unwrap_or_default().parse()?;
+    Ok((listen, mesh))
+}
+
+/// A well-formed entry with a signature that does not hold.
+fn forged_entry(mesh: &MeshId) -> SignedEntry {
+    let key = DeviceKey::from_secret([7; 32]);
+    let signed = Entry {
+        author: key.device_id(),
+        seq: 1,
+        prev: EntryHash::ZERO,
+        timestamp_ms: 1,
+        payload: Payload::Changes(vec![DocChanges {
+            doc_id: DocId([9; 16]),
+            doc_type: DocType::Sale,
+            changes: vec![vec![1, 2, 3]],
+        }]),
+    }
+    .sign(mesh, &key);
+    let mut bytes = signed.encoded().to_vec();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55; // the signature is last
+    SignedEntry::decode(&bytes).expect("still well-formed")
+}
+
+async fn still_serving(api: &tillmesh::testkit::Api) -> anyhow::Result<Value> {
+    api.ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350))
+        .await?;
+    api.ok_get("/v1/status").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_peers_are_disconnected_and_their_entries_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    NodeProcess::init(BIN.as_ref(), dir.path(), "Till")?;
+    let node = NodeProcess::start(BIN.as_ref(), dir.path()).await?;
+    node.api
+        .ok_post("/v1/products", &product("TEA-1", "Green tea", 350, 1000))
+        .await?;
+    let (addr, mesh) = node_addr(&node.api).await?;
+    let tag = mesh_tag(&mesh);
+
+    // 1. Garbage where a pull belongs.
+    let mut evil = attacker(&tag)?;
+    let peer = connect(&mut evil, &addr).await?;
+    let mut garbage = 64u32.to_be_bytes().to_vec();
+    garbage.extend([0xAB; 64]);
+    evil.behaviour_mut().sync.send_request(&peer, garbage);
+    wait_disconnected(&mut evil, peer)
+        .await
+        .context("garbage")?;
+
+    // 2. A length over the limit: refused before anything is read or allocated.
+    let mut evil = attacker(&tag)?;
+    let peer = connect(&mut evil, &addr).await?;
+    evil.behaviour_mut()
+        .sync
+        .send_request(&peer, u32::MAX.to_be_bytes().to_vec());
+    wait_disconnected(&mut evil, peer)
+        .await
+        .context("oversized")?;
+
+    // 3. A pushed entry whose signature does not hold.
+    let mut evil = attacker(&tag)?;
+    let topic = gossipsub::IdentTopic::new(format!("tillmesh/entries/{tag}"));
+    evil.behaviour_mut().gossipsub.subscribe(&topic)?;
+    let peer = connect(&mut evil, &addr).await?;
+    let push = Message::Push {
+        entry: forged_entry(&mesh),
+    }
+    .encode();
+    // Publish once the node's subscription is known, then wait to be thrown out.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if evil
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic.clone(), push.clone())
+            .is_ok()
+        {
+            break;
+        }
+        let _ = tokio::time::timeout_at(deadline, evil.select_next_some()).await?;
+    }
+    wait_disconnected(&mut evil, peer).await.context("forged")?;
+
+    // The node kept the forged entry aside with its reason, applied nothing of any of it,
+    // and goes on selling.
+    let status = still_serving(&node.api).await?;
+    assert_eq!(status["rejected"]["count"], 1, "{status}");
+    let reason = status["rejected"]["recent"][0]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("signature"), "{reason}");
+    assert_eq!(status["documents"]["sale"], 1, "{status}");
+    assert_eq!(
+        status["version_vector"].as_object().map(|m| m.len()),
+        Some(1),
+        "only the node's own entries: {status}"
+    );
+
+    // Turned away for a while: a banned peer's new connection is closed at once.
+    let mut again = evil;
+    again.dial(addr.clone())?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut was_connected = false;
+    loop {
+        match tokio::time::timeout_at(deadline, again.select_next_some()).await? {
+            SwarmEvent::ConnectionEstablished { .. } => was_connected = true,
+            SwarmEvent::ConnectionClosed { .. } if was_connected => break,
+            SwarmEvent::OutgoingConnectionError { .. } => break,
+            _ => {}
+        }
+    }
+    assert!(!again.is_connected(&peer));
+    Ok(())
+}
