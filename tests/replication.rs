@@ -6,18 +6,23 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tillmesh::testkit::{
-    Api, NodeProcess, cash_sale, invite_code, join, product, wait_converged, wait_for,
+    Api, LOOPBACK_NET, NodeProcess, cash_sale, invite_code, join, product, wait_converged,
+    wait_for,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_tillmesh");
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// An owner and `n - 1` tills joined by invite, all running on loopback; the owner's
-/// catalogue has reached every till.
-async fn shop(root: &std::path::Path, n: usize) -> anyhow::Result<Vec<NodeProcess>> {
+/// An owner listening with `owner_net` flags and `n - 1` tills joined by its invite, all on
+/// loopback; the owner's catalogue has reached every till.
+async fn shop(
+    root: &std::path::Path,
+    n: usize,
+    owner_net: &[&str],
+) -> anyhow::Result<Vec<NodeProcess>> {
     let a = root.join("till-0");
     NodeProcess::init(BIN.as_ref(), &a, "Till 0")?;
-    let owner = NodeProcess::start(BIN.as_ref(), &a).await?;
+    let owner = NodeProcess::spawn(BIN.as_ref(), &a, owner_net, &[]).await?;
     owner
         .api
         .ok_post("/v1/products", &product("TEA-1", "Green tea", 350, 100_000))
@@ -64,7 +69,7 @@ async fn stock(api: &Api) -> anyhow::Result<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_processes_converge_after_concurrent_sales() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
-    let nodes = shop(root.path(), 3).await?;
+    let nodes = shop(root.path(), 3, &LOOPBACK_NET).await?;
     const SALES_PER_TILL: usize = 40;
     let mut sellers = Vec::new();
     for node in &nodes {
@@ -115,7 +120,15 @@ async fn three_processes_converge_after_concurrent_sales() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_till_killed_mid_stream_loses_no_acknowledged_sale_and_converges() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
-    let mut nodes = shop(root.path(), 2).await?;
+    // Over QUIC this time: the owner listens on nothing else.
+    let mut nodes = shop(
+        root.path(),
+        2,
+        &["--no-mdns", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"],
+    )
+    .await?;
+    let status = nodes[1].api.ok_get("/v1/status").await?;
+    assert_eq!(status["network"]["peers"][0]["transport"], "quic", "{status}");
     let seller = nodes[1].api.clone();
     let stream = tokio::spawn(async move {
         let mut acked = Vec::new();

@@ -1,15 +1,19 @@
-//! `tillmesh demo`: a till on this machine, in a temporary folder, driven through its own API
-//! as a till's screen would drive it. Loopback only; nothing to configure.
+//! `tillmesh demo`: three tills on this machine, in a temporary folder. The first is driven
+//! through its own API as a till's screen would drive it; the other two join its mesh by
+//! invite, sell at the same time, and all three are shown to agree. Loopback only (no mDNS on
+//! this machine's interfaces); nothing to configure.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use serde_json::{Value, json};
-use tillmesh_protocol::Currency;
+use tillmesh_protocol::{Currency, DocType};
 use tokio::net::TcpListener;
 
 use super::shop::money;
-use crate::repo::Repo;
+use crate::net::{self, NetConfig, Network};
+use crate::repo::requests::NewSale;
+use crate::repo::{Command, Repo};
 
 pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     let tmp;
@@ -20,7 +24,7 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
             tmp.path().join("till-1")
         }
     };
-    println!("== tillmesh demo: one till, in {}", dir.display());
+    println!("== tillmesh demo: three tills, in {}", dir.display());
     let repo = Repo::init(&dir, "Till 1", Currency::USD).await?;
     let id = repo.identity().clone();
     println!(
@@ -28,11 +32,31 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
         id.mesh_id.short(),
         id.device_id.short()
     );
+    let (net_stop, net_stopped) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = net_stopped.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let (network, net_task) = net::start(repo.clone(), loopback(Vec::new()), stopped()).await?;
+    let till1_addr = peer_address(&network)?;
+    println!("   till 1 listens for peers on {till1_addr}");
+    let mut tills = Vec::new();
+    let mut tasks = vec![net_task];
+    for n in [2, 3] {
+        let dir = dir.with_file_name(format!("till-{n}"));
+        let r = Repo::join(&dir, &format!("Till {n}"), id.root_id)?;
+        let (_, task) = net::start(r.clone(), loopback(vec![till1_addr.clone()]), stopped()).await?;
+        println!("   till {n} joined the mesh as {}", r.identity().device_id.short());
+        tills.push(r);
+        tasks.push(task);
+    }
 
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::server::run(repo, listener, None, async {
+    let server = tokio::spawn(crate::server::run(repo.clone(), listener, None, async {
         let _ = stopped.await;
     }));
     println!("   local API at {base}\n");
@@ -186,10 +210,94 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
         "\n-- status: {} signed entries in the log, {} rejected",
         status["entries"], status["rejected"]["count"]
     );
+
+    println!("\n-- tills 2 and 3 receive the catalogue, then sell at the same time");
+    for t in &tills {
+        wait_for(|| Ok(t.list(DocType::Product, None, 10)?.len() >= 4)).await?;
+    }
+    let mut sellers = Vec::new();
+    for (i, t) in tills.iter().enumerate() {
+        let t = t.clone();
+        sellers.push(tokio::spawn(async move {
+            for k in 0..5 {
+                let sku = ["TEA-1", "BAG-1"][(i + k) % 2];
+                let sale: NewSale = serde_json::from_value(json!({
+                    "lines": [{ "sku": sku, "qty": 1 }], "payments": [{ "method": "card" }],
+                }))?;
+                t.execute(Command::Sell(sale)).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for s in sellers {
+        s.await??;
+    }
+    let all: Vec<&Repo> = std::iter::once(&repo).chain(tills.iter()).collect();
+    wait_for(|| {
+        let first = all[0].version_vector()?;
+        Ok(all[1..]
+            .iter()
+            .all(|r| r.version_vector().is_ok_and(|v| v == first)))
+    })
+    .await?;
+    for (n, r) in all.iter().enumerate() {
+        let sales = r.list(DocType::Sale, None, 1000)?.len();
+        let tea = r
+            .list(DocType::Product, None, 10)?
+            .into_iter()
+            .find(|(_, v)| v["sku"] == "TEA-1")
+            .map(|(id, v)| crate::api::present(&id, &v)["stock"].clone())
+            .unwrap_or_default();
+        println!(
+            "   till {}: {} entries, {sales} sales, TEA-1 stock {tea}",
+            n + 1,
+            r.version_vector()?.total()
+        );
+    }
+    println!("   all three tills agree.");
+
     let _ = stop.send(());
     server.await.context("the demo's API server")??;
+    let _ = net_stop.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
     println!(
         "\ndone. Try it yourself: tillmesh init --data ./till --name \"Till 1\" && tillmesh run --data ./till"
     );
+    Ok(())
+}
+
+/// Network settings for a demo till: loopback, any free port, no mDNS.
+fn loopback(peers: Vec<libp2p::Multiaddr>) -> NetConfig {
+    NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr")],
+        peers,
+        mdns: false,
+        ..NetConfig::default()
+    }
+}
+
+/// The first address the node listens on, with its peer id: what another till dials.
+fn peer_address(network: &Network) -> anyhow::Result<libp2p::Multiaddr> {
+    let status = network.status();
+    let addr: libp2p::Multiaddr = status
+        .listen
+        .first()
+        .context("the network did not start listening")?
+        .parse()?;
+    Ok(addr.with(libp2p::multiaddr::Protocol::P2p(status.peer_id.parse()?)))
+}
+
+/// Polls `done` until it holds; the demo's tills are on loopback, so a minute is plenty.
+async fn wait_for(mut done: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done()? {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the tills did not agree within a minute"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     Ok(())
 }
