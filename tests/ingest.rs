@@ -267,7 +267,15 @@ async fn bad_entries_are_refused_kept_aside_and_never_applied() {
     }
     refused.push(("edited sale total", b.repo.ingest(edit).await.unwrap()));
 
-    for (what, outcome) in &refused {
+    // A signature that does not hold (forged, or bytes changed after signing) is singled out
+    // as forged: its sender is no honest peer. The rest are refused by the rules.
+    for (what, outcome) in &refused[..2] {
+        assert!(
+            matches!(outcome, IngestOutcome::Forged { .. }),
+            "{what}: {outcome:?}"
+        );
+    }
+    for (what, outcome) in &refused[2..] {
         assert!(
             matches!(outcome, IngestOutcome::Rejected { .. }),
             "{what}: {outcome:?}"
@@ -276,7 +284,9 @@ async fn bad_entries_are_refused_kept_aside_and_never_applied() {
     let reasons: Vec<String> = refused
         .iter()
         .map(|(_, o)| match o {
-            IngestOutcome::Rejected { reason } => reason.clone(),
+            IngestOutcome::Rejected { reason } | IngestOutcome::Forged { reason } => {
+                reason.clone()
+            }
             _ => String::new(),
         })
         .collect();

@@ -152,7 +152,8 @@ fn shop_lan_tills_find_each_other_by_mdns_and_a_cut_till_catches_up() -> anyhow:
                     .as_array()
                     .cloned()
                     .unwrap_or_default();
-                if peers.len() == 2 || Instant::now() > deadline {
+                let by_mdns = peers.iter().any(|p| p["found_by"] == "mdns");
+                if (peers.len() == 2 && by_mdns) || Instant::now() > deadline {
                     return peers;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -106,10 +106,19 @@ async fn three_processes_converge_after_concurrent_sales() -> anyhow::Result<()>
     }
     let expected: i64 = 100_000 - 3 * (0..SALES_PER_TILL as i64).map(|i| 1 + i % 3).sum::<i64>();
     assert_eq!(level, serde_json::json!(expected));
-    // Status shows each till its two peers, how they were found, and that it is synced.
-    let status = apis[1].ok_get("/v1/status").await?;
+    // Status shows each till its two peers (the third learned from the first's
+    // announcements), how they were found, and over what.
+    let till = apis[1].clone();
+    let status = wait_for("a till to see both others", CONVERGE_TIMEOUT, || {
+        let till = till.clone();
+        async move {
+            let s = till.ok_get("/v1/status").await?;
+            let n = s["network"]["peers"].as_array().map_or(0, |p| p.len());
+            Ok((n == 2).then_some(s))
+        }
+    })
+    .await?;
     let peers = status["network"]["peers"].as_array().unwrap();
-    assert_eq!(peers.len(), 2, "{status}");
     for p in peers {
         assert!(p["transport"] == "tcp", "{p}");
         assert!(p["rtt_ms"].is_number() || p["rtt_ms"].is_null(), "{p}");
@@ -127,8 +136,15 @@ async fn a_till_killed_mid_stream_loses_no_acknowledged_sale_and_converges() -> 
         &["--no-mdns", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"],
     )
     .await?;
-    let status = nodes[1].api.ok_get("/v1/status").await?;
-    assert_eq!(status["network"]["peers"][0]["transport"], "quic", "{status}");
+    let till = nodes[1].api.clone();
+    wait_for("the till to show its QUIC peer", CONVERGE_TIMEOUT, || {
+        let till = till.clone();
+        async move {
+            let status = till.ok_get("/v1/status").await?;
+            Ok((status["network"]["peers"][0]["transport"] == "quic").then_some(()))
+        }
+    })
+    .await?;
     let seller = nodes[1].api.clone();
     let stream = tokio::spawn(async move {
         let mut acked = Vec::new();

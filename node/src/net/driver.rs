@@ -400,8 +400,10 @@ impl Driver {
                 tracing::debug!(peer = ?peer_id, %error, "dial failed");
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour(event),
-            _ => {}
+            _ => return,
         }
+        // Status readers see connections come and go at once, not at the next tick.
+        self.publish_status();
     }
 
     fn on_connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: &ConnectedPoint) {
@@ -438,9 +440,8 @@ impl Driver {
             if ours {
                 t.peer = Some(peer);
                 t.backoff = DIAL_BACKOFF_MIN;
-                if endpoint.is_dialer() {
-                    found_by = t.found_by;
-                }
+                // Found here too, whichever side dialed first.
+                found_by = t.found_by;
             }
         }
         if transport == "relay" && found_by == FoundBy::Address {
@@ -718,10 +719,18 @@ impl Driver {
         {
             return;
         }
+        // Loopback addresses go too: they reach a peer on the same machine, and elsewhere
+        // they fail harmlessly (the peer id does not match).
         let addrs: Vec<String> = self
             .listen
             .iter()
-            .filter(|a| is_routable(a))
+            .filter(|a| {
+                !a.iter().any(|p| match p {
+                    Protocol::Ip4(ip) => ip.is_unspecified(),
+                    Protocol::Ip6(ip) => ip.is_unspecified(),
+                    _ => false,
+                })
+            })
             .map(|a| a.to_string())
             .collect();
         let Ok(data) = serde_json::to_vec(&addrs) else {
