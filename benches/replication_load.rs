@@ -41,7 +41,10 @@ fn env_usize(name: &str, default: usize) -> usize {
 async fn watch_sales(api: Api) -> mpsc::UnboundedReceiver<(String, Instant)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let url = format!("{}/v1/events", api.base);
-    let client = reqwest::Client::builder().no_proxy().build().expect("client");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
     let mut resp = client.get(&url).send().await.expect("event stream");
     tokio::spawn(async move {
         let mut buf = String::new();
@@ -95,7 +98,10 @@ async fn sell(api: &Api, count: usize, clients: usize) -> Instant {
 
 /// A till's entries from `author` (its device id), from its status.
 async fn held_from(api: &Api, author: &str) -> u64 {
-    version_vector(api).await.map(|v| v[author].as_u64().unwrap_or(0)).unwrap_or(0)
+    version_vector(api)
+        .await
+        .map(|v| v[author].as_u64().unwrap_or(0))
+        .unwrap_or(0)
 }
 
 async fn device(api: &Api) -> String {
@@ -135,16 +141,26 @@ fn summary(repo: &Repo, rounds: usize) -> Value {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
-    let dirs: Vec<_> = (0..3).map(|i| root.path().join(format!("till-{i}"))).collect();
+    let dirs: Vec<_> = (0..3)
+        .map(|i| root.path().join(format!("till-{i}")))
+        .collect();
     NodeProcess::init(BIN.as_ref(), &dirs[0], "Till A")?;
     let mut nodes = vec![NodeProcess::start(BIN.as_ref(), &dirs[0]).await?];
     nodes[0]
         .api
-        .ok_post("/v1/products", &product("TEA-1", "Green tea", 350, 1_000_000_000))
+        .ok_post(
+            "/v1/products",
+            &product("TEA-1", "Green tea", 350, 1_000_000_000),
+        )
         .await?;
     let code = invite_code(BIN.as_ref(), &dirs[0])?;
     for (i, dir) in dirs.iter().enumerate().skip(1) {
-        join(BIN.as_ref(), dir, &format!("Till {}", ["A", "B", "C"][i]), &code)?;
+        join(
+            BIN.as_ref(),
+            dir,
+            &format!("Till {}", ["A", "B", "C"][i]),
+            &code,
+        )?;
         nodes.push(NodeProcess::start(BIN.as_ref(), dir).await?);
     }
     let apis: Vec<Api> = nodes.iter().map(|n| n.api.clone()).collect();
@@ -160,7 +176,9 @@ async fn main() -> anyhow::Result<()> {
     let mut latencies = Vec::with_capacity(n);
     for _ in 0..n {
         let t0 = Instant::now();
-        let v = apis[0].ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350)).await?;
+        let v = apis[0]
+            .ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350))
+            .await?;
         let id = v["id"].as_str().unwrap_or_default().to_owned();
         let at = match early.remove(&id) {
             Some(at) => at,

@@ -43,10 +43,12 @@ async fn till(
 ) -> anyhow::Result<()> {
     let repo = if n == 0 {
         let r = Repo::init_with_key(&dir, "Till 1", Currency::USD, owner).await?;
-        r.execute(Command::CreateProduct(serde_json::from_value::<NewProduct>(json!({
-            "sku": "TEA-1", "name": "Green tea",
-            "price": { "amount_minor": 350, "currency": "USD" }, "stock": 10_000,
-        }))?))
+        r.execute(Command::CreateProduct(
+            serde_json::from_value::<NewProduct>(json!({
+                "sku": "TEA-1", "name": "Green tea",
+                "price": { "amount_minor": 350, "currency": "USD" }, "stock": 10_000,
+            }))?,
+        ))
         .await?;
         r
     } else {
@@ -92,7 +94,11 @@ async fn till(
         if all_agree {
             break;
         }
-        anyhow::ensure!(started.elapsed() < TIMEOUT, "till {} did not converge", n + 1);
+        anyhow::ensure!(
+            started.elapsed() < TIMEOUT,
+            "till {} did not converge",
+            n + 1
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Stay up until every till has seen the agreement, so none stops serving a laggard.
@@ -125,13 +131,9 @@ fn main() -> anyhow::Result<()> {
                 match lan {
                     // Defaults, as a user runs it: every interface (here only the
                     // namespace's own), mDNS on, no peers.
-                    Some(lan) => lan.hosts[n].block_on(till(
-                        n,
-                        dir,
-                        owner,
-                        NetConfig::default(),
-                        board,
-                    )),
+                    Some(lan) => {
+                        lan.hosts[n].block_on(till(n, dir, owner, NetConfig::default(), board))
+                    }
                     None => {
                         let port = 17_421 + n as u16;
                         let config = NetConfig {

@@ -284,9 +284,7 @@ async fn bad_entries_are_refused_kept_aside_and_never_applied() {
     let reasons: Vec<String> = refused
         .iter()
         .map(|(_, o)| match o {
-            IngestOutcome::Rejected { reason } | IngestOutcome::Forged { reason } => {
-                reason.clone()
-            }
+            IngestOutcome::Rejected { reason } | IngestOutcome::Forged { reason } => reason.clone(),
             _ => String::new(),
         })
         .collect();

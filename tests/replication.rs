@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tillmesh::testkit::{
-    Api, LOOPBACK_NET, NodeProcess, cash_sale, invite_code, join, product, wait_converged,
-    wait_for,
+    Api, LOOPBACK_NET, NodeProcess, cash_sale, invite_code, join, product, wait_converged, wait_for,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_tillmesh");

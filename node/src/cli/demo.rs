@@ -47,8 +47,12 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     for n in [2, 3] {
         let dir = dir.with_file_name(format!("till-{n}"));
         let r = Repo::join(&dir, &format!("Till {n}"), id.root_id)?;
-        let (_, task) = net::start(r.clone(), loopback(vec![till1_addr.clone()]), stopped()).await?;
-        println!("   till {n} joined the mesh as {}", r.identity().device_id.short());
+        let (_, task) =
+            net::start(r.clone(), loopback(vec![till1_addr.clone()]), stopped()).await?;
+        println!(
+            "   till {n} joined the mesh as {}",
+            r.identity().device_id.short()
+        );
         tills.push(r);
         tasks.push(task);
     }

@@ -930,25 +930,28 @@ impl Writer {
         touched: &mut BTreeSet<DocId>,
         from_log: bool,
     ) -> Result<(IngestOutcome, Option<Staged>), WriteError> {
-        if !from_log && let Err(e) = entry.verify(&self.id.mesh_id) {
-            let reason = e.to_string();
-            self.keep_aside(t, &entry, &reason)?;
-            return Ok((IngestOutcome::Forged { reason }, None));
-        }
         let (author, seq) = (entry.entry.author, entry.entry.seq);
         let (have, tip) = t
             .heads
             .get(author.as_bytes())?
             .map(|v| v.value())
             .unwrap_or((0, [0; 32]));
-        if seq <= have {
-            let same = t
-                .entries
+        // A byte-identical copy of a stored entry is a duplicate whatever its signature: the
+        // stored one was verified. Checked first, because peers send copies often (a push from
+        // each of them, then pulls) and verifying costs more than looking up.
+        let stored_same = seq <= have
+            && t.entries
                 .get((author.as_bytes(), seq))?
                 .is_some_and(|v| v.value() == entry.encoded());
-            if same {
-                return Ok((IngestOutcome::Duplicate, None));
-            }
+        if stored_same {
+            return Ok((IngestOutcome::Duplicate, None));
+        }
+        if !from_log && let Err(e) = entry.verify(&self.id.mesh_id) {
+            let reason = e.to_string();
+            self.keep_aside(t, &entry, &reason)?;
+            return Ok((IngestOutcome::Forged { reason }, None));
+        }
+        if seq <= have {
             return self.reject(
                 t,
                 &entry,
