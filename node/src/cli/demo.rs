@@ -17,14 +17,15 @@ use crate::repo::{Command, Repo};
 
 pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     let tmp;
-    let dir = match keep {
+    let root = match keep {
         Some(d) => d,
         None => {
             tmp = tempfile::tempdir()?;
-            tmp.path().join("till-1")
+            tmp.path().to_owned()
         }
     };
-    println!("== tillmesh demo: three tills, in {}", dir.display());
+    let dir = root.join("till-1");
+    println!("== tillmesh demo: three tills, in {}", root.display());
     let repo = Repo::init(&dir, "Till 1", Currency::USD).await?;
     let id = repo.identity().clone();
     println!(
@@ -45,7 +46,7 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     let mut tills = Vec::new();
     let mut tasks = vec![net_task];
     for n in [2, 3] {
-        let dir = dir.with_file_name(format!("till-{n}"));
+        let dir = root.join(format!("till-{n}"));
         let r = Repo::join(&dir, &format!("Till {n}"), id.root_id)?;
         let (_, task) =
             net::start(r.clone(), loopback(vec![till1_addr.clone()]), stopped()).await?;

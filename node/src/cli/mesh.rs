@@ -131,7 +131,8 @@ pub async fn invite(data: &Path) -> anyhow::Result<()> {
     }
     println!("On the new device, run:");
     println!("  tillmesh join --data DIR --name NAME CODE");
-    println!("with this code (anyone holding it can join this mesh):");
+    println!("with this code (anyone holding it can join this mesh; and until membership");
+    println!("checks arrive, any device on the LAN that speaks tillmesh can sync with it):");
     println!("{}", Invite { owner, addrs }.encode());
     Ok(())
 }
@@ -146,8 +147,14 @@ pub fn join(data: &Path, name: &str, code: &str, out: Output) -> anyhow::Result<
         "# peers dialed at every start; written by `tillmesh join`".into(),
     );
     let path = peers_path(data);
-    std::fs::write(&path, lines.join("\n") + "\n")
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::write(&path, lines.join("\n") + "\n").with_context(|| {
+        format!(
+            "the device was created, but {} could not be written; start it with \
+             `tillmesh run --data {} --peer ADDRESS` (an address from the invite)",
+            path.display(),
+            data.display()
+        )
+    })?;
     let id = repo.identity();
     out.show(
         &serde_json::json!({ "device_id": id.device_id, "mesh_id": id.mesh_id, "data": data }),

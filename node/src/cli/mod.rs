@@ -105,7 +105,8 @@ enum Command {
     },
     /// Run a demonstration on this machine, in a temporary folder, with nothing to configure.
     Demo {
-        /// Keep the demo's data in this folder instead of a temporary one.
+        /// Keep the demo's data in this folder (one subfolder per till) instead of a
+        /// temporary one.
         #[arg(long)]
         keep: Option<PathBuf>,
     },

@@ -40,6 +40,9 @@ impl Behaviour {
         let peer_id = key.public().to_peer_id();
         let gossip_config = gossipsub::ConfigBuilder::default()
             .validation_mode(gossipsub::ValidationMode::Strict)
+            // Nothing is forwarded until the driver has checked it: a node must not relay
+            // garbage or forgeries, and must not be blamed for what it only relayed.
+            .validate_messages()
             .max_transmit_size(MESSAGE_BYTES_MAX)
             .heartbeat_interval(Duration::from_millis(500))
             .build()

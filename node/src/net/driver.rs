@@ -39,11 +39,22 @@ const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const BAN: Duration = Duration::from_secs(60);
 /// How often this node tells the mesh where it can be reached.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(10);
-/// Applies waiting for the store; pushes beyond this are dropped (pulls find them later).
+/// Applies waiting for the store, by count and by bytes; pushes beyond are dropped (pulls
+/// find them later).
 const APPLY_QUEUED_MAX: usize = 1024;
+const APPLY_QUEUED_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Pulls from one peer being answered at once; more fail (the asker backs off).
+const SERVES_PER_PEER_MAX: usize = 2;
+/// Dial targets kept, and addresses per target: peers' announcements cannot grow them more.
+const TARGETS_MAX: usize = 256;
+const TARGET_ADDRS_MAX: usize = 8;
+/// A target learned from another peer (not configured, not seen by mDNS) is forgotten after
+/// this many dials in a row that did not connect.
+const LEARNED_TARGET_FAILURES_MAX: u32 = 8;
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 
 struct Applied {
+    bytes: usize,
     source: Source<PeerId>,
     results: Vec<(SignedEntry, Verdict)>,
     vv: VersionVector,
@@ -55,6 +66,8 @@ struct Target {
     found_by: FoundBy,
     next_dial: Instant,
     backoff: Duration,
+    /// Dials in a row that did not connect; a learned target is forgotten after a few.
+    failures: u32,
 }
 
 struct Connection {
@@ -90,9 +103,15 @@ pub(super) struct Driver {
     targets: BTreeMap<String, Target>,
     banned: HashMap<PeerId, Instant>,
     reserved_on: Vec<PeerId>,
+    /// The pull in flight to each peer: answers to anything else are stale and ignored.
+    pulls: HashMap<PeerId, request_response::OutboundRequestId>,
+    /// Pulls from each peer being answered now.
+    serving: Arc<Mutex<HashMap<PeerId, usize>>>,
+    apply_queued_bytes: usize,
+    mesh: tillmesh_protocol::MeshId,
     discovery: Option<Discovery>,
     found: Option<mpsc::Receiver<Found>>,
-    apply_tx: mpsc::UnboundedSender<(Source<PeerId>, Vec<SignedEntry>)>,
+    apply_tx: mpsc::UnboundedSender<(Source<PeerId>, Vec<SignedEntry>, usize)>,
     applied_rx: mpsc::UnboundedReceiver<Applied>,
     apply_queued: usize,
     served_tx: mpsc::UnboundedSender<(ResponseChannel<Framed>, Message)>,
@@ -206,6 +225,7 @@ impl Driver {
                     found_by: FoundBy::Address,
                     next_dial: now,
                     backoff: DIAL_BACKOFF_MIN,
+                    failures: 0,
                 })
                 .addrs
                 .push(without_peer(addr));
@@ -240,6 +260,10 @@ impl Driver {
             targets,
             banned: HashMap::new(),
             reserved_on: Vec::new(),
+            pulls: HashMap::new(),
+            serving: Arc::default(),
+            apply_queued_bytes: 0,
+            mesh: identity.mesh_id,
             discovery,
             found,
             apply_tx,
@@ -269,6 +293,7 @@ impl Driver {
                 event = self.swarm.select_next_some() => self.on_swarm(event),
                 Some(a) = self.applied_rx.recv() => {
                     self.apply_queued = self.apply_queued.saturating_sub(1);
+                    self.apply_queued_bytes = self.apply_queued_bytes.saturating_sub(a.bytes);
                     let now = self.now_ms();
                     self.sync.applied(a.source, a.results, &a.vv, now);
                 }
@@ -307,7 +332,7 @@ impl Driver {
                     bytes_max,
                 } => match self.repo.version_vector() {
                     Ok(have) => {
-                        self.swarm.behaviour_mut().sync.send_request(
+                        let id = self.swarm.behaviour_mut().sync.send_request(
                             &peer,
                             Ok(Message::Pull {
                                 have,
@@ -315,6 +340,7 @@ impl Driver {
                                 bytes_max,
                             }),
                         );
+                        self.pulls.insert(peer, id);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the version vector to pull");
@@ -331,11 +357,16 @@ impl Driver {
                         .publish(self.push_topic.clone(), message.encode());
                 }
                 Output::Apply { source, entries } => {
-                    if matches!(source, Source::Push(_)) && self.apply_queued >= APPLY_QUEUED_MAX {
+                    let bytes: usize = entries.iter().map(|e| e.encoded().len()).sum();
+                    if matches!(source, Source::Push(_))
+                        && (self.apply_queued >= APPLY_QUEUED_MAX
+                            || self.apply_queued_bytes + bytes > APPLY_QUEUED_BYTES_MAX)
+                    {
                         continue;
                     }
                     self.apply_queued += 1;
-                    let _ = self.apply_tx.send((source, entries));
+                    self.apply_queued_bytes += bytes;
+                    let _ = self.apply_tx.send((source, entries, bytes));
                 }
                 Output::Disconnect { peer, reason } => self.ban(peer, &reason),
             }
@@ -393,6 +424,9 @@ impl Driver {
                 if num_established == 0 {
                     self.peers.remove(&peer_id);
                     self.sync.disconnected(&peer_id);
+                    self.pulls.remove(&peer_id);
+                    // The reservation went with the connection; make one when it is back.
+                    self.reserved_on.retain(|r| *r != peer_id);
                     tracing::info!(peer = %peer_id, "peer disconnected");
                 }
             }
@@ -440,6 +474,7 @@ impl Driver {
             if ours {
                 t.peer = Some(peer);
                 t.backoff = DIAL_BACKOFF_MIN;
+                t.failures = 0;
                 // Found here too, whichever side dialed first.
                 found_by = t.found_by;
             }
@@ -474,7 +509,14 @@ impl Driver {
                 if info.protocols.contains(&self.protocol) {
                     self.sync.connected(peer_id, now);
                 }
+                // Only relays we were pointed at (by address or invite) get our reservation:
+                // any peer can claim to be one.
+                let pointed_at = self
+                    .peers
+                    .get(&peer_id)
+                    .is_some_and(|p| p.found_by == FoundBy::Address);
                 if info.protocols.contains(&relay::HOP_PROTOCOL_NAME)
+                    && pointed_at
                     && !self.reserved_on.contains(&peer_id)
                 {
                     self.reserve_on(peer_id, &info.listen_addrs);
@@ -491,38 +533,60 @@ impl Driver {
             }
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
+                message_id,
                 message,
-                ..
             }) => {
-                if message.topic == self.push_topic.hash() {
-                    match Message::decode(&message.data) {
-                        Ok(m) => self.sync.pushed(&propagation_source, m),
-                        Err(e) => {
-                            let reason = format!("pushed a malformed message: {e}");
-                            self.ban(propagation_source, &reason);
-                        }
-                    }
+                let accept = if message.topic == self.push_topic.hash() {
+                    self.on_push(propagation_source, message.source, &message.data)
                 } else if message.topic == self.announce_topic.hash()
                     && let Some(source) = message.source
                 {
-                    self.on_announce(source, &message.data);
-                }
+                    self.on_announce(source, &message.data)
+                } else {
+                    false
+                };
+                let acceptance = if accept {
+                    gossipsub::MessageAcceptance::Accept
+                } else {
+                    gossipsub::MessageAcceptance::Reject
+                };
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
             }
             BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => {
                 match message {
                     request_response::Message::Request {
                         request, channel, ..
                     } => self.serve(peer, request, channel),
-                    request_response::Message::Response { response, .. } => match response {
-                        Ok(m) => self.sync.received(&peer, m, now),
-                        Err(e) => self.ban(peer, &format!("answered a pull with {e}")),
-                    },
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => {
+                        if self.pulls.get(&peer) != Some(&request_id) {
+                            return; // The answer to a pull already given up on.
+                        }
+                        self.pulls.remove(&peer);
+                        match response {
+                            Ok(m) => self.sync.received(&peer, m, now),
+                            Err(e) => self.ban(peer, &format!("answered a pull with {e}")),
+                        }
+                    }
                 }
             }
             BehaviourEvent::Sync(request_response::Event::OutboundFailure {
-                peer, error, ..
+                peer,
+                error,
+                request_id,
+                ..
             }) => {
                 tracing::debug!(%peer, %error, "pull failed");
+                if self.pulls.get(&peer) != Some(&request_id) {
+                    return;
+                }
+                self.pulls.remove(&peer);
                 if let request_response::OutboundFailure::Io(e) = &error
                     && e.kind() == std::io::ErrorKind::InvalidData
                 {
@@ -570,15 +634,35 @@ impl Driver {
             Ok(_) => return self.ban(peer, "sent a request that is not a pull"),
             Err(e) => return self.ban(peer, &format!("sent {e}")),
         };
+        // An honest peer has one pull in flight; a few more are tolerated, not served.
+        // Dropping the channel fails the peer's pull; it retries with backoff.
+        {
+            let Ok(mut serving) = self.serving.lock() else {
+                return;
+            };
+            let n = serving.entry(peer).or_insert(0);
+            if *n >= SERVES_PER_PEER_MAX {
+                return;
+            }
+            *n += 1;
+        }
         let repo = self.repo.clone();
         let tx = self.served_tx.clone();
+        let serving = self.serving.clone();
         tokio::task::spawn_blocking(move || {
             match replication::serve(&repo, &have, entries_max, bytes_max) {
                 Ok(answer) => {
                     let _ = tx.send((channel, answer));
                 }
-                // Dropping the channel fails the peer's pull; it retries with backoff.
                 Err(e) => tracing::warn!(error = %e, "cannot serve a pull"),
+            }
+            if let Ok(mut s) = serving.lock()
+                && let Some(n) = s.get_mut(&peer)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    s.remove(&peer);
+                }
             }
         });
     }
@@ -622,22 +706,52 @@ impl Driver {
             found_by: FoundBy::Mdns,
             next_dial: Instant::now(),
             backoff: DIAL_BACKOFF_MIN,
+            failures: 0,
         });
         target.addrs = found.addrs;
+        target.addrs.truncate(TARGET_ADDRS_MAX);
         target.next_dial = Instant::now();
         self.dial_due();
     }
 
-    fn on_announce(&mut self, source: PeerId, data: &[u8]) {
+    /// A pushed entry, checked before gossipsub may forward it. The blame for a bad one goes
+    /// to its signed originator, never to the peer that relayed it. Returns whether to forward.
+    fn on_push(&mut self, relayed_by: PeerId, source: Option<PeerId>, data: &[u8]) -> bool {
+        let message = match Message::decode(data) {
+            Ok(m @ Message::Push { .. }) => m,
+            Ok(_) | Err(_) => {
+                if let Some(origin) = source.filter(|s| self.swarm.is_connected(s)) {
+                    self.ban(origin, "pushed something that is not an entry");
+                }
+                return false;
+            }
+        };
+        let Message::Push { entry } = &message else {
+            return false;
+        };
+        if entry.verify(&self.mesh).is_ok() {
+            self.sync.pushed(&relayed_by, message);
+            return true;
+        }
+        // Not forwarded. From a direct peer, the store keeps it aside and the core
+        // disconnects that peer; from further away, only its originator's neighbours act.
+        if let Some(origin) = source {
+            self.sync.pushed(&origin, message);
+        }
+        false
+    }
+
+    /// Where another node says it can be reached. Returns whether to forward.
+    fn on_announce(&mut self, source: PeerId, data: &[u8]) -> bool {
         if source == *self.swarm.local_peer_id() {
-            return;
+            return false;
         }
         let Ok(addrs) = serde_json::from_slice::<Vec<String>>(data) else {
-            return;
+            return false;
         };
         let addrs: Vec<Multiaddr> = addrs
             .iter()
-            .take(16)
+            .take(TARGET_ADDRS_MAX)
             .filter_map(|a| a.parse().ok())
             .map(|a: Multiaddr| {
                 if transport_of(&a) == "relay" && peer_of(&a).is_none() {
@@ -648,7 +762,7 @@ impl Driver {
             })
             .collect();
         if addrs.is_empty() {
-            return;
+            return false;
         }
         let found_by = if addrs.iter().any(|a| transport_of(a) == "relay") {
             FoundBy::Relay
@@ -656,33 +770,34 @@ impl Driver {
             FoundBy::Gossip
         };
         let key = source.to_string();
-        match self.targets.get_mut(&key) {
-            Some(t) => {
-                for a in addrs {
-                    if !t.addrs.contains(&a) {
-                        t.addrs.push(a);
-                    }
-                }
-            }
-            None => {
-                self.targets.insert(
-                    key,
-                    Target {
-                        peer: Some(source),
-                        addrs,
-                        found_by,
-                        next_dial: Instant::now(),
-                        backoff: DIAL_BACKOFF_MIN,
-                    },
-                );
-            }
+        if !self.targets.contains_key(&key) && self.targets.len() >= TARGETS_MAX {
+            return true; // Still worth forwarding; we just keep no more dial targets.
         }
+        let t = self.targets.entry(key).or_insert(Target {
+            peer: Some(source),
+            addrs: Vec::new(),
+            found_by,
+            next_dial: Instant::now(),
+            backoff: DIAL_BACKOFF_MIN,
+            failures: 0,
+        });
+        // The latest announcement is the truth: addresses it no longer lists are gone.
+        if matches!(t.found_by, FoundBy::Relay | FoundBy::Gossip) {
+            t.addrs = addrs;
+        }
+        true
     }
 
     fn dial_due(&mut self) {
         let now = Instant::now();
         self.banned.retain(|_, until| *until > now);
         let mut dials = Vec::new();
+        let connected = |p: &PeerId| self.swarm.is_connected(p);
+        self.targets.retain(|_, t| {
+            !(matches!(t.found_by, FoundBy::Relay | FoundBy::Gossip)
+                && t.failures >= LEARNED_TARGET_FAILURES_MAX
+                && !t.peer.as_ref().is_some_and(connected))
+        });
         for t in self.targets.values_mut() {
             if t.next_dial > now {
                 continue;
@@ -690,8 +805,10 @@ impl Driver {
             if let Some(p) = t.peer
                 && (self.swarm.is_connected(&p) || self.banned.contains_key(&p))
             {
+                t.failures = 0;
                 continue;
             }
+            t.failures = t.failures.saturating_add(1);
             t.next_dial = now + t.backoff;
             t.backoff = (t.backoff * 2).min(DIAL_BACKOFF_MAX);
             dials.push(match t.peer {
@@ -782,10 +899,10 @@ async fn next_found(rx: &mut Option<mpsc::Receiver<Found>>) -> Option<Found> {
 /// Applies entries in the order the core asked for, one batch at a time.
 async fn applier(
     repo: Repo,
-    mut rx: mpsc::UnboundedReceiver<(Source<PeerId>, Vec<SignedEntry>)>,
+    mut rx: mpsc::UnboundedReceiver<(Source<PeerId>, Vec<SignedEntry>, usize)>,
     tx: mpsc::UnboundedSender<Applied>,
 ) {
-    while let Some((source, entries)) = rx.recv().await {
+    while let Some((source, entries, bytes)) = rx.recv().await {
         let (results, vv) = match replication::apply(&repo, entries).await {
             Ok(r) => r,
             Err(e) => {
@@ -797,6 +914,7 @@ async fn applier(
         };
         if tx
             .send(Applied {
+                bytes,
                 source,
                 results,
                 vv,

@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde_json::Value as Json;
 use tillmesh_protocol::docmap::DocError;
 use tillmesh_protocol::schema::{Document, Settings};
+use tillmesh_protocol::sync::wire;
 use tillmesh_protocol::{
     Currency, DeviceId, DeviceKey, DocId, DocType, MeshId, SchemaError, SignedEntry, VersionVector,
 };
@@ -499,12 +500,12 @@ impl Repo {
     /// Reads the entries of `ranges` until a limit is reached; the flag says whether any were
     /// left out. One entry larger than `bytes_max` goes alone.
     ///
-    /// Authors are interleaved: a first pass takes an equal share of the batch from every
-    /// author (at least its first missing entry), a second pass fills what is left in author
-    /// order. An entry may need another author's entries first; were the batch filled by one
-    /// author, an asker missing the other could receive the same unusable batch forever. With
-    /// every author's first missing entry in each batch, the causally earliest of them always
-    /// applies, so each pull makes progress (as long as a batch holds one entry per author).
+    /// Authors are interleaved. An entry may need another author's entries first; were a batch
+    /// filled by one author, an asker missing the other would get the same unusable batch
+    /// forever. So the first missing entry of every author comes first (up to `entries_max`
+    /// authors, and under [`wire::BATCH_BYTES_MAX`] whatever smaller `bytes_max` the asker
+    /// set): the causally earliest of them always applies, and each pull makes progress. Then
+    /// every author gets an equal share, then the rest fills in author order.
     pub fn entries_in(
         &self,
         ranges: &[(DeviceId, RangeInclusive<u64>)],
@@ -517,12 +518,19 @@ impl Repo {
         let mut bytes = 0;
         let mut next: Vec<u64> = ranges.iter().map(|(_, r)| *r.start()).collect();
         let share = (entries_max / ranges.len().max(1)).max(1) as u64;
-        for pass in 0..2 {
+        for pass in 0..3 {
+            let bytes_limit = if pass == 0 {
+                wire::BATCH_BYTES_MAX.max(bytes_max)
+            } else {
+                bytes_max
+            };
             for (i, (author, range)) in ranges.iter().enumerate() {
                 let last = match pass {
-                    0 => (*range.end()).min(next[i].saturating_add(share - 1)),
+                    0 => next[i],
+                    1 => (*range.end()).min(next[i].saturating_add(share - 1)),
                     _ => *range.end(),
                 };
+                let last = last.min(*range.end());
                 if next[i] > last {
                     continue;
                 }
@@ -532,7 +540,7 @@ impl Repo {
                     let (_, v) = item?;
                     let raw = v.value();
                     if out.len() >= entries_max
-                        || (!out.is_empty() && bytes + raw.len() > bytes_max)
+                        || (!out.is_empty() && bytes + raw.len() > bytes_limit)
                     {
                         return Ok((out, true));
                     }

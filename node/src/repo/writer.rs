@@ -32,6 +32,8 @@ use crate::store::{self, Identity};
 
 /// Jobs taken into one transaction at most; more wait for the next commit.
 const BATCH_JOBS_MAX: usize = 512;
+/// Refused entries kept aside for people to look at; older ones are dropped.
+const REJECTED_KEPT_MAX: u64 = 10_000;
 /// How often redb is made durable (and the write-ahead log emptied) while writes come in.
 /// It also bounds how much a restart after a crash has to replay. `TILLMESH_CHECKPOINT_MS`
 /// overrides it (tests use that to hold everything in the log).
@@ -56,6 +58,9 @@ pub(crate) struct Writer {
     receipt_seq: u64,
     rejected_seq: u64,
     settings: Settings,
+    /// Whether the mesh settings document is held: a device that just joined has none yet,
+    /// and judges nothing that depends on them until it has.
+    settings_received: bool,
     skus: HashMap<String, DocId>,
     cache: DocCache,
     /// Acknowledged entries redb holds only in memory, until the next checkpoint.
@@ -139,6 +144,7 @@ impl Writer {
             receipt_seq: 0,
             rejected_seq: 0,
             settings: Settings::new("", tillmesh_protocol::Currency::USD),
+            settings_received: false,
             skus: HashMap::new(),
             cache: DocCache::new(actor),
             wal,
@@ -271,6 +277,7 @@ impl Writer {
             .fetch_max(self.receipt_seq, std::sync::atomic::Ordering::Relaxed);
         self.rejected_seq = get(meta_key::REJECTED_SEQ)?;
         let views = tx.open_table(VIEWS)?;
+        self.settings_received = views.get(self.settings_id.as_bytes())?.is_some();
         self.settings = match views.get(self.settings_id.as_bytes())? {
             Some(v) => {
                 let json: Json = serde_json::from_slice(v.value())
@@ -488,6 +495,7 @@ impl Writer {
                     && let Ok(s) = docmap::from_view::<Settings>(&json)
                 {
                     self.settings = s;
+                    self.settings_received = true;
                 }
                 views.insert(*id, Arc::new(json));
             }
@@ -584,6 +592,7 @@ impl Writer {
                 }
                 self.create_doc(t, &mut ops, id, &s, now)?;
                 self.settings = s;
+                self.settings_received = true;
                 id
             }
             Serial::SetTaxRate { code, rate } => {
@@ -600,6 +609,7 @@ impl Writer {
                 next.validate(&next)?;
                 self.update_doc(t, &mut ops, id, &current, &next, now)?;
                 self.settings = next;
+                self.settings_received = true;
                 id
             }
             Serial::CreateProduct(p) => self.create_product(t, &mut ops, p, now)?,
@@ -1035,6 +1045,7 @@ impl Writer {
                 .and_then(|c| docmap::from_view::<Settings>(c.view()).ok())
             {
                 self.settings = settings;
+                self.settings_received = true;
             }
         }
         if author == self.id.device_id {
@@ -1147,6 +1158,14 @@ impl Writer {
                 "document {id} says it is a {found}, but the entry files it as a {doc_type}"
             )));
         }
+        if !self.settings_received && doc_type != DocType::Settings {
+            // Judged against default settings, a lawful entry could be refused here and
+            // accepted everywhere else; it waits until the settings arrive (they come first:
+            // the owner's first entry).
+            return Err(Refusal::Defer(
+                "the mesh settings have not arrived yet; send the owner's first entry first".into(),
+            ));
+        }
         match entry_changes {
             // The author's change is judged on the document as the author saw it, not as
             // merged with concurrent changes held here: the verdict then depends only on the
@@ -1198,6 +1217,10 @@ impl Writer {
         self.rejected_seq += 1;
         t.rejected
             .insert(self.rejected_seq, (reason, entry.encoded()))?;
+        // Bounded: a peer sending refused entries again and again cannot fill the disk.
+        if let Some(oldest) = self.rejected_seq.checked_sub(REJECTED_KEPT_MAX) {
+            t.rejected.remove(oldest)?;
+        }
         t.meta
             .insert(meta_key::REJECTED_SEQ, &self.rejected_seq.to_be_bytes()[..])?;
         Ok(())

@@ -145,6 +145,8 @@ pub struct Sync<P> {
     parked_bytes: usize,
     /// A retry of parked entries is with the store.
     parked_retrying: bool,
+    /// Progress was made while a retry was with the store: retry again when it reports.
+    parked_retry_wanted: bool,
     outputs: VecDeque<Output<P>>,
 }
 
@@ -156,6 +158,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Sync<P> {
             parked: BTreeMap::new(),
             parked_bytes: 0,
             parked_retrying: false,
+            parked_retry_wanted: false,
             outputs: VecDeque::new(),
         }
     }
@@ -376,7 +379,12 @@ impl<P: Ord + Clone + std::fmt::Debug> Sync<P> {
             }
             _ => {}
         }
-        if progress && !self.parked.is_empty() && !self.parked_retrying {
+        if progress && self.parked_retrying {
+            self.parked_retry_wanted = true;
+        }
+        let wanted = progress
+            || (matches!(source, Source::Parked) && std::mem::take(&mut self.parked_retry_wanted));
+        if wanted && !self.parked.is_empty() && !self.parked_retrying {
             let entries: Vec<SignedEntry> =
                 std::mem::take(&mut self.parked).into_values().collect();
             self.parked_bytes = 0;
@@ -394,9 +402,14 @@ impl<P: Ord + Clone + std::fmt::Debug> Sync<P> {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
-        let PullState::Applying { more, holder } = std::mem::replace(&mut p.pull, PullState::Idle)
-        else {
-            return;
+        // Only the pull being applied is done; a stale report (from before a reconnect)
+        // leaves whatever state the peer is in now.
+        let (more, holder) = match std::mem::replace(&mut p.pull, PullState::Idle) {
+            PullState::Applying { more, holder } => (more, holder),
+            other => {
+                p.pull = other;
+                return;
+            }
         };
         if !more && local.dominates(&holder) {
             p.synced = true;

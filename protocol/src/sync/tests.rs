@@ -352,3 +352,105 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_stale_report_after_a_reconnect_does_not_end_the_new_pull() {
+    let mut s = Sync::new(Config::default());
+    s.connected(1, 0);
+    drain(&mut s);
+    let e = entry(1, 1);
+    s.received(
+        &1,
+        Message::Entries {
+            entries: vec![e.clone()],
+            holder: vv(&[(1, 1)]),
+            more: false,
+        },
+        1,
+    );
+    drain(&mut s);
+    // The connection drops while the store applies; a new one starts a new pull.
+    s.disconnected(&1);
+    s.connected(1, 2);
+    assert!(matches!(drain(&mut s)[..], [Output::Pull { peer: 1, .. }]));
+    // The old apply reports now: the new pull is still awaited, not marked done.
+    s.applied(
+        Source::Pull(1),
+        vec![(e, Verdict::Applied)],
+        &vv(&[(1, 1)]),
+        3,
+    );
+    assert!(!s.peer(&1).unwrap().synced);
+    s.received(
+        &1,
+        Message::Entries {
+            entries: vec![],
+            holder: vv(&[(1, 1)]),
+            more: false,
+        },
+        4,
+    );
+    assert_eq!(drain(&mut s).len(), 1, "the new pull's answer is applied");
+}
+
+#[test]
+fn progress_during_a_parked_retry_retries_again_when_it_reports() {
+    let mut s = Sync::new(Config::default());
+    s.connected(1, 0);
+    drain(&mut s);
+    let (a1, b1, c1) = (entry(1, 1), entry(2, 1), entry(3, 1));
+    s.pushed(&1, Message::Push { entry: a1.clone() });
+    drain(&mut s);
+    s.applied(
+        Source::Push(1),
+        vec![(a1.clone(), Verdict::Deferred)],
+        &vv(&[]),
+        1,
+    );
+    s.pushed(&1, Message::Push { entry: b1.clone() });
+    drain(&mut s);
+    s.applied(
+        Source::Push(1),
+        vec![(b1, Verdict::Applied)],
+        &vv(&[(2, 1)]),
+        2,
+    );
+    // The retry of a1 is with the store; meanwhile c1 parks and then progress happens.
+    let retry = drain(&mut s);
+    assert!(matches!(
+        &retry[..],
+        [Output::Apply {
+            source: Source::Parked,
+            ..
+        }]
+    ));
+    s.applied(
+        Source::Push(1),
+        vec![(c1.clone(), Verdict::Deferred)],
+        &vv(&[(2, 1)]),
+        3,
+    );
+    s.applied(
+        Source::Push(1),
+        vec![(entry(2, 2), Verdict::Applied)],
+        &vv(&[(2, 2)]),
+        4,
+    );
+    assert!(drain(&mut s).is_empty(), "one retry at a time");
+    // The first retry reports (a1 still waits): c1 and a1 are tried again at once.
+    s.applied(
+        Source::Parked,
+        vec![(a1.clone(), Verdict::Deferred)],
+        &vv(&[(2, 2)]),
+        5,
+    );
+    match &drain(&mut s)[..] {
+        [
+            Output::Apply {
+                source: Source::Parked,
+                entries,
+            },
+        ] => assert_eq!(entries.len(), 2),
+        other => panic!("expected a second retry, got {other:?}"),
+    }
+}
