@@ -214,12 +214,14 @@ async fn main() -> anyhow::Result<()> {
     // 3. Sustained, paced, over all three tills.
     let rate = env_usize("TILLMESH_SUSTAINED_RATE", 2000);
     let secs = env_usize("TILLMESH_SUSTAINED_SECS", 10);
-    let per_client = Duration::from_secs_f64(6.0 / rate as f64); // 3 tills x 2 clients
+    // Enough clients per till that their round trips never cap the rate asked for.
+    const CLIENTS_PER_TILL: usize = 8;
+    let per_client = Duration::from_secs_f64((3 * CLIENTS_PER_TILL) as f64 / rate as f64);
     let sent = Arc::new(Mutex::new(0usize));
     let stop_at = Instant::now() + Duration::from_secs(secs as u64);
     let mut tasks = Vec::new();
     for api in &apis {
-        for _ in 0..2 {
+        for _ in 0..CLIENTS_PER_TILL {
             let api = api.clone();
             let sent = sent.clone();
             tasks.push(tokio::spawn(async move {
