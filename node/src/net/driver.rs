@@ -433,7 +433,8 @@ impl Driver {
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(peer = ?peer_id, %error, "dial failed");
             }
-            SwarmEvent::Behaviour(event) => self.on_behaviour(event),
+            // Frequent (every pushed entry): their effect on status waits for the next tick.
+            SwarmEvent::Behaviour(event) => return self.on_behaviour(event),
             _ => return,
         }
         // Status readers see connections come and go at once, not at the next tick.
