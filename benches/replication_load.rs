@@ -202,7 +202,12 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let last_ack = sell(&apis[0], bulk_n, 8).await;
     let target = held_from(&apis[0], &a_id).await;
+    let deadline = Instant::now() + LONG;
     while held_from(&apis[1], &a_id).await < target {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "B never caught up with the bulk run"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let bulk = json!({
@@ -260,7 +265,9 @@ async fn main() -> anyhow::Result<()> {
     nodes[2] = NodeProcess::start(BIN.as_ref(), &dirs[2]).await?;
     let c_api = nodes[2].api.clone();
     let target = held_from(&apis[0], &a_id).await;
+    let deadline = Instant::now() + LONG;
     while held_from(&c_api, &a_id).await < target {
+        anyhow::ensure!(Instant::now() < deadline, "C never caught up");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let catch_up = json!({

@@ -113,7 +113,10 @@ fn main() -> anyhow::Result<()> {
     let owner = random_key();
     let board: Board = Arc::new(Mutex::new(vec![None; TILLS]));
     let lan = match netns::available() {
-        Ok(()) => Some(Lan::create("tmshop", 79, TILLS).context("building the shop LAN")?),
+        Ok(()) => Some(
+            Lan::create(&format!("tmshop{}", std::process::id()), 79, TILLS)
+                .context("building the shop LAN")?,
+        ),
         Err(why) => {
             println!("no network namespaces here ({why}): tills on loopback, mDNS off");
             None

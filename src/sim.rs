@@ -30,6 +30,7 @@ use tillmesh_node::repo::requests::{
     CustomerPatch, NewCustomer, NewProduct, NewStockAdjustment, RefundSale, VoidSale,
 };
 use tillmesh_node::repo::{Command, WriteError};
+use tillmesh_node::store::{checkpoint_copy_path, store_path};
 use tillmesh_protocol::sync::{Config, Message, Output, Sync, Verdict};
 use tillmesh_protocol::{Currency, DeviceKey, DocId, DocType};
 
@@ -141,6 +142,8 @@ struct Node {
 /// A write that was acknowledged, to look for at the end.
 #[derive(Debug, Clone)]
 enum Acked {
+    /// The entry that carried an acknowledged write: every node must hold it.
+    Entry(tillmesh_protocol::DeviceId, u64),
     Created(DocId),
     Voided(DocId),
 }
@@ -168,6 +171,7 @@ pub struct Sim {
     acked: Vec<Acked>,
     report: Report,
     trace: bool,
+    customers_made: u64,
 }
 
 fn sim_config() -> Config {
@@ -381,7 +385,9 @@ impl Sim {
                 "payments": [{ "method": "card" }],
             }))))
         } else if pick < 70 {
-            let n = self.rng.below(1_000_000);
+            // Names are unique, so choosing among customers by name never depends on ids.
+            self.customers_made += 1;
+            let n = self.customers_made;
             Some(Command::CreateCustomer(serde::<NewCustomer>(json!({
                 "display_name": format!("Customer {i}-{n}"),
             }))))
@@ -417,14 +423,16 @@ impl Sim {
             return Ok(());
         };
         let void = matches!(command, Command::Void { .. });
+        let creates = !matches!(command, Command::PatchCustomer { .. });
         match repo.execute(command).await {
             Ok(w) => {
                 self.report.writes_acked += 1;
-                self.acked.push(if void {
-                    Acked::Voided(w.doc_id)
-                } else {
-                    Acked::Created(w.doc_id)
-                });
+                self.acked.push(Acked::Entry(w.author, w.seq));
+                if void {
+                    self.acked.push(Acked::Voided(w.doc_id));
+                } else if creates {
+                    self.acked.push(Acked::Created(w.doc_id));
+                }
                 if self.trace {
                     eprintln!("{:>6} write on {i}: {}", self.now_ms, w.doc_id);
                 }
@@ -462,12 +470,18 @@ impl Sim {
         Ok(Some(docs[i].0))
     }
 
-    fn crash(&mut self, i: usize) {
+    /// Loses what a power cut loses: the store goes back to its last checkpoint (redb writes
+    /// out what it holds when the handle closes, which a real power cut would not let it do);
+    /// the write-ahead log keeps what was acknowledged since.
+    fn crash(&mut self, i: usize) -> Result<(), SimError> {
         let before: Vec<bool> = (0..self.nodes.len())
             .map(|j| self.connected(i, j))
             .collect();
         if let Some(repo) = self.nodes[i].repo.take() {
             repo.power_cut();
+            let dir = &self.nodes[i].dir;
+            std::fs::copy(checkpoint_copy_path(dir), store_path(dir))
+                .map_err(|e| self.store_err(e))?;
             self.report.crashes += 1;
         }
         self.nodes[i].committed = None;
@@ -477,6 +491,7 @@ impl Sim {
                 self.relink(i, j, was);
             }
         }
+        Ok(())
     }
 
     async fn restart(&mut self, i: usize) -> Result<(), SimError> {
@@ -487,6 +502,7 @@ impl Sim {
             .map(|j| self.connected(i, j))
             .collect();
         let repo = Repo::open(&self.nodes[i].dir).map_err(|e| self.store_err(e))?;
+        keep_checkpoints(&repo, &self.nodes[i].dir).map_err(|e| self.store_err(e))?;
         self.nodes[i].committed = Some(repo.subscribe_committed());
         self.nodes[i].repo = Some(repo);
         for (j, was) in before.into_iter().enumerate() {
@@ -562,7 +578,7 @@ impl Sim {
             }
             Event::Crash { node } => {
                 if !self.healed {
-                    self.crash(node);
+                    self.crash(node)?;
                 }
             }
             Event::Restart { node } => self.restart(node).await?,
@@ -618,6 +634,7 @@ impl Sim {
             }
             for a in &self.acked {
                 let ok = match a {
+                    Acked::Entry(author, seq) => vv.get(author) >= *seq,
                     Acked::Created(id) => dump.contains_key(id),
                     // The void is recorded; its status may lose to a concurrent refund's (the
                     // same on every node), which the conflict review is for.
@@ -645,6 +662,13 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+/// Keeps a copy of the store as of each checkpoint, starting with its state now (the writer is
+/// idle: nothing is half-written).
+fn keep_checkpoints(repo: &Repo, dir: &Path) -> std::io::Result<()> {
+    repo.copy_at_checkpoints();
+    std::fs::copy(store_path(dir), checkpoint_copy_path(dir)).map(drop)
 }
 
 fn serde<T: serde::de::DeserializeOwned>(v: Value) -> T {
@@ -686,6 +710,7 @@ pub async fn run_seed(seed: u64, root: &Path, trace: bool) -> Result<Report, Sim
             ..Report::default()
         },
         trace,
+        customers_made: 0,
     };
     // Keys from the seed, so author order (and with it every batch) is the same each run.
     let key = |i: usize| {
@@ -717,6 +742,7 @@ pub async fn run_seed(seed: u64, root: &Path, trace: bool) -> Result<Report, Sim
         repos.push((dir, repo));
     }
     for (dir, repo) in repos {
+        keep_checkpoints(&repo, &dir).map_err(|e| sim.store_err(e))?;
         sim.nodes.push(Node {
             dir,
             committed: Some(repo.subscribe_committed()),

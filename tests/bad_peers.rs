@@ -245,10 +245,12 @@ async fn misbehaving_peers_are_disconnected_and_their_entries_refused() -> anyho
         "only the node's own entries: {status}"
     );
 
-    // Turned away for a while: a banned peer's new connection is closed at once.
+    // Turned away for a while: a banned peer's new connection is closed at once (well
+    // before the minute an idle connection would last)...
     let mut again = evil;
     again.dial(addr.clone())?;
-    let deadline = tokio::time::Instant::now() + WAIT;
+    let started = tokio::time::Instant::now();
+    let deadline = started + WAIT;
     let mut was_connected = false;
     loop {
         match tokio::time::timeout_at(deadline, again.select_next_some()).await? {
@@ -258,6 +260,19 @@ async fn misbehaving_peers_are_disconnected_and_their_entries_refused() -> anyho
             _ => {}
         }
     }
-    assert!(!again.is_connected(&peer));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed only after {:?}",
+        started.elapsed()
+    );
+    // ...while a peer that did nothing wrong stays connected.
+    let mut honest = attacker(&tag)?;
+    let node_peer = connect(&mut honest, &addr).await?;
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(_event) = tokio::time::timeout_at(until, honest.select_next_some()).await {}
+    assert!(
+        honest.is_connected(&node_peer),
+        "an honest peer was dropped"
+    );
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `tillmesh demo`: three tills on this machine, in a temporary folder. The first is driven
-//! through its own API as a till's screen would drive it; the other two join its mesh by
-//! invite, sell at the same time, and all three are shown to agree. Loopback only (no mDNS on
+//! through its own API as a till's screen would drive it; the other two join its mesh (as
+//! `tillmesh join` does, given the first till's address), sell at the same time, and all three
+//! are shown to agree. Loopback only (no mDNS on
 //! this machine's interfaces); nothing to configure.
 
 use std::path::PathBuf;

@@ -247,8 +247,8 @@ struct Inner {
     committed: broadcast::Sender<Arc<SignedEntry>>,
     /// The device key's secret, for the network identity (the PeerId is the device key).
     secret: [u8; 32],
-    /// Set by [`Repo::power_cut`]: the writer exits without its closing checkpoint.
-    power_cut: Arc<std::sync::atomic::AtomicBool>,
+    /// What simulations of crashes ask of the writer.
+    hooks: Arc<writer::CrashHooks>,
 }
 
 impl Drop for Inner {
@@ -324,8 +324,8 @@ impl Repo {
         let (db, identity) = store::open(dir)?;
         let db = Arc::new(store::Shared::new(dir, db));
         let secret = identity.key.secret();
-        let power_cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let cut = power_cut.clone();
+        let hooks = Arc::new(writer::CrashHooks::default());
+        let writer_hooks = hooks.clone();
         let public = PublicIdentity {
             device_id: identity.device_id,
             device_name: identity.device_name.clone(),
@@ -354,7 +354,7 @@ impl Repo {
         };
         let writer = std::thread::Builder::new()
             .name("tillmesh-writer".into())
-            .spawn(move || state.run(rx, outlets, cut))
+            .spawn(move || state.run(rx, outlets, writer_hooks))
             .map_err(|e| OpenError::Io {
                 path: dir.to_owned(),
                 source: e,
@@ -369,7 +369,7 @@ impl Repo {
                 events,
                 committed,
                 secret,
-                power_cut,
+                hooks,
             }),
         })
     }
@@ -381,9 +381,23 @@ impl Repo {
     /// Closes the store as a power cut would: no closing checkpoint, so the next open recovers
     /// from the write-ahead log. For simulations of crashes inside one process; takes effect
     /// when the last handle drops.
+    ///
+    /// redb still writes out what it holds in memory when the handle closes, so to lose what a
+    /// real power cut loses, a simulation also restores the copy that
+    /// [`Repo::copy_at_checkpoints`] keeps.
     pub fn power_cut(self) {
         self.inner
+            .hooks
             .power_cut
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// From now on, after every checkpoint, copies the store file to
+    /// [`store::checkpoint_copy_path`]: the state a power cut would leave, for simulations.
+    pub fn copy_at_checkpoints(&self) {
+        self.inner
+            .hooks
+            .copy_at_checkpoints
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 

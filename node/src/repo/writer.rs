@@ -49,7 +49,17 @@ fn checkpoint_interval() -> Duration {
 /// A log larger than this is checkpointed at once, so replay after a crash stays short.
 const WAL_BYTES_MAX: u64 = 4 * 1024 * 1024;
 
+/// Switches for simulations of crashes inside one process (see `Repo::power_cut`).
+#[derive(Default)]
+pub(crate) struct CrashHooks {
+    /// Exit without the closing checkpoint.
+    pub power_cut: std::sync::atomic::AtomicBool,
+    /// Copy the store file after every checkpoint.
+    pub copy_at_checkpoints: std::sync::atomic::AtomicBool,
+}
+
 pub(crate) struct Writer {
+    hooks: Arc<CrashHooks>,
     store: Arc<store::Shared>,
     id: Identity,
     settings_id: DocId,
@@ -137,6 +147,7 @@ impl Writer {
         let settings_id = DocId::derived(&id.mesh_id, "settings");
         let actor = actor_for(&id.device_id);
         let mut w = Writer {
+            hooks: Arc::default(),
             store,
             id,
             settings_id,
@@ -220,6 +231,15 @@ impl Writer {
         // Durable in redb now: a log that fails to empty is merely replayed (as duplicates).
         self.wal.truncate_to(0).map_err(io_error)?;
         self.last_checkpoint = Instant::now();
+        if self
+            .hooks
+            .copy_at_checkpoints
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let dir = self.store.dir();
+            std::fs::copy(store::store_path(dir), store::checkpoint_copy_path(dir))
+                .map_err(io_error)?;
+        }
         Ok(())
     }
 
@@ -308,8 +328,9 @@ impl Writer {
         mut self,
         mut rx: mpsc::Receiver<Job>,
         events: Outlets,
-        power_cut: Arc<std::sync::atomic::AtomicBool>,
+        hooks: Arc<CrashHooks>,
     ) {
+        self.hooks = hooks.clone();
         while let Some(first) = rx.blocking_recv() {
             let mut jobs = vec![first];
             while jobs.len() < BATCH_JOBS_MAX {
@@ -320,7 +341,7 @@ impl Writer {
             }
             self.run_batch(jobs, &events);
         }
-        if power_cut.load(std::sync::atomic::Ordering::Relaxed) {
+        if hooks.power_cut.load(std::sync::atomic::Ordering::Relaxed) {
             return; // As if the power went: the log holds what was acknowledged.
         }
         // Closing: leave redb durable and the log empty, so the next open has nothing to replay.

@@ -80,6 +80,11 @@ pub fn store_path(dir: &Path) -> PathBuf {
     dir.join(STORE_FILE)
 }
 
+/// Where `Repo::copy_at_checkpoints` keeps the store as of its last checkpoint.
+pub fn checkpoint_copy_path(dir: &Path) -> PathBuf {
+    dir.join("tillmesh.redb.checkpoint")
+}
+
 fn map_db_error(path: &Path, e: DatabaseError) -> OpenError {
     match e {
         DatabaseError::DatabaseAlreadyOpen => {
