@@ -32,7 +32,7 @@ use tillmesh_node::repo::requests::{
 use tillmesh_node::repo::{Command, WriteError};
 use tillmesh_node::store::{checkpoint_copy_path, store_path};
 use tillmesh_protocol::sync::{Config, Message, Output, Sync, Verdict};
-use tillmesh_protocol::{Currency, DeviceKey, DocId, DocType};
+use tillmesh_protocol::{Currency, DeviceKey, DocId, DocType, Role};
 
 /// Virtual milliseconds of writes and faults before everything heals.
 const SCHEDULE_MS: u64 = 20_000;
@@ -738,6 +738,21 @@ pub async fn run_seed(seed: u64, root: &Path, trace: bool) -> Result<Report, Sim
     for i in 1..n {
         let dir = root.join(format!("node-{i}"));
         let repo = Repo::join_with_key(&dir, &format!("Till {i}"), root_id, key(i))
+            .map_err(|e| sim.store_err(e))?;
+        // Admitted by the owner, as pairing would; alternately as a till and a manager.
+        let role = if i % 2 == 1 {
+            Role::Till
+        } else {
+            Role::Manager
+        };
+        repos[0]
+            .1
+            .execute(Command::AddMember {
+                device: repo.identity().device_id,
+                role,
+                name: format!("Till {i}"),
+            })
+            .await
             .map_err(|e| sim.store_err(e))?;
         repos.push((dir, repo));
     }

@@ -12,8 +12,14 @@
 //!
 //! ```text
 //! magic "TME" | version u8 = 1 | author [32] | seq u64 | prev [32] | timestamp_ms u64
-//! | payload tag u8 (1 = changes) | doc count u16
-//! | per doc: doc id [16] | doc type u8 | change count u16 | per change: len u32 | bytes
+//! | payload tag u8 (1 = changes, 2 = membership)
+//! | changes:    doc count u16
+//!               | per doc: doc id [16] | doc type u8 | change count u16
+//!               | per change: len u32 | bytes
+//! | membership: op u8 (1 = add, 2 = change role, 3 = revoke) | device [32]
+//!               | add: role u8 | name len u8 | name (UTF-8)
+//!               | change role: role u8 | from seq u64
+//!               | revoke: last seq u64
 //! | signature [64]
 //! ```
 //!
@@ -23,12 +29,17 @@
 
 use crate::ids::{DeviceId, DocId, EntryHash, MeshId};
 use crate::keys::{DeviceKey, verify};
+use crate::membership::{MEMBER_NAME_BYTES_MAX, MemberOp, Role};
 use crate::schema::DocType;
 
 const MAGIC: &[u8; 3] = b"TME";
 const VERSION: u8 = 1;
 const SIGNING_CONTEXT: &[u8] = b"tillmesh/entry/v1";
 const PAYLOAD_CHANGES: u8 = 1;
+const PAYLOAD_MEMBERSHIP: u8 = 2;
+const OP_ADD: u8 = 1;
+const OP_CHANGE_ROLE: u8 = 2;
+const OP_REVOKE: u8 = 3;
 const HEADER_LEN: usize = 3 + 1 + 32 + 8 + 32 + 8 + 1;
 const SIGNATURE_LEN: usize = 64;
 
@@ -50,6 +61,8 @@ pub struct DocChanges {
 pub enum Payload {
     /// Changes to documents, applied atomically: all of them or none.
     Changes(Vec<DocChanges>),
+    /// A change to who belongs to the mesh (see [`crate::membership`]).
+    Membership(MemberOp),
 }
 
 /// An entry before signing.
@@ -87,6 +100,12 @@ pub enum DecodeError {
     UnsupportedVersion(u8),
     #[error("unknown payload kind {0}")]
     UnknownPayload(u8),
+    #[error("unknown membership operation {0}")]
+    UnknownMemberOp(u8),
+    #[error("unknown role code {0}")]
+    UnknownRole(u8),
+    #[error("a member's name must be UTF-8 of at most {MEMBER_NAME_BYTES_MAX} bytes")]
+    BadMemberName,
     #[error("unknown document type code {0}")]
     UnknownDocType(u8),
     #[error("seq must start at 1")]
@@ -134,7 +153,10 @@ impl Entry {
     }
 
     fn encoded_len_hint(&self) -> usize {
-        let Payload::Changes(docs) = &self.payload;
+        let docs = match &self.payload {
+            Payload::Changes(docs) => docs,
+            Payload::Membership(_) => return HEADER_LEN + 1 + 32 + 1 + 1 + MEMBER_NAME_BYTES_MAX,
+        };
         HEADER_LEN
             + 2
             + docs
@@ -150,7 +172,14 @@ impl Entry {
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(self.prev.as_bytes());
         out.extend_from_slice(&self.timestamp_ms.to_be_bytes());
-        let Payload::Changes(docs) = &self.payload;
+        let docs = match &self.payload {
+            Payload::Changes(docs) => docs,
+            Payload::Membership(op) => {
+                out.push(PAYLOAD_MEMBERSHIP);
+                encode_op(op, out);
+                return;
+            }
+        };
         out.push(PAYLOAD_CHANGES);
         // Counts are bounded by the limits; `sign` is only called on entries we built ourselves.
         out.extend_from_slice(&(docs.len() as u16).to_be_bytes());
@@ -168,7 +197,17 @@ impl Entry {
     /// Checks the bounds a decoder would enforce, so a writer never signs an entry that every
     /// peer would refuse.
     pub fn check_limits(&self) -> Result<(), DecodeError> {
-        let Payload::Changes(docs) = &self.payload;
+        let docs = match &self.payload {
+            Payload::Changes(docs) => docs,
+            Payload::Membership(MemberOp::Add { name, .. }) => {
+                return if name.len() > MEMBER_NAME_BYTES_MAX {
+                    Err(DecodeError::BadMemberName)
+                } else {
+                    Ok(())
+                };
+            }
+            Payload::Membership(_) => return Ok(()),
+        };
         if docs.is_empty() {
             return Err(DecodeError::EmptyPayload);
         }
@@ -194,6 +233,85 @@ impl Entry {
         }
         Ok(())
     }
+}
+
+impl MemberOp {
+    /// The operation alone, in its entry encoding (stores index operations by it).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(48);
+        encode_op(self, &mut out);
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<MemberOp, DecodeError> {
+        let mut r = Reader { bytes, pos: 0 };
+        let op = decode_op(&mut r)?;
+        if r.pos != bytes.len() {
+            return Err(DecodeError::TrailingBytes(bytes.len() - r.pos));
+        }
+        Ok(op)
+    }
+}
+
+fn encode_op(op: &MemberOp, out: &mut Vec<u8>) {
+    match op {
+        MemberOp::Add { device, role, name } => {
+            out.push(OP_ADD);
+            out.extend_from_slice(device.as_bytes());
+            out.push(role.code());
+            // Bounded by `check_limits` before signing.
+            let name = &name.as_bytes()[..name.len().min(MEMBER_NAME_BYTES_MAX)];
+            out.push(name.len() as u8);
+            out.extend_from_slice(name);
+        }
+        MemberOp::ChangeRole {
+            device,
+            role,
+            from_seq,
+        } => {
+            out.push(OP_CHANGE_ROLE);
+            out.extend_from_slice(device.as_bytes());
+            out.push(role.code());
+            out.extend_from_slice(&from_seq.to_be_bytes());
+        }
+        MemberOp::Revoke { device, last_seq } => {
+            out.push(OP_REVOKE);
+            out.extend_from_slice(device.as_bytes());
+            out.extend_from_slice(&last_seq.to_be_bytes());
+        }
+    }
+}
+
+fn decode_op(r: &mut Reader<'_>) -> Result<MemberOp, DecodeError> {
+    let kind = r.u8()?;
+    let device = DeviceId(r.array()?);
+    let role = |r: &mut Reader<'_>| {
+        let code = r.u8()?;
+        Role::from_code(code).ok_or(DecodeError::UnknownRole(code))
+    };
+    Ok(match kind {
+        OP_ADD => {
+            let role = role(r)?;
+            let len = usize::from(r.u8()?);
+            if len > MEMBER_NAME_BYTES_MAX {
+                return Err(DecodeError::BadMemberName);
+            }
+            let name = std::str::from_utf8(r.take(len)?)
+                .map_err(|_| DecodeError::BadMemberName)?
+                .to_owned();
+            MemberOp::Add { device, role, name }
+        }
+        OP_CHANGE_ROLE => MemberOp::ChangeRole {
+            device,
+            role: role(r)?,
+            from_seq: r.u64()?,
+        },
+        OP_REVOKE => MemberOp::Revoke {
+            device,
+            last_seq: r.u64()?,
+        },
+        other => return Err(DecodeError::UnknownMemberOp(other)),
+    })
 }
 
 fn signing_message(mesh: &MeshId, unsigned: &[u8]) -> Vec<u8> {
@@ -230,6 +348,17 @@ impl SignedEntry {
             return Err(DecodeError::FirstEntryHasPrev);
         }
         let tag = r.u8()?;
+        if tag == PAYLOAD_MEMBERSHIP {
+            let op = decode_op(&mut r)?;
+            return r.finish(
+                bytes,
+                author,
+                seq,
+                prev,
+                timestamp_ms,
+                Payload::Membership(op),
+            );
+        }
         if tag != PAYLOAD_CHANGES {
             return Err(DecodeError::UnknownPayload(tag));
         }
@@ -274,22 +403,14 @@ impl SignedEntry {
                 changes,
             });
         }
-        let signature: [u8; 64] = r.array()?;
-        if r.pos != bytes.len() {
-            return Err(DecodeError::TrailingBytes(bytes.len() - r.pos));
-        }
-        Ok(SignedEntry {
-            entry: Entry {
-                author,
-                seq,
-                prev,
-                timestamp_ms,
-                payload: Payload::Changes(docs),
-            },
-            signature,
-            encoded: bytes.to_vec(),
-            hash: EntryHash::of(bytes),
-        })
+        r.finish(
+            bytes,
+            author,
+            seq,
+            prev,
+            timestamp_ms,
+            Payload::Changes(docs),
+        )
     }
 
     /// Checks the author's signature over this entry in `mesh`.
@@ -314,9 +435,19 @@ impl SignedEntry {
         self.hash
     }
 
+    /// The documents this entry changes: none for a membership operation.
     pub fn docs(&self) -> &[DocChanges] {
-        let Payload::Changes(docs) = &self.entry.payload;
-        docs
+        match &self.entry.payload {
+            Payload::Changes(docs) => docs,
+            Payload::Membership(_) => &[],
+        }
+    }
+
+    pub fn member_op(&self) -> Option<&MemberOp> {
+        match &self.entry.payload {
+            Payload::Membership(op) => Some(op),
+            Payload::Changes(_) => None,
+        }
     }
 }
 
@@ -326,6 +457,34 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// Reads the signature, which must end the bytes, and builds the entry.
+    fn finish(
+        mut self,
+        bytes: &[u8],
+        author: DeviceId,
+        seq: u64,
+        prev: EntryHash,
+        timestamp_ms: u64,
+        payload: Payload,
+    ) -> Result<SignedEntry, DecodeError> {
+        let signature: [u8; 64] = self.array()?;
+        if self.pos != bytes.len() {
+            return Err(DecodeError::TrailingBytes(bytes.len() - self.pos));
+        }
+        Ok(SignedEntry {
+            entry: Entry {
+                author,
+                seq,
+                prev,
+                timestamp_ms,
+                payload,
+            },
+            signature,
+            encoded: bytes.to_vec(),
+            hash: EntryHash::of(bytes),
+        })
+    }
+
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let end = self
             .pos
@@ -453,13 +612,48 @@ mod tests {
         );
         assert_eq!(SignedEntry::decode(b"nope"), Err(DecodeError::BadMagic));
         let mut dup = sample(2, EntryHash([1; 32]));
-        let Payload::Changes(docs) = &mut dup.payload;
+        let Payload::Changes(docs) = &mut dup.payload else {
+            unreachable!()
+        };
         docs[1].doc_id = docs[0].doc_id;
         let dup = dup.sign(&mesh, &key(1));
         assert!(matches!(
             SignedEntry::decode(dup.encoded()),
             Err(DecodeError::DuplicateDoc(_))
         ));
+    }
+
+    #[test]
+    fn membership_operations_round_trip() {
+        let mesh = MeshId([5; 32]);
+        let ops = [
+            MemberOp::Add {
+                device: key(3).device_id(),
+                role: Role::Till,
+                name: "Till 3".into(),
+            },
+            MemberOp::ChangeRole {
+                device: key(3).device_id(),
+                role: Role::Viewer,
+                from_seq: 9,
+            },
+            MemberOp::Revoke {
+                device: key(3).device_id(),
+                last_seq: 12,
+            },
+        ];
+        for op in ops {
+            let mut e = sample(2, EntryHash([4; 32]));
+            e.payload = Payload::Membership(op.clone());
+            let signed = e.sign(&mesh, &key(1));
+            let back = SignedEntry::decode(signed.encoded()).unwrap();
+            back.verify(&mesh).unwrap();
+            assert_eq!(back.member_op(), Some(&op));
+            assert!(back.docs().is_empty());
+            for n in 0..signed.encoded().len() {
+                assert!(SignedEntry::decode(&signed.encoded()[..n]).is_err());
+            }
+        }
     }
 
     #[test]

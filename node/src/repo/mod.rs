@@ -21,7 +21,8 @@ use tillmesh_protocol::docmap::DocError;
 use tillmesh_protocol::schema::{Document, Settings};
 use tillmesh_protocol::sync::wire;
 use tillmesh_protocol::{
-    Currency, DeviceId, DeviceKey, DocId, DocType, MeshId, SchemaError, SignedEntry, VersionVector,
+    Currency, DeviceId, DeviceKey, DocId, DocType, Membership, MeshId, Role, SchemaError,
+    SignedEntry, VersionVector,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -49,6 +50,9 @@ pub enum WriteError {
     UnknownProduct(String),
     #[error("{0}")]
     Conflict(String),
+    /// This device's role does not allow the write.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the disk is full, so nothing was written; free some space and try again")]
     DiskFull,
     #[error(
@@ -118,14 +122,41 @@ read_errors!(redb::StorageError, redb::TableError, redb::TransactionError);
 #[derive(Debug, Clone)]
 pub enum Command {
     InitSettings(Settings),
-    SetTaxRate { code: String, rate: SetTaxRate },
+    SetTaxRate {
+        code: String,
+        rate: SetTaxRate,
+    },
     CreateProduct(NewProduct),
     Sell(NewSale),
-    Void { sale_id: DocId, request: VoidSale },
-    Refund { sale_id: DocId, request: RefundSale },
+    Void {
+        sale_id: DocId,
+        request: VoidSale,
+    },
+    Refund {
+        sale_id: DocId,
+        request: RefundSale,
+    },
     CreateCustomer(NewCustomer),
-    PatchCustomer { id: DocId, patch: CustomerPatch },
+    PatchCustomer {
+        id: DocId,
+        patch: CustomerPatch,
+    },
     AdjustStock(NewStockAdjustment),
+    /// Admits a device to the mesh with a role (owners and admins only).
+    AddMember {
+        device: DeviceId,
+        role: Role,
+        name: String,
+    },
+    /// Gives a member another role for its entries from the next one this node has not seen.
+    ChangeRole {
+        device: DeviceId,
+        role: Role,
+    },
+    /// Cuts a member off: its entries this node holds stay accepted, later ones are refused.
+    Revoke {
+        device: DeviceId,
+    },
 }
 
 /// The commands the writer runs itself: they read a document and change it, or must be unique.
@@ -139,6 +170,24 @@ pub(crate) enum Serial {
     Void { sale_id: DocId, request: VoidSale },
     Refund { sale_id: DocId, request: RefundSale },
     PatchCustomer { id: DocId, patch: CustomerPatch },
+    Member(MemberCommand),
+}
+
+/// A membership command, completed by the writer with what this node holds of the target.
+#[derive(Debug)]
+pub(crate) enum MemberCommand {
+    Add {
+        device: DeviceId,
+        role: Role,
+        name: String,
+    },
+    ChangeRole {
+        device: DeviceId,
+        role: Role,
+    },
+    Revoke {
+        device: DeviceId,
+    },
 }
 
 /// What a committed command wrote.
@@ -341,6 +390,9 @@ impl Repo {
             receipt_prefix: identity.receipt_prefix.clone(),
             settings_id: DocId::derived(&identity.mesh_id, "settings"),
             receipts: Default::default(),
+            membership: tokio::sync::watch::Sender::new(Arc::new(
+                tillmesh_protocol::Membership::new(identity.root_id),
+            )),
         });
         let state = writer::Writer::load(db.clone(), identity, device.clone()).map_err(|e| {
             OpenError::Storage {
@@ -376,6 +428,24 @@ impl Repo {
 
     pub fn identity(&self) -> &PublicIdentity {
         &self.inner.identity
+    }
+
+    /// The mesh's membership as of the last commit.
+    pub fn membership(&self) -> Arc<Membership> {
+        self.inner.device.membership.borrow().clone()
+    }
+
+    /// Follows the membership: the network closes connections of devices that leave it.
+    pub fn subscribe_membership(&self) -> tokio::sync::watch::Receiver<Arc<Membership>> {
+        self.inner.device.membership.subscribe()
+    }
+
+    /// This device's role, if its admission is held.
+    pub fn role(&self) -> Option<Role> {
+        let m = self.membership();
+        m.get(&self.inner.identity.device_id)
+            .filter(|m| m.last_seq.is_none())
+            .map(|m| m.current_role())
     }
 
     /// Closes the store as a power cut would: no closing checkpoint, so the next open recovers
@@ -423,6 +493,18 @@ impl Repo {
             Command::PatchCustomer { id, patch } => {
                 Job::Command(Box::new(Serial::PatchCustomer { id, patch }), tx)
             }
+            Command::AddMember { device, role, name } => Job::Command(
+                Box::new(Serial::Member(MemberCommand::Add { device, role, name })),
+                tx,
+            ),
+            Command::ChangeRole { device, role } => Job::Command(
+                Box::new(Serial::Member(MemberCommand::ChangeRole { device, role })),
+                tx,
+            ),
+            Command::Revoke { device } => Job::Command(
+                Box::new(Serial::Member(MemberCommand::Revoke { device })),
+                tx,
+            ),
             Command::Sell(r) => Job::Prepared(
                 Box::new(self.prepare(move |s, d| prepare::sale(s, d, r)).await?),
                 tx,
@@ -637,10 +719,19 @@ impl Repo {
     pub fn version_vector(&self) -> Result<VersionVector, ReadError> {
         let tx = self.db()?.begin_read()?;
         let heads = tx.open_table(HEADS)?;
+        let membership = self.membership();
         let mut vv = VersionVector::new();
         for item in heads.iter()? {
             let (k, v) = item?;
-            vv.advance(DeviceId(*k.value()), v.value().0);
+            let author = DeviceId(*k.value());
+            let mut seq = v.value().0;
+            // A revoked device's entries past its cutoff may be held (they came before the
+            // revocation did) but are neither claimed nor served: peers that refused them
+            // must not keep asking for them.
+            if let Some(last) = membership.get(&author).and_then(|m| m.last_seq) {
+                seq = seq.min(last);
+            }
+            vv.advance(author, seq);
         }
         Ok(vv)
     }

@@ -49,6 +49,9 @@ pub(crate) struct Device {
     /// The last receipt number handed out. Numbers are taken only by sales that passed every
     /// check, so only a failed commit (a full disk) can leave a gap.
     pub receipts: AtomicU64,
+    /// The membership as of the last commit: the writer publishes, readers and the network's
+    /// connection gate watch.
+    pub membership: tokio::sync::watch::Sender<std::sync::Arc<tillmesh_protocol::Membership>>,
 }
 
 /// A consistent read of the store for one preparation.

@@ -17,16 +17,20 @@ use tillmesh_protocol::schema::{
     Customer, Document, Expense, Invoice, Payment, Product, Refund, RefundLineInput, Sale,
     SaleStatus, Settings, StockAdjustment, TaxRate, Vendor, VoidInfo,
 };
-use tillmesh_protocol::{DocChanges, DocId, DocType, Entry, EntryHash, Payload, SignedEntry};
+use tillmesh_protocol::{
+    AccessError, DeviceId, DocChanges, DocId, DocType, Entry, EntryHash, MemberOp, Membership,
+    OpRecord, Payload, Role, SignedEntry,
+};
 use tokio::sync::{broadcast, mpsc};
 
 use super::docs::DocCache;
 use super::prepare::{Device, Prepared};
 use super::requests::*;
 use super::{
-    DocEvent, IngestOutcome, Job, Origin, Serial, WriteError, Written, new_doc_id, now_ms,
+    DocEvent, IngestOutcome, Job, MemberCommand, Origin, Serial, WriteError, Written, new_doc_id,
+    now_ms,
 };
-use crate::store::tables::{HEADS, META, SKUS, Tables, VIEWS, meta_key};
+use crate::store::tables::{HEADS, MEMBER_OPS, META, QUARANTINE, SKUS, Tables, VIEWS, meta_key};
 use crate::store::wal::Wal;
 use crate::store::{self, Identity};
 
@@ -72,6 +76,12 @@ pub(crate) struct Writer {
     /// and judges nothing that depends on them until it has.
     settings_received: bool,
     skus: HashMap<String, DocId>,
+    /// Every membership operation held, and the membership they define.
+    member_ops: Vec<OpRecord>,
+    membership: Arc<Membership>,
+    /// Devices proven to have signed two different entries at one seq: nothing more of them
+    /// is accepted here.
+    quarantined: HashSet<DeviceId>,
     cache: DocCache,
     /// Acknowledged entries redb holds only in memory, until the next checkpoint.
     wal: Wal,
@@ -145,6 +155,7 @@ impl Writer {
     ) -> Result<Writer, WriteError> {
         let (wal, records) = Wal::open(store.dir()).map_err(io_error)?;
         let settings_id = DocId::derived(&id.mesh_id, "settings");
+        let membership = Arc::new(Membership::new(id.root_id));
         let actor = actor_for(&id.device_id);
         let mut w = Writer {
             hooks: Arc::default(),
@@ -157,6 +168,9 @@ impl Writer {
             settings: Settings::new("", tillmesh_protocol::Currency::USD),
             settings_received: false,
             skus: HashMap::new(),
+            member_ops: Vec::new(),
+            membership,
+            quarantined: HashSet::new(),
             cache: DocCache::new(actor),
             wal,
             wal_batch: Vec::new(),
@@ -315,7 +329,42 @@ impl Writer {
             // The first id per SKU in key order wins, the same rule `prepare::Snapshot` uses.
             self.skus.entry(sku.to_owned()).or_insert(DocId(*id));
         }
+        self.member_ops.clear();
+        for item in tx.open_table(MEMBER_OPS)?.iter()? {
+            let (k, v) = item?;
+            let (author, seq) = k.value();
+            let op = MemberOp::from_bytes(v.value()).map_err(|e| {
+                WriteError::Internal(format!(
+                    "a stored membership operation does not decode: {e}"
+                ))
+            })?;
+            self.member_ops.push(OpRecord {
+                author: DeviceId(*author),
+                seq,
+                op,
+            });
+        }
+        self.membership = Arc::new(Membership::compute(self.id.root_id, &self.member_ops));
+        self.quarantined.clear();
+        for item in tx.open_table(QUARANTINE)?.iter()? {
+            self.quarantined.insert(DeviceId(*item?.0.value()));
+        }
+        self.publish_membership();
         Ok(())
+    }
+
+    /// Tells readers and the network gate about the membership. Called after commits and
+    /// reloads only, so nobody acts on a membership a failed batch produced.
+    fn publish_membership(&self) {
+        let current = self.membership.clone();
+        self.device.membership.send_if_modified(|m| {
+            if **m == *current {
+                false
+            } else {
+                *m = current;
+                true
+            }
+        });
     }
 
     fn db(&self) -> Result<Arc<Database>, WriteError> {
@@ -454,6 +503,7 @@ impl Writer {
             self.wal_cut = Some(wal_before);
             return Err(fail(replies, jobs, e.into()));
         }
+        self.publish_membership();
         self.cache.trim();
         if self.last_checkpoint.elapsed() >= self.checkpoint_interval
             || self.wal.len() >= WAL_BYTES_MAX
@@ -602,7 +652,20 @@ impl Writer {
     ) -> Result<Staged, WriteError> {
         let now = now_ms();
         let mut ops = Ops::default();
+        if let Serial::Member(m) = cmd {
+            return self.stage_member(t, m, now);
+        }
+        let writes: &[DocType] = match &cmd {
+            Serial::InitSettings(_) | Serial::SetTaxRate { .. } => &[DocType::Settings],
+            Serial::CreateProduct(_) => &[DocType::Product],
+            Serial::Void { .. } => &[DocType::Sale],
+            Serial::Refund { .. } => &[DocType::Refund],
+            Serial::PatchCustomer { .. } => &[DocType::Customer],
+            Serial::Member(_) => unreachable!("handled above"),
+        };
+        self.check_own_write(writes)?;
         let primary = match cmd {
+            Serial::Member(_) => unreachable!("handled above"),
             Serial::InitSettings(s) => {
                 s.validate(&s)?;
                 let id = self.settings_id;
@@ -692,6 +755,8 @@ impl Writer {
     ) -> Result<Staged, WriteError> {
         let now = now_ms();
         let mut ops = Ops::default();
+        let types: Vec<DocType> = p.docs.iter().map(|d| d.doc_type).collect();
+        self.check_own_write(&types)?;
         for d in p.docs {
             self.cache
                 .insert_new(t, d.id, d.doc_type, d.doc, &d.change, Some(d.view))?;
@@ -917,6 +982,79 @@ impl Writer {
     }
 
     /// Signs the entry for `ops` as this device's next and stores it.
+    /// Refuses a local write this device's role does not allow, before anything is touched,
+    /// so every write this device signs is one its peers accept.
+    fn check_own_write(&self, doc_types: &[DocType]) -> Result<(), WriteError> {
+        let me = self.id.device_id;
+        for doc_type in doc_types {
+            match self
+                .membership
+                .check_write(me, self.head.0 + 1, *doc_type, false)
+            {
+                Ok(()) => {}
+                Err(AccessError::NotMember(_)) => {
+                    return Err(WriteError::Forbidden(
+                        "this device's admission to the mesh has not arrived yet, so it cannot write; let it sync with the device that invited it"
+                            .into(),
+                    ));
+                }
+                Err(e) => return Err(WriteError::Forbidden(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Signs a membership operation, completed with what this node holds of its target.
+    fn stage_member(
+        &mut self,
+        t: &mut Tables<'_>,
+        cmd: MemberCommand,
+        now: u64,
+    ) -> Result<Staged, WriteError> {
+        let held = |t: &Tables<'_>, device: &DeviceId| -> Result<u64, WriteError> {
+            Ok(t.heads
+                .get(device.as_bytes())?
+                .map(|v| v.value().0)
+                .unwrap_or(0))
+        };
+        let op = match cmd {
+            MemberCommand::Add { device, role, name } => MemberOp::Add { device, role, name },
+            MemberCommand::ChangeRole { device, role } => MemberOp::ChangeRole {
+                device,
+                role,
+                from_seq: held(t, &device)? + 1,
+            },
+            MemberCommand::Revoke { device } => MemberOp::Revoke {
+                device,
+                last_seq: held(t, &device)?,
+            },
+        };
+        let (me, seq) = (self.id.device_id, self.head.0 + 1);
+        self.membership
+            .check_op(me, seq, &op)
+            .map_err(|e| WriteError::Forbidden(e.to_string()))?;
+        let staged = self.sign_and_store(t, Payload::Membership(op), self.settings_id, now)?;
+        self.record_member_op(t, &staged.own.clone().expect("own entry"))?;
+        Ok(staged)
+    }
+
+    /// Indexes a stored membership operation and recomputes the membership.
+    fn record_member_op(&mut self, t: &mut Tables<'_>, e: &SignedEntry) -> Result<(), WriteError> {
+        let Some(op) = e.member_op() else {
+            return Ok(());
+        };
+        let (author, seq) = (e.entry.author, e.entry.seq);
+        t.member_ops
+            .insert((author.as_bytes(), seq), op.to_bytes().as_slice())?;
+        self.member_ops.push(OpRecord {
+            author,
+            seq,
+            op: op.clone(),
+        });
+        self.membership = Arc::new(Membership::compute(self.id.root_id, &self.member_ops));
+        Ok(())
+    }
+
     fn seal(
         &mut self,
         t: &mut Tables<'_>,
@@ -924,18 +1062,32 @@ impl Writer {
         primary: DocId,
         now: u64,
     ) -> Result<Staged, WriteError> {
-        let docs: Vec<(DocId, DocType)> = ops.docs.iter().map(|d| (d.doc_id, d.doc_type)).collect();
+        self.sign_and_store(t, Payload::Changes(ops.docs), primary, now)
+    }
+
+    fn sign_and_store(
+        &mut self,
+        t: &mut Tables<'_>,
+        payload: Payload,
+        primary: DocId,
+        now: u64,
+    ) -> Result<Staged, WriteError> {
         let entry = Entry {
             author: self.id.device_id,
             seq: self.head.0 + 1,
             prev: self.head.1,
             timestamp_ms: now,
-            payload: Payload::Changes(ops.docs),
+            payload,
         };
         entry
             .check_limits()
             .map_err(|e| WriteError::Internal(format!("entry too large: {e}")))?;
         let signed = entry.sign(&self.id.mesh_id, &self.id.key);
+        let docs: Vec<(DocId, DocType)> = signed
+            .docs()
+            .iter()
+            .map(|d| (d.doc_id, d.doc_type))
+            .collect();
         store_entry(t, &signed)?;
         self.wal_batch.push(signed.encoded().to_vec());
         self.head = (signed.entry.seq, signed.hash());
@@ -982,24 +1134,90 @@ impl Writer {
             self.keep_aside(t, &entry, &reason)?;
             return Ok((IngestOutcome::Forged { reason }, None));
         }
-        if seq <= have {
+        if self.quarantined.contains(&author) {
             return self.reject(
                 t,
                 &entry,
-                format!("fork: device {author} already signed a different entry {seq}"),
+                format!(
+                    "device {author} is quarantined: it signed two different entries at one position of its log; an admin should revoke it"
+                ),
             );
+        }
+        if seq <= have {
+            let stored = t
+                .entries
+                .get((author.as_bytes(), seq))?
+                .map(|v| EntryHash::of(v.value()))
+                .unwrap_or(EntryHash::ZERO);
+            let reason = format!(
+                "fork: device {author} signed two different entries {seq}; it is quarantined"
+            );
+            self.quarantine(t, author, seq, stored, entry.hash())?;
+            return self.reject(t, &entry, reason);
         }
         if seq > have + 1 {
             return Ok((IngestOutcome::Gap { have }, None));
         }
         if entry.entry.prev != EntryHash(tip) {
-            return self.reject(
-                t,
-                &entry,
-                format!(
-                    "broken hash chain: entry {seq} does not follow entry {have} of device {author}"
-                ),
+            // Signed by its author, yet it names another entry `have` than the one held: the
+            // author signed two, which proves a fork as surely as seeing both.
+            let reason = format!(
+                "broken hash chain: entry {seq} does not follow entry {have} of device {author} (a fork: the device is quarantined)"
             );
+            self.quarantine(t, author, have, EntryHash(tip), entry.entry.prev)?;
+            return self.reject(t, &entry, reason);
+        }
+        if let Some(op) = entry.member_op() {
+            return match self.membership.check_op(author, seq, op) {
+                Err(AccessError::NotMember(_)) => Ok((
+                    IngestOutcome::Deferred {
+                        reason: AccessError::NotMember(author).to_string(),
+                    },
+                    None,
+                )),
+                Err(e) => self.reject(t, &entry, e.to_string()),
+                Ok(()) => {
+                    store_entry(t, &entry)?;
+                    self.wal_batch.push(entry.encoded().to_vec());
+                    self.record_member_op(t, &entry)?;
+                    if author == self.id.device_id {
+                        self.head = (seq, entry.hash());
+                    }
+                    Ok((
+                        IngestOutcome::Applied,
+                        Some(Staged {
+                            primary: self.settings_id,
+                            docs: Vec::new(),
+                            author,
+                            seq,
+                            own: None,
+                        }),
+                    ))
+                }
+            };
+        }
+        let role = match self.membership.role_at(author, seq) {
+            Ok(role) => role,
+            // Its admission may still be on its way: it waits, as an entry with missing
+            // dependencies does.
+            Err(e @ AccessError::NotMember(_)) => {
+                return Ok((
+                    IngestOutcome::Deferred {
+                        reason: e.to_string(),
+                    },
+                    None,
+                ));
+            }
+            Err(e) => return self.reject(t, &entry, e.to_string()),
+        };
+        if let Some(dc) = entry.docs().iter().find(|d| !role.may_write(d.doc_type)) {
+            let reason = AccessError::DocType {
+                device: author,
+                role,
+                doc_type: dc.doc_type,
+            }
+            .to_string();
+            return self.reject(t, &entry, reason);
         }
         let mut parsed = Vec::with_capacity(entry.docs().len());
         for dc in entry.docs() {
@@ -1026,7 +1244,9 @@ impl Writer {
         let mut fresh: HashMap<DocId, (AutoCommit, Option<Json>)> = HashMap::new();
         let mut refusal = None;
         for (dc, changes) in entry.docs().iter().zip(parsed) {
-            if let Err(reason) = self.apply_remote(t, dc.doc_id, dc.doc_type, changes, &mut fresh) {
+            if let Err(reason) =
+                self.apply_remote(t, dc.doc_id, dc.doc_type, changes, &mut fresh, author, role)
+            {
                 refusal = Some(reason);
                 break;
             }
@@ -1115,11 +1335,13 @@ impl Writer {
         doc_type: DocType,
         changes: Vec<Change>,
         fresh: &mut HashMap<DocId, (AutoCommit, Option<Json>)>,
+        author: DeviceId,
+        role: Role,
     ) -> Result<(), Refusal> {
         let actor = self.cache.actor().clone();
         let settings = self.settings.clone();
         let existing = self.cache.get(t, &id).map_err(Refusal::Fail)?;
-        let (doc, before, existed) = match existing {
+        let (doc, before, ledger_before, existed) = match existing {
             Some(c) => {
                 if c.record.doc_type != doc_type.code() {
                     return Err(Refusal::Reject(format!(
@@ -1133,15 +1355,17 @@ impl Writer {
                 // documents are complete: entries with missing dependencies are deferred).
                 let before =
                     matches!(doc_type, DocType::Sale | DocType::Refund).then(|| c.view().clone());
+                let ledger_before = ledger_of(c.view()).cloned();
                 // Remote changes: what the document reads as is known only by reading it.
                 c.forget_view();
-                (&mut c.doc, before, true)
+                (&mut c.doc, before, ledger_before, true)
             }
             None => (
                 &mut fresh
                     .entry(id)
                     .or_insert_with(|| (AutoCommit::new().with_actor(actor), None))
                     .0,
+                None,
                 None,
                 false,
             ),
@@ -1202,9 +1426,29 @@ impl Writer {
                     .apply_changes(changes)
                     .map_err(|e| Refusal::Reject(format!("document {id}: {e}")))?;
                 let after = docmap::read_json(&as_seen);
+                if ledger_of(&seen_view) != ledger_of(&after) && !role.may_write_ledger() {
+                    return Err(Refusal::Reject(
+                        AccessError::Ledger {
+                            device: author,
+                            role,
+                        }
+                        .to_string(),
+                    ));
+                }
                 check_remote(doc_type, &after, &settings, Some(&seen_view))
             }
-            None => check_remote(doc_type, &view, &settings, before.as_ref()),
+            None => {
+                if ledger_before.as_ref() != ledger_of(&view) && !role.may_write_ledger() {
+                    return Err(Refusal::Reject(
+                        AccessError::Ledger {
+                            device: author,
+                            role,
+                        }
+                        .to_string(),
+                    ));
+                }
+                check_remote(doc_type, &view, &settings, before.as_ref())
+            }
         }
         .map_err(|e| Refusal::Reject(format!("{doc_type} {id}: {e}")))?;
         match fresh.get_mut(&id) {
@@ -1226,6 +1470,23 @@ impl Writer {
     ) -> Result<(IngestOutcome, Option<Staged>), WriteError> {
         self.keep_aside(t, entry, &reason)?;
         Ok((IngestOutcome::Rejected { reason }, None))
+    }
+
+    /// Records proof that `author` signed two different entries at `seq`, and refuses its
+    /// entries from now on. An alert for people: the device is stolen, cloned or broken.
+    fn quarantine(
+        &mut self,
+        t: &mut Tables<'_>,
+        author: DeviceId,
+        seq: u64,
+        held: EntryHash,
+        other: EntryHash,
+    ) -> Result<(), WriteError> {
+        tracing::error!(device = %author, seq, "ALERT: device signed two different entries at one position of its log (a fork); it is quarantined, and an admin should revoke it");
+        self.quarantined.insert(author);
+        t.quarantine
+            .insert(author.as_bytes(), (seq, held.0, other.0))?;
+        Ok(())
     }
 
     fn keep_aside(
@@ -1296,6 +1557,11 @@ fn check_remote(
         DocType::Expense => check::<Expense>(doc, settings).map(drop),
         DocType::StockAdjustment => check::<StockAdjustment>(doc, settings).map(drop),
     }
+}
+
+/// A document's `ledger` part, the bridge's alone to write; `null` and absent are the same.
+fn ledger_of(view: &Json) -> Option<&Json> {
+    view.get("ledger").filter(|l| !l.is_null())
 }
 
 /// The counter part of a sale's receipt number, `TILL1-000042` -> 42.

@@ -35,6 +35,13 @@ pub const COUNTS: TableDefinition<u8, u64> = TableDefinition::new("counts");
 /// Entries refused on ingest, by arrival number: `(reason, entry bytes)`. Never applied.
 pub const REJECTED: TableDefinition<u64, (&str, &[u8])> = TableDefinition::new("rejected");
 
+/// Membership operations held, by the `(author, seq)` of their entry: the operation's bytes.
+/// Small (tens of rows), read whole to compute the membership.
+pub const MEMBER_OPS: TableDefinition<(&[u8; 32], u64), &[u8]> = TableDefinition::new("member_ops");
+/// Devices proven to have forked their log: `(author)` -> `(seq, first hash, second hash)`.
+pub const QUARANTINE: TableDefinition<&[u8; 32], (u64, [u8; 32], [u8; 32])> =
+    TableDefinition::new("quarantine");
+
 pub mod meta_key {
     /// Marks the file as a tillmesh store and names its layout version.
     pub const FORMAT: &str = "format";
@@ -98,6 +105,8 @@ pub fn create_all(tx: &redb::WriteTransaction) -> Result<(), redb::TableError> {
     tx.open_table(REJECTED)?;
     tx.open_table(COUNTS)?;
     tx.open_table(STOCK)?;
+    tx.open_table(MEMBER_OPS)?;
+    tx.open_table(QUARANTINE)?;
     Ok(())
 }
 
@@ -116,6 +125,8 @@ pub struct Tables<'t> {
     pub rejected: redb::Table<'t, u64, (&'static str, &'static [u8])>,
     pub counts: redb::Table<'t, u8, u64>,
     pub stock: redb::Table<'t, &'static [u8; 16], i64>,
+    pub member_ops: redb::Table<'t, (&'static [u8; 32], u64), &'static [u8]>,
+    pub quarantine: redb::Table<'t, &'static [u8; 32], (u64, [u8; 32], [u8; 32])>,
 }
 
 impl<'t> Tables<'t> {
@@ -134,6 +145,8 @@ impl<'t> Tables<'t> {
             rejected: tx.open_table(REJECTED)?,
             counts: tx.open_table(COUNTS)?,
             stock: tx.open_table(STOCK)?,
+            member_ops: tx.open_table(MEMBER_OPS)?,
+            quarantine: tx.open_table(QUARANTINE)?,
         })
     }
 }
