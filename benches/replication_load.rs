@@ -153,8 +153,8 @@ async fn main() -> anyhow::Result<()> {
             &product("TEA-1", "Green tea", 350, 1_000_000_000),
         )
         .await?;
-    let code = invite_code(BIN.as_ref(), &dirs[0])?;
     for (i, dir) in dirs.iter().enumerate().skip(1) {
+        let code = invite_code(BIN.as_ref(), &dirs[0], "till")?;
         join(
             BIN.as_ref(),
             dir,

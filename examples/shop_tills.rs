@@ -18,7 +18,7 @@ use tillmesh_node::Repo;
 use tillmesh_node::net::{self, NetConfig};
 use tillmesh_node::repo::Command;
 use tillmesh_node::repo::requests::{NewProduct, NewSale};
-use tillmesh_protocol::{Currency, DeviceKey, DocType, VersionVector};
+use tillmesh_protocol::{Currency, DeviceKey, DocType, Role, VersionVector};
 
 const TILLS: usize = 3;
 const SALES_PER_TILL: usize = 200;
@@ -37,10 +37,11 @@ fn random_key() -> DeviceKey {
 async fn till(
     n: usize,
     dir: std::path::PathBuf,
-    owner: DeviceKey,
+    keys: Vec<[u8; 32]>,
     config: NetConfig,
     board: Board,
 ) -> anyhow::Result<()> {
+    let owner = DeviceKey::from_secret(keys[0]);
     let repo = if n == 0 {
         let r = Repo::init_with_key(&dir, "Till 1", Currency::USD, owner).await?;
         r.execute(Command::CreateProduct(
@@ -50,9 +51,23 @@ async fn till(
             }))?,
         ))
         .await?;
+        // The owner admits the other tills (pairing by code is shown in `pair_mobile_desktop`).
+        for (i, secret) in keys.iter().enumerate().skip(1) {
+            r.execute(Command::AddMember {
+                device: DeviceKey::from_secret(*secret).device_id(),
+                role: Role::Till,
+                name: format!("Till {}", i + 1),
+            })
+            .await?;
+        }
         r
     } else {
-        Repo::join(&dir, &format!("Till {}", n + 1), owner.device_id())?
+        Repo::join_with_key(
+            &dir,
+            &format!("Till {}", n + 1),
+            owner.device_id(),
+            DeviceKey::from_secret(keys[n]),
+        )?
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (network, task) = net::start(repo.clone(), config, async {
@@ -110,7 +125,7 @@ async fn till(
 
 fn main() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
-    let owner = random_key();
+    let keys: Vec<[u8; 32]> = (0..TILLS).map(|_| random_key().secret()).collect();
     let board: Board = Arc::new(Mutex::new(vec![None; TILLS]));
     let lan = match netns::available() {
         Ok(()) => Some(
@@ -127,7 +142,7 @@ fn main() -> anyhow::Result<()> {
         let mut handles = Vec::new();
         for n in 0..TILLS {
             let dir = root.path().join(format!("till-{}", n + 1));
-            let owner = DeviceKey::from_secret(owner.secret());
+            let keys = keys.clone();
             let board = board.clone();
             let lan = lan.as_ref();
             handles.push(scope.spawn(move || -> anyhow::Result<()> {
@@ -135,7 +150,7 @@ fn main() -> anyhow::Result<()> {
                     // Defaults, as a user runs it: every interface (here only the
                     // namespace's own), mDNS on, no peers.
                     Some(lan) => {
-                        lan.hosts[n].block_on(till(n, dir, owner, NetConfig::default(), board))
+                        lan.hosts[n].block_on(till(n, dir, keys, NetConfig::default(), board))
                     }
                     None => {
                         let port = 17_421 + n as u16;
@@ -152,7 +167,7 @@ fn main() -> anyhow::Result<()> {
                         tokio::runtime::Builder::new_current_thread()
                             .enable_all()
                             .build()?
-                            .block_on(till(n, dir, owner, config, board))
+                            .block_on(till(n, dir, keys, config, board))
                     }
                 }
             }));

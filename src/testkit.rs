@@ -354,9 +354,13 @@ pub fn percentiles_us(samples: &mut [Duration]) -> serde_json::Value {
     serde_json::json!({ "p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "p999": at(0.999), "max": at(1.0), "count": samples.len() })
 }
 
-/// `tillmesh invite` on a running node's folder: the code on its last line.
-pub fn invite_code(bin: &Path, dir: &Path) -> anyhow::Result<String> {
-    let out = tillmesh(bin, &["invite", "--data", &dir.to_string_lossy()])?;
+/// `tillmesh invite --role ROLE` on a running node's folder: the invite on its last line.
+/// Invites are one-time: one per device to join.
+pub fn invite_code(bin: &Path, dir: &Path, role: &str) -> anyhow::Result<String> {
+    let out = tillmesh(
+        bin,
+        &["invite", "--data", &dir.to_string_lossy(), "--role", role],
+    )?;
     if !out.status.success() {
         bail!(
             "tillmesh invite failed: {}",

@@ -82,9 +82,34 @@ struct Attacker {
     sync: request_response::Behaviour<RawCodec>,
 }
 
-fn attacker(tag: &str) -> anyhow::Result<Swarm<Attacker>> {
+/// A fresh device key: its id, and its libp2p identity.
+fn new_key() -> (tillmesh_protocol::DeviceId, libp2p::identity::Keypair) {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).expect("randomness");
+    let id = DeviceKey::from_secret(secret).device_id();
+    (
+        id,
+        libp2p::identity::Keypair::ed25519_from_bytes(secret).expect("an ed25519 key"),
+    )
+}
+
+/// An attacker the node's owner admitted: it passes the connection gate, then misbehaves.
+async fn member_attacker(
+    api: &tillmesh::testkit::Api,
+    tag: &str,
+) -> anyhow::Result<Swarm<Attacker>> {
+    let (id, key) = new_key();
+    api.ok_post(
+        "/v1/members",
+        &serde_json::json!({ "device_id": id, "role": "till", "name": format!("member {}", id.short()) }),
+    )
+    .await?;
+    attacker(tag, key)
+}
+
+fn attacker(tag: &str, key: libp2p::identity::Keypair) -> anyhow::Result<Swarm<Attacker>> {
     let protocol = StreamProtocol::try_from_owned(format!("/tillmesh/sync/1/{tag}"))?;
-    Ok(libp2p::SwarmBuilder::with_new_identity()
+    Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
             tcp::Config::default(),
@@ -187,7 +212,7 @@ async fn misbehaving_peers_are_disconnected_and_their_entries_refused() -> anyho
     let tag = mesh_tag(&mesh);
 
     // 1. Garbage where a pull belongs.
-    let mut evil = attacker(&tag)?;
+    let mut evil = member_attacker(&node.api, &tag).await?;
     let peer = connect(&mut evil, &addr).await?;
     let mut garbage = 64u32.to_be_bytes().to_vec();
     garbage.extend([0xAB; 64]);
@@ -197,7 +222,7 @@ async fn misbehaving_peers_are_disconnected_and_their_entries_refused() -> anyho
         .context("garbage")?;
 
     // 2. A length over the limit: refused before anything is read or allocated.
-    let mut evil = attacker(&tag)?;
+    let mut evil = member_attacker(&node.api, &tag).await?;
     let peer = connect(&mut evil, &addr).await?;
     evil.behaviour_mut()
         .sync
@@ -207,7 +232,7 @@ async fn misbehaving_peers_are_disconnected_and_their_entries_refused() -> anyho
         .context("oversized")?;
 
     // 3. A pushed entry whose signature does not hold.
-    let mut evil = attacker(&tag)?;
+    let mut evil = member_attacker(&node.api, &tag).await?;
     let topic = gossipsub::IdentTopic::new(format!("tillmesh/entries/{tag}"));
     evil.behaviour_mut().gossipsub.subscribe(&topic)?;
     let peer = connect(&mut evil, &addr).await?;
@@ -245,6 +270,30 @@ async fn misbehaving_peers_are_disconnected_and_their_entries_refused() -> anyho
         "only the node's own entries: {status}"
     );
 
+    // A device that is not a member is turned away at once: it can neither pull nor push.
+    let mut stranger = attacker(&tag, new_key().1)?;
+    stranger.dial(addr.clone())?;
+    let started = tokio::time::Instant::now();
+    let deadline = started + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, stranger.select_next_some()).await? {
+            SwarmEvent::ConnectionClosed { .. } | SwarmEvent::OutgoingConnectionError { .. } => {
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a stranger stayed connected for {:?}",
+        started.elapsed()
+    );
+    let status = node.api.ok_get("/v1/status").await?;
+    assert!(
+        status["network"]["refused_connections"].as_u64() >= Some(1),
+        "{status}"
+    );
+
     // Turned away for a while: a banned peer's new connection is closed at once (well
     // before the minute an idle connection would last)...
     let mut again = evil;
@@ -266,7 +315,7 @@ async fn misbehaving_peers_are_disconnected_and_their_entries_refused() -> anyho
         started.elapsed()
     );
     // ...while a peer that did nothing wrong stays connected.
-    let mut honest = attacker(&tag)?;
+    let mut honest = member_attacker(&node.api, &tag).await?;
     let node_peer = connect(&mut honest, &addr).await?;
     let until = tokio::time::Instant::now() + Duration::from_secs(2);
     while let Ok(_event) = tokio::time::timeout_at(until, honest.select_next_some()).await {}

@@ -4,20 +4,22 @@
 use automerge::AutoCommit;
 use tillmesh::testkit::{InProcessNode, cash_sale, product};
 use tillmesh_node::Repo;
-use tillmesh_node::repo::IngestOutcome;
+use tillmesh_node::repo::{Command, IngestOutcome};
 use tillmesh_protocol::docmap::{self, actor_for};
 use tillmesh_protocol::schema::Sale;
 use tillmesh_protocol::{
-    DeviceId, DeviceKey, DocChanges, DocId, DocType, Entry, EntryHash, Payload, SignedEntry,
+    DeviceId, DeviceKey, DocChanges, DocId, DocType, Entry, EntryHash, Payload, Role, SignedEntry,
 };
 
-/// A second device of the same mesh (membership and pairing come with the trust work).
+/// A second device of the same mesh, admitted by the owner as a manager (pairing does the
+/// same over the network; see tests/trust.rs).
 async fn second_device(
     tmp: &tempfile::TempDir,
     owner: &Repo,
     name: &str,
     secret: [u8; 32],
 ) -> InProcessNode {
+    admit(owner, secret, Role::Manager).await;
     let dir = tmp.path().join(name);
     let id = owner.identity();
     drop(
@@ -31,6 +33,19 @@ async fn second_device(
         .unwrap(),
     );
     InProcessNode::open(&dir).await.unwrap()
+}
+
+async fn admit(owner: &Repo, secret: [u8; 32], role: Role) -> DeviceKey {
+    let key = DeviceKey::from_secret(secret);
+    owner
+        .execute(Command::AddMember {
+            device: key.device_id(),
+            role,
+            name: format!("device {}", key.device_id().short()),
+        })
+        .await
+        .unwrap();
+    key
 }
 
 fn entries_of(repo: &Repo, author: &DeviceId) -> Vec<SignedEntry> {
@@ -134,6 +149,11 @@ async fn bad_entries_are_refused_kept_aside_and_never_applied() {
     let a = InProcessNode::init(&tmp.path().join("a"), "Till A")
         .await
         .unwrap();
+    // Rogues: members that sign correctly but break the rules. Each proven fork quarantines
+    // its author, so each kind of breakage gets its own.
+    let rogue = admit(&a.repo, [7; 32], Role::Manager).await;
+    let forker = admit(&a.repo, [6; 32], Role::Manager).await;
+    let chain_breaker = admit(&a.repo, [5; 32], Role::Manager).await;
     a.api
         .ok_post("/v1/products", &product("TEA-1", "Tea", 350, 40))
         .await
@@ -147,55 +167,55 @@ async fn bad_entries_are_refused_kept_aside_and_never_applied() {
     let a_id = a.repo.identity().device_id;
     let mesh = a.repo.identity().mesh_id;
     let log = entries_of(&a.repo, &a_id);
-    b.repo.ingest(log[0].clone()).await.unwrap();
+    // The settings and the rogues' admissions; the catalogue and the sale come later.
+    for e in &log[..4] {
+        b.repo.ingest(e.clone()).await.unwrap();
+    }
     let entries_before = b.repo.version_vector().unwrap();
+    let prod = &log[4];
 
     let mut refused = Vec::new();
     // 1. Forged: claims to be A, signed by another key.
-    let mut forged = log[1].entry.clone();
+    let mut forged = prod.entry.clone();
     forged.author = a_id;
     let forged =
         SignedEntry::decode(&resign_as(&forged, &DeviceKey::from_secret([9; 32]), &mesh)).unwrap();
     refused.push(("forged signature", b.repo.ingest(forged).await.unwrap()));
     // 2. Tampered after signing.
-    let mut bytes = log[1].encoded().to_vec();
+    let mut bytes = prod.encoded().to_vec();
     let at = bytes.len() - 80;
     bytes[at] ^= 0x40;
     // The flipped byte is inside the change payload, so the entry still decodes.
     let tampered = SignedEntry::decode(&bytes).expect("a payload byte flipped still decodes");
     refused.push(("tampered bytes", b.repo.ingest(tampered).await.unwrap()));
-    // 3. A rogue device (signs correctly) whose entry breaks its own hash chain.
-    let rogue = DeviceKey::from_secret([7; 32]);
-    let first = Entry {
-        author: rogue.device_id(),
-        seq: 1,
-        prev: EntryHash::ZERO,
-        timestamp_ms: 1,
-        payload: log[1].entry.payload.clone(),
+    // 3. A member (signs correctly) whose entry breaks its own hash chain.
+    let entry_of = |key: &DeviceKey, seq: u64, prev: EntryHash, ts: u64| {
+        Entry {
+            author: key.device_id(),
+            seq,
+            prev,
+            timestamp_ms: ts,
+            payload: prod.entry.payload.clone(),
+        }
+        .sign(&mesh, key)
+    };
+    let first = entry_of(&rogue, 1, EntryHash::ZERO, 1);
+    let chain_first = entry_of(&chain_breaker, 1, EntryHash::ZERO, 1);
+    let broken = entry_of(&chain_breaker, 2, EntryHash([1; 32]), 2);
+    for e in [&first, &chain_first] {
+        assert_eq!(
+            b.repo.ingest(e.clone()).await.unwrap(),
+            IngestOutcome::Applied
+        );
     }
-    .sign(&mesh, &rogue);
-    let broken = Entry {
-        author: rogue.device_id(),
-        seq: 2,
-        prev: EntryHash([1; 32]),
-        timestamp_ms: 2,
-        payload: log[1].entry.payload.clone(),
-    }
-    .sign(&mesh, &rogue);
-    assert_eq!(
-        b.repo.ingest(first.clone()).await.unwrap(),
-        IngestOutcome::Applied
-    );
     refused.push(("broken chain", b.repo.ingest(broken).await.unwrap()));
     // 4. A fork: a second, different entry 1 from the same key.
-    let fork = Entry {
-        author: rogue.device_id(),
-        seq: 1,
-        prev: EntryHash::ZERO,
-        timestamp_ms: 99,
-        payload: log[1].entry.payload.clone(),
-    }
-    .sign(&mesh, &rogue);
+    let fork_first = entry_of(&forker, 1, EntryHash::ZERO, 1);
+    assert_eq!(
+        b.repo.ingest(fork_first).await.unwrap(),
+        IngestOutcome::Applied
+    );
+    let fork = entry_of(&forker, 1, EntryHash::ZERO, 99);
     refused.push(("fork", b.repo.ingest(fork).await.unwrap()));
     // 5. Bytes that are not an Automerge change.
     let junk = Entry {
@@ -259,7 +279,7 @@ async fn bad_entries_are_refused_kept_aside_and_never_applied() {
         1,
         "a deferred entry is not stored"
     );
-    for e in &log[1..] {
+    for e in &log[4..] {
         assert_eq!(
             b.repo.ingest(e.clone()).await.unwrap(),
             IngestOutcome::Applied

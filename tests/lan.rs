@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tillmesh::netns::{Lan, Netns, NsNode, available};
-use tillmesh::testkit::{Api, cash_sale, join, product, tillmesh};
+use tillmesh::testkit::{Api, cash_sale, product, tillmesh};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tillmesh");
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -47,9 +47,34 @@ fn tillmesh_in(ns: &Netns, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-fn invite_in(ns: &Netns, dir: &Path) -> anyhow::Result<String> {
-    let out = tillmesh_in(ns, &["invite", "--data", &dir.to_string_lossy()])?;
-    Ok(out.lines().last().unwrap_or_default().to_owned())
+/// Opens a till invite on the node in `dir`; returns the whole invite line and the short code.
+fn invite_in(ns: &Netns, dir: &Path) -> anyhow::Result<(String, String)> {
+    let out = tillmesh_in(
+        ns,
+        &["invite", "--data", &dir.to_string_lossy(), "--role", "till"],
+    )?;
+    let line = out.lines().last().unwrap_or_default().to_owned();
+    let code = line
+        .strip_prefix("tm2:")
+        .and_then(|r| r.split('@').next())
+        .unwrap_or_default()
+        .to_owned();
+    Ok((line, code))
+}
+
+fn join_in(ns: &Netns, dir: &Path, name: &str, invite: &str) -> anyhow::Result<()> {
+    tillmesh_in(
+        ns,
+        &[
+            "join",
+            "--data",
+            &dir.to_string_lossy(),
+            "--name",
+            name,
+            invite,
+        ],
+    )
+    .map(drop)
 }
 
 async fn status(api: &Api) -> Value {
@@ -138,9 +163,10 @@ fn shop_lan_tills_find_each_other_by_mdns_and_a_cut_till_catches_up() -> anyhow:
         "/v1/products",
         &product("TEA-1", "Green tea", 350, 1_000_000),
     ))?;
-    let code = invite_in(&lan.hosts[0], &dirs[0])?;
     for (i, dir) in dirs.iter().enumerate().skip(1) {
-        join(BIN.as_ref(), dir, &format!("Till {i}"), &code)?;
+        // The short code alone: mDNS finds the inviting till.
+        let (_, code) = invite_in(&lan.hosts[0], &dirs[0])?;
+        join_in(&lan.hosts[i], dir, &format!("Till {i}"), &code)?;
         // No address configured: only mDNS can find the others.
         std::fs::remove_file(dir.join("peers"))?;
         nodes.push(NsNode::start(&lan.hosts[i], BIN.as_ref(), dir, &[])?);
@@ -269,11 +295,12 @@ fn shops_that_reach_only_the_relay_sync_through_it() -> anyhow::Result<()> {
         "/v1/products",
         &product("TEA-1", "Green tea", 350, 1_000_000),
     ))?;
-    let code = invite_in(&relay, &office)?;
     let mut nodes = Vec::new();
     for (i, shop) in shops.iter().enumerate() {
         let dir = root.path().join(format!("shop-{i}"));
-        join(BIN.as_ref(), &dir, &format!("Shop {i}"), &code)?;
+        // By address: the shops reach head office across the (routed) internet.
+        let (line, _) = invite_in(&relay, &office)?;
+        join_in(shop, &dir, &format!("Shop {i}"), &line)?;
         nodes.push(NsNode::start(
             shop,
             BIN.as_ref(),

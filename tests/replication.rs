@@ -26,10 +26,10 @@ async fn shop(
         .api
         .ok_post("/v1/products", &product("TEA-1", "Green tea", 350, 100_000))
         .await?;
-    let code = invite_code(BIN.as_ref(), &a)?;
     let mut nodes = vec![owner];
     for i in 1..n {
         let dir = root.join(format!("till-{i}"));
+        let code = invite_code(BIN.as_ref(), &a, "till")?;
         join(BIN.as_ref(), &dir, &format!("Till {i}"), &code)?;
         nodes.push(NodeProcess::start(BIN.as_ref(), &dir).await?);
     }

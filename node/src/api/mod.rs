@@ -7,6 +7,7 @@
 mod catalog;
 mod customers;
 pub mod error;
+mod members;
 mod node;
 mod sales;
 
@@ -61,6 +62,11 @@ pub fn router(repo: Repo, network: Option<Network>) -> Router {
         .route("/v1/settings", get(node::settings))
         .route("/v1/settings/tax-rates/{code}", put(node::set_tax_rate))
         .route("/v1/status", get(node::status))
+        .route("/v1/members", get(members::list).post(members::add))
+        .route("/v1/members/{who}/revoke", post(members::revoke))
+        .route("/v1/members/{who}/role", put(members::set_role))
+        .route("/v1/invites", post(members::invite))
+        .route("/v1/rejected", get(members::rejected))
         .route("/v1/events", get(node::events))
         .fallback(|| async {
             ApiError::new(

@@ -31,7 +31,16 @@ pub async fn status(State(app): State<AppState>) -> Result<Json<Value>, ApiError
         "version_vector": vv.iter().map(|(a, s)| (a.to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
         "entries": vv.total(),
         "documents": counts.iter().map(|(t, n)| (t.name().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        "role": repo.role().map(|r| r.name()),
         "rejected": { "count": rejected_total, "recent": recent },
+        // Forks: a device signed two different entries at one position of its log (stolen,
+        // cloned or broken). Its entries are refused until an admin revokes it.
+        "alerts": repo.quarantined()?.iter().map(|q| json!({
+            "kind": "fork",
+            "device_id": q.device_id,
+            "seq": q.seq,
+            "message": format!("device {} signed two different entries {}; it is quarantined: revoke it with `tillmesh revoke`", q.device_id, q.seq),
+        })).collect::<Vec<_>>(),
         "network": app.network.as_ref().map(|n| n.status()),
     })))
 }

@@ -48,7 +48,34 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     let mut tasks = vec![net_task];
     for n in [2, 3] {
         let dir = root.join(format!("till-{n}"));
-        let r = Repo::join(&dir, &format!("Till {n}"), id.root_id)?;
+        // Paired as `tillmesh invite` / `tillmesh join` do: a one-time code, checked by
+        // SPAKE2 over the network, never sent.
+        let opened = network
+            .open_invite(
+                tillmesh_protocol::Role::Till,
+                std::time::Duration::from_secs(60),
+            )
+            .await
+            .context("the network stopped")?;
+        let invite = net::invite::Invite {
+            code: opened.code,
+            addrs: vec![till1_addr.clone()],
+        };
+        let secret = crate::repo::random_bytes();
+        let name = format!("Till {n}");
+        let welcome =
+            net::join::pair(secret, &invite, &name, std::time::Duration::from_secs(30)).await?;
+        let r = Repo::join_with_key(
+            &dir,
+            &name,
+            welcome.owner,
+            tillmesh_protocol::DeviceKey::from_secret(secret),
+        )?;
+        println!(
+            "   till {n} paired with code {} and was admitted as a {}",
+            net::pairing::display_code(&invite.code),
+            welcome.role
+        );
         let (_, task) =
             net::start(r.clone(), loopback(vec![till1_addr.clone()]), stopped()).await?;
         println!(

@@ -11,7 +11,9 @@ use super::client::{Client, read_api_addr};
 use super::shop::Output;
 use crate::net::NetConfig;
 use crate::net::invite::{INVITE_ADDRS_MAX, Invite};
+use crate::net::pairing::normalize_code;
 use crate::repo::Repo;
+use crate::store;
 
 /// File in the data folder listing peers to dial at every start, one multiaddr per line;
 /// `join` writes it from the invite.
@@ -75,8 +77,9 @@ fn saved_peers(data: &Path) -> anyhow::Result<Vec<Multiaddr>> {
         .collect()
 }
 
-/// Prints an invite built from the running node's addresses.
-pub async fn invite(data: &Path) -> anyhow::Result<()> {
+/// Opens an invite on the running node and prints it: the code, and the addresses that reach
+/// the node, on the last line.
+pub async fn invite(data: &Path, role: &str, expires: &str) -> anyhow::Result<()> {
     if read_api_addr(data).is_none() {
         bail!(
             "no node is running on {}; start it with `tillmesh run --data {}`, then invite",
@@ -84,19 +87,24 @@ pub async fn invite(data: &Path) -> anyhow::Result<()> {
             data.display()
         );
     }
-    let status = Client::connect(data).await?.get("/v1/status").await?;
+    let expires_s = parse_duration_s(expires)?;
+    let client = Client::connect(data).await?;
+    let opened = client
+        .post(
+            "/v1/invites",
+            &serde_json::json!({ "role": role, "expires_s": expires_s }),
+        )
+        .await?;
+    let code = opened["code"]
+        .as_str()
+        .context("the node did not say the invite's code")?
+        .to_owned();
+    let status = client.get("/v1/status").await?;
     let network = &status["network"];
-    if network.is_null() {
-        bail!("the node on {} runs without a network", data.display());
-    }
     let peer: libp2p::PeerId = network["peer_id"]
         .as_str()
         .and_then(|p| p.parse().ok())
         .context("the node did not say its peer id")?;
-    let owner = status["owner"]
-        .as_str()
-        .and_then(|o| o.parse().ok())
-        .context("the node did not say its mesh owner")?;
     let mut addrs: Vec<Multiaddr> = network["listen"]
         .as_array()
         .into_iter()
@@ -126,22 +134,54 @@ pub async fn invite(data: &Path) -> anyhow::Result<()> {
         (relayed, loopback)
     });
     addrs.truncate(INVITE_ADDRS_MAX);
-    if addrs.is_empty() {
-        bail!("the node has no address a new device could reach; give it --listen");
-    }
-    println!("On the new device, run:");
-    println!("  tillmesh join --data DIR --name NAME CODE");
-    println!("with this code (anyone holding it can join this mesh; and until membership");
-    println!("checks arrive, any device on the LAN that speaks tillmesh can sync with it):");
-    println!("{}", Invite { owner, addrs }.encode());
+    let invite = Invite {
+        code: normalize_code(&code).context("the node gave a malformed code")?,
+        addrs,
+    };
+    println!(
+        "Invite for a {} device, valid for {} minute(s), usable once.",
+        opened["role"].as_str().unwrap_or("?"),
+        opened["expires_in_s"].as_u64().unwrap_or(0).div_ceil(60)
+    );
+    println!("On the new device, run:  tillmesh join --data DIR --name NAME INVITE");
+    println!("On this LAN the code alone is enough: {code}");
+    println!("From elsewhere, the whole line below:");
+    println!("{}", invite.encode());
     Ok(())
 }
 
-/// Creates the new device's store and remembers where to find the mesh.
-pub fn join(data: &Path, name: &str, code: &str, out: Output) -> anyhow::Result<()> {
+/// `10m`, `90s`, `2h`, or plain seconds.
+fn parse_duration_s(text: &str) -> anyhow::Result<u64> {
+    let t = text.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("--expires {text:?}: give a duration like 10m, 90s or 2h"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => bail!("--expires {text:?}: the unit is s, m or h"),
+    };
+    Ok(n.saturating_mul(scale))
+}
+
+/// Pairs with the inviting device, then creates the new device's store and remembers where
+/// to find the mesh. Nothing is created if pairing fails.
+pub async fn join(data: &Path, name: &str, code: &str, out: Output) -> anyhow::Result<()> {
     let invite = Invite::decode(code)?;
-    let repo = Repo::join(data, name, invite.owner)?;
-    let mut lines: Vec<String> = invite.addrs.iter().map(|a| a.to_string()).collect();
+    store::check_creatable(data)?;
+    let secret = crate::repo::random_bytes();
+    let started = std::time::Instant::now();
+    let welcome = crate::net::join::pair(secret, &invite, name, JOIN_TIMEOUT).await?;
+    let paired_ms = started.elapsed().as_millis();
+    let repo = Repo::join_with_key(
+        data,
+        name,
+        welcome.owner,
+        tillmesh_protocol::DeviceKey::from_secret(secret),
+    )?;
+    let mut lines: Vec<String> = welcome.addrs.iter().map(|a| a.to_string()).collect();
     lines.insert(
         0,
         "# peers dialed at every start; written by `tillmesh join`".into(),
@@ -149,25 +189,122 @@ pub fn join(data: &Path, name: &str, code: &str, out: Output) -> anyhow::Result<
     let path = peers_path(data);
     std::fs::write(&path, lines.join("\n") + "\n").with_context(|| {
         format!(
-            "the device was created, but {} could not be written; start it with \
-             `tillmesh run --data {} --peer ADDRESS` (an address from the invite)",
+            "the device was admitted and created, but {} could not be written; start it with \
+             `tillmesh run --data {} --peer {}`",
             path.display(),
-            data.display()
+            data.display(),
+            welcome
+                .addrs
+                .first()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
         )
     })?;
     let id = repo.identity();
     out.show(
-        &serde_json::json!({ "device_id": id.device_id, "mesh_id": id.mesh_id, "data": data }),
+        &serde_json::json!({
+            "device_id": id.device_id, "mesh_id": id.mesh_id, "data": data,
+            "role": welcome.role.name(), "inviter": welcome.inviter_name, "paired_ms": paired_ms,
+        }),
         || {
             format!(
-                "joined mesh {} as '{}' ({})\nnext: tillmesh run --data {}  (it syncs from {} known address(es))",
+                "joined mesh {} as '{}' ({}), a {} admitted by '{}'\nnext: tillmesh run --data {}",
                 id.mesh_id.short(),
                 id.device_name,
                 id.device_id,
+                welcome.role,
+                welcome.inviter_name,
                 data.display(),
-                invite.addrs.len()
             )
         },
     );
     Ok(())
+}
+
+/// How long `join` looks for the inviter and waits for its answers.
+const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Lists the members, revokes one, changes a role, or lists refused entries, through the
+/// running node's API.
+pub async fn members(data: &Path, action: MembersAction, out: Output) -> anyhow::Result<()> {
+    let client = Client::connect(data).await?;
+    match action {
+        MembersAction::List => {
+            let m = client.get("/v1/members").await?;
+            out.show(&m, || {
+                let mut text = String::new();
+                for d in m["members"].as_array().into_iter().flatten() {
+                    text.push_str(&format!(
+                        "{:<8} {:<20} {}{}\n",
+                        d["role"].as_str().unwrap_or("?"),
+                        d["name"].as_str().unwrap_or(""),
+                        d["device_id"].as_str().unwrap_or("?"),
+                        match d["revoked_after_seq"].as_u64() {
+                            Some(n) => format!("  (revoked after entry {n})"),
+                            None => String::new(),
+                        }
+                    ));
+                }
+                for q in m["quarantined"].as_array().into_iter().flatten() {
+                    text.push_str(&format!(
+                        "ALERT: {} forked its log at entry {}; revoke it\n",
+                        q["device_id"].as_str().unwrap_or("?"),
+                        q["seq"]
+                    ));
+                }
+                text.trim_end().to_owned()
+            });
+        }
+        MembersAction::Revoke(who) => {
+            let r = client
+                .post(&format!("/v1/members/{who}/revoke"), &serde_json::json!({}))
+                .await?;
+            out.show(&r, || {
+                format!(
+                    "revoked {}: its entries after {} are refused everywhere, and its connections closed",
+                    r["revoked"].as_str().unwrap_or("?"),
+                    r["last_accepted_seq"]
+                )
+            });
+        }
+        MembersAction::SetRole { who, role } => {
+            let r = client
+                .put(
+                    &format!("/v1/members/{who}/role"),
+                    &serde_json::json!({ "role": role }),
+                )
+                .await?;
+            out.show(&r, || {
+                format!(
+                    "{} is now a {}",
+                    r["device_id"].as_str().unwrap_or("?"),
+                    r["role"].as_str().unwrap_or("?")
+                )
+            });
+        }
+        MembersAction::Rejected { limit } => {
+            let r = client.get(&format!("/v1/rejected?limit={limit}")).await?;
+            out.show(&r, || {
+                let mut text = format!("{} entries refused\n", r["count"]);
+                for e in r["entries"].as_array().into_iter().flatten() {
+                    text.push_str(&format!(
+                        "#{} from {} entry {}: {}\n",
+                        e["number"],
+                        e["author"].as_str().unwrap_or("?"),
+                        e["seq"],
+                        e["reason"].as_str().unwrap_or("")
+                    ));
+                }
+                text.trim_end().to_owned()
+            });
+        }
+    }
+    Ok(())
+}
+
+pub enum MembersAction {
+    List,
+    Revoke(String),
+    SetRole { who: String, role: String },
+    Rejected { limit: usize },
 }

@@ -60,15 +60,37 @@ enum Command {
         #[command(flatten)]
         net: mesh::NetArgs,
     },
-    /// Print an invite for a new device (the node must be running); the code is the last line.
-    Invite,
-    /// Make this data folder a new device of the mesh an invite names.
+    /// Open a one-time invite for a new device on this running owner or admin device, and
+    /// print it; the invite is the last line.
+    Invite {
+        /// What the new device may do: admin, manager, till, bridge or viewer.
+        #[arg(long)]
+        role: String,
+        /// How long the invite lasts: 10m, 90s, 2h.
+        #[arg(long, default_value = "10m")]
+        expires: String,
+    },
+    /// Pair this new data folder with the device that printed an invite, and join its mesh.
     Join {
         /// This device's name, shown to other devices and on receipts ("Till 2").
         #[arg(long)]
         name: String,
-        /// The code `tillmesh invite` printed.
-        code: String,
+        /// The invite: its short code (enough on the same LAN) or the whole `tm2:` line.
+        invite: String,
+    },
+    /// List the mesh's members and their roles.
+    Members,
+    /// Cut a device off: its later entries are refused everywhere, its connections closed.
+    Revoke {
+        /// The device's name or id (or a unique start of its id).
+        device: String,
+    },
+    /// Give a member another role: `tillmesh role "Till 2" viewer`.
+    Role { device: String, role: String },
+    /// List entries this node refused, with the reason.
+    Rejected {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
     },
     /// Show this device, its mesh, its log and what it holds.
     Status,
@@ -169,8 +191,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { api, net } => run(data()?, api, net).await,
-        Command::Invite => mesh::invite(&data()?).await,
-        Command::Join { name, code } => mesh::join(&data()?, &name, &code, out),
+        Command::Invite { role, expires } => mesh::invite(&data()?, &role, &expires).await,
+        Command::Join { name, invite } => mesh::join(&data()?, &name, &invite, out).await,
+        Command::Members => mesh::members(&data()?, mesh::MembersAction::List, out).await,
+        Command::Revoke { device } => {
+            mesh::members(&data()?, mesh::MembersAction::Revoke(device), out).await
+        }
+        Command::Role { device, role } => {
+            mesh::members(
+                &data()?,
+                mesh::MembersAction::SetRole { who: device, role },
+                out,
+            )
+            .await
+        }
+        Command::Rejected { limit } => {
+            mesh::members(&data()?, mesh::MembersAction::Rejected { limit }, out).await
+        }
         Command::Demo { keep } => demo::run(keep).await,
         command => shop::dispatch(&data()?, command, out).await,
     }

@@ -364,8 +364,12 @@ pub async fn dispatch(data: &Path, command: Command, out: Output) -> anyhow::Res
         Command::Init { .. }
         | Command::Run { .. }
         | Command::Demo { .. }
-        | Command::Invite
-        | Command::Join { .. } => {
+        | Command::Invite { .. }
+        | Command::Join { .. }
+        | Command::Members
+        | Command::Revoke { .. }
+        | Command::Role { .. }
+        | Command::Rejected { .. } => {
             unreachable!("handled by the caller")
         }
     }

@@ -9,6 +9,7 @@ use libp2p::{StreamProtocol, autonat, dcutr, gossipsub, identify, ping, relay, r
 use tillmesh_protocol::sync::wire::MESSAGE_BYTES_MAX;
 
 use super::codec::SyncCodec;
+use super::pairing::{self, PairRequest, PairResponse};
 
 /// A pull streams at most one batch; a slow disk on the other side gets this long.
 pub const PULL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,6 +25,8 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
     pub sync: request_response::Behaviour<SyncCodec>,
+    /// Open to devices that are not members yet: only while an invite is open.
+    pub pair: request_response::json::Behaviour<PairRequest, PairResponse>,
     pub relay_client: relay::client::Behaviour,
     pub relay: Toggle<relay::Behaviour>,
     pub dcutr: dcutr::Behaviour,
@@ -73,6 +76,7 @@ impl Behaviour {
                 [(sync_protocol, request_response::ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(PULL_TIMEOUT),
             ),
+            pair: pairing_behaviour(),
             relay_client,
             relay: relay.into(),
             dcutr: dcutr::Behaviour::new(peer_id),
@@ -86,4 +90,15 @@ impl Behaviour {
             ),
         })
     }
+}
+
+/// The pairing protocol alone: what a joining device speaks before it is a member.
+pub fn pairing_behaviour() -> request_response::json::Behaviour<PairRequest, PairResponse> {
+    request_response::json::Behaviour::new(
+        [(
+            StreamProtocol::new(pairing::PROTOCOL),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+    )
 }

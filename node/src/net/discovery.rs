@@ -12,6 +12,9 @@ use tillmesh_protocol::MeshId;
 use tokio::sync::mpsc;
 
 const SERVICE_TYPE: &str = "_tillmesh._udp.local.";
+/// Advertised while an invite is open, so a new device holding only the short code finds the
+/// inviter. Carries no mesh tag: the joiner does not know its mesh yet.
+const PAIRING_SERVICE_TYPE: &str = "_tillmesh-pair._udp.local.";
 
 /// A same-mesh node seen on the LAN.
 #[derive(Debug, Clone)]
@@ -26,6 +29,7 @@ pub struct Discovery {
     tag: String,
     local: PeerId,
     advertised_port: Option<u16>,
+    pairing_advertised: bool,
 }
 
 /// How many finds may wait for the driver; more are dropped (mDNS repeats itself).
@@ -61,6 +65,7 @@ impl Discovery {
                 tag,
                 local,
                 advertised_port: None,
+                pairing_advertised: false,
             },
             rx,
         ))
@@ -88,6 +93,39 @@ impl Discovery {
         Ok(())
     }
 
+    /// Starts or stops advertising an open invite. Needs the TCP port advertised first.
+    pub fn advertise_pairing(&mut self, open: bool) -> Result<(), mdns_sd::Error> {
+        let Some(port) = self.advertised_port else {
+            return Ok(());
+        };
+        let peer = self.local.to_base58();
+        if !open {
+            if self.pairing_advertised {
+                self.pairing_advertised = false;
+                let _ = self
+                    .daemon
+                    .unregister(&format!("{peer}.{PAIRING_SERVICE_TYPE}"))?;
+            }
+            return Ok(());
+        }
+        if self.pairing_advertised {
+            return Ok(());
+        }
+        let host = format!("tm-{}.local.", &peer[peer.len() - 12..]);
+        let info = ServiceInfo::new(
+            PAIRING_SERVICE_TYPE,
+            &peer,
+            &host,
+            (),
+            port,
+            &[("peer", peer.as_str())][..],
+        )?
+        .enable_addr_auto();
+        self.daemon.register(info)?;
+        self.pairing_advertised = true;
+        Ok(())
+    }
+
     pub fn stop(self) {
         let _ = self.daemon.shutdown();
     }
@@ -107,28 +145,50 @@ async fn forward_finds(
         if info.get_property_val_str("mesh") != Some(tag.as_str()) {
             continue;
         }
-        let Some(peer) = info
-            .get_property_val_str("peer")
-            .and_then(|p| p.parse::<PeerId>().ok())
-        else {
+        let Some(found) = found_of(&info).filter(|f| f.peer != local) else {
             continue;
         };
-        if peer == local {
-            continue;
-        }
-        let port = info.get_port();
-        let addrs = info
-            .get_addresses_v4()
-            .into_iter()
-            .map(|ip| {
-                Multiaddr::empty()
-                    .with(Protocol::Ip4(ip))
-                    .with(Protocol::Tcp(port))
-            })
-            .collect();
         if tx.is_closed() {
             return;
         }
-        let _ = tx.try_send(Found { peer, addrs });
+        let _ = tx.try_send(found);
     }
+}
+
+/// Looks for devices with an open invite on the LAN, for a device that holds only a code.
+/// Finds arrive on the receiver until the returned daemon is shut down.
+pub fn browse_pairing() -> Result<(ServiceDaemon, mpsc::Receiver<Found>), mdns_sd::Error> {
+    let daemon = ServiceDaemon::new()?;
+    daemon.disable_interface(vec![IfKind::IPv6, IfKind::LoopbackV4, IfKind::LoopbackV6])?;
+    let events = daemon.browse(PAIRING_SERVICE_TYPE)?;
+    let (tx, rx) = mpsc::channel(FOUND_QUEUED_MAX);
+    tokio::spawn(async move {
+        while let Ok(event) = events.recv_async().await {
+            let ServiceEvent::ServiceResolved(info) = event else {
+                continue;
+            };
+            if let Some(found) = found_of(&info) {
+                let _ = tx.try_send(found);
+            }
+        }
+    });
+    Ok((daemon, rx))
+}
+
+/// The peer and TCP addresses a resolved service names.
+fn found_of(info: &mdns_sd::ResolvedService) -> Option<Found> {
+    let peer = info
+        .get_property_val_str("peer")
+        .and_then(|p| p.parse::<PeerId>().ok())?;
+    let port = info.get_port();
+    let addrs = info
+        .get_addresses_v4()
+        .into_iter()
+        .map(|ip| {
+            Multiaddr::empty()
+                .with(Protocol::Ip4(ip))
+                .with(Protocol::Tcp(port))
+        })
+        .collect();
+    Some(Found { peer, addrs })
 }

@@ -4,7 +4,7 @@
 //! (the core's parking relies on that order); serving a pull reads the store on a blocking
 //! thread and hands the answer back. The loop only moves messages and keeps the peer table.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,14 +22,15 @@ use libp2p::{
 use tillmesh_protocol::sync::{Message, Output, Source, Sync, Verdict};
 
 use super::codec::Framed;
-use tillmesh_protocol::{DeviceId, SignedEntry, VersionVector};
-use tokio::sync::{broadcast, mpsc};
+use tillmesh_protocol::{DeviceId, Membership, SignedEntry, VersionVector};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::discovery::{self, Discovery, Found};
-use super::{FoundBy, NetConfig, NetError, NetStatus, PeerStatus};
+use super::pairing::{Inviter, PairRequest, PairResponse, Refusal};
+use super::{Command, FoundBy, NetConfig, NetError, NetStatus, PeerStatus};
 use crate::replication;
-use crate::repo::Repo;
+use crate::repo::{Command as RepoCommand, Repo};
 
 /// How often the loop wakes with nothing else to do: timers of the core, dials, status.
 const TICK: Duration = Duration::from_millis(100);
@@ -52,6 +53,8 @@ const TARGET_ADDRS_MAX: usize = 8;
 /// this many dials in a row that did not connect.
 const LEARNED_TARGET_FAILURES_MAX: u32 = 8;
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+/// A device that is not a member, connected to pair, is disconnected after this long.
+const GUEST_TTL: Duration = Duration::from_secs(60);
 
 struct Applied {
     bytes: usize,
@@ -122,6 +125,35 @@ pub(super) struct Driver {
     reachability: &'static str,
     last_announce: Option<Instant>,
     relay: bool,
+    // The connection gate.
+    membership: watch::Receiver<Arc<Membership>>,
+    /// PeerIds of the active members; everyone else is turned away (or is a guest).
+    members: HashSet<PeerId>,
+    /// Whether this device's own admission is held. Until then it is bootstrapping: it talks
+    /// to any peer of its mesh, since it cannot tell members yet, and trusts only what entries
+    /// prove (every entry is checked against the membership from the owner down).
+    admitted: bool,
+    /// Non-members connected while an invite is open, and since when: they may only pair.
+    guests: HashMap<PeerId, Instant>,
+    refused_connections: u64,
+    inviter: Inviter,
+    commands: mpsc::Receiver<Command>,
+    /// Pairing answers that waited for the new device's admission to commit.
+    paired_tx: mpsc::UnboundedSender<(ResponseChannel<PairResponse>, PairResponse)>,
+    paired_rx: mpsc::UnboundedReceiver<(ResponseChannel<PairResponse>, PairResponse)>,
+}
+
+/// The PeerId of a device: its libp2p identity is its device key.
+pub fn peer_of_device(device: &DeviceId) -> Option<PeerId> {
+    libp2p::identity::ed25519::PublicKey::try_from_bytes(device.as_bytes())
+        .ok()
+        .map(|k| libp2p::identity::PublicKey::from(k).to_peer_id())
+}
+
+/// The device behind a PeerId, if it is an ed25519 key (every tillmesh device's is).
+pub fn device_of_peer(peer: &PeerId) -> Option<DeviceId> {
+    let key = libp2p::identity::PublicKey::try_decode_protobuf(peer.as_ref().digest()).ok()?;
+    Some(DeviceId(key.try_into_ed25519().ok()?.to_bytes()))
 }
 
 fn transport_of(addr: &Multiaddr) -> &'static str {
@@ -165,6 +197,7 @@ impl Driver {
         repo: Repo,
         config: NetConfig,
         status: Arc<Mutex<NetStatus>>,
+        commands: mpsc::Receiver<Command>,
     ) -> Result<Driver, NetError> {
         let identity = repo.identity().clone();
         let key = libp2p::identity::Keypair::ed25519_from_bytes(repo.device_secret())
@@ -241,6 +274,8 @@ impl Driver {
         let (applied_tx, applied_rx) = mpsc::unbounded_channel();
         tokio::spawn(applier(repo.clone(), apply_rx, applied_tx));
         let (served_tx, served_rx) = mpsc::unbounded_channel();
+        let (paired_tx, paired_rx) = mpsc::unbounded_channel();
+        let membership = repo.subscribe_membership();
         if let Ok(mut s) = status.lock() {
             s.peer_id = local.to_string();
             s.mdns = config.mdns;
@@ -276,7 +311,142 @@ impl Driver {
             reachability: "unknown",
             last_announce: None,
             relay: config.relay,
+            membership,
+            members: HashSet::new(),
+            admitted: false,
+            guests: HashMap::new(),
+            refused_connections: 0,
+            inviter: Inviter::default(),
+            commands,
+            paired_tx,
+            paired_rx,
         })
+        .map(|mut d: Driver| {
+            d.on_membership();
+            d
+        })
+    }
+
+    /// Reads the membership anew and disconnects peers that are no longer members.
+    fn on_membership(&mut self) {
+        let m = self.membership.borrow_and_update().clone();
+        let local = *self.swarm.local_peer_id();
+        self.members = m
+            .members()
+            .filter(|(id, _)| m.is_active(id))
+            .filter_map(|(id, _)| peer_of_device(id))
+            .collect();
+        self.admitted = self.members.contains(&local);
+        for peer in self.guests.keys() {
+            if self.members.contains(peer) {
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .remove_blacklisted_peer(peer);
+            }
+        }
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in connected {
+            if !self.allowed(&peer) && !self.guests.contains_key(&peer) {
+                tracing::warn!(%peer, "disconnecting a device that is not (or no longer) a member");
+                self.sync.disconnected(&peer);
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+        }
+    }
+
+    /// Whether `peer` may sync with this node.
+    fn allowed(&self, peer: &PeerId) -> bool {
+        !self.admitted || self.members.contains(peer)
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::OpenInvite { role, ttl, reply } => {
+                let opened = self.inviter.open(role, ttl, Instant::now());
+                if let Some(d) = &mut self.discovery
+                    && let Err(e) = d.advertise_pairing(true)
+                {
+                    tracing::warn!(error = %e, "cannot advertise the invite on mDNS");
+                }
+                let _ = reply.send(opened);
+                self.publish_status();
+            }
+        }
+    }
+
+    /// A pairing request from a device that wants to join, answered with this device's open
+    /// invite (if any; see `pairing`).
+    fn on_pair_request(
+        &mut self,
+        peer: PeerId,
+        request: PairRequest,
+        channel: ResponseChannel<PairResponse>,
+    ) {
+        let now = Instant::now();
+        let local = *self.swarm.local_peer_id();
+        let refuse = |d: &mut Driver, r: Refusal, channel| {
+            tracing::warn!(%peer, reason = %r, "pairing refused");
+            let _ = d.swarm.behaviour_mut().pair.send_response(
+                channel,
+                PairResponse::Refused {
+                    reason: r.to_string(),
+                },
+            );
+        };
+        match request {
+            PairRequest::Start { spake, name } => {
+                match self.inviter.start(peer, local, &spake, &name, now) {
+                    Ok(answer) => {
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .pair
+                            .send_response(channel, answer);
+                    }
+                    Err(r) => refuse(self, r, channel),
+                }
+            }
+            PairRequest::Finish { confirm } => match self.inviter.finish(peer, &confirm, now) {
+                Ok((role, name)) => {
+                    let Some(device) = device_of_peer(&peer) else {
+                        return refuse(
+                            self,
+                            Refusal::Malformed("not an ed25519 key".into()),
+                            channel,
+                        );
+                    };
+                    tracing::info!(%peer, %role, %name, "paired; admitting the device");
+                    let repo = self.repo.clone();
+                    let tx = self.paired_tx.clone();
+                    let owner = repo.identity().root_id.to_string();
+                    let inviter_name = repo.identity().device_name.clone();
+                    tokio::spawn(async move {
+                        let answer = match repo
+                            .execute(RepoCommand::AddMember { device, role, name })
+                            .await
+                        {
+                            Ok(_) => PairResponse::Welcome {
+                                owner,
+                                role: role.name().into(),
+                                inviter_name,
+                            },
+                            Err(e) => PairResponse::Refused {
+                                reason: format!("the device could not be admitted: {e}"),
+                            },
+                        };
+                        let _ = tx.send((channel, answer));
+                    });
+                    self.publish_status();
+                }
+                Err(r) => refuse(self, r, channel),
+            },
+        }
+        if !self.inviter.is_open(now)
+            && let Some(d) = &mut self.discovery
+        {
+            let _ = d.advertise_pairing(false);
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -300,6 +470,11 @@ impl Driver {
                 Some((channel, answer)) = self.served_rx.recv() => {
                     let _ = self.swarm.behaviour_mut().sync.send_response(channel, Ok(answer));
                 }
+                Some((channel, answer)) = self.paired_rx.recv() => {
+                    let _ = self.swarm.behaviour_mut().pair.send_response(channel, answer);
+                }
+                Some(command) = self.commands.recv() => self.on_command(command),
+                Ok(()) = self.membership.changed() => self.on_membership(),
                 entry = self.committed.recv() => match entry {
                     Ok(e) => self.sync.committed((*e).clone()),
                     // Missed pushes are found by the next pull.
@@ -310,6 +485,7 @@ impl Driver {
                 _ = tick.tick() => {
                     let now = self.now_ms();
                     self.sync.tick(now);
+                    self.expire_guests();
                     self.dial_due();
                     self.announce();
                     self.publish_status();
@@ -422,6 +598,7 @@ impl Driver {
                     info.connections.remove(&connection_id);
                 }
                 if num_established == 0 {
+                    self.guests.remove(&peer_id);
                     self.peers.remove(&peer_id);
                     self.sync.disconnected(&peer_id);
                     self.pulls.remove(&peer_id);
@@ -449,6 +626,19 @@ impl Driver {
         {
             let _ = self.swarm.close_connection(id);
             return;
+        }
+        if !self.allowed(&peer) {
+            if self.inviter.is_open(Instant::now()) {
+                // It may have come to pair; it gets nothing else (gossip included), and not
+                // for long.
+                self.guests.entry(peer).or_insert_with(Instant::now);
+                self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
+            } else {
+                self.refused_connections += 1;
+                tracing::info!(%peer, "refused a connection from a device that is not a member");
+                let _ = self.swarm.close_connection(id);
+                return;
+            }
         }
         // A relayed connection we accepted shows the circuit only in our own address.
         let (address, transport) = match endpoint {
@@ -507,7 +697,7 @@ impl Driver {
                 if let Some(p) = self.peers.get_mut(&peer_id) {
                     p.device = device;
                 }
-                if info.protocols.contains(&self.protocol) {
+                if info.protocols.contains(&self.protocol) && self.allowed(&peer_id) {
                     self.sync.connected(peer_id, now);
                 }
                 // Only relays we were pointed at (by address or invite) get our reservation:
@@ -537,7 +727,9 @@ impl Driver {
                 message_id,
                 message,
             }) => {
-                let accept = if message.topic == self.push_topic.hash() {
+                let accept = if !self.allowed(&propagation_source) {
+                    false
+                } else if message.topic == self.push_topic.hash() {
                     self.on_push(propagation_source, message.source, &message.data)
                 } else if message.topic == self.announce_topic.hash()
                     && let Some(source) = message.source
@@ -561,7 +753,14 @@ impl Driver {
                 match message {
                     request_response::Message::Request {
                         request, channel, ..
-                    } => self.serve(peer, request, channel),
+                    } => {
+                        if !self.allowed(&peer) {
+                            self.refused_connections += 1;
+                            let _ = self.swarm.disconnect_peer_id(peer);
+                            return;
+                        }
+                        self.serve(peer, request, channel)
+                    }
                     request_response::Message::Response {
                         request_id,
                         response,
@@ -605,6 +804,14 @@ impl Driver {
                     self.ban(peer, &format!("sent a malformed pull: {error}"));
                 }
             }
+            BehaviourEvent::Pair(request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            }) => self.on_pair_request(peer, request, channel),
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
                 self.reachability = match new {
                     autonat::NatStatus::Public(_) => "public",
@@ -622,6 +829,24 @@ impl Driver {
             BehaviourEvent::Dcutr(e) => tracing::info!(?e, "hole punching"),
             _ => {}
         }
+    }
+
+    /// Guests that did not become members in time are disconnected.
+    fn expire_guests(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<PeerId> = self
+            .guests
+            .iter()
+            .filter(|(p, since)| {
+                !self.members.contains(p) && now.duration_since(**since) > GUEST_TTL
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in expired {
+            self.guests.remove(&peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        self.guests.retain(|p, _| !self.members.contains(p));
     }
 
     /// Reads the answer to a pull off the loop, and refuses anything but a pull.
@@ -886,6 +1111,8 @@ impl Driver {
             s.reachability = self.reachability.into();
             s.parked = self.sync.parked();
             s.peers = peers;
+            s.pairing_open = self.inviter.is_open(Instant::now());
+            s.refused_connections = self.refused_connections;
         }
     }
 }

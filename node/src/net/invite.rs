@@ -1,36 +1,37 @@
-//! Invite codes, simple form: who owns the mesh and where to reach a member.
+//! Invites as people pass them around: `tm2:<CODE>@<multiaddr>,<multiaddr>...`, or the short
+//! code alone on a LAN, where mDNS finds the inviting device.
 //!
-//! `tm1:<owner device id>@<multiaddr>,<multiaddr>...`, each address ending in `/p2p/<PeerId>`.
-//! Anyone holding the code can join; the trust issue replaces this with a short one-time code
-//! checked by a password-authenticated key exchange.
+//! Each address ends in `/p2p/<PeerId>` of the inviting device. The code is the secret; the
+//! addresses are not (see `pairing` for why the code never crosses the network).
 
-use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
 use thiserror::Error;
-use tillmesh_protocol::DeviceId;
 
-const PREFIX: &str = "tm1:";
+use super::pairing::{display_code, normalize_code};
+
+const PREFIX: &str = "tm2:";
 /// Addresses carried by one invite, at most.
 pub const INVITE_ADDRS_MAX: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invite {
-    pub owner: DeviceId,
+    /// Normalised (see `pairing::normalize_code`).
+    pub code: String,
+    /// Empty when only the code was given: the inviter is found by mDNS.
     pub addrs: Vec<Multiaddr>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum InviteError {
-    #[error("an invite starts with '{PREFIX}'; copy the whole last line `tillmesh invite` printed")]
-    Prefix,
-    #[error("the invite has no '@' between the owner and the addresses")]
-    Shape,
-    #[error("the owner in the invite is not a device id: {0}")]
-    Owner(String),
+    #[error(
+        "{0:?} is not an invite: give the short code (like K7M2-9QXD) or the whole last line `tillmesh invite` printed (tm2:...)"
+    )]
+    Shape(String),
     #[error("address {0:?} in the invite is not a multiaddr ending in /p2p/<peer id>")]
     Addr(String),
-    #[error("the invite carries no address to reach the mesh")]
-    NoAddress,
+    #[error("the addresses in the invite name more than one device")]
+    TwoDevices,
 }
 
 impl Invite {
@@ -41,18 +42,25 @@ impl Invite {
             .take(INVITE_ADDRS_MAX)
             .map(|a| a.to_string())
             .collect();
-        format!("{PREFIX}{}@{}", self.owner, addrs.join(","))
+        if addrs.is_empty() {
+            display_code(&self.code)
+        } else {
+            format!("{PREFIX}{}@{}", display_code(&self.code), addrs.join(","))
+        }
     }
 
-    pub fn decode(code: &str) -> Result<Invite, InviteError> {
-        let rest = code
-            .trim()
-            .strip_prefix(PREFIX)
-            .ok_or(InviteError::Prefix)?;
-        let (owner, addrs) = rest.split_once('@').ok_or(InviteError::Shape)?;
-        let owner: DeviceId = owner
-            .parse()
-            .map_err(|e: tillmesh_protocol::IdParseError| InviteError::Owner(e.to_string()))?;
+    pub fn decode(text: &str) -> Result<Invite, InviteError> {
+        let text = text.trim();
+        let shape = || InviteError::Shape(text.chars().take(40).collect());
+        let Some(rest) = text.strip_prefix(PREFIX) else {
+            let code = normalize_code(text).ok_or_else(shape)?;
+            return Ok(Invite {
+                code,
+                addrs: Vec::new(),
+            });
+        };
+        let (code, addrs) = rest.split_once('@').ok_or_else(shape)?;
+        let code = normalize_code(code).ok_or_else(shape)?;
         let addrs = addrs
             .split(',')
             .filter(|a| !a.is_empty())
@@ -64,10 +72,22 @@ impl Invite {
                     .ok_or_else(|| InviteError::Addr(a.to_owned()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if addrs.is_empty() {
-            return Err(InviteError::NoAddress);
+        let invite = Invite { code, addrs };
+        invite.inviter()?;
+        Ok(invite)
+    }
+
+    /// The inviting device, if the invite names it.
+    pub fn inviter(&self) -> Result<Option<PeerId>, InviteError> {
+        let mut peers = self.addrs.iter().filter_map(|a| match a.iter().last() {
+            Some(Protocol::P2p(p)) => Some(p),
+            _ => None,
+        });
+        let first = peers.next();
+        if peers.any(|p| Some(p) != first) {
+            return Err(InviteError::TwoDevices);
         }
-        Ok(Invite { owner, addrs })
+        Ok(first)
     }
 }
 
@@ -77,7 +97,6 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_what_is_not_an_invite() {
-        let owner = tillmesh_protocol::DeviceKey::from_secret([3; 32]).device_id();
         let peer = libp2p::identity::Keypair::generate_ed25519()
             .public()
             .to_peer_id();
@@ -85,23 +104,25 @@ mod tests {
             .parse()
             .unwrap();
         let invite = Invite {
-            owner,
+            code: "K7M29QXD".into(),
             addrs: vec![addr],
         };
         assert_eq!(Invite::decode(&invite.encode()).unwrap(), invite);
-        assert_eq!(Invite::decode("hello"), Err(InviteError::Prefix));
-        assert_eq!(Invite::decode("tm1:abc"), Err(InviteError::Shape));
+        assert_eq!(invite.inviter(), Ok(Some(peer)));
+        let bare = Invite::decode(" k7m2-9qxd ").unwrap();
+        assert_eq!(bare.code, "K7M29QXD");
+        assert!(bare.addrs.is_empty());
         assert!(matches!(
-            Invite::decode("tm1:zz@/ip4/1.2.3.4/tcp/1"),
-            Err(InviteError::Owner(_))
+            Invite::decode("hello"),
+            Err(InviteError::Shape(_))
         ));
         assert!(matches!(
-            Invite::decode(&format!("tm1:{owner}@/ip4/1.2.3.4/tcp/1")),
+            Invite::decode("tm2:abc"),
+            Err(InviteError::Shape(_))
+        ));
+        assert!(matches!(
+            Invite::decode("tm2:K7M2-9QXD@/ip4/1.2.3.4/tcp/1"),
             Err(InviteError::Addr(_))
         ));
-        assert_eq!(
-            Invite::decode(&format!("tm1:{owner}@")),
-            Err(InviteError::NoAddress)
-        );
     }
 }

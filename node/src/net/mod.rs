@@ -14,6 +14,8 @@ pub mod codec;
 pub mod discovery;
 mod driver;
 pub mod invite;
+pub mod join;
+pub mod pairing;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -106,6 +108,10 @@ pub struct NetStatus {
     pub relay: bool,
     /// Entries waiting for other authors' entries.
     pub parked: usize,
+    /// Whether a pairing invite is open on this device.
+    pub pairing_open: bool,
+    /// Connections closed because the peer is not a member of the mesh.
+    pub refused_connections: u64,
     pub peers: Vec<PeerStatus>,
 }
 
@@ -113,11 +119,36 @@ pub struct NetStatus {
 #[derive(Clone)]
 pub struct Network {
     status: Arc<Mutex<NetStatus>>,
+    commands: tokio::sync::mpsc::Sender<Command>,
+}
+
+/// What the API asks of the running network.
+pub(crate) enum Command {
+    OpenInvite {
+        role: tillmesh_protocol::Role,
+        ttl: std::time::Duration,
+        reply: tokio::sync::oneshot::Sender<pairing::Opened>,
+    },
 }
 
 impl Network {
     pub fn status(&self) -> NetStatus {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Opens a pairing invite on this device (replacing any open one). The caller checks
+    /// that this device may admit members.
+    pub async fn open_invite(
+        &self,
+        role: tillmesh_protocol::Role,
+        ttl: std::time::Duration,
+    ) -> Option<pairing::Opened> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(Command::OpenInvite { role, ttl, reply })
+            .await
+            .ok()?;
+        rx.await.ok()
     }
 }
 
@@ -129,7 +160,8 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(Network, tokio::task::JoinHandle<()>), NetError> {
     let status = Arc::new(Mutex::new(NetStatus::default()));
-    let driver = driver::Driver::new(repo, config, status.clone())?;
+    let (commands, commands_rx) = tokio::sync::mpsc::channel(16);
+    let driver = driver::Driver::new(repo, config, status.clone(), commands_rx)?;
     let task = tokio::spawn(driver.run(shutdown));
     // The listeners report their addresses on the first turns of the loop.
     for _ in 0..50 {
@@ -138,5 +170,5 @@ pub async fn start(
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    Ok((Network { status }, task))
+    Ok((Network { status, commands }, task))
 }

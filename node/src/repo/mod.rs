@@ -776,6 +776,33 @@ impl Repo {
         }
         Ok((total, out))
     }
+
+    /// Devices proven to have forked their log, with the seq where the two entries differ.
+    pub fn quarantined(&self) -> Result<Vec<Quarantined>, ReadError> {
+        let tx = self.db()?.begin_read()?;
+        let table = tx.open_table(crate::store::tables::QUARANTINE)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            let (seq, held, other) = v.value();
+            out.push(Quarantined {
+                device_id: DeviceId(*k.value()),
+                seq,
+                held: tillmesh_protocol::EntryHash(held),
+                other: tillmesh_protocol::EntryHash(other),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Proof that a device signed two different entries at one position of its log.
+#[derive(Debug, Clone, Serialize)]
+pub struct Quarantined {
+    pub device_id: DeviceId,
+    pub seq: u64,
+    pub held: tillmesh_protocol::EntryHash,
+    pub other: tillmesh_protocol::EntryHash,
 }
 
 /// Parses a stored view as a typed document.

@@ -121,6 +121,23 @@ fn builder() -> redb::Builder {
     b
 }
 
+/// Whether a new store may be created in `dir`: a new folder, or an empty one.
+pub fn check_creatable(dir: &Path) -> Result<(), OpenError> {
+    if store_path(dir).exists() {
+        return Err(OpenError::AlreadyExists(dir.to_owned()));
+    }
+    if dir.exists() {
+        let mut entries = std::fs::read_dir(dir).map_err(|source| OpenError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        if entries.next().is_some() {
+            return Err(OpenError::NotEmpty(dir.to_owned()));
+        }
+    }
+    Ok(())
+}
+
 /// Creates a new store for a new device. Refuses a folder that holds anything else.
 pub fn create(
     dir: &Path,
@@ -134,16 +151,8 @@ pub fn create(
         source,
     };
     let path = store_path(dir);
-    if path.exists() {
-        return Err(OpenError::AlreadyExists(dir.to_owned()));
-    }
-    if dir.exists() {
-        if std::fs::read_dir(dir).map_err(io_err)?.next().is_some() {
-            return Err(OpenError::NotEmpty(dir.to_owned()));
-        }
-    } else {
-        std::fs::create_dir_all(dir).map_err(io_err)?;
-    }
+    check_creatable(dir)?;
+    std::fs::create_dir_all(dir).map_err(io_err)?;
     let db = builder()
         .create(&path)
         .map_err(|e| map_db_error(&path, e))?;
