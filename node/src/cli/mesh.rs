@@ -12,6 +12,7 @@ use super::shop::Output;
 use crate::net::NetConfig;
 use crate::net::invite::{INVITE_ADDRS_MAX, Invite};
 use crate::repo::Repo;
+use crate::store::KeySource;
 
 /// File in the data folder listing peers to dial at every start, one multiaddr per line;
 /// `join` writes it from the invite.
@@ -76,7 +77,7 @@ fn saved_peers(data: &Path) -> anyhow::Result<Vec<Multiaddr>> {
 }
 
 /// Prints an invite built from the running node's addresses.
-pub async fn invite(data: &Path) -> anyhow::Result<()> {
+pub async fn invite(data: &Path, keys: &KeySource) -> anyhow::Result<()> {
     if read_api_addr(data).is_none() {
         bail!(
             "no node is running on {}; start it with `tillmesh run --data {}`, then invite",
@@ -84,7 +85,7 @@ pub async fn invite(data: &Path) -> anyhow::Result<()> {
             data.display()
         );
     }
-    let status = Client::connect(data).await?.get("/v1/status").await?;
+    let status = Client::connect(data, keys).await?.get("/v1/status").await?;
     let network = &status["network"];
     if network.is_null() {
         bail!("the node on {} runs without a network", data.display());
@@ -138,9 +139,15 @@ pub async fn invite(data: &Path) -> anyhow::Result<()> {
 }
 
 /// Creates the new device's store and remembers where to find the mesh.
-pub fn join(data: &Path, name: &str, code: &str, out: Output) -> anyhow::Result<()> {
+pub fn join(
+    data: &Path,
+    name: &str,
+    code: &str,
+    out: Output,
+    keys: &KeySource,
+) -> anyhow::Result<()> {
     let invite = Invite::decode(code)?;
-    let repo = Repo::join(data, name, invite.owner)?;
+    let repo = Repo::join_with(data, name, invite.owner, keys)?;
     let mut lines: Vec<String> = invite.addrs.iter().map(|a| a.to_string()).collect();
     lines.insert(
         0,
