@@ -794,6 +794,13 @@ pub(crate) fn new_doc_id(now: u64) -> DocId {
     DocId::new_v7(ms, random)
 }
 
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    // A machine without an entropy source cannot make keys or ids; nothing sensible goes on.
+    getrandom::fill(&mut b).expect("the operating system's random number generator failed");
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::new_doc_id;
@@ -803,11 +810,4 @@ mod tests {
         let ids: Vec<_> = (0..10_000).map(|_| new_doc_id(1_700_000_000_000)).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
     }
-}
-
-pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    // A machine without an entropy source cannot make keys or ids; nothing sensible goes on.
-    getrandom::fill(&mut b).expect("the operating system's random number generator failed");
-    b
 }
