@@ -61,8 +61,9 @@ pub struct DocChanges {
 pub enum Payload {
     /// Changes to documents, applied atomically: all of them or none.
     Changes(Vec<DocChanges>),
-    /// A change to who belongs to the mesh (see [`crate::membership`]).
-    Membership(MemberOp),
+    /// A change to who belongs to the mesh (see [`crate::membership`]). Boxed: rare, and
+    /// larger than the common case.
+    Membership(Box<MemberOp>),
 }
 
 /// An entry before signing.
@@ -199,14 +200,14 @@ impl Entry {
     pub fn check_limits(&self) -> Result<(), DecodeError> {
         let docs = match &self.payload {
             Payload::Changes(docs) => docs,
-            Payload::Membership(MemberOp::Add { name, .. }) => {
-                return if name.len() > MEMBER_NAME_BYTES_MAX {
-                    Err(DecodeError::BadMemberName)
-                } else {
-                    Ok(())
+            Payload::Membership(op) => {
+                return match &**op {
+                    MemberOp::Add { name, .. } if name.len() > MEMBER_NAME_BYTES_MAX => {
+                        Err(DecodeError::BadMemberName)
+                    }
+                    _ => Ok(()),
                 };
             }
-            Payload::Membership(_) => return Ok(()),
         };
         if docs.is_empty() {
             return Err(DecodeError::EmptyPayload);
@@ -356,7 +357,7 @@ impl SignedEntry {
                 seq,
                 prev,
                 timestamp_ms,
-                Payload::Membership(op),
+                Payload::Membership(Box::new(op)),
             );
         }
         if tag != PAYLOAD_CHANGES {
@@ -644,7 +645,7 @@ mod tests {
         ];
         for op in ops {
             let mut e = sample(2, EntryHash([4; 32]));
-            e.payload = Payload::Membership(op.clone());
+            e.payload = Payload::Membership(Box::new(op.clone()));
             let signed = e.sign(&mesh, &key(1));
             let back = SignedEntry::decode(signed.encoded()).unwrap();
             back.verify(&mesh).unwrap();

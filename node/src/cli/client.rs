@@ -13,7 +13,7 @@ use tower::ServiceExt;
 
 use crate::api;
 use crate::repo::Repo;
-use crate::store::OpenError;
+use crate::store::{KeySource, OpenError};
 
 /// File in the data folder where a running node writes its API address.
 pub const API_ADDR_FILE: &str = "api.addr";
@@ -61,7 +61,7 @@ pub struct ApiFailure {
 
 impl Client {
     /// Connects to the node serving `data`, or opens its store when no node runs.
-    pub async fn connect(data: &Path) -> anyhow::Result<Client> {
+    pub async fn connect(data: &Path, keys: &KeySource) -> anyhow::Result<Client> {
         let addr_file = api_addr_path(data);
         if let Some((addr, device)) = read_api_addr(data) {
             let base = format!("http://{addr}");
@@ -80,7 +80,7 @@ impl Client {
                 return Ok(Client::Http { base, http });
             }
         }
-        match Repo::open(data) {
+        match Repo::open_with(data, keys) {
             Ok(repo) => Ok(Client::Local { repo }),
             Err(OpenError::Locked(_)) => bail!(
                 "the store in {} is in use by another process, and no node answered at the address in {}; \

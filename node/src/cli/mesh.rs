@@ -13,7 +13,7 @@ use crate::net::NetConfig;
 use crate::net::invite::{INVITE_ADDRS_MAX, Invite};
 use crate::net::pairing::normalize_code;
 use crate::repo::Repo;
-use crate::store;
+use crate::store::{self, KeySource};
 
 /// File in the data folder listing peers to dial at every start, one multiaddr per line;
 /// `join` writes it from the invite.
@@ -79,7 +79,12 @@ fn saved_peers(data: &Path) -> anyhow::Result<Vec<Multiaddr>> {
 
 /// Opens an invite on the running node and prints it: the code, and the addresses that reach
 /// the node, on the last line.
-pub async fn invite(data: &Path, role: &str, expires: &str) -> anyhow::Result<()> {
+pub async fn invite(
+    data: &Path,
+    role: &str,
+    expires: &str,
+    keys: &KeySource,
+) -> anyhow::Result<()> {
     if read_api_addr(data).is_none() {
         bail!(
             "no node is running on {}; start it with `tillmesh run --data {}`, then invite",
@@ -88,7 +93,7 @@ pub async fn invite(data: &Path, role: &str, expires: &str) -> anyhow::Result<()
         );
     }
     let expires_s = parse_duration_s(expires)?;
-    let client = Client::connect(data).await?;
+    let client = Client::connect(data, keys).await?;
     let opened = client
         .post(
             "/v1/invites",
@@ -168,18 +173,25 @@ fn parse_duration_s(text: &str) -> anyhow::Result<u64> {
 
 /// Pairs with the inviting device, then creates the new device's store and remembers where
 /// to find the mesh. Nothing is created if pairing fails.
-pub async fn join(data: &Path, name: &str, code: &str, out: Output) -> anyhow::Result<()> {
+pub async fn join(
+    data: &Path,
+    name: &str,
+    code: &str,
+    out: Output,
+    keys: &KeySource,
+) -> anyhow::Result<()> {
     let invite = Invite::decode(code)?;
     store::check_creatable(data)?;
     let secret = crate::repo::random_bytes();
     let started = std::time::Instant::now();
     let welcome = crate::net::join::pair(secret, &invite, name, JOIN_TIMEOUT).await?;
     let paired_ms = started.elapsed().as_millis();
-    let repo = Repo::join_with_key(
+    let repo = Repo::join_keyed(
         data,
         name,
         welcome.owner,
         tillmesh_protocol::DeviceKey::from_secret(secret),
+        keys,
     )?;
     let mut lines: Vec<String> = welcome.addrs.iter().map(|a| a.to_string()).collect();
     lines.insert(
@@ -226,8 +238,13 @@ const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Lists the members, revokes one, changes a role, or lists refused entries, through the
 /// running node's API.
-pub async fn members(data: &Path, action: MembersAction, out: Output) -> anyhow::Result<()> {
-    let client = Client::connect(data).await?;
+pub async fn members(
+    data: &Path,
+    action: MembersAction,
+    out: Output,
+    keys: &KeySource,
+) -> anyhow::Result<()> {
+    let client = Client::connect(data, keys).await?;
     match action {
         MembersAction::List => {
             let m = client.get("/v1/members").await?;

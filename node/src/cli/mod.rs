@@ -16,6 +16,7 @@ use tillmesh_protocol::Currency;
 use tokio::net::TcpListener;
 
 use crate::repo::Repo;
+use crate::store::KeySource;
 use client::api_addr_path;
 
 /// Where `tillmesh run` serves its API unless told otherwise.
@@ -36,6 +37,15 @@ pub struct Cli {
     /// Print answers as JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Seal the store with the passphrase on this file's first line instead of a key file
+    /// (`init`, `join`), or unlock a store sealed that way (every command that opens it).
+    #[arg(
+        long,
+        global = true,
+        env = "TILLMESH_PASSPHRASE_FILE",
+        value_name = "FILE"
+    )]
+    passphrase_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -172,11 +182,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             .context("say which data folder with --data DIR (or TILLMESH_DATA)")
     };
     let out = shop::Output { json: cli.json };
+    let keys = key_source(cli.passphrase_file.as_deref())?;
     match cli.command {
         Command::Init { name, currency } => {
             let currency: Currency = currency.parse()?;
             let dir = data()?;
-            let repo = Repo::init(&dir, &name, currency).await?;
+            let repo = Repo::init_with(&dir, &name, currency, &keys).await?;
             let id = repo.identity();
             out.show(&serde_json::json!({ "device_id": id.device_id, "mesh_id": id.mesh_id, "data": dir }), || {
                 format!(
@@ -190,36 +201,69 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             });
             Ok(())
         }
-        Command::Run { api, net } => run(data()?, api, net).await,
-        Command::Invite { role, expires } => mesh::invite(&data()?, &role, &expires).await,
-        Command::Join { name, invite } => mesh::join(&data()?, &name, &invite, out).await,
-        Command::Members => mesh::members(&data()?, mesh::MembersAction::List, out).await,
+        Command::Run { api, net } => run(data()?, api, net, &keys).await,
+        Command::Invite { role, expires } => mesh::invite(&data()?, &role, &expires, &keys).await,
+        Command::Join { name, invite } => mesh::join(&data()?, &name, &invite, out, &keys).await,
+        Command::Members => mesh::members(&data()?, mesh::MembersAction::List, out, &keys).await,
         Command::Revoke { device } => {
-            mesh::members(&data()?, mesh::MembersAction::Revoke(device), out).await
+            mesh::members(&data()?, mesh::MembersAction::Revoke(device), out, &keys).await
         }
         Command::Role { device, role } => {
             mesh::members(
                 &data()?,
                 mesh::MembersAction::SetRole { who: device, role },
                 out,
+                &keys,
             )
             .await
         }
         Command::Rejected { limit } => {
-            mesh::members(&data()?, mesh::MembersAction::Rejected { limit }, out).await
+            mesh::members(
+                &data()?,
+                mesh::MembersAction::Rejected { limit },
+                out,
+                &keys,
+            )
+            .await
         }
         Command::Demo { keep } => demo::run(keep).await,
-        command => shop::dispatch(&data()?, command, out).await,
+        command => shop::dispatch(&data()?, command, out, &keys).await,
     }
 }
 
-async fn run(data: PathBuf, api: SocketAddr, net: mesh::NetArgs) -> anyhow::Result<()> {
+/// The storage key's source: the key file unless a passphrase file is given.
+fn key_source(passphrase_file: Option<&std::path::Path>) -> anyhow::Result<KeySource> {
+    let Some(path) = passphrase_file else {
+        return Ok(KeySource::KeyFile);
+    };
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read the passphrase file {}; check --passphrase-file (or TILLMESH_PASSPHRASE_FILE)",
+            path.display()
+        )
+    })?;
+    let line = text.lines().next().unwrap_or("");
+    if line.is_empty() {
+        bail!(
+            "the passphrase file {} is empty; put the passphrase on its first line",
+            path.display()
+        );
+    }
+    Ok(KeySource::Passphrase(line.to_owned()))
+}
+
+async fn run(
+    data: PathBuf,
+    api: SocketAddr,
+    net: mesh::NetArgs,
+    keys: &KeySource,
+) -> anyhow::Result<()> {
     if !api.ip().is_loopback() {
         bail!(
             "--api {api}: the till API has no authentication, so it listens on loopback only (127.0.0.1 or [::1])"
         );
     }
-    let repo = Repo::open(&data)?;
+    let repo = Repo::open_with(&data, keys)?;
     let listener = TcpListener::bind(api).await.with_context(|| {
         format!("cannot listen on {api}; is another node using it? choose another with --api")
     })?;

@@ -11,6 +11,7 @@ use tillmesh_protocol::money::parse_decimal;
 
 use super::Command;
 use super::client::Client;
+use crate::store::KeySource;
 
 #[derive(Subcommand)]
 pub enum ProductCmd {
@@ -128,8 +129,13 @@ async fn currency(client: &Client) -> anyhow::Result<Currency> {
     Ok(serde_json::from_value(settings["currency"].clone())?)
 }
 
-pub async fn dispatch(data: &Path, command: Command, out: Output) -> anyhow::Result<()> {
-    let client = Client::connect(data).await?;
+pub async fn dispatch(
+    data: &Path,
+    command: Command,
+    out: Output,
+    keys: &KeySource,
+) -> anyhow::Result<()> {
+    let client = Client::connect(data, keys).await?;
     match command {
         Command::Status => {
             let s = client.get("/v1/status").await?;

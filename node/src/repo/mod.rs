@@ -26,8 +26,10 @@ use tillmesh_protocol::{
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::store::tables::{BY_TYPE, COUNTS, ENTRIES, HEADS, REJECTED, VIEWS};
-use crate::store::{self, OpenError};
+use crate::store::tables::{
+    BY_TYPE, COUNTS, ENTRIES, HEADS, REJECTED, SealedError, VIEWS, split_rejected,
+};
+use crate::store::{self, KeySource, OpenError};
 use requests::*;
 
 /// Jobs waiting for the writer; a full queue makes callers wait (backpressure), not fail.
@@ -90,6 +92,15 @@ storage_errors!(
     redb::CommitError
 );
 
+impl From<SealedError> for WriteError {
+    fn from(e: SealedError) -> Self {
+        match e {
+            SealedError::Storage(e) => e.into(),
+            SealedError::Unsealed(e) => WriteError::Storage(e.to_string()),
+        }
+    }
+}
+
 impl From<DocError> for WriteError {
     fn from(e: DocError) -> Self {
         WriteError::Internal(e.to_string())
@@ -116,7 +127,12 @@ macro_rules! read_errors {
         }
     )*};
 }
-read_errors!(redb::StorageError, redb::TableError, redb::TransactionError);
+read_errors!(
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    SealedError
+);
 
 /// A till command, executed as one signed entry.
 #[derive(Debug, Clone)]
@@ -318,13 +334,18 @@ impl Repo {
         device_name: &str,
         currency: Currency,
     ) -> Result<Repo, InitError> {
-        Repo::init_with_key(
-            dir,
-            device_name,
-            currency,
-            DeviceKey::from_secret(random_bytes()),
-        )
-        .await
+        Repo::init_with(dir, device_name, currency, &KeySource::KeyFile).await
+    }
+
+    /// [`Repo::init`] with the storage key from `keys`.
+    pub async fn init_with(
+        dir: &Path,
+        device_name: &str,
+        currency: Currency,
+        keys: &KeySource,
+    ) -> Result<Repo, InitError> {
+        let key = DeviceKey::from_secret(random_bytes());
+        Repo::init_keyed(dir, device_name, currency, key, keys).await
     }
 
     /// [`Repo::init`] with a given device key (the simulation derives keys from its seed).
@@ -334,11 +355,21 @@ impl Repo {
         currency: Currency,
         key: DeviceKey,
     ) -> Result<Repo, InitError> {
+        Repo::init_keyed(dir, device_name, currency, key, &KeySource::KeyFile).await
+    }
+
+    async fn init_keyed(
+        dir: &Path,
+        device_name: &str,
+        currency: Currency,
+        key: DeviceKey,
+        keys: &KeySource,
+    ) -> Result<Repo, InitError> {
         let mesh = MeshId::from_root(&key.device_id());
         let root = key.device_id();
-        let db = store::create(dir, device_name, key, mesh, root)?;
+        let db = store::create_with(dir, device_name, key, mesh, root, keys)?;
         drop(db);
-        let repo = Repo::open(dir)?;
+        let repo = Repo::open_with(dir, keys)?;
         repo.execute(Command::InitSettings(Settings::new(device_name, currency)))
             .await?;
         Ok(repo)
@@ -347,12 +378,18 @@ impl Repo {
     /// Makes a new device of the mesh whose owner is `root`, in an empty or new folder. It
     /// holds nothing until it syncs; the mesh settings arrive with the first sync.
     pub fn join(dir: &Path, device_name: &str, root: DeviceId) -> Result<Repo, OpenError> {
-        Repo::join_with_key(
-            dir,
-            device_name,
-            root,
-            DeviceKey::from_secret(random_bytes()),
-        )
+        Repo::join_with(dir, device_name, root, &KeySource::KeyFile)
+    }
+
+    /// [`Repo::join`] with the storage key from `keys`.
+    pub fn join_with(
+        dir: &Path,
+        device_name: &str,
+        root: DeviceId,
+        keys: &KeySource,
+    ) -> Result<Repo, OpenError> {
+        let key = DeviceKey::from_secret(random_bytes());
+        Repo::join_keyed(dir, device_name, root, key, keys)
     }
 
     /// [`Repo::join`] with a given device key.
@@ -362,16 +399,32 @@ impl Repo {
         root: DeviceId,
         key: DeviceKey,
     ) -> Result<Repo, OpenError> {
-        let db = store::create(dir, device_name, key, MeshId::from_root(&root), root)?;
+        Repo::join_keyed(dir, device_name, root, key, &KeySource::KeyFile)
+    }
+
+    pub fn join_keyed(
+        dir: &Path,
+        device_name: &str,
+        root: DeviceId,
+        key: DeviceKey,
+        keys: &KeySource,
+    ) -> Result<Repo, OpenError> {
+        let mesh = MeshId::from_root(&root);
+        let db = store::create_with(dir, device_name, key, mesh, root, keys)?;
         drop(db);
-        Repo::open(dir)
+        Repo::open_with(dir, keys)
+    }
+
+    /// Opens an existing store sealed with a key file and starts its writer.
+    pub fn open(dir: &Path) -> Result<Repo, OpenError> {
+        Repo::open_with(dir, &KeySource::KeyFile)
     }
 
     /// Opens an existing store and starts its writer. Reads nothing but the identity and the
     /// writer's counters, so a store of any size opens in constant time.
-    pub fn open(dir: &Path) -> Result<Repo, OpenError> {
-        let (db, identity) = store::open(dir)?;
-        let db = Arc::new(store::Shared::new(dir, db));
+    pub fn open_with(dir: &Path, keys: &KeySource) -> Result<Repo, OpenError> {
+        let (db, identity, sealer) = store::open(dir, keys)?;
+        let db = Arc::new(store::Shared::new(dir, db, sealer));
         let secret = identity.key.secret();
         let hooks = Arc::new(writer::CrashHooks::default());
         let writer_hooks = hooks.clone();
@@ -543,7 +596,8 @@ impl Repo {
             .get()
             .map_err(|e| WriteError::Storage(e.to_string()))?;
         let device = self.inner.device.clone();
-        tokio::task::spawn_blocking(move || f(&prepare::Snapshot::open(&db)?, &device))
+        let sealer = self.inner.db.sealer().clone();
+        tokio::task::spawn_blocking(move || f(&prepare::Snapshot::open(&db, &sealer)?, &device))
             .await
             .map_err(|e| WriteError::Internal(format!("preparing the write failed: {e}")))?
     }
@@ -609,7 +663,7 @@ impl Repo {
         bytes_max: usize,
     ) -> Result<(Vec<SignedEntry>, bool), ReadError> {
         let tx = self.db()?.begin_read()?;
-        let table = tx.open_table(ENTRIES)?;
+        let table = self.inner.db.sealed(tx.open_table(ENTRIES)?);
         let mut out = Vec::new();
         let mut bytes = 0;
         let mut next: Vec<u64> = ranges.iter().map(|(_, r)| *r.start()).collect();
@@ -663,7 +717,7 @@ impl Repo {
     /// A document's materialized JSON (with its `type`), if held.
     pub fn view(&self, id: &DocId) -> Result<Option<Json>, ReadError> {
         let tx = self.db()?.begin_read()?;
-        let views = tx.open_table(VIEWS)?;
+        let views = self.inner.db.sealed(tx.open_table(VIEWS)?);
         let Some(v) = views.get(id.as_bytes())? else {
             return Ok(None);
         };
@@ -691,7 +745,7 @@ impl Repo {
     ) -> Result<Vec<(DocId, Json)>, ReadError> {
         let tx = self.db()?.begin_read()?;
         let by_type = tx.open_table(BY_TYPE)?;
-        let views = tx.open_table(VIEWS)?;
+        let views = self.inner.db.sealed(tx.open_table(VIEWS)?);
         let code = doc_type.code();
         let end = before.map(|b| b.0).unwrap_or([0xff; 16]);
         let mut out = Vec::new();
@@ -750,7 +804,7 @@ impl Repo {
     /// The stored entry `(author, seq)`, as its signed bytes.
     pub fn entry(&self, author: &DeviceId, seq: u64) -> Result<Option<Vec<u8>>, ReadError> {
         let tx = self.db()?.begin_read()?;
-        let entries = tx.open_table(ENTRIES)?;
+        let entries = self.inner.db.sealed(tx.open_table(ENTRIES)?);
         Ok(entries
             .get((author.as_bytes(), seq))?
             .map(|v| v.value().to_vec()))
@@ -759,12 +813,14 @@ impl Repo {
     /// Entries refused on ingest, newest first.
     pub fn rejected(&self, limit: usize) -> Result<(u64, Vec<RejectedEntry>), ReadError> {
         let tx = self.db()?.begin_read()?;
-        let table = tx.open_table(REJECTED)?;
-        let total = table.len()?;
+        let table = self.inner.db.sealed(tx.open_table(REJECTED)?);
+        let total = table.raw().len()?;
         let mut out = Vec::new();
         for item in table.iter()?.rev().take(limit) {
             let (k, v) = item?;
-            let (reason, bytes) = v.value();
+            let (reason, bytes) = split_rejected(v.value()).ok_or_else(|| {
+                ReadError::Storage(format!("rejected entry {} is damaged", k.value()))
+            })?;
             // Rejected bytes may be anything; show the author and seq only if they decode.
             let decoded = SignedEntry::decode(bytes).ok();
             out.push(RejectedEntry {
@@ -856,6 +912,13 @@ pub(crate) fn new_doc_id(now: u64) -> DocId {
     DocId::new_v7(ms, random)
 }
 
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    // A machine without an entropy source cannot make keys or ids; nothing sensible goes on.
+    getrandom::fill(&mut b).expect("the operating system's random number generator failed");
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::new_doc_id;
@@ -865,11 +928,4 @@ mod tests {
         let ids: Vec<_> = (0..10_000).map(|_| new_doc_id(1_700_000_000_000)).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
     }
-}
-
-pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    // A machine without an entropy source cannot make keys or ids; nothing sensible goes on.
-    getrandom::fill(&mut b).expect("the operating system's random number generator failed");
-    b
 }

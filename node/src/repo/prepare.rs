@@ -10,7 +10,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use automerge::{ActorId, AutoCommit};
-use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase};
+use std::sync::Arc;
+
+use redb::{Database, ReadTransaction, ReadableDatabase};
 use serde_json::Value as Json;
 use tillmesh_protocol::docmap;
 use tillmesh_protocol::schema::{
@@ -21,7 +23,8 @@ use tillmesh_protocol::{DeviceId, DocId, DocType};
 
 use super::requests::{NewCustomer, NewSale, NewStockAdjustment};
 use super::{WriteError, new_doc_id, now_ms};
-use crate::store::tables::{SKUS, VIEWS};
+use crate::store::seal::Sealer;
+use crate::store::tables::{SKUS, Sealed, SealedReadOnly, SkuKey, VIEWS};
 
 /// A document built and checked, ready to be ordered into the log.
 pub(crate) struct NewDoc {
@@ -57,16 +60,16 @@ pub(crate) struct Device {
 /// A consistent read of the store for one preparation.
 pub(crate) struct Snapshot {
     _tx: ReadTransaction,
-    views: ReadOnlyTable<&'static [u8; 16], &'static [u8]>,
-    skus: ReadOnlyTable<(&'static str, &'static [u8; 16]), ()>,
+    views: SealedReadOnly<&'static [u8; 16]>,
+    skus: SealedReadOnly<SkuKey>,
 }
 
 impl Snapshot {
-    pub fn open(db: &Database) -> Result<Snapshot, WriteError> {
+    pub fn open(db: &Database, sealer: &Arc<Sealer>) -> Result<Snapshot, WriteError> {
         let tx = db.begin_read()?;
         Ok(Snapshot {
-            views: tx.open_table(VIEWS)?,
-            skus: tx.open_table(SKUS)?,
+            views: Sealed::new(tx.open_table(VIEWS)?, sealer),
+            skus: Sealed::new(tx.open_table(SKUS)?, sealer),
             _tx: tx,
         })
     }
@@ -107,20 +110,14 @@ impl Snapshot {
         sku: Option<&str>,
     ) -> Result<(DocId, Product), WriteError> {
         let by_sku = match sku {
-            Some(s) => {
-                let first = self
-                    .skus
-                    .range((s, &[0u8; 16])..=(s, &[0xffu8; 16]))?
-                    .next();
-                match first {
-                    Some(item) => Some(DocId(*item?.0.value().1)),
-                    None => {
-                        return Err(WriteError::UnknownProduct(format!(
-                            "{field}: no product has SKU '{s}'"
-                        )));
-                    }
+            Some(s) => match self.skus.first_of(s)? {
+                Some(id) => Some(id),
+                None => {
+                    return Err(WriteError::UnknownProduct(format!(
+                        "{field}: no product has SKU '{s}'"
+                    )));
                 }
-            }
+            },
             None => None,
         };
         let id = match (id, by_sku) {

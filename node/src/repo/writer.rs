@@ -30,7 +30,9 @@ use super::{
     DocEvent, IngestOutcome, Job, MemberCommand, Origin, Serial, WriteError, Written, new_doc_id,
     now_ms,
 };
-use crate::store::tables::{HEADS, MEMBER_OPS, META, QUARANTINE, SKUS, Tables, VIEWS, meta_key};
+use crate::store::tables::{
+    HEADS, MEMBER_OPS, META, QUARANTINE, SKUS, Sealed, Tables, VIEWS, meta_key, rejected_record,
+};
 use crate::store::wal::Wal;
 use crate::store::{self, Identity};
 
@@ -153,7 +155,7 @@ impl Writer {
         id: Identity,
         device: Arc<Device>,
     ) -> Result<Writer, WriteError> {
-        let (wal, records) = Wal::open(store.dir()).map_err(io_error)?;
+        let (wal, records) = Wal::open(store.dir(), store.sealer()).map_err(io_error)?;
         let settings_id = DocId::derived(&id.mesh_id, "settings");
         let membership = Arc::new(Membership::new(id.root_id));
         let actor = actor_for(&id.device_id);
@@ -201,7 +203,7 @@ impl Writer {
         let mut touched = BTreeSet::new();
         let mut applied = 0usize;
         {
-            let mut t = Tables::open(&tx)?;
+            let mut t = Tables::open(&tx, self.store.sealer())?;
             for (n, bytes) in records.iter().enumerate() {
                 match SignedEntry::decode(bytes) {
                     Ok(entry) => {
@@ -275,7 +277,8 @@ impl Writer {
             }
             // Whatever was cached came from the failed batch or the failed handle.
             self.reload()?;
-            let (wal, records) = Wal::open(self.store.dir()).map_err(io_error)?;
+            let (wal, records) =
+                Wal::open(self.store.dir(), self.store.sealer()).map_err(io_error)?;
             self.wal = wal;
             self.replay(records)
         })();
@@ -310,7 +313,7 @@ impl Writer {
             .receipts
             .fetch_max(self.receipt_seq, std::sync::atomic::Ordering::Relaxed);
         self.rejected_seq = get(meta_key::REJECTED_SEQ)?;
-        let views = tx.open_table(VIEWS)?;
+        let views = Sealed::new(tx.open_table(VIEWS)?, self.store.sealer());
         self.settings_received = views.get(self.settings_id.as_bytes())?.is_some();
         self.settings = match views.get(self.settings_id.as_bytes())? {
             Some(v) => {
@@ -323,11 +326,10 @@ impl Writer {
             None => Settings::new("", tillmesh_protocol::Currency::USD),
         };
         self.skus.clear();
-        for item in tx.open_table(SKUS)?.iter()? {
-            let (k, _) = item?;
-            let (sku, id) = k.value();
+        for item in Sealed::new(tx.open_table(SKUS)?, self.store.sealer()).all()? {
+            let (sku, id) = item?;
             // The first id per SKU in key order wins, the same rule `prepare::Snapshot` uses.
-            self.skus.entry(sku.to_owned()).or_insert(DocId(*id));
+            self.skus.entry(sku).or_insert(id);
         }
         self.member_ops.clear();
         for item in tx.open_table(MEMBER_OPS)?.iter()? {
@@ -462,7 +464,7 @@ impl Writer {
         };
         let mut touched = BTreeSet::new();
         let views = {
-            let mut t = match Tables::open(&tx) {
+            let mut t = match Tables::open(&tx, self.store.sealer()) {
                 Ok(t) => t,
                 Err(e) => return Err(fail(replies, jobs, e.into())),
             };
@@ -622,20 +624,16 @@ impl Writer {
             return Ok(());
         }
         if let Some(old) = old {
-            t.skus.remove((old.as_str(), id.as_bytes()))?;
+            t.skus.remove_sku(&old, id)?;
             if self.skus.get(&old) == Some(id) {
                 self.skus.remove(&old);
-                let next = t
-                    .skus
-                    .range((old.as_str(), &[0u8; 16])..=(old.as_str(), &[0xffu8; 16]))?
-                    .next();
-                if let Some(item) = next {
-                    self.skus.insert(old.clone(), DocId(*item?.0.value().1));
+                if let Some(next) = t.skus.first_of(&old)? {
+                    self.skus.insert(old.clone(), next);
                 }
             }
         }
         if let Some(new) = new {
-            t.skus.insert((new.as_str(), id.as_bytes()), ())?;
+            t.skus.insert_sku(&new, id)?;
             let held = self.skus.entry(new).or_insert(*id);
             *held = (*held).min(*id);
         }
@@ -1033,7 +1031,8 @@ impl Writer {
         self.membership
             .check_op(me, seq, &op)
             .map_err(|e| WriteError::Forbidden(e.to_string()))?;
-        let staged = self.sign_and_store(t, Payload::Membership(op), self.settings_id, now)?;
+        let staged =
+            self.sign_and_store(t, Payload::Membership(Box::new(op)), self.settings_id, now)?;
         self.record_member_op(t, &staged.own.clone().expect("own entry"))?;
         Ok(staged)
     }
@@ -1244,9 +1243,14 @@ impl Writer {
         let mut fresh: HashMap<DocId, (AutoCommit, Option<Json>)> = HashMap::new();
         let mut refusal = None;
         for (dc, changes) in entry.docs().iter().zip(parsed) {
-            if let Err(reason) =
-                self.apply_remote(t, dc.doc_id, dc.doc_type, changes, &mut fresh, author, role)
-            {
+            if let Err(reason) = self.apply_remote(
+                t,
+                dc.doc_id,
+                dc.doc_type,
+                changes,
+                &mut fresh,
+                (author, role),
+            ) {
                 refusal = Some(reason);
                 break;
             }
@@ -1335,8 +1339,7 @@ impl Writer {
         doc_type: DocType,
         changes: Vec<Change>,
         fresh: &mut HashMap<DocId, (AutoCommit, Option<Json>)>,
-        author: DeviceId,
-        role: Role,
+        (author, role): (DeviceId, Role),
     ) -> Result<(), Refusal> {
         let actor = self.cache.actor().clone();
         let settings = self.settings.clone();
@@ -1498,7 +1501,7 @@ impl Writer {
         tracing::warn!(author = %entry.entry.author.short(), seq = entry.entry.seq, %reason, "entry refused");
         self.rejected_seq += 1;
         t.rejected
-            .insert(self.rejected_seq, (reason, entry.encoded()))?;
+            .insert(self.rejected_seq, &rejected_record(reason, entry.encoded()))?;
         // Bounded: a peer sending refused entries again and again cannot fill the disk.
         if let Some(oldest) = self.rejected_seq.checked_sub(REJECTED_KEPT_MAX) {
             t.rejected.remove(oldest)?;

@@ -3,6 +3,7 @@
 //! What is stored and why it is enough to reopen without replaying history: see `tables`. Every
 //! write goes through the repo's writer; this module opens, creates and classifies failures.
 
+pub mod seal;
 pub mod tables;
 pub mod wal;
 
@@ -11,12 +12,37 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use redb::{Database, DatabaseError, ReadableDatabase, StorageError};
+use redb::{Database, DatabaseError, ReadableDatabase, StorageError, TableHandle};
 use tillmesh_protocol::{DeviceId, DeviceKey, MeshId};
 
-use tables::{FORMAT_V1, META, meta_key};
+use seal::{KdfParams, SALT_BYTES, Sealer, StorageKey};
+use tables::{FORMAT_V2, KEY_SOURCE_FILE, KEY_SOURCE_PASSPHRASE, META, meta_key};
 
 pub const STORE_FILE: &str = "tillmesh.redb";
+/// The storage key of a store not sealed with a passphrase, beside it, owner-only.
+pub const KEY_FILE: &str = "storage.key";
+
+/// Where a store's storage key comes from.
+#[derive(Clone, Default)]
+pub enum KeySource {
+    /// `DIR/storage.key`, made at init: an unattended till restarts on its own.
+    #[default]
+    KeyFile,
+    /// Stretched from a passphrase (Argon2id) at every open; nothing on disk unlocks the store.
+    Passphrase(String),
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::KeyFile => f.write_str("KeyFile"),
+            KeySource::Passphrase(_) => f.write_str("Passphrase(..)"),
+        }
+    }
+}
+
+/// What the key check value seals: a key that opens it is the store's key.
+const KEY_CHECK_TEXT: &[u8] = b"tillmesh storage key check";
 
 /// Bounds redb's page cache so a node with a large store stays small in memory.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -44,6 +70,26 @@ pub enum OpenError {
     Io { path: PathBuf, source: io::Error },
     #[error("the store in {path} could not be read: {detail}")]
     Storage { path: PathBuf, detail: String },
+    #[error(
+        "the passphrase does not unlock the store in {0} (or its storage.key is not the one it was created with); check the passphrase file, or restore the folder's storage.key from the backup made with it"
+    )]
+    WrongKey(PathBuf),
+    #[error(
+        "the store in {0} is sealed with a passphrase; give it with --passphrase-file FILE (or TILLMESH_PASSPHRASE_FILE)"
+    )]
+    PassphraseNeeded(PathBuf),
+    #[error(
+        "the store in {0} is sealed with its storage.key file, not a passphrase; run without --passphrase-file"
+    )]
+    NoPassphrase(PathBuf),
+    #[error(
+        "{0} is missing, and the store beside it cannot be read without it; restore it from the backup made with the store (a store made with a passphrase has no such file: then this folder is not one)"
+    )]
+    KeyFileMissing(PathBuf),
+    #[error(
+        "{0} can be read by other users, so anyone on this machine could read the store; make it owner-only with `chmod 600 {0}`, then start again"
+    )]
+    KeyFileExposed(PathBuf),
 }
 
 impl OpenError {
@@ -138,13 +184,26 @@ pub fn check_creatable(dir: &Path) -> Result<(), OpenError> {
     Ok(())
 }
 
-/// Creates a new store for a new device. Refuses a folder that holds anything else.
+/// Creates a new store for a new device, with its storage key in a key file. Refuses a folder
+/// that holds anything else.
 pub fn create(
     dir: &Path,
     device_name: &str,
     key: DeviceKey,
     mesh_id: MeshId,
     root_id: DeviceId,
+) -> Result<Database, OpenError> {
+    create_with(dir, device_name, key, mesh_id, root_id, &KeySource::KeyFile)
+}
+
+/// [`create`] with the storage key from `source`.
+pub fn create_with(
+    dir: &Path,
+    device_name: &str,
+    key: DeviceKey,
+    mesh_id: MeshId,
+    root_id: DeviceId,
+    source: &KeySource,
 ) -> Result<Database, OpenError> {
     let io_err = |source| OpenError::Io {
         path: dir.to_owned(),
@@ -153,9 +212,30 @@ pub fn create(
     let path = store_path(dir);
     check_creatable(dir)?;
     std::fs::create_dir_all(dir).map_err(io_err)?;
+    let (storage_key, key_meta) = match source {
+        KeySource::KeyFile => (StorageKey::random(), vec![]),
+        KeySource::Passphrase(p) => {
+            let salt: [u8; SALT_BYTES] = crate::repo::random_bytes();
+            let params = KdfParams::DEFAULT;
+            let k = StorageKey::from_passphrase(p, &salt, params)
+                .map_err(|e| OpenError::storage(&path, e))?;
+            (
+                k,
+                vec![
+                    (meta_key::KDF_SALT, salt.to_vec()),
+                    (meta_key::KDF_PARAMS, params.to_bytes().to_vec()),
+                ],
+            )
+        }
+    };
     let db = builder()
         .create(&path)
         .map_err(|e| map_db_error(&path, e))?;
+    if let KeySource::KeyFile = source {
+        write_key_file(dir, &storage_key).map_err(io_err)?;
+    }
+    let sealer = Sealer::new(&storage_key);
+    let sealed = |k: &str, v: &[u8]| sealer.seal(META.name(), k.as_bytes(), v);
     let tx = db.begin_write().map_err(|e| OpenError::storage(&path, e))?;
     {
         let mut meta = tx
@@ -163,15 +243,36 @@ pub fn create(
             .map_err(|e| OpenError::storage(&path, e))?;
         let prefix = receipt_prefix(device_name);
         let secret = key.secret();
+        let source_tag = match source {
+            KeySource::KeyFile => KEY_SOURCE_FILE,
+            KeySource::Passphrase(_) => KEY_SOURCE_PASSPHRASE,
+        };
         for (k, v) in [
-            (meta_key::FORMAT, FORMAT_V1),
-            (meta_key::DEVICE_SECRET, &secret[..]),
-            (meta_key::DEVICE_NAME, device_name.as_bytes()),
-            (meta_key::MESH_ID, mesh_id.as_bytes()),
-            (meta_key::ROOT_ID, root_id.as_bytes()),
-            (meta_key::RECEIPT_PREFIX, prefix.as_bytes()),
-        ] {
-            meta.insert(k, v)
+            (meta_key::FORMAT, FORMAT_V2.to_vec()),
+            (meta_key::KEY_SOURCE, source_tag.to_vec()),
+            (
+                meta_key::KEY_CHECK,
+                sealed(meta_key::KEY_CHECK, KEY_CHECK_TEXT),
+            ),
+            (
+                meta_key::DEVICE_SECRET,
+                sealed(meta_key::DEVICE_SECRET, &secret[..]),
+            ),
+            (
+                meta_key::DEVICE_NAME,
+                sealed(meta_key::DEVICE_NAME, device_name.as_bytes()),
+            ),
+            (meta_key::MESH_ID, mesh_id.as_bytes().to_vec()),
+            (meta_key::ROOT_ID, root_id.as_bytes().to_vec()),
+            (
+                meta_key::RECEIPT_PREFIX,
+                sealed(meta_key::RECEIPT_PREFIX, prefix.as_bytes()),
+            ),
+        ]
+        .into_iter()
+        .chain(key_meta)
+        {
+            meta.insert(k, v.as_slice())
                 .map_err(|e| OpenError::storage(&path, e))?;
         }
     }
@@ -180,8 +281,56 @@ pub fn create(
     Ok(db)
 }
 
+/// Writes a new key file, owner-only from the moment it exists, and makes it durable.
+fn write_key_file(dir: &Path, key: &StorageKey) -> io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(dir.join(KEY_FILE))?;
+    f.write_all(key.as_bytes())?;
+    f.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Reads the key file. Refuses one other users can read: a key anyone may copy protects
+/// nothing, and refusing is the only way the owner hears of it on an unattended till.
+fn read_key_file(dir: &Path) -> Result<StorageKey, OpenError> {
+    let path = dir.join(KEY_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(OpenError::KeyFileMissing(path));
+        }
+        Err(source) => return Err(OpenError::Io { path, source }),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path)
+            .map_err(|source| OpenError::Io {
+                path: path.clone(),
+                source,
+            })?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(OpenError::KeyFileExposed(path));
+        }
+    }
+    let key = <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| OpenError::NotOurs {
+        path: path.clone(),
+        why: format!("{KEY_FILE} holds {} bytes, not 32", bytes.len()),
+    })?;
+    Ok(StorageKey::from_bytes(key))
+}
+
 /// Opens an existing store and reads the device's identity from it.
-pub fn open(dir: &Path) -> Result<(Database, Identity), OpenError> {
+pub fn open(
+    dir: &Path,
+    source: &KeySource,
+) -> Result<(Database, Identity, Arc<Sealer>), OpenError> {
     let path = store_path(dir);
     if !path.exists() {
         if dir.exists()
@@ -197,11 +346,16 @@ pub fn open(dir: &Path) -> Result<(Database, Identity), OpenError> {
         return Err(OpenError::Missing(dir.to_owned()));
     }
     let db = builder().open(&path).map_err(|e| map_db_error(&path, e))?;
-    let identity = read_identity(&db, &path)?;
-    Ok((db, identity))
+    let (identity, sealer) = read_identity(&db, &path, dir, source)?;
+    Ok((db, identity, Arc::new(sealer)))
 }
 
-fn read_identity(db: &Database, path: &Path) -> Result<Identity, OpenError> {
+fn read_identity(
+    db: &Database,
+    path: &Path,
+    dir: &Path,
+    source: &KeySource,
+) -> Result<(Identity, Sealer), OpenError> {
     let not_ours = |why: &str| OpenError::NotOurs {
         path: path.to_owned(),
         why: why.to_owned(),
@@ -221,7 +375,7 @@ fn read_identity(db: &Database, path: &Path) -> Result<Identity, OpenError> {
             .map(|v| v.value().to_vec()))
     };
     let format = get(meta_key::FORMAT)?.ok_or_else(|| not_ours("no format marker"))?;
-    if format != FORMAT_V1 {
+    if format != FORMAT_V2 {
         return Err(OpenError::OtherFormat {
             path: path.to_owned(),
             found: String::from_utf8_lossy(&format).into(),
@@ -232,20 +386,52 @@ fn read_identity(db: &Database, path: &Path) -> Result<Identity, OpenError> {
             .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok())
             .ok_or_else(|| not_ours(&format!("missing or damaged '{k}'")))
     };
-    let text = |k: &str| -> Result<String, OpenError> {
-        get(k)?
-            .and_then(|v| String::from_utf8(v).ok())
-            .ok_or_else(|| not_ours(&format!("missing or damaged '{k}'")))
+    let storage_key = match (get(meta_key::KEY_SOURCE)?.as_deref(), source) {
+        (Some(KEY_SOURCE_FILE), KeySource::KeyFile) => read_key_file(dir)?,
+        (Some(KEY_SOURCE_FILE), KeySource::Passphrase(_)) => {
+            return Err(OpenError::NoPassphrase(dir.to_owned()));
+        }
+        (Some(KEY_SOURCE_PASSPHRASE), KeySource::KeyFile) => {
+            return Err(OpenError::PassphraseNeeded(dir.to_owned()));
+        }
+        (Some(KEY_SOURCE_PASSPHRASE), KeySource::Passphrase(p)) => {
+            let salt = get(meta_key::KDF_SALT)?
+                .and_then(|v| <[u8; SALT_BYTES]>::try_from(v.as_slice()).ok())
+                .ok_or_else(|| not_ours("missing or damaged 'kdf_salt'"))?;
+            let params = get(meta_key::KDF_PARAMS)?
+                .and_then(|v| KdfParams::from_bytes(&v))
+                .ok_or_else(|| not_ours("missing or damaged 'kdf_params'"))?;
+            StorageKey::from_passphrase(p, &salt, params)
+                .map_err(|e| OpenError::storage(path, e))?
+        }
+        _ => return Err(not_ours("missing or damaged 'key_source'")),
     };
-    let key = DeviceKey::from_secret(arr32(meta_key::DEVICE_SECRET)?);
-    Ok(Identity {
+    let sealer = Sealer::new(&storage_key);
+    let opened = |k: &str| -> Result<Vec<u8>, OpenError> {
+        let v = get(k)?.ok_or_else(|| not_ours(&format!("missing '{k}'")))?;
+        sealer
+            .open(META.name(), k.as_bytes(), &v)
+            .map_err(|_| OpenError::WrongKey(dir.to_owned()))
+    };
+    // Checked first, so a wrong key is told as such rather than as a damaged record.
+    if opened(meta_key::KEY_CHECK)? != KEY_CHECK_TEXT {
+        return Err(OpenError::WrongKey(dir.to_owned()));
+    }
+    let text = |k: &str| -> Result<String, OpenError> {
+        String::from_utf8(opened(k)?).map_err(|_| not_ours(&format!("damaged '{k}'")))
+    };
+    let secret = <[u8; 32]>::try_from(opened(meta_key::DEVICE_SECRET)?.as_slice())
+        .map_err(|_| not_ours("damaged 'device_secret'"))?;
+    let key = DeviceKey::from_secret(secret);
+    let identity = Identity {
         device_id: key.device_id(),
         key,
         device_name: text(meta_key::DEVICE_NAME)?,
         mesh_id: MeshId(arr32(meta_key::MESH_ID)?),
         root_id: DeviceId(arr32(meta_key::ROOT_ID)?),
         receipt_prefix: text(meta_key::RECEIPT_PREFIX)?,
-    })
+    };
+    Ok((identity, sealer))
 }
 
 /// The open database, shared by the writer and every reader.
@@ -255,17 +441,32 @@ fn read_identity(db: &Database, path: &Path) -> Result<Identity, OpenError> {
 pub struct Shared {
     path: PathBuf,
     db: RwLock<Option<Arc<Database>>>,
+    sealer: Arc<Sealer>,
 }
 
 /// How long a reopen waits for readers to let go of the old handle.
 const REOPEN_WAIT: Duration = Duration::from_secs(5);
 
 impl Shared {
-    pub fn new(dir: &Path, db: Database) -> Self {
+    pub fn new(dir: &Path, db: Database, sealer: Arc<Sealer>) -> Self {
         Shared {
             path: store_path(dir),
             db: RwLock::new(Some(Arc::new(db))),
+            sealer,
         }
+    }
+
+    /// Seals and opens the store's business data.
+    pub fn sealer(&self) -> &Arc<Sealer> {
+        &self.sealer
+    }
+
+    /// A read-side sealed table.
+    pub fn sealed<K: redb::Key + 'static>(
+        &self,
+        table: redb::ReadOnlyTable<K, &'static [u8]>,
+    ) -> tables::SealedReadOnly<K> {
+        tables::Sealed::new(table, &self.sealer)
     }
 
     /// The data folder.

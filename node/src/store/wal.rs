@@ -8,27 +8,33 @@
 //! here are applied again through the ingest path; entries redb already holds are duplicates and
 //! change nothing. So no acknowledged write is lost, and the disk sees one write per batch.
 //!
-//! Record: `len u32 BE | sha256(entry) [32] | entry`. A torn last record (a crash mid-write,
-//! never acknowledged) fails its length or hash check; reading stops there and the tail is cut.
+//! Record: `len u32 BE | entry sealed` (see `seal`; `len` counts the sealed bytes). A torn
+//! last record (a crash mid-write, never acknowledged) fails its length check or does not open;
+//! reading stops there and the tail is cut. The seal's tag is the record's checksum.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use tillmesh_protocol::entry::ENTRY_BYTES_MAX;
 
+use super::seal::{SEAL_OVERHEAD, Sealer};
+
 pub const WAL_FILE: &str = "tillmesh.wal";
-const RECORD_HEADER: usize = 4 + 32;
+const RECORD_HEADER: usize = 4;
+/// What the records are sealed for (the `table` of their associated data).
+const SEAL_LABEL: &str = "wal";
 
 pub struct Wal {
     file: File,
     len: u64,
+    sealer: Arc<Sealer>,
 }
 
 impl Wal {
     /// Opens (or creates) the log in `dir` and returns the entries it holds, in order.
-    pub fn open(dir: &Path) -> io::Result<(Wal, Vec<Vec<u8>>)> {
+    pub fn open(dir: &Path, sealer: &Arc<Sealer>) -> io::Result<(Wal, Vec<Vec<u8>>)> {
         let path = dir.join(WAL_FILE);
         let existed = path.exists();
         let mut file = OpenOptions::new()
@@ -47,16 +53,16 @@ impl Wal {
         let mut at = 0usize;
         while let Some(header) = bytes.get(at..at + RECORD_HEADER) {
             let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-            if len > ENTRY_BYTES_MAX {
+            if len > ENTRY_BYTES_MAX + SEAL_OVERHEAD {
                 break;
             }
             let Some(body) = bytes.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else {
                 break;
             };
-            if Sha256::digest(body)[..] != header[4..] {
+            let Ok(entry) = sealer.open(SEAL_LABEL, &[], body) else {
                 break;
-            }
-            records.push(body.to_vec());
+            };
+            records.push(entry);
             at += RECORD_HEADER + len;
         }
         if at < bytes.len() {
@@ -69,6 +75,7 @@ impl Wal {
             Wal {
                 file,
                 len: at as u64,
+                sealer: sealer.clone(),
             },
             records,
         ))
@@ -86,9 +93,9 @@ impl Wal {
     pub fn append<'a>(&mut self, entries: impl IntoIterator<Item = &'a [u8]>) -> io::Result<()> {
         let mut buf = Vec::new();
         for e in entries {
-            buf.extend_from_slice(&(e.len() as u32).to_be_bytes());
-            buf.extend_from_slice(&Sha256::digest(e));
-            buf.extend_from_slice(e);
+            let sealed = self.sealer.seal(SEAL_LABEL, &[], e);
+            buf.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
+            buf.extend_from_slice(&sealed);
         }
         if buf.is_empty() {
             return Ok(());
@@ -124,24 +131,32 @@ impl Wal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::seal::StorageKey;
+
+    fn sealer() -> Arc<Sealer> {
+        Arc::new(Sealer::new(&StorageKey::random()))
+    }
 
     #[test]
     fn records_survive_reopen_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, none) = Wal::open(dir.path()).unwrap();
+        let s = sealer();
+        let (mut wal, none) = Wal::open(dir.path(), &s).unwrap();
         assert!(none.is_empty());
         wal.append([&b"first"[..], &b"second"[..]]).unwrap();
         wal.append([&b"third"[..]]).unwrap();
         let full = wal.len();
         drop(wal);
+        let on_disk = std::fs::read(dir.path().join(WAL_FILE)).unwrap();
+        assert!(!on_disk.windows(6).any(|w| w == b"second"), "sealed");
         // A crash mid-append: half a record at the end.
         let mut f = OpenOptions::new()
             .append(true)
             .open(dir.path().join(WAL_FILE))
             .unwrap();
-        f.write_all(&[0, 0, 0, 9, 1, 2, 3]).unwrap();
+        f.write_all(&[0, 0, 0, 49, 1, 2, 3]).unwrap();
         drop(f);
-        let (mut wal, records) = Wal::open(dir.path()).unwrap();
+        let (mut wal, records) = Wal::open(dir.path(), &s).unwrap();
         assert_eq!(
             records,
             vec![b"first".to_vec(), b"second".to_vec(), b"third".to_vec()]
@@ -149,13 +164,14 @@ mod tests {
         assert_eq!(wal.len(), full);
         wal.truncate_to(0).unwrap();
         drop(wal);
-        assert!(Wal::open(dir.path()).unwrap().1.is_empty());
+        assert!(Wal::open(dir.path(), &s).unwrap().1.is_empty());
     }
 
     #[test]
     fn a_corrupted_record_ends_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open(dir.path()).unwrap();
+        let s = sealer();
+        let (mut wal, _) = Wal::open(dir.path(), &s).unwrap();
         wal.append([&b"good"[..], &b"flipped"[..]]).unwrap();
         drop(wal);
         let path = dir.path().join(WAL_FILE);
@@ -163,6 +179,6 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&path, bytes).unwrap();
-        assert_eq!(Wal::open(dir.path()).unwrap().1, vec![b"good".to_vec()]);
+        assert_eq!(Wal::open(dir.path(), &s).unwrap().1, vec![b"good".to_vec()]);
     }
 }
