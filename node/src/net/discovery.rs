@@ -29,7 +29,11 @@ pub struct Discovery {
     tag: String,
     local: PeerId,
     advertised_port: Option<u16>,
-    pairing_advertised: bool,
+    /// The full name of the pairing service advertised now, if any.
+    pairing_advertised: Option<String>,
+    /// Invites advertised so far: each gets its own instance name, since mDNS caches a
+    /// withdrawn name for a while and a new service under it may go unseen.
+    pairing_count: u32,
 }
 
 /// How many finds may wait for the driver; more are dropped (mDNS repeats itself).
@@ -65,7 +69,8 @@ impl Discovery {
                 tag,
                 local,
                 advertised_port: None,
-                pairing_advertised: false,
+                pairing_advertised: None,
+                pairing_count: 0,
             },
             rx,
         ))
@@ -99,30 +104,26 @@ impl Discovery {
             return Ok(());
         };
         let peer = self.local.to_base58();
+        if let Some(name) = self.pairing_advertised.take() {
+            let _ = self.daemon.unregister(&name)?;
+        }
         if !open {
-            if self.pairing_advertised {
-                self.pairing_advertised = false;
-                let _ = self
-                    .daemon
-                    .unregister(&format!("{peer}.{PAIRING_SERVICE_TYPE}"))?;
-            }
             return Ok(());
         }
-        if self.pairing_advertised {
-            return Ok(());
-        }
+        self.pairing_count += 1;
+        let instance = format!("{}-{}", &peer[peer.len() - 12..], self.pairing_count);
         let host = format!("tm-{}.local.", &peer[peer.len() - 12..]);
         let info = ServiceInfo::new(
             PAIRING_SERVICE_TYPE,
-            &peer,
+            &instance,
             &host,
             (),
             port,
             &[("peer", peer.as_str())][..],
         )?
         .enable_addr_auto();
+        self.pairing_advertised = Some(info.get_fullname().to_owned());
         self.daemon.register(info)?;
-        self.pairing_advertised = true;
         Ok(())
     }
 
