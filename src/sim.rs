@@ -444,7 +444,9 @@ impl Sim {
                 | WriteError::BadRequest(_)
                 | WriteError::NotFound { .. }
                 | WriteError::UnknownProduct(_)
-                | WriteError::Conflict(_),
+                | WriteError::Conflict(_)
+                // A device cut off before its admission reached it.
+                | WriteError::NotAdmitted,
             ) => self.report.writes_refused += 1,
             Err(e) => return Err(self.store_err(e)),
         }

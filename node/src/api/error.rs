@@ -58,6 +58,7 @@ impl From<WriteError> for ApiError {
             WriteError::UnknownProduct(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_product"),
             WriteError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             WriteError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            WriteError::NotAdmitted => (StatusCode::FORBIDDEN, "not_admitted"),
             WriteError::DiskFull => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
             WriteError::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_error"),
             WriteError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),

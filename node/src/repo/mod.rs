@@ -55,6 +55,10 @@ pub enum WriteError {
     /// This device's role does not allow the write.
     #[error("{0}")]
     Forbidden(String),
+    #[error(
+        "this device's admission to the mesh has not arrived yet, so it cannot write; let it sync with the device that invited it"
+    )]
+    NotAdmitted,
     #[error("the disk is full, so nothing was written; free some space and try again")]
     DiskFull,
     #[error(

@@ -990,12 +990,7 @@ impl Writer {
                 .check_write(me, self.head.0 + 1, *doc_type, false)
             {
                 Ok(()) => {}
-                Err(AccessError::NotMember(_)) => {
-                    return Err(WriteError::Forbidden(
-                        "this device's admission to the mesh has not arrived yet, so it cannot write; let it sync with the device that invited it"
-                            .into(),
-                    ));
-                }
+                Err(AccessError::NotMember(_)) => return Err(WriteError::NotAdmitted),
                 Err(e) => return Err(WriteError::Forbidden(e.to_string())),
             }
         }
