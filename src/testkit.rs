@@ -9,7 +9,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tillmesh_node::Repo;
 use tillmesh_node::cli::client::{api_addr_path, read_api_addr};
-use tillmesh_protocol::Currency;
+use tillmesh_node::repo::{Command as RepoCommand, IngestOutcome};
+use tillmesh_protocol::{Currency, DeviceId, DeviceKey, Role, SignedEntry};
 use tokio::net::TcpListener;
 
 /// How long a node process gets to start serving before a test gives up on it.
@@ -450,4 +451,59 @@ where
 /// A client for the node whose `api.addr` is in `dir`, if it has written one.
 pub fn read_api(dir: &Path) -> Option<Api> {
     read_api_addr(dir).map(|(addr, _)| Api::new(format!("http://{addr}")))
+}
+
+/// Admits the device with key `secret` into `owner`'s mesh with `role` (as pairing would) and
+/// creates its store in `dir`. It holds nothing until entries reach it.
+pub async fn member_device(
+    dir: &Path,
+    owner: &Repo,
+    name: &str,
+    secret: [u8; 32],
+    role: Role,
+) -> anyhow::Result<InProcessNode> {
+    let key = DeviceKey::from_secret(secret);
+    owner
+        .execute(RepoCommand::AddMember {
+            device: key.device_id(),
+            role,
+            name: name.to_owned(),
+        })
+        .await?;
+    let id = owner.identity();
+    drop(tillmesh_node::store::create(
+        dir, name, key, id.mesh_id, id.root_id,
+    )?);
+    InProcessNode::open(dir).await
+}
+
+/// Every entry `repo` holds from `author`, in order.
+pub fn entries_of(repo: &Repo, author: &DeviceId) -> anyhow::Result<Vec<SignedEntry>> {
+    let n = repo.version_vector()?.get(author);
+    (1..=n)
+        .map(|s| {
+            let bytes = repo.entry(author, s)?.context("a held entry is missing")?;
+            Ok(SignedEntry::decode(&bytes)?)
+        })
+        .collect()
+}
+
+/// Gives `to` the entries of `from` it lacks, in order, as a pull would; returns what became
+/// of each.
+pub async fn sync_entries(
+    from: &Repo,
+    to: &Repo,
+) -> anyhow::Result<Vec<(DeviceId, u64, IngestOutcome)>> {
+    let theirs = from.version_vector()?;
+    let mut out = Vec::new();
+    for (author, range) in to.version_vector()?.missing_from(&theirs) {
+        for seq in range {
+            let bytes = from
+                .entry(&author, seq)?
+                .context("a held entry is missing")?;
+            let outcome = to.ingest(SignedEntry::decode(&bytes)?).await?;
+            out.push((author, seq, outcome));
+        }
+    }
+    Ok(out)
 }

@@ -2,7 +2,7 @@
 //! not, never half-applied; duplicates are no-ops; concurrent stock moves add up.
 
 use automerge::AutoCommit;
-use tillmesh::testkit::{InProcessNode, cash_sale, product};
+use tillmesh::testkit::{self, InProcessNode, cash_sale, member_device, product, sync_entries};
 use tillmesh_node::Repo;
 use tillmesh_node::repo::{Command, IngestOutcome};
 use tillmesh_protocol::docmap::{self, actor_for};
@@ -11,28 +11,16 @@ use tillmesh_protocol::{
     DeviceId, DeviceKey, DocChanges, DocId, DocType, Entry, EntryHash, Payload, Role, SignedEntry,
 };
 
-/// A second device of the same mesh, admitted by the owner as a manager (pairing does the
-/// same over the network; see tests/trust.rs).
+/// A second device of the same mesh, admitted by the owner as a manager.
 async fn second_device(
     tmp: &tempfile::TempDir,
     owner: &Repo,
     name: &str,
     secret: [u8; 32],
 ) -> InProcessNode {
-    admit(owner, secret, Role::Manager).await;
-    let dir = tmp.path().join(name);
-    let id = owner.identity();
-    drop(
-        tillmesh_node::store::create(
-            &dir,
-            name,
-            DeviceKey::from_secret(secret),
-            id.mesh_id,
-            id.root_id,
-        )
-        .unwrap(),
-    );
-    InProcessNode::open(&dir).await.unwrap()
+    member_device(&tmp.path().join(name), owner, name, secret, Role::Manager)
+        .await
+        .unwrap()
 }
 
 async fn admit(owner: &Repo, secret: [u8; 32], role: Role) -> DeviceKey {
@@ -49,24 +37,13 @@ async fn admit(owner: &Repo, secret: [u8; 32], role: Role) -> DeviceKey {
 }
 
 fn entries_of(repo: &Repo, author: &DeviceId) -> Vec<SignedEntry> {
-    let n = repo.version_vector().unwrap().get(author);
-    (1..=n)
-        .map(|s| SignedEntry::decode(&repo.entry(author, s).unwrap().unwrap()).unwrap())
-        .collect()
+    testkit::entries_of(repo, author).unwrap()
 }
 
-/// Sends `from`'s entries that `to` lacks, in order.
+/// Sends `from`'s entries that `to` lacks, in order; each must apply.
 async fn sync_one_way(from: &Repo, to: &Repo) {
-    let theirs = from.version_vector().unwrap();
-    for (author, range) in to.version_vector().unwrap().missing_from(&theirs) {
-        for seq in range {
-            let e = SignedEntry::decode(&from.entry(&author, seq).unwrap().unwrap()).unwrap();
-            assert_eq!(
-                to.ingest(e).await.unwrap(),
-                IngestOutcome::Applied,
-                "{author:?}/{seq}"
-            );
-        }
+    for (author, seq, outcome) in sync_entries(from, to).await.unwrap() {
+        assert_eq!(outcome, IngestOutcome::Applied, "{author:?}/{seq}");
     }
 }
 

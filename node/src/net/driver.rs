@@ -55,6 +55,8 @@ const LEARNED_TARGET_FAILURES_MAX: u32 = 8;
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 /// A device that is not a member, connected to pair, is disconnected after this long.
 const GUEST_TTL: Duration = Duration::from_secs(60);
+/// Devices that are not members connected at once to pair; more are turned away.
+const GUESTS_MAX: usize = 16;
 
 struct Applied {
     bytes: usize,
@@ -628,7 +630,7 @@ impl Driver {
             return;
         }
         if !self.allowed(&peer) {
-            if self.inviter.is_open(Instant::now()) {
+            if self.inviter.accepts_guests(Instant::now()) && self.guests.len() < GUESTS_MAX {
                 // It may have come to pair; it gets nothing else (gossip included), and not
                 // for long.
                 self.guests.entry(peer).or_insert_with(Instant::now);

@@ -264,7 +264,7 @@ async fn request(
                 ..
             }) if request_id == id => {
                 return Err(JoinError::Refused(format!(
-                    "the exchange failed ({error}); the device may not have an open invite"
+                    "it has no open invite (it closed the connection: {error}); ask for a new invite"
                 )));
             }
             _ => {}

@@ -43,6 +43,8 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
 pub const TTL_MAX: Duration = Duration::from_secs(24 * 3600);
 /// A joiner has this long between `Start` and `Finish`.
 const SESSION_TTL: Duration = Duration::from_secs(30);
+/// How long after an invite's expiry non-members may still connect to hear a refusal.
+const GUESTS_AFTER_EXPIRY: Duration = Duration::from_secs(3600);
 /// Sessions held at once; more starts are refused until some end.
 const SESSIONS_MAX: usize = 16;
 /// Characters of a code: Crockford's base32, without the letters people confuse.
@@ -179,6 +181,9 @@ struct Session {
 #[derive(Default)]
 pub struct Inviter {
     open: Option<OpenInvite>,
+    /// Devices that are not members may connect to pair until then: an hour past the last
+    /// invite's expiry, so a late or repeated try hears why it failed.
+    guests_until: Option<Instant>,
     sessions: HashMap<PeerId, Session>,
     starts: VecDeque<Instant>,
 }
@@ -195,6 +200,7 @@ impl Inviter {
     /// Opens a new invite, replacing any open one.
     pub fn open(&mut self, role: Role, ttl: Duration, now: Instant) -> Opened {
         let code = new_code();
+        self.guests_until = Some(now + ttl + GUESTS_AFTER_EXPIRY);
         self.open = Some(OpenInvite {
             code: code.clone(),
             role,
@@ -209,7 +215,12 @@ impl Inviter {
         }
     }
 
-    /// Whether an invite is open: non-members may then connect to pair.
+    /// Whether devices that are not members may connect, to pair and nothing else.
+    pub fn accepts_guests(&self, now: Instant) -> bool {
+        self.guests_until.is_some_and(|t| now < t)
+    }
+
+    /// Whether an invite is open.
     pub fn is_open(&self, now: Instant) -> bool {
         self.open
             .as_ref()

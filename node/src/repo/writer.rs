@@ -1162,7 +1162,14 @@ impl Writer {
             return self.reject(t, &entry, reason);
         }
         if let Some(op) = entry.member_op() {
-            return match self.membership.check_op(author, seq, op) {
+            // An operation of a device revoked before it is kept, not refused: whether that
+            // revocation stands is for `Membership::compute` to decide (two admins may revoke
+            // each other), and every node must hold the same operations to decide alike.
+            let verdict = match self.membership.check_op(author, seq, op) {
+                Err(AccessError::Revoked { .. }) => Ok(()),
+                other => other,
+            };
+            return match verdict {
                 Err(AccessError::NotMember(_)) => Ok((
                     IngestOutcome::Deferred {
                         reason: AccessError::NotMember(author).to_string(),
