@@ -1,6 +1,10 @@
 //! Per-entry cost of the log entry codec: encode + sign, decode, verify, on a sale-sized entry
 //! built from a real Automerge change (a new sale document, as `POST /v1/sales` writes it).
 //!
+//! Also the rest of what ingest checks before applying an entry: the hash chain (the entry's
+//! hash, taken at decode, against the author's tip) and the author's membership and role, on a
+//! mesh of 50 devices; and recomputing the membership when an operation arrives.
+//!
 //! Run: `cargo bench --bench entry_codec`
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -8,8 +12,8 @@ use std::hint::black_box;
 use tillmesh_protocol::docmap::{self, actor_for};
 use tillmesh_protocol::schema::{LineInput, Product, RingUp, Sale, Settings, Tender};
 use tillmesh_protocol::{
-    Currency, DeviceKey, DocChanges, DocId, DocType, Entry, EntryHash, MeshId, Money, Payload,
-    SignedEntry,
+    Currency, DeviceId, DeviceKey, DocChanges, DocId, DocType, Entry, EntryHash, MemberOp,
+    Membership, MeshId, Money, OpRecord, Payload, Role, SignedEntry,
 };
 
 fn sale_entry(key: &DeviceKey) -> Entry {
@@ -88,5 +92,81 @@ fn codec(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codec);
+/// A mesh of `n` devices: admins added by the owner, tills added by the admins, some revoked.
+fn mesh_of(n: u8) -> (DeviceId, Vec<OpRecord>, Vec<DeviceId>) {
+    let dev = |i: u8| DeviceKey::from_secret([i; 32]).device_id();
+    let owner = dev(200);
+    let mut ops = Vec::new();
+    let mut seqs = std::collections::HashMap::new();
+    let mut next = |a: DeviceId| {
+        let s = seqs.entry(a).or_insert(0u64);
+        *s += 1;
+        *s
+    };
+    let admins: Vec<DeviceId> = (0..5).map(dev).collect();
+    for a in &admins {
+        let seq = next(owner);
+        ops.push(OpRecord {
+            author: owner,
+            seq,
+            op: MemberOp::Add {
+                device: *a,
+                role: Role::Admin,
+                name: String::new(),
+            },
+        });
+    }
+    let tills: Vec<DeviceId> = (5..n).map(dev).collect();
+    for (i, t) in tills.iter().enumerate() {
+        let by = admins[i % admins.len()];
+        let seq = next(by);
+        ops.push(OpRecord {
+            author: by,
+            seq,
+            op: MemberOp::Add {
+                device: *t,
+                role: Role::Till,
+                name: String::new(),
+            },
+        });
+        if i % 10 == 0 {
+            let seq = next(by);
+            ops.push(OpRecord {
+                author: by,
+                seq,
+                op: MemberOp::Revoke {
+                    device: *t,
+                    last_seq: 1000,
+                },
+            });
+        }
+    }
+    (owner, ops, tills)
+}
+
+fn checks(c: &mut Criterion) {
+    let (owner, ops, tills) = mesh_of(50);
+    let membership = Membership::compute(owner, &ops);
+    let key = DeviceKey::from_secret([3; 32]);
+    let signed = sale_entry(&key).sign(&MeshId([9; 32]), &key);
+    let tip = EntryHash([4; 32]);
+    let till = tills[7];
+    let mut g = c.benchmark_group("ingest_checks");
+    g.bench_function("chain", |b| {
+        b.iter(|| black_box(black_box(&signed).entry.prev == black_box(tip)))
+    });
+    g.bench_function("acl_role_and_doc_type", |b| {
+        b.iter(|| {
+            black_box(&membership)
+                .check_write(black_box(till), 500, DocType::Sale, false)
+                .unwrap()
+        })
+    });
+    g.bench_function("membership_compute_50_devices", |b| {
+        b.iter(|| black_box(Membership::compute(owner, black_box(&ops))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, checks);
 criterion_main!(benches);

@@ -117,6 +117,10 @@ pub struct Sealer {
     aead: XChaCha20Poly1305,
     /// For [`Sealer::index_tag`]: derived, so a tag says nothing about the sealing key.
     index_key: [u8; 32],
+    /// Nonces are this random prefix, drawn once per opening, then a counter: unique without
+    /// a system call per seal (a 128-bit prefix makes a repeat across openings negligible).
+    nonce_prefix: [u8; NONCE_BYTES - 8],
+    nonce_counter: std::sync::atomic::AtomicU64,
 }
 
 impl Sealer {
@@ -124,12 +128,19 @@ impl Sealer {
         Sealer {
             aead: XChaCha20Poly1305::new(GenericArray::from_slice(&key.0)),
             index_key: hmac(&key.0, b"tillmesh sku index tag v1"),
+            nonce_prefix: random(),
+            nonce_counter: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// Seals `plain` as the value of `key` in `table`.
     pub fn seal(&self, table: &str, key: &[u8], plain: &[u8]) -> Vec<u8> {
-        let nonce: [u8; NONCE_BYTES] = random();
+        let n = self
+            .nonce_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut nonce = [0u8; NONCE_BYTES];
+        nonce[..NONCE_BYTES - 8].copy_from_slice(&self.nonce_prefix);
+        nonce[NONCE_BYTES - 8..].copy_from_slice(&n.to_be_bytes());
         let mut out = Vec::with_capacity(plain.len() + SEAL_OVERHEAD);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plain);
