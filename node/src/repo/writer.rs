@@ -360,7 +360,8 @@ impl Writer {
     fn publish_membership(&self) {
         let current = self.membership.clone();
         self.device.membership.send_if_modified(|m| {
-            if **m == *current {
+            // Recomputed only when an operation arrives, so the same Arc means no change.
+            if Arc::ptr_eq(m, &current) || **m == *current {
                 false
             } else {
                 *m = current;
