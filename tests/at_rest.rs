@@ -16,6 +16,7 @@ const SKU: &str = "KUMQUAT-SKU-93Z";
 const CUSTOMER: &str = "Philomena Quasimodo-Brightwater";
 const EMAIL: &str = "philomena.q@example.org";
 const DEVICE: &str = "Quokka-Till-9X";
+const MEMBER: &str = "Wombat-Phone-4K";
 
 /// Every file under `dir` that holds one of `needles` in plain bytes, with the needle.
 fn plain_hits(dir: &Path, needles: &[&str]) -> Vec<String> {
@@ -36,7 +37,7 @@ fn plain_hits(dir: &Path, needles: &[&str]) -> Vec<String> {
     hits
 }
 
-const SECRETS: [&str; 5] = [PRODUCT_NAME, SKU, CUSTOMER, EMAIL, DEVICE];
+const SECRETS: [&str; 6] = [PRODUCT_NAME, SKU, CUSTOMER, EMAIL, DEVICE, MEMBER];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_data_folder_holds_no_business_data_in_plain() {
@@ -61,6 +62,15 @@ async fn the_data_folder_holds_no_business_data_in_plain() {
     let p = node
         .api
         .ok_post("/v1/products", &product(SKU, PRODUCT_NAME, 725, 12))
+        .await
+        .unwrap();
+    // A member's name travels in a membership operation: sealed like the rest.
+    let phone = tillmesh_protocol::DeviceKey::from_secret([44; 32]).device_id();
+    node.api
+        .ok_post(
+            "/v1/members",
+            &json!({"device_id": phone, "role": "viewer", "name": MEMBER}),
+        )
         .await
         .unwrap();
     let c = node

@@ -201,6 +201,9 @@ pub struct Member {
     /// Distance from the owner in the chain of admissions: seniority.
     pub depth: u32,
     pub added_by: Option<DeviceId>,
+    /// Proven here to have forked its log: this node accepts nothing more of it and lets it
+    /// no longer connect. Local knowledge, not part of what the operations define.
+    pub quarantined: bool,
 }
 
 impl Member {
@@ -244,6 +247,7 @@ impl Membership {
                 last_seq: None,
                 depth: 0,
                 added_by: None,
+                quarantined: false,
             },
         );
         Membership { owner, members }
@@ -285,17 +289,45 @@ impl Membership {
         pending.dedup_by_key(|o| (o.author, o.seq));
         let mut counted = Vec::new();
         loop {
-            // The next operation: by its author's seniority, then id, then seq. Authors not
-            // admitted yet wait: a later operation may admit them.
-            let next = pending
+            // The most senior operation that applies now: by its author's seniority, then id,
+            // then seq. Authors not admitted yet wait, and so does an operation on a device
+            // not admitted yet, or by an author not an admin yet: a later operation may admit
+            // or promote them. Operations that can never apply are dropped.
+            let mut order: Vec<(u32, DeviceId, u64, usize)> = pending
                 .iter()
                 .enumerate()
-                .filter_map(|(i, o)| state.members.get(&o.author).map(|m| (m.depth, i)))
-                .min_by_key(|(depth, i)| (*depth, pending[*i].author, pending[*i].seq));
-            let Some((_, i)) = next else { break };
-            let op = pending.remove(i);
-            if state.apply(op).is_ok() {
+                .filter_map(|(i, o)| {
+                    let m = state.members.get(&o.author)?;
+                    Some((m.depth, o.author, o.seq, i))
+                })
+                .collect();
+            order.sort();
+            let mut applied = None;
+            let mut dropped = Vec::new();
+            for (_, author, seq, i) in order {
+                match state.check_op(author, seq, &pending[i].op) {
+                    Ok(()) => {
+                        applied = Some(i);
+                        break;
+                    }
+                    Err(AccessError::NotMember(d)) if d != author => {}
+                    Err(AccessError::NotAdmin { .. }) => {}
+                    Err(_) => dropped.push(i),
+                }
+            }
+            if let Some(i) = applied {
+                let op = pending[i];
+                state.apply(op).expect("checked just now");
                 counted.push((op.author, op.seq));
+                dropped.push(i);
+            }
+            let progressed = applied.is_some();
+            dropped.sort_unstable();
+            for i in dropped.into_iter().rev() {
+                pending.remove(i);
+            }
+            if !progressed {
+                break;
             }
         }
         (state, counted)
@@ -315,6 +347,7 @@ impl Membership {
                         last_seq: None,
                         depth,
                         added_by: Some(op.author),
+                        quarantined: false,
                     },
                 );
             }
@@ -385,6 +418,44 @@ impl Membership {
         }
     }
 
+    /// What can be said of an operation whatever other operations arrive later: its author is
+    /// admitted and (revocations aside) manages members at `seq`, and it neither names the
+    /// owner nor makes a second one. An operation that passes is kept, and [`Membership::compute`]
+    /// decides whether it counts; so every node keeps the same operations whatever their
+    /// arrival order. (An author not admitted yet, or not an admin yet, may be later: a refused
+    /// operation is judged again when a peer offers it again.)
+    pub fn admissible_op(
+        &self,
+        author: DeviceId,
+        seq: u64,
+        op: &MemberOp,
+    ) -> Result<(), AccessError> {
+        let m = self
+            .members
+            .get(&author)
+            .ok_or(AccessError::NotMember(author))?;
+        let role = m.role_at(seq);
+        if !role.manages_members() {
+            return Err(AccessError::NotAdmin {
+                device: author,
+                role,
+            });
+        }
+        match op {
+            MemberOp::Add { role, .. } | MemberOp::ChangeRole { role, .. }
+                if *role == Role::Owner =>
+            {
+                Err(AccessError::SecondOwner)
+            }
+            MemberOp::ChangeRole { device, .. } | MemberOp::Revoke { device, .. }
+                if *device == self.owner =>
+            {
+                Err(AccessError::Owner)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The role `device`'s entry `seq` is judged under, if it is admitted and not revoked there.
     pub fn role_at(&self, device: DeviceId, seq: u64) -> Result<Role, AccessError> {
         let m = self
@@ -420,11 +491,20 @@ impl Membership {
         Ok(())
     }
 
-    /// Whether `device` may connect and sync: admitted and not revoked.
+    /// Whether `device` may connect and sync: admitted, not revoked, not quarantined here.
     pub fn is_active(&self, device: &DeviceId) -> bool {
         self.members
             .get(device)
-            .is_some_and(|m| m.last_seq.is_none())
+            .is_some_and(|m| m.last_seq.is_none() && !m.quarantined)
+    }
+
+    /// Marks devices this node caught forking their log (see [`Member::quarantined`]).
+    pub fn quarantine<'a>(&mut self, devices: impl IntoIterator<Item = &'a DeviceId>) {
+        for d in devices {
+            if let Some(m) = self.members.get_mut(d) {
+                m.quarantined = true;
+            }
+        }
     }
 
     pub fn owner(&self) -> DeviceId {
@@ -439,22 +519,20 @@ impl Membership {
         self.members.iter()
     }
 
-    /// Finds a member by its id (full or a unique prefix of its text form) or its exact name.
+    /// Finds members by exact name or by id (full, or the start of its text form). A text
+    /// that matches both ways returns them all, so a device named like another's id is never
+    /// picked by mistake: the caller asks for more of the id.
     pub fn find(&self, what: &str) -> Vec<DeviceId> {
-        let by_name: Vec<DeviceId> = self
+        let mut found: Vec<DeviceId> = self
             .members
             .iter()
-            .filter(|(_, m)| m.name == what)
+            .filter(|(id, m)| {
+                m.name == what || (!what.is_empty() && id.to_string().starts_with(what))
+            })
             .map(|(id, _)| *id)
             .collect();
-        if !by_name.is_empty() {
-            return by_name;
-        }
-        self.members
-            .keys()
-            .filter(|id| !what.is_empty() && id.to_string().starts_with(what))
-            .copied()
-            .collect()
+        found.dedup();
+        found
     }
 }
 
@@ -592,6 +670,39 @@ mod tests {
         assert!(m.is_active(&c), "{m:?}");
         assert!(m.is_active(&d), "{m:?}");
         assert!(m.get(&intruder).is_none());
+    }
+
+    #[test]
+    fn operations_wait_for_the_devices_they_name() {
+        // The owner revokes a till that an admin added; the owner's operations are evaluated
+        // first, yet the revocation must still hold.
+        let (owner, admin, till) = (dev(1), dev(2), dev(3));
+        let ops = vec![
+            add(owner, 2, admin, Role::Admin),
+            add(admin, 1, till, Role::Till),
+            revoke(owner, 3, till, 4),
+        ];
+        let m = Membership::compute(owner, &ops);
+        assert_eq!(m.get(&till).unwrap().last_seq, Some(4));
+        // A till promoted to admin by the owner may then admit devices.
+        let other = dev(4);
+        let ops = vec![
+            add(owner, 1, till, Role::Till),
+            OpRecord {
+                author: owner,
+                seq: 2,
+                op: MemberOp::ChangeRole {
+                    device: till,
+                    role: Role::Admin,
+                    from_seq: 3,
+                },
+            },
+            add(till, 3, other, Role::Viewer),
+            add(till, 2, dev(5), Role::Viewer),
+        ];
+        let m = Membership::compute(owner, &ops);
+        assert!(m.is_active(&other));
+        assert!(m.get(&dev(5)).is_none(), "written while still a till");
     }
 
     proptest! {

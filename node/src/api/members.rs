@@ -7,6 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tillmesh_protocol::membership::MEMBER_NAME_BYTES_MAX;
 use tillmesh_protocol::{DeviceId, Role};
 
 use super::error::ApiError;
@@ -54,6 +55,11 @@ pub async fn add(
     Body(body): Body<NewMember>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let role = parse_role(&body.role)?;
+    if body.name.is_empty() || body.name.len() > MEMBER_NAME_BYTES_MAX {
+        return Err(ApiError::bad_request(format!(
+            "name must be 1 to {MEMBER_NAME_BYTES_MAX} bytes"
+        )));
+    }
     let w = repo
         .execute(Command::AddMember {
             device: body.device_id,
@@ -73,7 +79,7 @@ fn resolve(repo: &Repo, what: &str) -> Result<DeviceId, ApiError> {
         [one] => Ok(*one),
         [] => Err(ApiError::not_found("member", what)),
         _ => Err(ApiError::bad_request(format!(
-            "{what:?} names more than one member; give more of its device id"
+            "{what:?} names more than one member (by name or by the start of an id); give more of the device id"
         ))),
     }
 }

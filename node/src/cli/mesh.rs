@@ -278,7 +278,7 @@ pub async fn members(
                 .await?;
             out.show(&r, || {
                 format!(
-                    "revoked {}: its entries after {} are refused everywhere, and its connections closed",
+                    "revoked {}: its entries after {} are refused by every device that learns of it, and its connections closed",
                     r["revoked"].as_str().unwrap_or("?"),
                     r["last_accepted_seq"]
                 )

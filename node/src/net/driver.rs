@@ -338,14 +338,15 @@ impl Driver {
             .filter(|(id, _)| m.is_active(id))
             .filter_map(|(id, _)| peer_of_device(id))
             .collect();
-        self.admitted = self.members.contains(&local);
-        for peer in self.guests.keys() {
-            if self.members.contains(peer) {
-                self.swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .remove_blacklisted_peer(peer);
-            }
+        // Revoked or quarantined counts as admitted too: such a device trusts nobody anew.
+        self.admitted = device_of_peer(&local).is_some_and(|d| m.get(&d).is_some());
+        // A device once turned away as a guest gets gossip again once it is a member.
+        let members: Vec<PeerId> = self.members.iter().copied().collect();
+        for peer in &members {
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .remove_blacklisted_peer(peer);
         }
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for peer in connected {
@@ -360,6 +361,12 @@ impl Driver {
     /// Whether `peer` may sync with this node.
     fn allowed(&self, peer: &PeerId) -> bool {
         !self.admitted || self.members.contains(peer)
+    }
+
+    /// Whether this node answers `peer`'s pulls: only once it knows who the members are, since
+    /// a device bootstrapping its membership cannot tell who may read.
+    fn serves(&self, peer: &PeerId) -> bool {
+        self.admitted && self.members.contains(peer)
     }
 
     fn on_command(&mut self, command: Command) {
@@ -761,6 +768,10 @@ impl Driver {
                             let _ = self.swarm.disconnect_peer_id(peer);
                             return;
                         }
+                        if !self.serves(&peer) {
+                            // Dropping the channel fails the pull; the peer retries later.
+                            return;
+                        }
                         self.serve(peer, request, channel)
                     }
                     request_response::Message::Response {
@@ -833,9 +844,16 @@ impl Driver {
         }
     }
 
-    /// Guests that did not become members in time are disconnected.
+    /// Guests that did not become members in time are disconnected, and an invite that
+    /// lapsed stops being advertised.
     fn expire_guests(&mut self) {
         let now = Instant::now();
+        if !self.inviter.is_open(now)
+            && let Some(d) = &mut self.discovery
+            && let Err(e) = d.advertise_pairing(false)
+        {
+            tracing::warn!(error = %e, "cannot withdraw the invite from mDNS");
+        }
         let expired: Vec<PeerId> = self
             .guests
             .iter()
@@ -958,6 +976,12 @@ impl Driver {
             return false;
         };
         if entry.verify(&self.mesh).is_ok() {
+            // Only members' entries travel on: anything else would be parked and checked
+            // again on every node for nothing. (A member admitted too recently for this node
+            // to know is pulled later.)
+            if !self.membership.borrow().is_active(&entry.entry.author) {
+                return false;
+            }
             self.sync.pushed(&relayed_by, message);
             return true;
         }

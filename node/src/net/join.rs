@@ -191,9 +191,10 @@ async fn pair_with(
             )));
         }
     };
-    let finish = joiner
-        .confirm(&spake, &confirm)
-        .map_err(|_| JoinError::WrongCode)?;
+    let finish = joiner.confirm(&spake, &confirm).map_err(|e| match e {
+        Refusal::WrongCode => JoinError::WrongCode,
+        other => JoinError::Protocol(other.to_string()),
+    })?;
     match request(swarm, peer, finish, deadline).await? {
         PairResponse::Welcome {
             owner,
@@ -264,7 +265,7 @@ async fn request(
                 ..
             }) if request_id == id => {
                 return Err(JoinError::Refused(format!(
-                    "it has no open invite (it closed the connection: {error}); ask for a new invite"
+                    "the exchange broke off ({error}); the device may have no open invite (it then closes the connection), or the network failed: try again, or ask for a new invite"
                 )));
             }
             _ => {}

@@ -378,7 +378,19 @@ mod tests {
         local: PeerId,
         now: Instant,
     ) -> Result<(Role, String), Refusal> {
-        let (mut j, start) = Joiner::start(code, joiner, local, "Phone");
+        exchange_believing(inviter, code, joiner, local, local, now)
+    }
+
+    /// An exchange where the joiner believes it talks to `believed`.
+    fn exchange_believing(
+        inviter: &mut Inviter,
+        code: &str,
+        joiner: PeerId,
+        local: PeerId,
+        believed: PeerId,
+        now: Instant,
+    ) -> Result<(Role, String), Refusal> {
+        let (mut j, start) = Joiner::start(code, joiner, believed, "Phone");
         let PairRequest::Start { spake, name } = start else {
             unreachable!()
         };
@@ -434,7 +446,7 @@ mod tests {
         let opened = inv.open(Role::Viewer, Duration::from_secs(60), now);
         // A joiner that believes it talks to someone else derives another key.
         assert_eq!(
-            exchange(&mut inv, &opened.code, peer(), peer(), now),
+            exchange_believing(&mut inv, &opened.code, peer(), local, peer(), now),
             Err(Refusal::WrongCode)
         );
         assert_eq!(

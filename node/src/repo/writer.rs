@@ -332,7 +332,7 @@ impl Writer {
             self.skus.entry(sku).or_insert(id);
         }
         self.member_ops.clear();
-        for item in tx.open_table(MEMBER_OPS)?.iter()? {
+        for item in Sealed::new(tx.open_table(MEMBER_OPS)?, self.store.sealer()).iter()? {
             let (k, v) = item?;
             let (author, seq) = k.value();
             let op = MemberOp::from_bytes(v.value()).map_err(|e| {
@@ -346,13 +346,19 @@ impl Writer {
                 op,
             });
         }
-        self.membership = Arc::new(Membership::compute(self.id.root_id, &self.member_ops));
         self.quarantined.clear();
         for item in tx.open_table(QUARANTINE)?.iter()? {
             self.quarantined.insert(DeviceId(*item?.0.value()));
         }
+        self.recompute_membership();
         self.publish_membership();
         Ok(())
+    }
+
+    fn recompute_membership(&mut self) {
+        let mut m = Membership::compute(self.id.root_id, &self.member_ops);
+        m.quarantine(&self.quarantined);
+        self.membership = Arc::new(m);
     }
 
     /// Tells readers and the network gate about the membership. Called after commits and
@@ -1046,7 +1052,7 @@ impl Writer {
             seq,
             op: op.clone(),
         });
-        self.membership = Arc::new(Membership::compute(self.id.root_id, &self.member_ops));
+        self.recompute_membership();
         Ok(())
     }
 
@@ -1163,14 +1169,11 @@ impl Writer {
             return self.reject(t, &entry, reason);
         }
         if let Some(op) = entry.member_op() {
-            // An operation of a device revoked before it is kept, not refused: whether that
-            // revocation stands is for `Membership::compute` to decide (two admins may revoke
-            // each other), and every node must hold the same operations to decide alike.
-            let verdict = match self.membership.check_op(author, seq, op) {
-                Err(AccessError::Revoked { .. }) => Ok(()),
-                other => other,
-            };
-            return match verdict {
+            // Kept unless it is wrong whatever else arrives: whether it counts (its author may
+            // be revoked before it, its target admitted by another admin, two admins may revoke
+            // each other) is for `Membership::compute`, and every node must hold the same
+            // operations to decide alike.
+            return match self.membership.admissible_op(author, seq, op) {
                 Err(AccessError::NotMember(_)) => Ok((
                     IngestOutcome::Deferred {
                         reason: AccessError::NotMember(author).to_string(),
@@ -1490,6 +1493,7 @@ impl Writer {
     ) -> Result<(), WriteError> {
         tracing::error!(device = %author, seq, "ALERT: device signed two different entries at one position of its log (a fork); it is quarantined, and an admin should revoke it");
         self.quarantined.insert(author);
+        self.recompute_membership();
         t.quarantine
             .insert(author.as_bytes(), (seq, held.0, other.0))?;
         Ok(())

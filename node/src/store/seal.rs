@@ -5,8 +5,10 @@
 //! name and the record's key, so a value copied under another key or into another table does
 //! not open: an attacker with the file can delete records but not shuffle them.
 //!
-//! Nonces are random: 192 bits make a collision negligible however many values a till seals,
-//! and nothing needs to be remembered between runs (a counter would, across crashes).
+//! Nonces are a 128-bit random prefix drawn each time the store is opened, then a 64-bit
+//! counter: unique within an opening, a repeat across openings as unlikely as a random
+//! collision, and nothing to remember between runs (a stored counter would have to survive
+//! crashes). It also spares a system call per sealed value.
 
 use chacha20poly1305::aead::generic_array::GenericArray;
 use chacha20poly1305::{AeadInPlace, KeyInit, XChaCha20Poly1305};

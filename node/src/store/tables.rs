@@ -52,8 +52,8 @@ pub const COUNTS: TableDefinition<u8, u64> = TableDefinition::new("counts");
 /// (see [`rejected_record`]), sealed. Never applied.
 pub const REJECTED: TableDefinition<u64, &[u8]> = TableDefinition::new("rejected");
 
-/// Membership operations held, by the `(author, seq)` of their entry: the operation's bytes.
-/// Small (tens of rows), read whole to compute the membership.
+/// Membership operations held, by the `(author, seq)` of their entry: the operation's bytes,
+/// sealed (they name devices). Small (tens of rows), read whole to compute the membership.
 pub const MEMBER_OPS: TableDefinition<(&[u8; 32], u64), &[u8]> = TableDefinition::new("member_ops");
 /// Devices proven to have forked their log: `(author)` -> `(seq, first hash, second hash)`.
 pub const QUARANTINE: TableDefinition<&[u8; 32], ForkProof> = TableDefinition::new("quarantine");
@@ -157,7 +157,7 @@ pub struct Tables<'t> {
     pub rejected: SealedTable<'t, u64>,
     pub counts: redb::Table<'t, u8, u64>,
     pub stock: redb::Table<'t, &'static [u8; 16], i64>,
-    pub member_ops: redb::Table<'t, (&'static [u8; 32], u64), &'static [u8]>,
+    pub member_ops: SealedTable<'t, (&'static [u8; 32], u64)>,
     pub quarantine: redb::Table<'t, &'static [u8; 32], ForkProof>,
 }
 
@@ -180,7 +180,7 @@ impl<'t> Tables<'t> {
             rejected: Sealed::new(tx.open_table(REJECTED)?, sealer),
             counts: tx.open_table(COUNTS)?,
             stock: tx.open_table(STOCK)?,
-            member_ops: tx.open_table(MEMBER_OPS)?,
+            member_ops: Sealed::new(tx.open_table(MEMBER_OPS)?, sealer),
             quarantine: tx.open_table(QUARANTINE)?,
         })
     }
