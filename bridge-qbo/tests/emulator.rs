@@ -991,3 +991,96 @@ async fn webhooks_are_delivered_signed_and_retried() {
     }
     q.stop().await;
 }
+
+#[tokio::test]
+async fn inventory_moves_with_sales_refunds_and_voids_and_may_go_negative() {
+    let q = start().await;
+    let accounts = q.query("select * from Account").await.1["QueryResponse"]["Account"].clone();
+    let acct = |name: &str| {
+        let a = accounts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["Name"] == name)
+            .unwrap();
+        json!({"value": a["Id"]})
+    };
+    let item = q
+        .ok(
+            "POST",
+            "item",
+            Some(&json!({"Name": "Tea", "Type": "Inventory", "QtyOnHand": 3, "InvStartDate": "2026-01-01",
+                "IncomeAccountRef": acct("Sales of Product Income"), "AssetAccountRef": acct("Inventory Asset"),
+                "ExpenseAccountRef": acct("Cost of Goods Sold")})),
+        )
+        .await["Item"]
+        .clone();
+    let id = item["Id"].as_str().unwrap().to_owned();
+    let path = format!("item/{id}");
+    let line = |qty: f64| {
+        json!({"Line": [{"Amount": qty * 2.0, "DetailType": "SalesItemLineDetail",
+            "SalesItemLineDetail": {"ItemRef": {"value": id}, "Qty": qty, "UnitPrice": 2}}]})
+    };
+    let sale = q.ok("POST", "salesreceipt", Some(&line(5.0))).await["SalesReceipt"].clone();
+    assert_eq!(
+        q.ok("GET", &path, None).await["Item"]["QtyOnHand"].as_f64(),
+        Some(-2.0),
+        "QBO lets stock go negative"
+    );
+    q.ok("POST", "refundreceipt", Some(&line(1.0))).await;
+    assert_eq!(
+        q.ok("GET", &path, None).await["Item"]["QtyOnHand"].as_f64(),
+        Some(-1.0)
+    );
+    q.ok(
+        "POST",
+        "salesreceipt?operation=void",
+        Some(&json!({"Id": sale["Id"], "SyncToken": sale["SyncToken"]})),
+    )
+    .await;
+    assert_eq!(
+        q.ok("GET", &path, None).await["Item"]["QtyOnHand"].as_f64(),
+        Some(4.0),
+        "a void puts the goods back"
+    );
+    q.stop().await;
+}
+
+#[test]
+fn the_binary_prints_its_endpoints_on_the_first_line() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qbo-emulator"))
+        .args(["--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let ends: Value = serde_json::from_str(&first).unwrap();
+    for key in [
+        "base_url",
+        "authorize_url",
+        "token_url",
+        "realm_id",
+        "client_id",
+        "client_secret",
+        "verifier_token",
+    ] {
+        assert!(
+            ends[key].as_str().is_some_and(|v| !v.is_empty()),
+            "{key}: {first}"
+        );
+    }
+    assert!(
+        ends["token_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/oauth2/v1/tokens/bearer")
+    );
+}
