@@ -177,6 +177,11 @@ pub enum Command {
     Revoke {
         device: DeviceId,
     },
+    /// Records what QuickBooks holds for a sale, product or customer (the bridge only).
+    SetLedger {
+        doc_id: DocId,
+        ledger: tillmesh_protocol::schema::Ledger,
+    },
 }
 
 /// The commands the writer runs itself: they read a document and change it, or must be unique.
@@ -191,6 +196,10 @@ pub(crate) enum Serial {
     Refund { sale_id: DocId, request: RefundSale },
     PatchCustomer { id: DocId, patch: CustomerPatch },
     Member(MemberCommand),
+    SetLedger {
+        doc_id: DocId,
+        ledger: tillmesh_protocol::schema::Ledger,
+    },
 }
 
 /// A membership command, completed by the writer with what this node holds of the target.
@@ -487,6 +496,11 @@ impl Repo {
         &self.inner.identity
     }
 
+    /// The sealer of this device's storage key: the bridge seals its QuickBooks tokens with it.
+    pub fn sealer(&self) -> Arc<store::seal::Sealer> {
+        self.inner.db.sealer().clone()
+    }
+
     /// The mesh's membership as of the last commit.
     pub fn membership(&self) -> Arc<Membership> {
         self.inner.device.membership.borrow().clone()
@@ -562,6 +576,9 @@ impl Repo {
                 Box::new(Serial::Member(MemberCommand::Revoke { device })),
                 tx,
             ),
+            Command::SetLedger { doc_id, ledger } => {
+                Job::Command(Box::new(Serial::SetLedger { doc_id, ledger }), tx)
+            }
             Command::Sell(r) => Job::Prepared(
                 Box::new(self.prepare(move |s, d| prepare::sale(s, d, r)).await?),
                 tx,

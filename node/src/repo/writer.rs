@@ -660,17 +660,20 @@ impl Writer {
         if let Serial::Member(m) = cmd {
             return self.stage_member(t, m, now);
         }
+        if let Serial::SetLedger { doc_id, ledger } = cmd {
+            return self.set_ledger(t, doc_id, ledger, now, touched);
+        }
         let writes: &[DocType] = match &cmd {
             Serial::InitSettings(_) | Serial::SetTaxRate { .. } => &[DocType::Settings],
             Serial::CreateProduct(_) => &[DocType::Product],
             Serial::Void { .. } => &[DocType::Sale],
             Serial::Refund { .. } => &[DocType::Refund],
             Serial::PatchCustomer { .. } => &[DocType::Customer],
-            Serial::Member(_) => unreachable!("handled above"),
+            Serial::Member(_) | Serial::SetLedger { .. } => unreachable!("handled above"),
         };
         self.check_own_write(writes)?;
         let primary = match cmd {
-            Serial::Member(_) => unreachable!("handled above"),
+            Serial::Member(_) | Serial::SetLedger { .. } => unreachable!("handled above"),
             Serial::InitSettings(s) => {
                 s.validate(&s)?;
                 let id = self.settings_id;
@@ -987,6 +990,66 @@ impl Writer {
     }
 
     /// Signs the entry for `ops` as this device's next and stores it.
+    /// Writes the `ledger` part of a sale, product or customer: what QuickBooks holds.
+    fn set_ledger(
+        &mut self,
+        t: &mut Tables<'_>,
+        id: DocId,
+        ledger: tillmesh_protocol::schema::Ledger,
+        now: u64,
+        touched: &mut BTreeSet<DocId>,
+    ) -> Result<Staged, WriteError> {
+        let doc_type = self
+            .cache
+            .get(t, &id)?
+            .and_then(|c| DocType::from_code(c.record.doc_type))
+            .ok_or_else(|| WriteError::NotFound {
+                what: "document",
+                id: id.to_string(),
+            })?;
+        let me = self.id.device_id;
+        self.membership
+            .check_write(me, self.head.0 + 1, doc_type, true)
+            .map_err(|e| match e {
+                AccessError::NotMember(_) => WriteError::NotAdmitted,
+                e => WriteError::Forbidden(e.to_string()),
+            })?;
+        let mut ops = Ops::default();
+        macro_rules! with_ledger {
+            ($t:ty, $what:literal, |$v:ident| $field:expr) => {{
+                let current: $t = self.typed(t, &id, $what)?;
+                let mut next = current.clone();
+                {
+                    let $v = &mut next;
+                    *$field = Some(ledger);
+                }
+                self.update_doc(t, &mut ops, id, &current, &next, now)?;
+            }};
+        }
+        match doc_type {
+            DocType::Sale => with_ledger!(Sale, "sale", |v| &mut v.ledger),
+            DocType::Product => with_ledger!(Product, "product", |v| &mut v.ledger),
+            DocType::Customer => with_ledger!(Customer, "customer", |v| &mut v.0.ledger),
+            other => {
+                return Err(WriteError::BadRequest(format!(
+                    "a {other} has no ledger this node writes"
+                )));
+            }
+        }
+        if ops.docs.is_empty() {
+            return Ok(Staged {
+                primary: id,
+                docs: Vec::new(),
+                author: me,
+                seq: self.head.0,
+                own: None,
+            });
+        }
+        let staged = self.seal(t, ops, id, now)?;
+        touched.extend(staged.docs.iter().map(|(id, _)| *id));
+        Ok(staged)
+    }
+
     /// Refuses a local write this device's role does not allow, before anything is touched,
     /// so every write this device signs is one its peers accept.
     fn check_own_write(&self, doc_types: &[DocType]) -> Result<(), WriteError> {
