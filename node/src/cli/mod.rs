@@ -4,6 +4,19 @@
 pub mod client;
 mod demo;
 mod mesh;
+
+pub use mesh::NetArgs;
+
+/// `tillmesh join`, for programs built on the node (the bridge joins like any device).
+pub async fn join_device(
+    data: &std::path::Path,
+    name: &str,
+    invite: &str,
+    keys: &KeySource,
+    json: bool,
+) -> anyhow::Result<()> {
+    mesh::join(data, name, invite, shop::Output { json }, keys).await
+}
 mod shop;
 
 use std::net::SocketAddr;
@@ -232,7 +245,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// The storage key's source: the key file unless a passphrase file is given.
-fn key_source(passphrase_file: Option<&std::path::Path>) -> anyhow::Result<KeySource> {
+/// The storage key's source for `--passphrase-file` (or its absence).
+pub fn key_source(passphrase_file: Option<&std::path::Path>) -> anyhow::Result<KeySource> {
     let Some(path) = passphrase_file else {
         return Ok(KeySource::KeyFile);
     };
@@ -252,11 +266,27 @@ fn key_source(passphrase_file: Option<&std::path::Path>) -> anyhow::Result<KeySo
     Ok(KeySource::Passphrase(line.to_owned()))
 }
 
+/// Work a program built on the node runs beside it (the QuickBooks bridge): given the open
+/// repo and a signal that turns true at shutdown.
+pub type Beside =
+    Box<dyn FnOnce(Repo, tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()> + Send>;
+
 async fn run(
     data: PathBuf,
     api: SocketAddr,
     net: mesh::NetArgs,
     keys: &KeySource,
+) -> anyhow::Result<()> {
+    run_node(data, api, net, keys, None).await
+}
+
+/// `tillmesh run`, with `beside` started once the node is up and stopped with it.
+pub async fn run_node(
+    data: PathBuf,
+    api: SocketAddr,
+    net: mesh::NetArgs,
+    keys: &KeySource,
+    beside: Option<Beside>,
 ) -> anyhow::Result<()> {
     if !api.ip().is_loopback() {
         bail!(
@@ -295,6 +325,7 @@ async fn run(
     for a in &status.listen {
         println!("listening on {a}");
     }
+    let beside = beside.map(|f| f(repo.clone(), stop_rx.clone()));
     let server = tokio::spawn(crate::server::run(
         repo,
         listener,
@@ -308,6 +339,9 @@ async fn run(
     // Event streams never end by themselves; give requests a moment, then go.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, net_task).await;
+    if let Some(task) = beside {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, task).await;
+    }
     let _ = std::fs::remove_file(&addr_file);
     Ok(())
 }

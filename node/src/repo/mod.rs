@@ -190,11 +190,23 @@ pub enum Command {
 #[derive(Debug)]
 pub(crate) enum Serial {
     InitSettings(Settings),
-    SetTaxRate { code: String, rate: SetTaxRate },
+    SetTaxRate {
+        code: String,
+        rate: SetTaxRate,
+    },
     CreateProduct(NewProduct),
-    Void { sale_id: DocId, request: VoidSale },
-    Refund { sale_id: DocId, request: RefundSale },
-    PatchCustomer { id: DocId, patch: CustomerPatch },
+    Void {
+        sale_id: DocId,
+        request: VoidSale,
+    },
+    Refund {
+        sale_id: DocId,
+        request: RefundSale,
+    },
+    PatchCustomer {
+        id: DocId,
+        patch: CustomerPatch,
+    },
     Member(MemberCommand),
     SetLedger {
         doc_id: DocId,

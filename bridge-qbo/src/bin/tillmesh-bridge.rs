@@ -1,0 +1,170 @@
+//! `tillmesh-bridge`: a tillmesh node with the `bridge` role that posts the mesh's sales to
+//! QuickBooks Online and brings back what QuickBooks says about money.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tillmesh_bridge_qbo::bridge::{Bridge, client::Qbo, connect, state::State};
+use tillmesh_node::Repo;
+use tillmesh_node::cli::{NetArgs, join_device, key_source, run_node};
+
+#[derive(Parser)]
+#[command(
+    name = "tillmesh-bridge",
+    version,
+    about = "The QuickBooks Online bridge of a tillmesh mesh"
+)]
+struct Cli {
+    /// The bridge's data folder (or set TILLMESH_DATA).
+    #[arg(long, global = true, env = "TILLMESH_DATA")]
+    data: Option<PathBuf>,
+    /// Unlock a store sealed with the passphrase on this file's first line.
+    #[arg(long, global = true, env = "TILLMESH_PASSPHRASE_FILE")]
+    passphrase_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Join a mesh with an invite for the `bridge` role (as `tillmesh join`).
+    Join {
+        #[arg(long)]
+        name: String,
+        invite: String,
+    },
+    /// Connect to a QuickBooks company (OAuth). Run it while the bridge is stopped.
+    Connect {
+        /// The API's base URL: `https://quickbooks.api.intuit.com`, or the emulator's.
+        #[arg(long)]
+        qbo_base: String,
+        #[arg(long)]
+        client_id: String,
+        #[arg(long)]
+        client_secret: String,
+        /// Intuit's authorize page; the emulator's (`<base>/connect/oauth2`) by default.
+        #[arg(long)]
+        authorize_url: Option<String>,
+        /// Intuit's token endpoint; the emulator's (`<base>/oauth2/v1/tokens/bearer`) by default.
+        #[arg(long)]
+        token_url: Option<String>,
+    },
+    /// Run the node and the bridge until stopped.
+    Run {
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        api: SocketAddr,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Show the connection, the outbox, the last push and pull, failures and conflicts.
+    Status,
+}
+
+fn main() -> std::process::ExitCode {
+    match run_cli() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TILLMESH_LOG").unwrap_or_else(|_| {
+                if matches!(cli.command, Cmd::Run { .. }) {
+                    "info"
+                } else {
+                    "warn"
+                }
+                .into()
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(dispatch(cli))
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let data = cli
+        .data
+        .clone()
+        .context("say which data folder with --data DIR (or TILLMESH_DATA)")?;
+    let keys = key_source(cli.passphrase_file.as_deref())?;
+    match cli.command {
+        Cmd::Join { name, invite } => join_device(&data, &name, &invite, &keys, false).await,
+        Cmd::Connect {
+            qbo_base,
+            client_id,
+            client_secret,
+            authorize_url,
+            token_url,
+        } => {
+            let base = qbo_base.trim_end_matches('/').to_owned();
+            let app = connect::App {
+                authorize_url: authorize_url.unwrap_or_else(|| format!("{base}/connect/oauth2")),
+                token_url: token_url.unwrap_or_else(|| format!("{base}/oauth2/v1/tokens/bearer")),
+                base_url: base,
+                client_id,
+                client_secret,
+            };
+            let repo = Repo::open_with(&data, &keys)?;
+            let (conn, tokens) = connect::connect(&app).await?;
+            let state = State::open(&data, repo.sealer())?;
+            state.set_connection(&conn)?;
+            state.set_tokens(&tokens)?;
+            println!("connected to QuickBooks company {}", conn.realm_id);
+            Ok(())
+        }
+        Cmd::Run { api, net } => {
+            let dir = data.clone();
+            let beside: tillmesh_node::cli::Beside = Box::new(move |repo, stop| {
+                tokio::spawn(async move {
+                    match start(&dir, repo) {
+                        Ok(b) => Arc::new(b).run(stop).await,
+                        Err(e) => tracing::error!(error = %e, "the bridge cannot start"),
+                    }
+                })
+            });
+            run_node(data, api, net, &keys, Some(beside)).await
+        }
+        Cmd::Status => status(&data),
+    }
+}
+
+fn start(dir: &Path, repo: Repo) -> anyhow::Result<Bridge> {
+    let state = Arc::new(State::open(dir, repo.sealer())?);
+    let Some(conn) = state.connection()? else {
+        bail!(
+            "not connected to QuickBooks yet: run `tillmesh-bridge connect --data {}` first",
+            dir.display()
+        );
+    };
+    let tokens = state
+        .tokens()?
+        .context("no QuickBooks tokens: run `tillmesh-bridge connect` again")?;
+    let realm = conn.realm_id.clone();
+    let qbo = Qbo::new(conn, tokens, state.clone());
+    Ok(Bridge::new(repo, qbo, state, dir, realm))
+}
+
+fn status(dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join("bridge-status.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no status in {}: has `tillmesh-bridge run` run there?",
+            dir.display()
+        )
+    })?;
+    println!("{text}");
+    Ok(())
+}

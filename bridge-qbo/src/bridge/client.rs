@@ -1,0 +1,315 @@
+//! A QuickBooks Online v3 client that stays within the realm's limits and keeps its tokens
+//! alive: a sliding-window limiter under the per-minute limit and a cap on requests in flight,
+//! access tokens refreshed ahead of expiry (the rotated refresh token stored before use), 429
+//! and 5xx retried with backoff, and writes that may have happened told apart from writes
+//! that did not.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::{Mutex, Semaphore};
+
+use super::state::{Connection, State, Tokens};
+
+/// Intuit's limits per realm; the client keeps a little under them.
+pub const REQUESTS_PER_MINUTE: usize = 500;
+pub const CONCURRENT_MAX: usize = 10;
+/// Refresh the access token when it has less than this left.
+const REFRESH_AHEAD: Duration = Duration::from_secs(300);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Retries of a 429 or 5xx before giving up for now (the outbox tries again later).
+const RETRIES_MAX: u32 = 6;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QboError {
+    /// QBO refused the request; `code` is its error code ("6240", "5010", "610"...).
+    #[error("QuickBooks refused it ({code}): {message}: {detail}")]
+    Fault {
+        status: u16,
+        code: String,
+        message: String,
+        detail: String,
+    },
+    /// The refresh token no longer works: someone must connect again.
+    #[error("the QuickBooks connection has lapsed ({0}); run `tillmesh-bridge connect` again")]
+    Reconnect(String),
+    /// A write was sent and no answer came back: it may have happened.
+    #[error("no answer from QuickBooks to a write that may have happened: {0}")]
+    Uncertain(String),
+    /// QuickBooks is unavailable or throttling beyond the retries; nothing happened.
+    #[error("QuickBooks is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the bridge's store failed: {0}")]
+    State(#[from] super::state::StateError),
+}
+
+impl QboError {
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            QboError::Fault { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// Requests sent in the last minute, to stay under the realm's limit.
+struct Window {
+    sent: VecDeque<Instant>,
+    per_minute: usize,
+}
+
+impl Window {
+    /// Waits until one more request fits in the last minute, then counts it.
+    async fn admit(window: &Mutex<Window>) {
+        loop {
+            let wait = {
+                let mut w = window.lock().await;
+                let now = Instant::now();
+                // A margin over 60 s, so the server's window never sees one too many.
+                let span = Duration::from_millis(60_500);
+                while w
+                    .sent
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= span)
+                {
+                    w.sent.pop_front();
+                }
+                if w.sent.len() < w.per_minute {
+                    w.sent.push_back(now);
+                    return;
+                }
+                span - now.duration_since(*w.sent.front().expect("full"))
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Counters for status.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ClientStats {
+    pub requests: u64,
+    pub throttled: u64,
+    pub server_errors: u64,
+    pub refreshed: u64,
+}
+
+pub struct Qbo {
+    http: reqwest::Client,
+    conn: Connection,
+    state: Arc<State>,
+    tokens: Mutex<Tokens>,
+    window: Mutex<Window>,
+    in_flight: Semaphore,
+    pub stats: std::sync::Mutex<ClientStats>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Percent-encodes a query parameter.
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The token endpoint's answer, turned into what the bridge stores.
+pub fn tokens_from(answer: &Value) -> Option<Tokens> {
+    let now = now_ms();
+    Some(Tokens {
+        access_token: answer["access_token"].as_str()?.to_owned(),
+        access_expires_ms: now + answer["expires_in"].as_i64()? * 1000,
+        refresh_token: answer["refresh_token"].as_str()?.to_owned(),
+        refresh_expires_ms: now + answer["x_refresh_token_expires_in"].as_i64().unwrap_or(0) * 1000,
+    })
+}
+
+impl Qbo {
+    pub fn new(conn: Connection, tokens: Tokens, state: Arc<State>) -> Qbo {
+        Qbo {
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(REQUEST_TIMEOUT)
+                .build()
+                .expect("an HTTP client"),
+            conn,
+            state,
+            tokens: Mutex::new(tokens),
+            window: Mutex::new(Window {
+                sent: VecDeque::new(),
+                per_minute: REQUESTS_PER_MINUTE,
+            }),
+            in_flight: Semaphore::new(CONCURRENT_MAX),
+            stats: Default::default(),
+        }
+    }
+
+    fn count(&self, f: impl FnOnce(&mut ClientStats)) {
+        if let Ok(mut s) = self.stats.lock() {
+            f(&mut s);
+        }
+    }
+
+    /// A fresh access token, refreshing it (and storing the rotated refresh token before
+    /// anything uses it) when it is close to expiry or `force`d.
+    async fn access_token(&self, force: bool) -> Result<String, QboError> {
+        let mut t = self.tokens.lock().await;
+        if !force && t.access_expires_ms - now_ms() > REFRESH_AHEAD.as_millis() as i64 {
+            return Ok(t.access_token.clone());
+        }
+        let body = format!(
+            "grant_type=refresh_token&refresh_token={}",
+            enc(&t.refresh_token)
+        );
+        let resp = self
+            .http
+            .post(&self.conn.token_url)
+            .basic_auth(&self.conn.client_id, Some(&self.conn.client_secret))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("accept", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| QboError::Unavailable(format!("token endpoint: {e}")))?;
+        let status = resp.status();
+        let answer: Value = resp.json().await.unwrap_or(Value::Null);
+        if status.as_u16() == 400 || status.as_u16() == 401 {
+            return Err(QboError::Reconnect(
+                answer["error"].as_str().unwrap_or("refused").to_owned(),
+            ));
+        }
+        let fresh = tokens_from(&answer).ok_or_else(|| {
+            QboError::Unavailable(format!("token endpoint answered {status}: {answer}"))
+        })?;
+        // Stored first: if the bridge dies now, the next start has the token that works.
+        self.state.set_tokens(&fresh)?;
+        *t = fresh;
+        self.count(|s| s.refreshed += 1);
+        Ok(t.access_token.clone())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!(
+            "{}/v3/company/{}/{}",
+            self.conn.base_url.trim_end_matches('/'),
+            self.conn.realm_id,
+            path
+        )
+    }
+
+    /// `GET` a path; retried freely (reads change nothing).
+    pub async fn get(&self, path: &str) -> Result<Value, QboError> {
+        self.send(false, path, None).await
+    }
+
+    /// A query, in QBO's language.
+    pub async fn query(&self, q: &str) -> Result<Value, QboError> {
+        self.get(&format!("query?query={}&minorversion=75", enc(q)))
+            .await
+    }
+
+    /// `POST` a write. With a `requestid`, QBO answers a repeat with the first answer.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, QboError> {
+        self.send(true, path, Some(body)).await
+    }
+
+    async fn send(&self, write: bool, path: &str, body: Option<&Value>) -> Result<Value, QboError> {
+        let mut backoff = Duration::from_millis(500);
+        let mut refreshed = false;
+        for attempt in 0..=RETRIES_MAX {
+            let token = self.access_token(false).await?;
+            let _permit = self.in_flight.acquire().await.expect("semaphore");
+            Window::admit(&self.window).await;
+            self.count(|s| s.requests += 1);
+            let mut req = if write {
+                self.http.post(self.url(path))
+            } else {
+                self.http.get(self.url(path))
+            }
+            .bearer_auth(&token)
+            .header("accept", "application/json");
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) if write => return Err(QboError::Uncertain(e.to_string())),
+                Err(e) => {
+                    if attempt == RETRIES_MAX {
+                        return Err(QboError::Unavailable(e.to_string()));
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    continue;
+                }
+            };
+            let status = resp.status().as_u16();
+            let text = match resp.text().await {
+                Ok(t) => t,
+                // The answer was cut off: a write may have happened.
+                Err(e) if write => return Err(QboError::Uncertain(e.to_string())),
+                Err(e) => return Err(QboError::Unavailable(e.to_string())),
+            };
+            match status {
+                200..=299 => {
+                    return serde_json::from_str(&text)
+                        .map_err(|e| QboError::Unavailable(format!("unreadable answer: {e}")));
+                }
+                401 if !refreshed => {
+                    refreshed = true;
+                    drop(_permit);
+                    self.access_token(true).await?;
+                    continue;
+                }
+                429 | 500..=599 => {
+                    self.count(|s| {
+                        if status == 429 {
+                            s.throttled += 1
+                        } else {
+                            s.server_errors += 1
+                        }
+                    });
+                    if attempt == RETRIES_MAX {
+                        return Err(QboError::Unavailable(format!("HTTP {status}")));
+                    }
+                    drop(_permit);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                _ => {
+                    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                    let e = v["Fault"]["Error"][0].clone();
+                    let e = if e.is_null() {
+                        v["fault"]["error"][0].clone()
+                    } else {
+                        e
+                    };
+                    if status == 401 {
+                        return Err(QboError::Reconnect(
+                            e["detail"].as_str().unwrap_or("unauthorized").to_owned(),
+                        ));
+                    }
+                    return Err(QboError::Fault {
+                        status,
+                        code: e["code"].as_str().unwrap_or("").to_owned(),
+                        message: e["Message"].as_str().unwrap_or("").to_owned(),
+                        detail: e["Detail"].as_str().unwrap_or(&text).to_owned(),
+                    });
+                }
+            }
+        }
+        Err(QboError::Unavailable("retries exhausted".into()))
+    }
+}

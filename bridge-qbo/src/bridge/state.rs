@@ -1,0 +1,174 @@
+//! What the bridge keeps beside its node's store, in `DIR/bridge.redb`: the QuickBooks
+//! connection and tokens (sealed with the device's storage key), and the map from mesh
+//! documents to QBO objects, which is the outbox's memory of what is posted.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tillmesh_node::store::seal::Sealer;
+
+/// Sealed JSON values: `connection`, `tokens`.
+const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+/// Mesh document id (or `item/<sku>`) -> what it is in QBO (JSON).
+const POSTED: TableDefinition<&str, &[u8]> = TableDefinition::new("posted");
+/// Plain counters and times: last pull, pushes, failures.
+const NOTES: TableDefinition<&str, &[u8]> = TableDefinition::new("notes");
+
+/// Where the realm is and who the bridge is to Intuit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Connection {
+    pub base_url: String,
+    pub token_url: String,
+    pub realm_id: String,
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tokens {
+    pub access_token: String,
+    pub access_expires_ms: i64,
+    pub refresh_token: String,
+    pub refresh_expires_ms: i64,
+}
+
+/// A mesh document as posted to QBO.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Posted {
+    pub entity: String,
+    pub qbo_id: String,
+    pub sync_token: String,
+    /// The total QBO holds (minor units), for transactions.
+    #[serde(default)]
+    pub total_minor: Option<i64>,
+    #[serde(default)]
+    pub voided: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("the bridge's store could not be used: {0}")]
+    Store(String),
+    #[error(
+        "the bridge's QuickBooks secrets do not open with this device's storage key; run `tillmesh-bridge connect` again"
+    )]
+    Sealed,
+}
+
+macro_rules! store_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StateError {
+            fn from(e: $t) -> Self { StateError::Store(e.to_string()) }
+        }
+    )*};
+}
+store_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    serde_json::Error
+);
+
+pub struct State {
+    db: Database,
+    sealer: Arc<Sealer>,
+}
+
+impl State {
+    pub fn open(dir: &Path, sealer: Arc<Sealer>) -> Result<State, StateError> {
+        let db = Database::create(dir.join("bridge.redb"))?;
+        let tx = db.begin_write()?;
+        tx.open_table(SECRETS)?;
+        tx.open_table(POSTED)?;
+        tx.open_table(NOTES)?;
+        tx.commit()?;
+        Ok(State { db, sealer })
+    }
+
+    fn secret<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>, StateError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SECRETS)?;
+        let Some(v) = t.get(key)? else {
+            return Ok(None);
+        };
+        let plain = self
+            .sealer
+            .open("bridge_secrets", key.as_bytes(), v.value())
+            .map_err(|_| StateError::Sealed)?;
+        Ok(Some(serde_json::from_slice(&plain)?))
+    }
+
+    /// Durable before it returns: a rotated refresh token is written before it is used.
+    fn put_secret<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StateError> {
+        let plain = serde_json::to_vec(value)?;
+        let sealed = self.sealer.seal("bridge_secrets", key.as_bytes(), &plain);
+        let tx = self.db.begin_write()?;
+        tx.open_table(SECRETS)?.insert(key, sealed.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn connection(&self) -> Result<Option<Connection>, StateError> {
+        self.secret("connection")
+    }
+
+    pub fn set_connection(&self, c: &Connection) -> Result<(), StateError> {
+        self.put_secret("connection", c)
+    }
+
+    pub fn tokens(&self) -> Result<Option<Tokens>, StateError> {
+        self.secret("tokens")
+    }
+
+    pub fn set_tokens(&self, t: &Tokens) -> Result<(), StateError> {
+        self.put_secret("tokens", t)
+    }
+
+    pub fn posted(&self, key: &str) -> Result<Option<Posted>, StateError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(POSTED)?;
+        Ok(match t.get(key)? {
+            Some(v) => Some(serde_json::from_slice(v.value())?),
+            None => None,
+        })
+    }
+
+    /// Durable before it returns: once recorded, a document is never posted again.
+    pub fn set_posted(&self, key: &str, p: &Posted) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(p)?;
+        let tx = self.db.begin_write()?;
+        tx.open_table(POSTED)?.insert(key, bytes.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every posted document, for the pull's map back from QBO ids.
+    pub fn all_posted(&self) -> Result<Vec<(String, Posted)>, StateError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(POSTED)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_owned(), serde_json::from_slice(v.value())?));
+        }
+        Ok(out)
+    }
+
+    pub fn note(&self, key: &str) -> Result<Option<String>, StateError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(NOTES)?;
+        Ok(t.get(key)?
+            .map(|v| String::from_utf8_lossy(v.value()).into_owned()))
+    }
+
+    pub fn set_note(&self, key: &str, value: &str) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(NOTES)?.insert(key, value.as_bytes())?;
+        tx.commit()?;
+        Ok(())
+    }
+}
