@@ -183,8 +183,16 @@ async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut f: im
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sales_reach_quickbooks_exactly_once_and_quickbooks_wins_on_money() {
+/// A shop with an owner till and QuickBooks, and a bridge paired and connected to both.
+struct Shop {
+    _tmp: tempfile::TempDir,
+    ends: Endpoints,
+    books: Books,
+    owner: Repo,
+    dir: std::path::PathBuf,
+}
+
+async fn shop(settings: Settings) -> Shop {
     let tmp = tempfile::tempdir().unwrap();
     // QuickBooks.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -192,7 +200,7 @@ async fn sales_reach_quickbooks_exactly_once_and_quickbooks_wins_on_money() {
         listener,
         Config {
             data: tmp.path().join("qbo"),
-            settings: Settings::default(),
+            settings,
         },
         std::future::pending(),
     )
@@ -261,6 +269,24 @@ async fn sales_reach_quickbooks_exactly_once_and_quickbooks_wins_on_money() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    Shop {
+        _tmp: tmp,
+        ends,
+        books,
+        owner,
+        dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sales_reach_quickbooks_exactly_once_and_quickbooks_wins_on_money() {
+    let Shop {
+        _tmp,
+        ends: _,
+        books,
+        owner,
+        dir,
+    } = shop(Settings::default()).await;
     // A day's sales, pushed while the bridge is killed again and again.
     sell(&owner, 150).await;
     let mut rng = 0x2545_f491_4f6c_dd1d_u64;
@@ -327,4 +353,90 @@ async fn sales_reach_quickbooks_exactly_once_and_quickbooks_wins_on_money() {
     let status = std::fs::read_to_string(dir.join("bridge-status.json")).unwrap();
     let status: Value = serde_json::from_str(&status).unwrap();
     assert!(status["conflicts"].as_u64() >= Some(1), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_lose_nothing_and_double_nothing() {
+    // One write in four committed with its answer cut off, one request in ten a 503.
+    let Shop {
+        _tmp,
+        ends,
+        books: _,
+        owner,
+        dir,
+    } = shop(Settings {
+        drop_after_commit_per_mille: 250,
+        fail_5xx_per_mille: 100,
+        ..Settings::default()
+    })
+    .await;
+    sell(&owner, 60).await;
+    let mut child = spawn_bridge(&dir);
+    // Halfway, every access token expires: the bridge refreshes and carries on.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    http.post(format!("{}/admin/expire-tokens", ends.base_url))
+        .send()
+        .await
+        .unwrap();
+    let sales = sales_of(&owner);
+    let status = |dir: &Path| {
+        std::fs::read_to_string(dir.join("bridge-status.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .unwrap_or(Value::Null)
+    };
+    wait_until(
+        "the bridge to empty its outbox despite the faults",
+        || async {
+            let s = status(&dir);
+            s["outbox"] == 0 && s["posted"].as_u64() >= Some(sales.len() as u64)
+        },
+    )
+    .await;
+    let admin: Value = http
+        .get(format!("{}/admin/config", ends.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        admin["counters"]["dropped_after_commit"].as_u64() > Some(0)
+            && admin["counters"]["injected_5xx"].as_u64() > Some(0),
+        "the faults happened: {admin}"
+    );
+    // Faults off, and a fresh token for this test's own look at the books.
+    http.post(format!("{}/admin/config", ends.base_url))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let books = Books::new(ends.clone()).await;
+    let receipts = books.receipts().await;
+    assert_eq!(receipts.len(), sales.len(), "nothing lost, nothing doubled");
+    // The refresh token expires too: the bridge says to connect again.
+    http.post(format!(
+        "{}/admin/expire-tokens?refresh=true",
+        ends.base_url
+    ))
+    .send()
+    .await
+    .unwrap();
+    sell(&owner, 1).await;
+    wait_until("the status to ask for a reconnect", || async {
+        std::fs::read_to_string(dir.join("bridge-status.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .is_some_and(|s| {
+                s["connected"] == false
+                    && s["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("reconnect"))
+            })
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -33,7 +33,7 @@ pub enum QboError {
         detail: String,
     },
     /// The refresh token no longer works: someone must connect again.
-    #[error("the QuickBooks connection has lapsed ({0}); run `tillmesh-bridge connect` again")]
+    #[error("the QuickBooks connection has lapsed ({0}); reconnect with `tillmesh-bridge connect`")]
     Reconnect(String),
     /// A write was sent and no answer came back: it may have happened.
     #[error("no answer from QuickBooks to a write that may have happened: {0}")]

@@ -150,7 +150,13 @@ impl Bridge {
                 _ = pull.tick() => {
                     if let Err(e) = self.pull().await {
                         tracing::warn!(error = %e, "pulling from QuickBooks");
-                        self.update(|s| s.last_error = Some(e.to_string()));
+                        let reconnect = matches!(e, QboError::Reconnect(_));
+                        self.update(|s| {
+                            s.last_error = Some(e.to_string());
+                            if reconnect {
+                                s.connected = false;
+                            }
+                        });
                     }
                 }
             }
