@@ -40,6 +40,8 @@ fn spawn_bridge(dir: &Path) -> Child {
             "--no-mdns",
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
+            "--http",
+            "127.0.0.1:0",
         ])
         .env("TILLMESH_LOG", "warn")
         .stdout(Stdio::null())
@@ -261,6 +263,8 @@ async fn shop(settings: Settings) -> Shop {
             &ends.client_id,
             "--client-secret",
             &ends.client_secret,
+            "--verifier-token",
+            &ends.verifier_token,
         ],
         &dir,
     );
@@ -329,6 +333,28 @@ async fn sales_reach_quickbooks_exactly_once_and_quickbooks_wins_on_money() {
             .all(|s| s.ledger.as_ref().is_some_and(|l| l.qbo_id.is_some()))
     })
     .await;
+    // QuickBooks notifies the bridge of changes; a forged notification is refused.
+    let status = |dir: &Path| {
+        std::fs::read_to_string(dir.join("bridge-status.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .unwrap_or(Value::Null)
+    };
+    let hook = format!("http://{}/webhooks", status(&dir)["http"].as_str().unwrap());
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let forged = http
+        .post(&hook)
+        .header("intuit-signature", "bm90IGEgc2lnbmF0dXJl")
+        .body(r#"{"eventNotifications":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 401);
+    http.post(format!("{}/admin/config", books.ends.base_url))
+        .json(&json!({"webhook_url": hook}))
+        .send()
+        .await
+        .unwrap();
     // An accountant changes a receipt's amount in QuickBooks: the till shows QuickBooks'.
     let target = &receipts[0];
     let mut edited = target.clone();
@@ -348,11 +374,12 @@ async fn sales_reach_quickbooks_exactly_once_and_quickbooks_wins_on_money() {
         })
     })
     .await;
+    let s = status(&dir);
     let _ = child.kill();
     let _ = child.wait();
-    let status = std::fs::read_to_string(dir.join("bridge-status.json")).unwrap();
-    let status: Value = serde_json::from_str(&status).unwrap();
-    assert!(status["conflicts"].as_u64() >= Some(1), "{status}");
+    assert!(s["conflicts"].as_u64() >= Some(1), "{s}");
+    assert!(s["webhooks_refused"].as_u64() >= Some(1), "{s}");
+    assert!(s["webhooks_verified"].as_u64() >= Some(1), "{s}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,11 +51,18 @@ enum Cmd {
         /// Intuit's token endpoint; the emulator's (`<base>/oauth2/v1/tokens/bearer`) by default.
         #[arg(long)]
         token_url: Option<String>,
+        /// The app's webhook verifier token: notifications are checked against it.
+        #[arg(long)]
+        verifier_token: Option<String>,
     },
     /// Run the node and the bridge until stopped.
     Run {
         #[arg(long, default_value = "127.0.0.1:7420")]
         api: SocketAddr,
+        /// The bridge's own endpoint: `GET /v1/bridge` and `POST /webhooks` (put it behind the
+        /// public URL Intuit notifies).
+        #[arg(long, default_value = "127.0.0.1:7441")]
+        http: SocketAddr,
         #[command(flatten)]
         net: NetArgs,
     },
@@ -108,6 +115,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             client_secret,
             authorize_url,
             token_url,
+            verifier_token,
         } => {
             let base = qbo_base.trim_end_matches('/').to_owned();
             let app = connect::App {
@@ -116,6 +124,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 base_url: base,
                 client_id,
                 client_secret,
+                verifier_token,
             };
             let repo = Repo::open_with(&data, &keys)?;
             let (conn, tokens) = connect::connect(&app).await?;
@@ -125,14 +134,33 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("connected to QuickBooks company {}", conn.realm_id);
             Ok(())
         }
-        Cmd::Run { api, net } => {
+        Cmd::Run { api, net, http } => {
             let dir = data.clone();
+            let listener = tokio::net::TcpListener::bind(http)
+                .await
+                .with_context(|| format!("cannot listen on {http}; choose another --http"))?;
             let beside: tillmesh_node::cli::Beside = Box::new(move |repo, stop| {
                 tokio::spawn(async move {
-                    match start(&dir, repo) {
-                        Ok(b) => Arc::new(b).run(stop).await,
-                        Err(e) => tracing::error!(error = %e, "the bridge cannot start"),
+                    let bridge = match start(&dir, repo) {
+                        Ok(b) => Arc::new(b),
+                        Err(e) => {
+                            tracing::error!(error = %e, "the bridge cannot start");
+                            return;
+                        }
+                    };
+                    if let Ok(addr) = listener.local_addr() {
+                        bridge.listening(addr);
                     }
+                    let app = bridge.clone().http();
+                    let mut stop_http = stop.clone();
+                    tokio::spawn(async move {
+                        let _ = axum::serve(listener, app)
+                            .with_graceful_shutdown(async move {
+                                let _ = stop_http.wait_for(|s| *s).await;
+                            })
+                            .await;
+                    });
+                    bridge.run(stop).await;
                 })
             });
             run_node(data, api, net, &keys, Some(beside)).await
@@ -153,8 +181,9 @@ fn start(dir: &Path, repo: Repo) -> anyhow::Result<Bridge> {
         .tokens()?
         .context("no QuickBooks tokens: run `tillmesh-bridge connect` again")?;
     let realm = conn.realm_id.clone();
+    let verifier = conn.verifier_token.clone();
     let qbo = Qbo::new(conn, tokens, state.clone());
-    Ok(Bridge::new(repo, qbo, state, dir, realm))
+    Ok(Bridge::new(repo, qbo, state, dir, realm, verifier))
 }
 
 fn status(dir: &Path) -> anyhow::Result<()> {

@@ -37,6 +37,7 @@ pub struct App {
     pub token_url: String,
     pub client_id: String,
     pub client_secret: String,
+    pub verifier_token: Option<String>,
 }
 
 fn param(query: &str, name: &str) -> Option<String> {
@@ -161,6 +162,7 @@ pub async fn connect(app: &App) -> Result<(Connection, Tokens), ConnectError> {
             realm_id: realm,
             client_id: app.client_id.clone(),
             client_secret: app.client_secret.clone(),
+            verifier_token: app.verifier_token.clone(),
         },
         tokens,
     ))

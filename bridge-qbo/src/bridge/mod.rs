@@ -51,6 +51,11 @@ pub struct Status {
     pub last_push_ms: Option<u64>,
     pub last_pull_ms: Option<u64>,
     pub conflicts: u64,
+    /// Where the bridge's own HTTP endpoint listens (status, webhooks).
+    pub http: Option<String>,
+    pub webhooks_verified: u64,
+    /// Notifications whose `intuit-signature` did not hold: refused, nothing done.
+    pub webhooks_refused: u64,
     pub last_error: Option<String>,
     pub qbo: client::ClientStats,
 }
@@ -87,6 +92,9 @@ pub struct Bridge {
     income_account: tokio::sync::OnceCell<String>,
     status: std::sync::Mutex<Status>,
     status_file: std::path::PathBuf,
+    /// Rung by a verified webhook: pull now rather than at the next tick.
+    pull_now: tokio::sync::Notify,
+    verifier_token: Option<String>,
 }
 
 impl Bridge {
@@ -96,8 +104,11 @@ impl Bridge {
         state: Arc<State>,
         dir: &std::path::Path,
         realm: String,
+        verifier_token: Option<String>,
     ) -> Bridge {
         Bridge {
+            pull_now: tokio::sync::Notify::new(),
+            verifier_token,
             repo,
             qbo,
             state,
@@ -147,7 +158,7 @@ impl Bridge {
                         });
                     }
                 }
-                _ = pull.tick() => {
+                _ = async { tokio::select! { _ = pull.tick() => {}, _ = self.pull_now.notified() => {} } } => {
                     if let Err(e) = self.pull().await {
                         tracing::warn!(error = %e, "pulling from QuickBooks");
                         let reconnect = matches!(e, QboError::Reconnect(_));
@@ -485,6 +496,65 @@ impl Bridge {
         self.state.set_note("pulled_since", &utc(next))?;
         self.update(|s| s.last_pull_ms = Some(now_ms()));
         Ok(changed)
+    }
+}
+
+impl Bridge {
+    /// The bridge's own HTTP endpoint: `GET /v1/bridge` (its status) and `POST /webhooks`
+    /// (QuickBooks' notifications, checked against `intuit-signature` before anything is done).
+    pub fn http(self: Arc<Self>) -> axum::Router {
+        use axum::routing::{get, post};
+        axum::Router::new()
+            .route(
+                "/v1/bridge",
+                get({
+                    let b = self.clone();
+                    move || {
+                        let b = b.clone();
+                        async move { axum::Json(b.status.lock().map(|s| s.clone()).unwrap_or_default()) }
+                    }
+                }),
+            )
+            .route(
+                "/webhooks",
+                post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let b = self.clone();
+                    async move { b.webhook(&headers, &body) }
+                }),
+            )
+    }
+
+    fn webhook(&self, headers: &axum::http::HeaderMap, body: &[u8]) -> axum::http::StatusCode {
+        use base64::Engine;
+        use hmac::{Hmac, KeyInit, Mac};
+        let signature = headers
+            .get("intuit-signature")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok());
+        let verified = match (&self.verifier_token, signature) {
+            (Some(token), Some(sig)) => {
+                let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(token.as_bytes())
+                    .expect("HMAC takes any key");
+                mac.update(body);
+                // Constant time: `verify_slice` does not stop at the first differing byte.
+                mac.verify_slice(&sig).is_ok()
+            }
+            _ => false,
+        };
+        if verified {
+            self.update(|s| s.webhooks_verified += 1);
+            self.pull_now.notify_one();
+            axum::http::StatusCode::OK
+        } else {
+            tracing::warn!("refused a webhook whose signature does not hold");
+            self.update(|s| s.webhooks_refused += 1);
+            axum::http::StatusCode::UNAUTHORIZED
+        }
+    }
+
+    /// Records where the HTTP endpoint listens, for status readers and tests.
+    pub fn listening(&self, addr: std::net::SocketAddr) {
+        self.update(|s| s.http = Some(addr.to_string()));
     }
 }
 

@@ -24,6 +24,9 @@ pub struct Connection {
     pub realm_id: String,
     pub client_id: String,
     pub client_secret: String,
+    /// The app's webhook verifier token, to check `intuit-signature` on notifications.
+    #[serde(default)]
+    pub verifier_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -67,6 +67,7 @@ pub fn router(repo: Repo, network: Option<Network>) -> Router {
         .route("/v1/members/{who}/role", put(members::set_role))
         .route("/v1/invites", post(members::invite))
         .route("/v1/rejected", get(members::rejected))
+        .route("/v1/conflicts", get(sales::conflicts))
         .route("/v1/events", get(node::events))
         .fallback(|| async {
             ApiError::new(

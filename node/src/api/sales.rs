@@ -61,3 +61,34 @@ pub async fn refund(
         .await?;
     Ok((StatusCode::CREATED, Json(present(&w.doc_id, &w.doc))))
 }
+
+/// Sales where QuickBooks holds another total than the till rang up (an accountant's edit, a
+/// void or a deletion in QuickBooks): QuickBooks' figure wins in every view; this lists them
+/// for review, newest first.
+pub async fn conflicts(State(repo): State<Repo>) -> Result<Json<Value>, ApiError> {
+    let mut out = Vec::new();
+    let mut before = None;
+    loop {
+        let page = repo.list(DocType::Sale, before, crate::repo::LIST_LIMIT_MAX)?;
+        let Some(last) = page.last() else { break };
+        before = Some(last.0);
+        let n = page.len();
+        for (id, view) in &page {
+            let shown = super::present(id, view);
+            if let Some(till_total) = shown.get("till_total") {
+                out.push(serde_json::json!({
+                    "sale_id": id,
+                    "receipt_number": shown["receipt_number"],
+                    "till_total": till_total,
+                    "qbo_total": shown["total"],
+                    "qbo_id": shown["ledger"]["qbo_id"],
+                    "pulled_at_ms": shown["ledger"]["pulled_at_ms"],
+                }));
+            }
+        }
+        if n < crate::repo::LIST_LIMIT_MAX {
+            break;
+        }
+    }
+    Ok(Json(serde_json::json!({ "conflicts": out })))
+}
