@@ -104,21 +104,27 @@ impl Books {
         let mut start = 1;
         loop {
             let q = format!("select * from SalesReceipt STARTPOSITION {start} MAXRESULTS 1000");
-            let v: Value = self
-                .http
-                .get(format!(
-                    "{}/v3/company/{}/query?query={}",
-                    self.ends.base_url,
-                    self.ends.realm_id,
-                    enc(&q)
-                ))
-                .bearer_auth(&self.token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            // The realm's limits apply to this client too: a 429 is waited out.
+            let mut v = Value::Null;
+            for _ in 0..30 {
+                let resp = self
+                    .http
+                    .get(format!(
+                        "{}/v3/company/{}/query?query={}",
+                        self.ends.base_url,
+                        self.ends.realm_id,
+                        enc(&q)
+                    ))
+                    .bearer_auth(&self.token)
+                    .send()
+                    .await
+                    .unwrap();
+                if resp.status().is_success() {
+                    v = resp.json().await.unwrap();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
             let page = v["QueryResponse"]["SalesReceipt"]
                 .as_array()
                 .cloned()
@@ -181,7 +187,7 @@ async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut f: im
     let started = Instant::now();
     while !f().await {
         assert!(started.elapsed() < TIMEOUT, "{what}: not after {TIMEOUT:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
     }
 }
 
@@ -303,6 +309,8 @@ async fn sales_reach_quickbooks_exactly_once_and_quickbooks_wins_on_money() {
         let _ = child.kill(); // SIGKILL: no chance to tidy up.
         let _ = child.wait();
     }
+    // The last run's status only: a killed run's file may name a port no longer served.
+    let _ = std::fs::remove_file(dir.join("bridge-status.json"));
     let mut child = spawn_bridge(&dir);
     let sales = sales_of(&owner);
     wait_until("every sale in QuickBooks", || async {
@@ -340,8 +348,19 @@ async fn sales_reach_quickbooks_exactly_once_and_quickbooks_wins_on_money() {
             .and_then(|t| serde_json::from_str::<Value>(&t).ok())
             .unwrap_or(Value::Null)
     };
-    let hook = format!("http://{}/webhooks", status(&dir)["http"].as_str().unwrap());
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    wait_until("the bridge's endpoint", || async {
+        match status(&dir)["http"].as_str() {
+            Some(addr) => http
+                .get(format!("http://{addr}/v1/bridge"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success()),
+            None => false,
+        }
+    })
+    .await;
+    let hook = format!("http://{}/webhooks", status(&dir)["http"].as_str().unwrap());
     let forged = http
         .post(&hook)
         .header("intuit-signature", "bm90IGEgc2lnbmF0dXJl")

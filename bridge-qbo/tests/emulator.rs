@@ -33,12 +33,13 @@ struct Qbo {
     http: reqwest::Client,
     token: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 async fn start_in(dir: tempfile::TempDir, settings: Settings) -> Qbo {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (ends, _task) = emulator::start(
+    let (ends, task) = emulator::start(
         listener,
         Config {
             data: dir.path().to_owned(),
@@ -61,6 +62,7 @@ async fn start_in(dir: tempfile::TempDir, settings: Settings) -> Qbo {
         http,
         token: String::new(),
         stop: Some(stop),
+        task: Some(task),
     };
     let tokens = q.connect().await;
     q.token = tokens["access_token"].as_str().unwrap().to_owned();
@@ -176,7 +178,10 @@ impl Qbo {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The company's file is closed once the server has stopped.
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
         self.dir
     }
 }
@@ -1083,4 +1088,37 @@ fn the_binary_prints_its_endpoints_on_the_first_line() {
             .unwrap()
             .ends_with("/oauth2/v1/tokens/bearer")
     );
+}
+
+#[tokio::test]
+async fn malformed_writes_are_refused_and_the_emulator_keeps_serving() {
+    let q = start().await;
+    let item = new_item(&q, "Tea").await;
+    for bad in [
+        json!({"Line": [{"Amount": 1, "DetailType": "SalesItemLineDetail",
+            "SalesItemLineDetail": {"ItemRef": {"value": item["Id"]}}}], "TxnTaxDetail": 5}),
+        json!({"Line": [1, 2]}),
+        json!([1, 2, 3]),
+    ] {
+        let (status, body) = q.call("POST", "salesreceipt", Some(&bad)).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body["Fault"]["Error"][0]["code"].is_string(), "{body}");
+    }
+    let (status, body) = q
+        .call(
+            "POST",
+            "payment",
+            Some(&json!({"CustomerRef": {"value": "1"}, "TotalAmt": 5, "Line": [7]})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    // Mixed text and numbers sort without trouble, and the company still answers.
+    for name in ["9", "10", "1a", "nan", "Zed", "alpha"] {
+        q.ok("POST", "customer", Some(&json!({"DisplayName": name})))
+            .await;
+    }
+    let (status, all) = q.query("select * from Customer ORDERBY DisplayName").await;
+    assert_eq!(status, 200);
+    assert_eq!(all["QueryResponse"]["maxResults"], 6);
+    q.stop().await;
 }

@@ -46,13 +46,14 @@ fn param(query: &str, name: &str) -> Option<String> {
         (k == name).then(|| {
             let mut out = Vec::new();
             let b = v.as_bytes();
+            let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
             let mut i = 0;
             while i < b.len() {
                 if b[i] == b'%'
                     && i + 2 < b.len()
-                    && let Ok(x) = u8::from_str_radix(&v[i + 1..i + 3], 16)
+                    && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
                 {
-                    out.push(x);
+                    out.push(h * 16 + l);
                     i += 3;
                     continue;
                 }

@@ -82,7 +82,7 @@ fn minor(v: &Value) -> Option<i64> {
 
 /// QBO's text literal: single quotes escaped with a backslash.
 fn quoted(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+    format!("'{}'", s.replace('\'', "\\'"))
 }
 
 pub struct Bridge {
@@ -214,7 +214,18 @@ impl Bridge {
         self.update(|s| s.outbox = outbox.len());
         let mut n = 0;
         for (id, sale) in outbox {
-            self.push_sale(id, &sale).await?;
+            match self.push_sale(id, &sale).await {
+                Ok(()) => {}
+                // The connection or the bridge's own store: nothing else can go either.
+                Err(e @ (QboError::Reconnect(_) | QboError::State(_))) => return Err(e),
+                // This sale only (QBO refused it, or is unavailable): the others go on, and
+                // this one is tried again next round.
+                Err(e) => {
+                    tracing::warn!(sale = %id, error = %e, "a sale could not be posted yet");
+                    self.update(|s| s.last_error = Some(format!("sale {id}: {e}")));
+                    continue;
+                }
+            }
             n += 1;
             self.update(|s| {
                 s.outbox = s.outbox.saturating_sub(1);
@@ -252,9 +263,13 @@ impl Bridge {
             return Ok(p.qbo_id);
         }
         let find = || async {
+            // Inactive items too: a name stays taken when an item is made inactive.
             let v = self
                 .qbo
-                .query(&format!("select * from Item where Name = {}", quoted(sku)))
+                .query(&format!(
+                    "select * from Item where Name = {} AND Active IN (true, false)",
+                    quoted(sku)
+                ))
                 .await?;
             Ok::<_, QboError>(v["QueryResponse"]["Item"][0].clone())
         };
@@ -294,7 +309,9 @@ impl Bridge {
         Ok(qbo_id)
     }
 
-    async fn find_receipt(&self, doc_number: &str) -> Result<Value, QboError> {
+    /// This sale's receipt in QBO, if a post that got no answer made it. Receipt numbers
+    /// can repeat across tills, so the sale's own note decides.
+    async fn find_receipt(&self, doc_number: &str, id: DocId) -> Result<Value, QboError> {
         let v = self
             .qbo
             .query(&format!(
@@ -302,7 +319,14 @@ impl Bridge {
                 quoted(doc_number)
             ))
             .await?;
-        Ok(v["QueryResponse"]["SalesReceipt"][0].clone())
+        let note = format!("tillmesh sale {id}");
+        Ok(v["QueryResponse"]["SalesReceipt"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["PrivateNote"] == note.as_str())
+            .cloned()
+            .unwrap_or(Value::Null))
     }
 
     async fn push_sale(&self, id: DocId, sale: &Sale) -> Result<(), QboError> {
@@ -349,7 +373,7 @@ impl Bridge {
             Ok(v) => v["SalesReceipt"].clone(),
             Err(QboError::Uncertain(why)) => {
                 tracing::info!(sale = %id, %why, "no answer to a post; looking the receipt up");
-                let found = self.find_receipt(&sale.receipt_number).await?;
+                let found = self.find_receipt(&sale.receipt_number, id).await?;
                 if found.is_null() {
                     // Not there: the same requestid again, so a late first attempt still
                     // counts once.
@@ -379,11 +403,16 @@ impl Bridge {
     }
 
     async fn void_receipt(&self, key: &str, mut posted: Posted) -> Result<(), QboError> {
-        let current = self
+        let current = match self
             .qbo
             .get(&format!("salesreceipt/{}", posted.qbo_id))
-            .await?["SalesReceipt"]
-            .clone();
+            .await
+        {
+            Ok(v) => v["SalesReceipt"].clone(),
+            // Deleted in QBO already: nothing left to void.
+            Err(e) if e.code() == Some("610") => json!({"PrivateNote": "Voided"}),
+            Err(e) => return Err(e),
+        };
         if current["PrivateNote"] != "Voided" {
             let body = json!({"Id": posted.qbo_id, "SyncToken": current["SyncToken"]});
             match self.qbo.post("salesreceipt?operation=void", &body).await {

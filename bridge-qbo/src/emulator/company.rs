@@ -554,7 +554,7 @@ impl Company {
         let moves = self.stock_moves(entity, current.as_object().unwrap_or(&Map::new()), -1.0);
         let mut v = current.clone();
         if let Some(Value::Array(lines)) = v.get_mut("Line") {
-            for l in lines.iter_mut() {
+            for l in lines.iter_mut().filter(|l| l.is_object()) {
                 l["Amount"] = json!(0);
                 if let Some(d) = l
                     .get_mut("SalesItemLineDetail")
@@ -792,6 +792,12 @@ impl Company {
                 let Some(total) = obj.get("TotalAmt").and_then(Value::as_f64) else {
                     return Err(Fault::required("TotalAmt"));
                 };
+                if obj.get("Line").is_some_and(|l| {
+                    !l.as_array()
+                        .is_some_and(|ls| ls.iter().all(Value::is_object))
+                }) {
+                    return Err(Fault::bad_request("Line must be a list of objects"));
+                }
                 let applied: f64 = obj
                     .get("Line")
                     .and_then(Value::as_array)
@@ -820,6 +826,9 @@ impl Company {
                 let Some(Value::Array(lines)) = obj.get_mut("Line") else {
                     return Err(Fault::required("Line"));
                 };
+                if lines.iter().any(|l| !l.is_object()) {
+                    return Err(Fault::bad_request("every Line must be an object"));
+                }
                 let mut total = 0.0;
                 for (n, l) in lines.iter_mut().enumerate() {
                     if l.get("DetailType").and_then(Value::as_str).is_none() {
@@ -858,6 +867,9 @@ impl Company {
         let Some(Value::Array(lines)) = obj.get_mut("Line") else {
             return Err(Fault::required("Line"));
         };
+        if lines.iter().any(|l| !l.is_object()) {
+            return Err(Fault::bad_request("every Line must be an object"));
+        }
         lines.retain(|l| l["DetailType"] != "SubTotalLineDetail");
         let mut subtotal = 0.0;
         let mut n = 0;
@@ -916,13 +928,17 @@ impl Company {
             l["LineNum"] = json!(n);
         }
         lines.push(json!({"Amount": money(subtotal), "DetailType": "SubTotalLineDetail", "SubTotalLineDetail": {}}));
-        let tax = obj
-            .get("TxnTaxDetail")
-            .and_then(|t| t.get("TotalTax"))
-            .and_then(Value::as_f64)
-            .unwrap_or(0.0);
-        let detail = obj.entry("TxnTaxDetail").or_insert(json!({}));
-        detail["TotalTax"] = money(tax);
+        let tax = match obj.get("TxnTaxDetail") {
+            None | Some(Value::Null) => 0.0,
+            Some(Value::Object(t)) => t.get("TotalTax").and_then(Value::as_f64).unwrap_or(0.0),
+            Some(_) => return Err(Fault::bad_request("TxnTaxDetail must be an object")),
+        };
+        let mut detail = match obj.remove("TxnTaxDetail") {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        detail.insert("TotalTax".into(), money(tax));
+        obj.insert("TxnTaxDetail".into(), Value::Object(detail));
         obj.insert("TotalAmt".into(), money(subtotal + tax));
         Ok(())
     }

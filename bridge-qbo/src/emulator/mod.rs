@@ -266,7 +266,11 @@ impl Emu {
         if per_mille == 0 {
             return false;
         }
-        let mut d = self.0.dice.lock().expect("dice");
+        let mut d = self
+            .0
+            .dice
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // xorshift: cheap, and enough to spread injected faults.
         *d ^= *d << 13;
         *d ^= *d >> 7;
@@ -315,7 +319,11 @@ async fn gate(
     }
     // Throttle: requests in the last minute, and requests in flight, per realm.
     {
-        let mut t = emu.0.throttle.lock().expect("throttle");
+        let mut t = emu
+            .0
+            .throttle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
         while t
             .recent
@@ -422,7 +430,11 @@ async fn read(
         )
             .into_response();
     };
-    let company = emu.0.company.lock().expect("company");
+    let company = emu
+        .0
+        .company
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     match company.get(entity, n) {
         Some(v) => ok(json!({ entity: v, "time": now_time() })),
         None => Fault::not_found().into_response(),
@@ -456,9 +468,24 @@ async fn write(
         Err(r) => return *r,
     };
     let request_id = params.requestid.filter(|r| !r.is_empty());
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return Fault::bad_request(format!("the body is not JSON: {e}")).into_response(),
+    };
+    // The entity may come wrapped (`{"Customer": {...}}`) as some clients send it.
+    let body = match body.get(entity) {
+        Some(inner) if body.as_object().is_some_and(|o| o.len() == 1) => inner.clone(),
+        _ => body,
+    };
+    // One lock from the look-up of the requestid to its record, so two requests with the
+    // same id cannot both write.
+    let mut company = emu
+        .0
+        .company
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(rid) = &request_id {
-        let remembered = emu.0.company.lock().expect("company").remembered(rid);
-        match remembered {
+        match company.remembered(rid) {
             Ok(Some((status, body))) => {
                 return (
                     StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
@@ -471,30 +498,30 @@ async fn write(
             Err(e) => return write_error(e),
         }
     }
-    let body: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => return Fault::bad_request(format!("the body is not JSON: {e}")).into_response(),
-    };
-    // The entity may come wrapped (`{"Customer": {...}}`) as some clients send it.
-    let body = match body.get(entity) {
-        Some(inner) if body.as_object().is_some_and(|o| o.len() == 1) => inner.clone(),
-        _ => body,
-    };
-    let outcome = apply_write(&emu, entity, params.operation.as_deref(), body);
-    let (status, response) = match outcome {
-        Ok(v) => (StatusCode::OK, json!({ entity: v, "time": now_time() })),
-        Err(WriteError::Fault(f)) => (f.status, json!({"Fault": f.body(), "time": now_time()})),
+    let outcome = apply_locked(&mut company, entity, params.operation.as_deref(), body);
+    let (status, response, change) = match outcome {
+        Ok((v, change)) => (
+            StatusCode::OK,
+            json!({ entity: v, "time": now_time() }),
+            Some(change),
+        ),
+        // Refusals are not remembered: a request that failed may be sent again and succeed.
+        Err(WriteError::Fault(f)) => (
+            f.status,
+            json!({"Fault": f.body(), "time": now_time()}),
+            None,
+        ),
         Err(e) => return write_error(e),
     };
-    if let Some(rid) = &request_id
-        && let Err(e) =
-            emu.0
-                .company
-                .lock()
-                .expect("company")
-                .remember(rid, status.as_u16(), &response)
+    if let (Some(rid), true) = (&request_id, status.is_success())
+        && let Err(e) = company.remember(rid, status.as_u16(), &response)
     {
         return write_error(e);
+    }
+    drop(company);
+    if let Some(change) = change {
+        emu.count(|c| c.writes += 1);
+        let _ = emu.0.changes.send(change);
     }
     if status.is_success() && emu.roll(emu.settings().drop_after_commit_per_mille) {
         emu.count(|c| c.dropped_after_commit += 1);
@@ -507,22 +534,33 @@ async fn write(
     }
 }
 
+fn apply_locked(
+    company: &mut Company,
+    entity: &'static str,
+    operation: Option<&str>,
+    body: Value,
+) -> Result<(Value, Change), WriteError> {
+    match operation {
+        Some("delete") => company.delete(entity, body),
+        Some("void") => company.void(entity, body),
+        Some("update") | None if body.get("Id").is_some() => company.update(entity, body),
+        None | Some("create") => company.create(entity, body),
+        Some(other) => Err(Fault::business(format!("Unsupported operation: {other}")).into()),
+    }
+}
+
 fn apply_write(
     emu: &Emu,
     entity: &'static str,
     operation: Option<&str>,
     body: Value,
 ) -> Result<Value, WriteError> {
-    let mut company = emu.0.company.lock().expect("company");
-    let (value, change) = match operation {
-        Some("delete") => company.delete(entity, body)?,
-        Some("void") => company.void(entity, body)?,
-        Some("update") | None if body.get("Id").is_some() => company.update(entity, body)?,
-        None | Some("create") => company.create(entity, body)?,
-        Some(other) => {
-            return Err(Fault::business(format!("Unsupported operation: {other}")).into());
-        }
-    };
+    let mut company = emu
+        .0
+        .company
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (value, change) = apply_locked(&mut company, entity, operation, body)?;
     drop(company);
     emu.count(|c| c.writes += 1);
     let _ = emu.0.changes.send(change);
@@ -575,7 +613,11 @@ async fn query_post(State(emu): State<Emu>, body: Bytes) -> Response {
 fn run_query(emu: &Emu, text: &str) -> Result<Value, Fault> {
     let q = query::parse(text).map_err(|e| Fault::query_parse(&e.0))?;
     let entity = canonical(&q.entity).ok_or_else(|| Fault::query_entity(&q.entity))?;
-    let company = emu.0.company.lock().expect("company");
+    let company = emu
+        .0
+        .company
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     // Name lists show active rows only, unless the query says otherwise.
     let filters_active = q
         .conds
@@ -643,7 +685,11 @@ async fn cdc(State(emu): State<Emu>, QueryParams(p): QueryParams<CdcParams>) -> 
     let Some(since) = p.changed_since.as_deref().and_then(clock::parse) else {
         return Fault::required("changedSince").into_response();
     };
-    let company = emu.0.company.lock().expect("company");
+    let company = emu
+        .0
+        .company
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut responses = Vec::new();
     for name in entities.split(',').map(str::trim) {
         let Some(entity) = canonical(name) else {
@@ -710,7 +756,8 @@ async fn batch(State(emu): State<Emu>, body: Bytes) -> Response {
                     match apply_write(&emu, entity, op, v) {
                         Ok(v) => json!({ entity: v }),
                         Err(WriteError::Fault(f)) => json!({"Fault": f.body()}),
-                        Err(e) => return write_error(e),
+                        // Earlier items are committed: this one fails alone.
+                        Err(WriteError::Store(_)) => json!({"Fault": Fault::service().body()}),
                     }
                 }
             }
@@ -738,7 +785,12 @@ async fn authorize(State(emu): State<Emu>, QueryParams(a): QueryParams<Authorize
     let Some(redirect) = a.redirect_uri else {
         return (StatusCode::BAD_REQUEST, "redirect_uri is missing").into_response();
     };
-    let code = emu.0.tokens.lock().expect("tokens").new_code();
+    let code = emu
+        .0
+        .tokens
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .new_code();
     let sep = if redirect.contains('?') { '&' } else { '?' };
     let state = a.state.unwrap_or_default();
     Redirect::to(&format!(
@@ -811,7 +863,11 @@ async fn token(State(emu): State<Emu>, headers: HeaderMap, body: Bytes) -> Respo
     let result = if !client_ok(&emu, &headers, &f) {
         Err(TokenError::Client)
     } else {
-        let mut tokens = emu.0.tokens.lock().expect("tokens");
+        let mut tokens = emu
+            .0
+            .tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match f.get("grant_type").map(String::as_str) {
             Some("authorization_code") => match f.get("code") {
                 Some(code) => tokens.exchange_code(code),
@@ -852,7 +908,11 @@ async fn revoke(State(emu): State<Emu>, headers: HeaderMap, body: Bytes) -> Resp
     }
     match token {
         Some(t) => {
-            emu.0.tokens.lock().expect("tokens").revoke(&t);
+            emu.0
+                .tokens
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .revoke(&t);
             StatusCode::OK.into_response()
         }
         None => (
@@ -912,6 +972,10 @@ struct Expire {
 
 /// For tests: every access token (and refresh token, if asked) expires now.
 async fn admin_expire(State(emu): State<Emu>, QueryParams(e): QueryParams<Expire>) -> Response {
-    emu.0.tokens.lock().expect("tokens").expire(e.refresh);
+    emu.0
+        .tokens
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .expire(e.refresh);
     StatusCode::NO_CONTENT.into_response()
 }

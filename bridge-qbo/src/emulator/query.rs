@@ -445,37 +445,40 @@ impl Cond {
     }
 }
 
+/// A total order on field values: missing and null first, then booleans, numbers (numeric
+/// text counts as a number), then text case-insensitively. Total, so sorting never panics.
+fn rank(v: &Value) -> (u8, f64, String) {
+    match v {
+        Value::Null => (0, 0.0, String::new()),
+        Value::Bool(b) => (1, f64::from(u8::from(*b)), String::new()),
+        Value::Number(n) => (2, n.as_f64().unwrap_or(0.0), String::new()),
+        Value::String(s) => match s.parse::<f64>() {
+            Ok(x) if x.is_finite() => (2, x, String::new()),
+            _ => (3, 0.0, s.to_lowercase()),
+        },
+        other => (4, 0.0, other.to_string()),
+    }
+}
+
+fn order_of(a: &Value, b: &Value) -> std::cmp::Ordering {
+    let (x, y) = (rank(a), rank(b));
+    x.0.cmp(&y.0)
+        .then_with(|| x.1.total_cmp(&y.1))
+        .then_with(|| x.2.cmp(&y.2))
+}
+
 /// Orders rows by the query's ORDERBY (then by Id, as QBO's default).
 pub fn sort(rows: &mut [Value], order: &[(String, bool)]) {
     let key = |v: &Value, f: &str| field(v, f).cloned().unwrap_or(Value::Null);
     rows.sort_by(|a, b| {
         for (f, desc) in order {
-            let (x, y) = (key(a, f), key(b, f));
-            let ord = match (&x, &y) {
-                (Value::Number(m), Value::Number(n)) => m
-                    .as_f64()
-                    .partial_cmp(&n.as_f64())
-                    .unwrap_or(std::cmp::Ordering::Equal),
-                (Value::String(m), Value::String(n)) => {
-                    match (m.parse::<f64>(), n.parse::<f64>()) {
-                        (Ok(p), Ok(q)) => p.partial_cmp(&q).unwrap_or(std::cmp::Ordering::Equal),
-                        _ => m.to_lowercase().cmp(&n.to_lowercase()),
-                    }
-                }
-                _ => x.to_string().cmp(&y.to_string()),
-            };
+            let ord = order_of(&key(a, f), &key(b, f));
             let ord = if *desc { ord.reverse() } else { ord };
             if ord != std::cmp::Ordering::Equal {
                 return ord;
             }
         }
-        let id = |v: &Value| {
-            v.get("Id")
-                .and_then(Value::as_str)
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        id(a).cmp(&id(b))
+        order_of(&key(a, "Id"), &key(b, "Id"))
     });
 }
 
