@@ -590,30 +590,11 @@ impl Bridge {
 /// `YYYY-MM-DD` of a UTC instant (QBO's `TxnDate`; the day in UTC is close enough for a
 /// shop's books, and the same on every retry).
 fn date(ms: i64) -> String {
-    let s = utc(ms as u64);
-    s[..10].to_owned()
+    utc(ms as u64)[..10].to_owned()
 }
 
-/// `2026-11-22T17:31:04Z`.
 fn utc(ms: u64) -> String {
-    let secs = (ms / 1000) as i64;
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    crate::emulator::clock::utc(ms as i64)
 }
 
 #[cfg(test)]

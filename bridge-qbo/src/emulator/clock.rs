@@ -85,6 +85,19 @@ pub fn date(ms: i64) -> String {
     format!("{y:04}-{mo:02}-{d:02}")
 }
 
+/// `2026-11-22T17:31:04Z`: UTC, whole seconds (the bridge's `changedSince`).
+pub fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (y, mo, d) = civil(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
 /// Parses `2020-09-29`, `2020-09-29T05:58:16`, with `Z`, `-07:00` or fractional seconds, as
 /// QBO's `changedSince` accepts; a time without an offset is the company's.
 pub fn parse(text: &str) -> Option<i64> {

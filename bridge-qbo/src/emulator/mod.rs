@@ -6,7 +6,7 @@
 //! One company (realm) per emulator, kept in its own redb file. Fault switches (latency, 5xx,
 //! "commit, then drop the response") and limits are set by flags or `POST /admin/config`.
 
-mod clock;
+pub(crate) mod clock;
 mod company;
 mod fault;
 mod oauth;
