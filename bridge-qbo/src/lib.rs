@@ -10,3 +10,4 @@
 
 pub mod bridge;
 pub mod emulator;
+pub mod urlenc;

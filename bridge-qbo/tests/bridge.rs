@@ -154,14 +154,7 @@ impl Books {
     }
 }
 
-fn enc(q: &str) -> String {
-    q.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+use tillmesh_bridge_qbo::urlenc::encode as enc;
 
 async fn sell(repo: &Repo, n: usize) {
     for i in 0..n {

@@ -186,17 +186,7 @@ impl Qbo {
     }
 }
 
-/// Percent-encodes a query parameter as clients do.
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'*' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+use tillmesh_bridge_qbo::urlenc::encode as enc;
 
 fn kind(v: &Value) -> &'static str {
     match v {

@@ -113,17 +113,7 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Percent-encodes a query parameter.
-pub fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+pub use crate::urlenc::encode as enc;
 
 /// The token endpoint's answer, turned into what the bridge stores.
 pub fn tokens_from(answer: &Value) -> Option<Tokens> {

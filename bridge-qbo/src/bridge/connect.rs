@@ -43,25 +43,7 @@ pub struct App {
 fn param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
-        (k == name).then(|| {
-            let mut out = Vec::new();
-            let b = v.as_bytes();
-            let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-            let mut i = 0;
-            while i < b.len() {
-                if b[i] == b'%'
-                    && i + 2 < b.len()
-                    && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-                {
-                    out.push(h * 16 + l);
-                    i += 3;
-                    continue;
-                }
-                out.push(if b[i] == b'+' { b' ' } else { b[i] });
-                i += 1;
-            }
-            String::from_utf8_lossy(&out).into_owned()
-        })
+        (k == name).then(|| crate::urlenc::decode(v))
     })
 }
 

@@ -795,47 +795,17 @@ async fn authorize(State(emu): State<Emu>, QueryParams(a): QueryParams<Authorize
     let state = a.state.unwrap_or_default();
     Redirect::to(&format!(
         "{redirect}{sep}code={code}&state={}&realmId={}",
-        urlencode(&state),
+        crate::urlenc::encode(&state),
         emu.0.endpoints.realm_id
     ))
     .into_response()
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn form(body: &[u8]) -> HashMap<String, String> {
-    let decode = |s: &str| -> String {
-        let bytes = s.replace('+', " ").into_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%'
-                && i + 2 < bytes.len()
-                && let Ok(b) =
-                    u8::from_str_radix(&String::from_utf8_lossy(&bytes[i + 1..i + 3]), 16)
-            {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-            out.push(bytes[i]);
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    };
     String::from_utf8_lossy(body)
         .split('&')
         .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (decode(k), decode(v)))
+        .map(|(k, v)| (crate::urlenc::decode(k), crate::urlenc::decode(v)))
         .collect()
 }
 
