@@ -16,8 +16,8 @@ use serde_json::json;
 use tillmesh::netns::{self, Lan};
 use tillmesh_node::Repo;
 use tillmesh_node::net::{self, NetConfig};
-use tillmesh_node::repo::Command;
 use tillmesh_node::repo::requests::{NewProduct, NewSale};
+use tillmesh_node::repo::{Command, MemberCommand};
 use tillmesh_protocol::{Currency, DeviceKey, DocType, Role, VersionVector};
 
 const TILLS: usize = 3;
@@ -53,11 +53,11 @@ async fn till(
         .await?;
         // The owner admits the other tills (pairing by code is shown in `pair_mobile_desktop`).
         for (i, secret) in keys.iter().enumerate().skip(1) {
-            r.execute(Command::AddMember {
+            r.execute(Command::Member(MemberCommand::Add {
                 device: DeviceKey::from_secret(*secret).device_id(),
                 role: Role::Till,
                 name: format!("Till {}", i + 1),
-            })
+            }))
             .await?;
         }
         r

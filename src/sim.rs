@@ -29,7 +29,7 @@ use tillmesh_node::replication;
 use tillmesh_node::repo::requests::{
     CustomerPatch, NewCustomer, NewProduct, NewStockAdjustment, RefundSale, VoidSale,
 };
-use tillmesh_node::repo::{Command, WriteError};
+use tillmesh_node::repo::{Command, MemberCommand, WriteError};
 use tillmesh_node::store::{checkpoint_copy_path, store_path};
 use tillmesh_protocol::sync::{Config, Message, Output, Sync, Verdict};
 use tillmesh_protocol::{Currency, DeviceKey, DocId, DocType, Role};
@@ -749,11 +749,11 @@ pub async fn run_seed(seed: u64, root: &Path, trace: bool) -> Result<Report, Sim
         };
         repos[0]
             .1
-            .execute(Command::AddMember {
+            .execute(Command::Member(MemberCommand::Add {
                 device: repo.identity().device_id,
                 role,
                 name: format!("Till {i}"),
-            })
+            }))
             .await
             .map_err(|e| sim.store_err(e))?;
         repos.push((dir, repo));

@@ -9,7 +9,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tillmesh_node::Repo;
 use tillmesh_node::cli::client::{api_addr_path, read_api_addr};
-use tillmesh_node::repo::{Command as RepoCommand, IngestOutcome};
+use tillmesh_node::repo::{Command as RepoCommand, IngestOutcome, MemberCommand};
 use tillmesh_protocol::{Currency, DeviceId, DeviceKey, Role, SignedEntry};
 use tokio::net::TcpListener;
 
@@ -464,11 +464,11 @@ pub async fn member_device(
 ) -> anyhow::Result<InProcessNode> {
     let key = DeviceKey::from_secret(secret);
     owner
-        .execute(RepoCommand::AddMember {
+        .execute(RepoCommand::Member(MemberCommand::Add {
             device: key.device_id(),
             role,
             name: name.to_owned(),
-        })
+        }))
         .await?;
     let id = owner.identity();
     drop(tillmesh_node::store::create(

@@ -4,7 +4,7 @@
 use automerge::AutoCommit;
 use tillmesh::testkit::{self, InProcessNode, cash_sale, member_device, product, sync_entries};
 use tillmesh_node::Repo;
-use tillmesh_node::repo::{Command, IngestOutcome};
+use tillmesh_node::repo::{Command, IngestOutcome, MemberCommand};
 use tillmesh_protocol::docmap::{self, actor_for};
 use tillmesh_protocol::schema::Sale;
 use tillmesh_protocol::{
@@ -26,11 +26,11 @@ async fn second_device(
 async fn admit(owner: &Repo, secret: [u8; 32], role: Role) -> DeviceKey {
     let key = DeviceKey::from_secret(secret);
     owner
-        .execute(Command::AddMember {
+        .execute(Command::Member(MemberCommand::Add {
             device: key.device_id(),
             role,
             name: format!("device {}", key.device_id().short()),
-        })
+        }))
         .await
         .unwrap();
     key

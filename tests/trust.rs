@@ -12,7 +12,7 @@ use tillmesh::testkit::{
     sync_entries, tillmesh,
 };
 use tillmesh_node::Repo;
-use tillmesh_node::repo::{Command, IngestOutcome};
+use tillmesh_node::repo::{Command, IngestOutcome, MemberCommand};
 use tillmesh_protocol::docmap::{self, actor_for};
 use tillmesh_protocol::schema::{Ledger, Sale};
 use tillmesh_protocol::{
@@ -357,24 +357,24 @@ async fn concurrent_membership_changes_converge_on_every_node() {
     // Y, offline, admits a device and demotes the till; meanwhile X revokes Y.
     let z = DeviceKey::from_secret([34; 32]).device_id();
     y.repo
-        .execute(Command::AddMember {
+        .execute(Command::Member(MemberCommand::Add {
             device: z,
             role: Role::Admin,
             name: "Z".into(),
-        })
+        }))
         .await
         .unwrap();
     y.repo
-        .execute(Command::ChangeRole {
+        .execute(Command::Member(MemberCommand::ChangeRole {
             device: tk.device_id(),
             role: Role::Viewer,
-        })
+        }))
         .await
         .unwrap();
     x.repo
-        .execute(Command::Revoke {
+        .execute(Command::Member(MemberCommand::Revoke {
             device: yk.device_id(),
-        })
+        }))
         .await
         .unwrap();
     // Every node hears both, in different orders: the till hears Y first.
@@ -414,15 +414,15 @@ async fn concurrent_membership_changes_converge_on_every_node() {
         sync_entries(&o.repo, &n.repo).await.unwrap();
     }
     x.repo
-        .execute(Command::Revoke {
+        .execute(Command::Member(MemberCommand::Revoke {
             device: wk.device_id(),
-        })
+        }))
         .await
         .unwrap();
     w.repo
-        .execute(Command::Revoke {
+        .execute(Command::Member(MemberCommand::Revoke {
             device: xk.device_id(),
-        })
+        }))
         .await
         .unwrap();
     let all = [&o, &x, &t, &w];

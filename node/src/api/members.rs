@@ -13,7 +13,7 @@ use tillmesh_protocol::{DeviceId, Role};
 use super::error::ApiError;
 use super::{AppState, Body};
 use crate::net::pairing::{DEFAULT_TTL, TTL_MAX, display_code};
-use crate::repo::{Command, Repo};
+use crate::repo::{Command, MemberCommand, Repo};
 
 /// Rejected entries one listing returns at most.
 const REJECTED_LISTED_MAX: usize = 1000;
@@ -61,11 +61,11 @@ pub async fn add(
         )));
     }
     let w = repo
-        .execute(Command::AddMember {
+        .execute(Command::Member(MemberCommand::Add {
             device: body.device_id,
             role,
             name: body.name,
-        })
+        }))
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -89,7 +89,9 @@ pub async fn revoke(
     Path(who): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let device = resolve(&repo, &who)?;
-    let w = repo.execute(Command::Revoke { device }).await?;
+    let w = repo
+        .execute(Command::Member(MemberCommand::Revoke { device }))
+        .await?;
     let last = repo.membership().get(&device).and_then(|m| m.last_seq);
     Ok(Json(
         json!({ "revoked": device, "last_accepted_seq": last, "seq": w.seq }),
@@ -117,7 +119,8 @@ pub async fn set_role(
 ) -> Result<Json<Value>, ApiError> {
     let device = resolve(&repo, &who)?;
     let role = parse_role(&body.role)?;
-    repo.execute(Command::ChangeRole { device, role }).await?;
+    repo.execute(Command::Member(MemberCommand::ChangeRole { device, role }))
+        .await?;
     Ok(Json(json!({ "device_id": device, "role": role.name() })))
 }
 

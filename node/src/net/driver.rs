@@ -30,7 +30,7 @@ use super::discovery::{self, Discovery, Found};
 use super::pairing::{Inviter, PairRequest, PairResponse, Refusal};
 use super::{Command, FoundBy, NetConfig, NetError, NetStatus, PeerStatus};
 use crate::replication;
-use crate::repo::{Command as RepoCommand, Repo};
+use crate::repo::{Command as RepoCommand, MemberCommand, Repo};
 
 /// How often the loop wakes with nothing else to do: timers of the core, dials, status.
 const TICK: Duration = Duration::from_millis(100);
@@ -432,7 +432,11 @@ impl Driver {
                     let inviter_name = repo.identity().device_name.clone();
                     tokio::spawn(async move {
                         let answer = match repo
-                            .execute(RepoCommand::AddMember { device, role, name })
+                            .execute(RepoCommand::Member(MemberCommand::Add {
+                                device,
+                                role,
+                                name,
+                            }))
                             .await
                         {
                             Ok(_) => PairResponse::Welcome {

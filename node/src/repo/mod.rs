@@ -162,21 +162,8 @@ pub enum Command {
         patch: CustomerPatch,
     },
     AdjustStock(NewStockAdjustment),
-    /// Admits a device to the mesh with a role (owners and admins only).
-    AddMember {
-        device: DeviceId,
-        role: Role,
-        name: String,
-    },
-    /// Gives a member another role for its entries from the next one this node has not seen.
-    ChangeRole {
-        device: DeviceId,
-        role: Role,
-    },
-    /// Cuts a member off: its entries this node holds stay accepted, later ones are refused.
-    Revoke {
-        device: DeviceId,
-    },
+    /// Changes who belongs to the mesh (owners and admins only).
+    Member(MemberCommand),
     /// Records what QuickBooks holds for a sale, product or customer (the bridge only).
     SetLedger {
         doc_id: DocId,
@@ -215,20 +202,18 @@ pub(crate) enum Serial {
 }
 
 /// A membership command, completed by the writer with what this node holds of the target.
-#[derive(Debug)]
-pub(crate) enum MemberCommand {
+#[derive(Debug, Clone)]
+pub enum MemberCommand {
+    /// Admits a device to the mesh with a role.
     Add {
         device: DeviceId,
         role: Role,
         name: String,
     },
-    ChangeRole {
-        device: DeviceId,
-        role: Role,
-    },
-    Revoke {
-        device: DeviceId,
-    },
+    /// Gives a member another role for its entries from the next one this node has not seen.
+    ChangeRole { device: DeviceId, role: Role },
+    /// Cuts a member off: its entries this node holds stay accepted, later ones are refused.
+    Revoke { device: DeviceId },
 }
 
 /// What a committed command wrote.
@@ -576,18 +561,7 @@ impl Repo {
             Command::PatchCustomer { id, patch } => {
                 Job::Command(Box::new(Serial::PatchCustomer { id, patch }), tx)
             }
-            Command::AddMember { device, role, name } => Job::Command(
-                Box::new(Serial::Member(MemberCommand::Add { device, role, name })),
-                tx,
-            ),
-            Command::ChangeRole { device, role } => Job::Command(
-                Box::new(Serial::Member(MemberCommand::ChangeRole { device, role })),
-                tx,
-            ),
-            Command::Revoke { device } => Job::Command(
-                Box::new(Serial::Member(MemberCommand::Revoke { device })),
-                tx,
-            ),
+            Command::Member(m) => Job::Command(Box::new(Serial::Member(m)), tx),
             Command::SetLedger { doc_id, ledger } => {
                 Job::Command(Box::new(Serial::SetLedger { doc_id, ledger }), tx)
             }
