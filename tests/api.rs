@@ -304,6 +304,105 @@ async fn customers_patch_field_by_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_back_office_records_vendors_invoices_payments_and_expenses() {
+    let (_tmp, node) = node().await;
+    let api = &node.api;
+    api.put(
+        "/v1/settings/tax-rates/TAX",
+        &json!({"name": "Sales tax", "rate_ppm": 82_500}),
+    )
+    .await
+    .unwrap();
+    api.ok_post("/v1/products", &json!({"sku": "MUG-1", "name": "Mug", "price": {"amount_minor": 1200, "currency": "USD"}, "tax_code": "TAX", "stock": 5}))
+        .await
+        .unwrap();
+    let amy = api
+        .ok_post("/v1/customers", &json!({"display_name": "Amy's Cafe"}))
+        .await
+        .unwrap();
+    let amy = amy["id"].as_str().unwrap();
+    let mill = api
+        .ok_post("/v1/vendors", &json!({"display_name": "Mill Road Bakery"}))
+        .await
+        .unwrap();
+    // Priced and taxed from the catalogue, as a sale is.
+    let (st, inv) = api
+        .post(
+            "/v1/invoices",
+            &json!({"customer_id": amy, "lines": [{"sku": "MUG-1", "qty": 10}], "due_in_days": 14}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::CREATED, "{inv}");
+    assert_eq!(inv["subtotal"]["amount_minor"], 12_000);
+    assert_eq!(inv["tax"]["amount_minor"], 990);
+    assert_eq!(inv["total"]["amount_minor"], 12_990);
+    assert_eq!(inv["status"], "sent");
+    assert!(inv["number"].as_str().unwrap().starts_with("INV-"), "{inv}");
+    let (st, pay) = api
+        .post("/v1/payments", &json!({"customer_id": amy, "invoice_id": inv["id"], "amount_minor": 12_990, "method": "bank transfer"}))
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::CREATED, "{pay}");
+    let (st, exp) = api
+        .post("/v1/expenses", &json!({"vendor_id": mill["id"], "method": "cash", "lines": [{"description": "flour", "account": "Supplies", "amount_minor": 2599}]}))
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::CREATED, "{exp}");
+    assert_eq!(exp["total"]["amount_minor"], 2599);
+    for (path, n) in [
+        ("/v1/vendors", 1),
+        ("/v1/invoices", 1),
+        ("/v1/payments", 1),
+        ("/v1/expenses", 1),
+    ] {
+        assert_eq!(api.all(path).await.unwrap().len(), n, "{path}");
+    }
+    let got = api
+        .ok_get(&format!("/v1/invoices/{}", inv["id"].as_str().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(got["total"], inv["total"]);
+    // Bad input: refused with the reason, nothing written.
+    let before = entries(api).await;
+    for (path, body, why) in [
+        (
+            "/v1/invoices",
+            json!({"customer_id": mill["id"], "lines": [{"sku": "MUG-1", "qty": 1}]}),
+            "customer",
+        ),
+        (
+            "/v1/invoices",
+            json!({"customer_id": amy, "lines": [{"sku": "NOPE", "qty": 1}]}),
+            "NOPE",
+        ),
+        (
+            "/v1/invoices",
+            json!({"customer_id": amy, "lines": [{"sku": "MUG-1", "qty": 1}], "due_in_days": 9999}),
+            "due_in_days",
+        ),
+        (
+            "/v1/payments",
+            json!({"customer_id": amy, "amount_minor": 0, "method": "cash"}),
+            "amount",
+        ),
+        (
+            "/v1/expenses",
+            json!({"method": "cash", "lines": [{"description": "x", "account": "Supplies", "amount_minor": -5}]}),
+            "amount",
+        ),
+    ] {
+        let (st, e) = api.post(path, &body).await.unwrap();
+        assert!(st.is_client_error(), "{path} {body}: {st} {e}");
+        assert!(
+            e.to_string().contains(why),
+            "{path}: the error says why: {e}"
+        );
+    }
+    assert_eq!(entries(api).await, before, "nothing written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_clear_error_and_writes_nothing() {
     let (_tmp, node) = node().await;
     let api = &node.api;

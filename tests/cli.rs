@@ -63,6 +63,25 @@ fn every_command_has_help() {
     }
 }
 
+/// The README's first command: three tills, then a bridge and the QBO emulator.
+#[test]
+fn the_demo_runs_tills_and_a_bridge_to_quickbooks() {
+    let out = ok(&["demo"]);
+    for shown in [
+        "all three tills agree",
+        "admitted as the mesh's bridge",
+        "QuickBooks now holds",
+        "RefundReceipt",
+        "Customer",
+        "QuickBooks wins on money",
+        "0 waiting, 1 conflict(s)",
+    ] {
+        assert!(out.contains(shown), "the demo shows {shown:?}: {out}");
+    }
+    // Every sale of the demo is one receipt in QuickBooks: 14 sales, 14 receipts.
+    assert_eq!(out.matches("SalesReceipt ").count(), 14, "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shop_commands_work_offline_and_through_a_running_node() {
     let tmp = tempfile::tempdir().unwrap();

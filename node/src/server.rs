@@ -16,7 +16,22 @@ pub async fn run(
     network: Option<Network>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, api::router(repo, network))
+    run_with(repo, listener, network, None, shutdown).await
+}
+
+/// As [`run`], with more routes beside the node's own (the bridge's `GET /v1/bridge`).
+pub async fn run_with(
+    repo: Repo,
+    listener: TcpListener,
+    network: Option<Network>,
+    extra: Option<axum::Router>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut app = api::router(repo, network);
+    if let Some(extra) = extra {
+        app = app.merge(extra);
+    }
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

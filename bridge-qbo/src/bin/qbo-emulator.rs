@@ -38,6 +38,9 @@ struct Cli {
     /// Share of API requests answered 503, in thousandths.
     #[arg(long, default_value_t = 0)]
     fail_5xx_per_mille: u32,
+    /// Batch requests per minute per realm (each also counts as one request).
+    #[arg(long, default_value_t = emulator::BATCH_REQUESTS_PER_MINUTE)]
+    batch_requests_per_minute: u32,
     /// Share of writes committed whose response is then cut off, in thousandths.
     #[arg(long, default_value_t = 0)]
     drop_after_commit_per_mille: u32,
@@ -67,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
         settings: Settings {
             requests_per_minute: cli.requests_per_minute,
             concurrent_max: cli.concurrent_max,
+            batch_requests_per_minute: cli.batch_requests_per_minute,
             latency_ms: cli.latency_ms,
             fail_5xx_per_mille: cli.fail_5xx_per_mille,
             drop_after_commit_per_mille: cli.drop_after_commit_per_mille,

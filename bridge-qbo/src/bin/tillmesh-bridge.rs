@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use tillmesh_bridge_qbo::bridge::{Bridge, client::Qbo, connect, state::State};
+use tillmesh_bridge_qbo::bridge::{Bridge, Options, client::Qbo, connect, state::State};
 use tillmesh_node::Repo;
-use tillmesh_node::cli::{NetArgs, join_device, key_source, run_node};
+use tillmesh_node::cli::{BesideStarted, NetArgs, join_device, key_source, run_node};
 
 #[derive(Parser)]
 #[command(
@@ -59,10 +59,20 @@ enum Cmd {
     Run {
         #[arg(long, default_value = "127.0.0.1:7420")]
         api: SocketAddr,
-        /// The bridge's own endpoint: `GET /v1/bridge` and `POST /webhooks` (put it behind the
-        /// public URL Intuit notifies).
+        /// The bridge's own endpoint: `POST /webhooks` (put it behind the public URL Intuit
+        /// notifies), `GET /connect` and `GET /v1/bridge` (also on `--api`).
         #[arg(long, default_value = "127.0.0.1:7441")]
         http: SocketAddr,
+        /// Creates per QBO batch request (QBO takes at most 30); 1 posts one by one.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..=30))]
+        batch: u16,
+        /// Post one summary receipt per day of sales (UTC days) instead of one per sale.
+        #[arg(long, conflicts_with = "summary_period_s")]
+        daily_summary: bool,
+        /// Post one summary receipt per this many seconds of sales (for shops that close
+        /// more than once a day, and for tests).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        summary_period_s: Option<u64>,
         #[command(flatten)]
         net: NetArgs,
     },
@@ -134,25 +144,43 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("connected to QuickBooks company {}", conn.realm_id);
             Ok(())
         }
-        Cmd::Run { api, net, http } => {
+        Cmd::Run {
+            api,
+            net,
+            http,
+            batch,
+            daily_summary,
+            summary_period_s,
+        } => {
+            let options = Options {
+                batch_items_max: batch.into(),
+                summary_period: summary_period_s
+                    .or(daily_summary.then_some(86_400))
+                    .map(std::time::Duration::from_secs),
+            };
             let dir = data.clone();
             let listener = tokio::net::TcpListener::bind(http)
                 .await
                 .with_context(|| format!("cannot listen on {http}; choose another --http"))?;
             let beside: tillmesh_node::cli::Beside = Box::new(move |repo, stop| {
-                tokio::spawn(async move {
-                    let bridge = match start(&dir, repo) {
-                        Ok(b) => Arc::new(b),
-                        Err(e) => {
-                            tracing::error!(error = %e, "the bridge cannot start");
-                            return;
-                        }
-                    };
-                    if let Ok(addr) = listener.local_addr() {
-                        bridge.listening(addr);
+                let bridge = match start(&dir, repo) {
+                    Ok(b) => Arc::new(b.with_options(options)),
+                    Err(e) => {
+                        // The node runs on (it still syncs); the bridge says why it does not.
+                        tracing::error!(error = %e, "the bridge cannot start");
+                        return BesideStarted {
+                            task: tokio::spawn(async {}),
+                            routes: None,
+                        };
                     }
-                    let app = bridge.clone().http();
-                    let mut stop_http = stop.clone();
+                };
+                if let Ok(addr) = listener.local_addr() {
+                    bridge.listening(addr);
+                }
+                let routes = Some(bridge.clone().status_routes());
+                let app = bridge.clone().http();
+                let mut stop_http = stop.clone();
+                let task = tokio::spawn(async move {
                     tokio::spawn(async move {
                         let _ = axum::serve(listener, app)
                             .with_graceful_shutdown(async move {
@@ -161,7 +189,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                             .await;
                     });
                     bridge.run(stop).await;
-                })
+                });
+                BesideStarted { task, routes }
             });
             run_node(data, api, net, &keys, Some(beside)).await
         }

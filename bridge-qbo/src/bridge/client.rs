@@ -1,5 +1,6 @@
 //! A QuickBooks Online v3 client that stays within the realm's limits and keeps its tokens
-//! alive: a sliding-window limiter under the per-minute limit and a cap on requests in flight,
+//! alive: sliding-window limiters under the per-minute limits (all requests, and batch
+//! requests) and a cap on requests in flight,
 //! access tokens refreshed ahead of expiry (the rotated refresh token stored before use), 429
 //! and 5xx retried with backoff, and writes that may have happened told apart from writes
 //! that did not.
@@ -16,6 +17,8 @@ use super::state::{Connection, State, Tokens};
 /// Intuit's limits per realm; the client keeps a little under them.
 pub const REQUESTS_PER_MINUTE: usize = 500;
 pub const CONCURRENT_MAX: usize = 10;
+pub const BATCH_REQUESTS_PER_MINUTE: usize = 40;
+pub const BATCH_ITEMS_MAX: usize = 30;
 /// Refresh the access token when it has less than this left.
 const REFRESH_AHEAD: Duration = Duration::from_secs(300);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -54,33 +57,66 @@ impl QboError {
     }
 }
 
-/// Requests sent in the last minute, to stay under the realm's limit.
+/// Requests sent in the last minute, to stay under the realm's limit. A sliding window
+/// rather than a token bucket because QBO counts that way: the client can then go at the
+/// full rate and still never see a 429.
 struct Window {
     sent: VecDeque<Instant>,
-    per_minute: usize,
+    batches_sent: VecDeque<Instant>,
+    /// How much longer than QBO's minute the client waits: a request is counted here when it
+    /// leaves and there when it arrives, a little later. Doubled after each 429 (up to
+    /// `MARGIN_MAX`), so a slow path costs a little rate instead of repeated refusals; back
+    /// to the least after `MARGIN_CALM` without one.
+    margin: Duration,
+    throttled_at: Option<Instant>,
 }
 
+const MARGIN_MIN: Duration = Duration::from_millis(500);
+const MARGIN_MAX: Duration = Duration::from_secs(8);
+const MARGIN_CALM: Duration = Duration::from_secs(600);
+
 impl Window {
-    /// Waits until one more request fits in the last minute, then counts it.
-    async fn admit(window: &Mutex<Window>) {
+    /// Waits until one more request (and, for a batch, one more batch) fits in the last
+    /// minute, then counts it. Both are counted at the same instant, so neither window can
+    /// think a request went earlier than the server saw it.
+    async fn admit(window: &Mutex<Window>, batch: bool) {
         loop {
             let wait = {
-                let mut w = window.lock().await;
+                let mut guard = window.lock().await;
+                let w = &mut *guard;
                 let now = Instant::now();
-                // A margin over 60 s, so the server's window never sees one too many.
-                let span = Duration::from_millis(60_500);
-                while w
-                    .sent
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) >= span)
+                if w.throttled_at
+                    .is_some_and(|t| now.duration_since(t) >= MARGIN_CALM)
                 {
-                    w.sent.pop_front();
+                    w.margin = MARGIN_MIN;
+                    w.throttled_at = None;
                 }
-                if w.sent.len() < w.per_minute {
-                    w.sent.push_back(now);
-                    return;
+                let span = Duration::from_secs(60) + w.margin;
+                for sent in [&mut w.sent, &mut w.batches_sent] {
+                    while sent.front().is_some_and(|t| now.duration_since(*t) >= span) {
+                        sent.pop_front();
+                    }
                 }
-                span - now.duration_since(*w.sent.front().expect("full"))
+                let full = |sent: &VecDeque<Instant>, max: usize| {
+                    (sent.len() >= max).then(|| span - now.duration_since(sent[sent.len() - max]))
+                };
+                let wait = full(&w.sent, REQUESTS_PER_MINUTE)
+                    .into_iter()
+                    .chain(if batch {
+                        full(&w.batches_sent, BATCH_REQUESTS_PER_MINUTE)
+                    } else {
+                        None
+                    });
+                match wait.max() {
+                    Some(wait) => wait,
+                    None => {
+                        w.sent.push_back(now);
+                        if batch {
+                            w.batches_sent.push_back(now);
+                        }
+                        return;
+                    }
+                }
             };
             tokio::time::sleep(wait).await;
         }
@@ -139,11 +175,25 @@ impl Qbo {
             tokens: Mutex::new(tokens),
             window: Mutex::new(Window {
                 sent: VecDeque::new(),
-                per_minute: REQUESTS_PER_MINUTE,
+                batches_sent: VecDeque::new(),
+                margin: MARGIN_MIN,
+                throttled_at: None,
             }),
             in_flight: Semaphore::new(CONCURRENT_MAX),
             stats: Default::default(),
         }
+    }
+
+    /// Takes tokens from a new connection (the connect page), stored first.
+    pub async fn replace_tokens(&self, tokens: Tokens) -> Result<(), QboError> {
+        let mut t = self.tokens.lock().await;
+        self.state.set_tokens(&tokens)?;
+        *t = tokens;
+        Ok(())
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     fn count(&self, f: impl FnOnce(&mut ClientStats)) {
@@ -221,7 +271,7 @@ impl Qbo {
         for attempt in 0..=RETRIES_MAX {
             let token = self.access_token(false).await?;
             let _permit = self.in_flight.acquire().await.expect("semaphore");
-            Window::admit(&self.window).await;
+            Window::admit(&self.window, path.starts_with("batch")).await;
             self.count(|s| s.requests += 1);
             let mut req = if write {
                 self.http.post(self.url(path))
@@ -254,8 +304,15 @@ impl Qbo {
             };
             match status {
                 200..=299 => {
-                    return serde_json::from_str(&text)
-                        .map_err(|e| QboError::Unavailable(format!("unreadable answer: {e}")));
+                    return serde_json::from_str(&text).map_err(|e| {
+                        let why = format!("an answer that is not JSON: {e}");
+                        // A write answered 200 happened, whatever the body says.
+                        if write {
+                            QboError::Uncertain(why)
+                        } else {
+                            QboError::Unavailable(why)
+                        }
+                    });
                 }
                 401 if !refreshed => {
                     refreshed = true;
@@ -271,8 +328,27 @@ impl Qbo {
                             s.server_errors += 1
                         }
                     });
+                    if status == 429 {
+                        let mut w = self.window.lock().await;
+                        w.margin = (w.margin * 2).min(MARGIN_MAX);
+                        w.throttled_at = Some(Instant::now());
+                        tracing::info!(
+                            margin_ms = w.margin.as_millis() as u64,
+                            "QuickBooks throttled a request; keeping further under its limit"
+                        );
+                    }
                     if attempt == RETRIES_MAX {
-                        return Err(QboError::Unavailable(format!("HTTP {status}")));
+                        // A 500 may come after the write committed; a 429 or 503 never does,
+                        // but one cannot tell a 500 from the others after the fact.
+                        let why = format!(
+                            "HTTP {status} {} times in a row; it is tried again later",
+                            RETRIES_MAX + 1
+                        );
+                        return Err(if write && status != 429 {
+                            QboError::Uncertain(why)
+                        } else {
+                            QboError::Unavailable(why)
+                        });
                     }
                     drop(_permit);
                     tokio::time::sleep(backoff).await;

@@ -47,27 +47,41 @@ fn param(query: &str, name: &str) -> Option<String> {
     })
 }
 
-/// Runs the flow; returns the connection and the first tokens.
-pub async fn connect(app: &App) -> Result<(Connection, Tokens), ConnectError> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let redirect = format!("http://{}/callback", listener.local_addr()?);
+/// A fresh `state` for one authorization: it ties the redirect to the request.
+pub fn new_state() -> Result<String, ConnectError> {
     let mut state = [0u8; 12];
     getrandom::fill(&mut state).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let state: String = state.iter().map(|b| format!("{b:02x}")).collect();
-    let url = format!(
+    Ok(state.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Intuit's consent page for this app, coming back to `redirect`.
+pub fn authorize_link(app: &App, redirect: &str, state: &str) -> String {
+    format!(
         "{}?client_id={}&redirect_uri={}&response_type=code&scope={}&state={}",
         app.authorize_url,
         enc(&app.client_id),
-        enc(&redirect),
+        enc(redirect),
         enc(SCOPE),
         state
-    );
-    let http = reqwest::Client::builder()
+    )
+}
+
+fn http_client() -> Result<reqwest::Client, ConnectError> {
+    reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
         .build()
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        .map_err(|e| ConnectError::Io(std::io::Error::other(e.to_string())))
+}
+
+/// Runs the flow; returns the connection and the first tokens.
+pub async fn connect(app: &App) -> Result<(Connection, Tokens), ConnectError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let redirect = format!("http://{}/callback", listener.local_addr()?);
+    let state = new_state()?;
+    let url = authorize_link(app, &redirect, &state);
+    let http = http_client()?;
     let unreachable = |e: reqwest::Error| ConnectError::Unreachable {
         url: app.authorize_url.clone(),
         detail: e.to_string(),
@@ -104,16 +118,26 @@ pub async fn connect(app: &App) -> Result<(Connection, Tokens), ConnectError> {
                 .unwrap_or_default()
         }
     };
-    if let Some(err) = param(&query, "error") {
+    finish(app, &query, &state, &redirect).await
+}
+
+/// The redirect's query checked against the `state` sent, and its code exchanged for tokens.
+pub async fn finish(
+    app: &App,
+    query: &str,
+    state: &str,
+    redirect: &str,
+) -> Result<(Connection, Tokens), ConnectError> {
+    if let Some(err) = param(query, "error") {
         return Err(ConnectError::Refused(err));
     }
-    if param(&query, "state").as_deref() != Some(state.as_str()) {
+    if param(query, "state").as_deref() != Some(state) {
         return Err(ConnectError::Redirect("state does not match".into()));
     }
-    let code = param(&query, "code").ok_or_else(|| ConnectError::Redirect("no code".into()))?;
+    let code = param(query, "code").ok_or_else(|| ConnectError::Redirect("no code".into()))?;
     let realm =
-        param(&query, "realmId").ok_or_else(|| ConnectError::Redirect("no realmId".into()))?;
-    let resp = http
+        param(query, "realmId").ok_or_else(|| ConnectError::Redirect("no realmId".into()))?;
+    let resp = http_client()?
         .post(&app.token_url)
         .basic_auth(&app.client_id, Some(&app.client_secret))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -121,7 +145,7 @@ pub async fn connect(app: &App) -> Result<(Connection, Tokens), ConnectError> {
         .body(format!(
             "grant_type=authorization_code&code={}&redirect_uri={}",
             enc(&code),
-            enc(&redirect)
+            enc(redirect)
         ))
         .send()
         .await
@@ -141,6 +165,7 @@ pub async fn connect(app: &App) -> Result<(Connection, Tokens), ConnectError> {
     Ok((
         Connection {
             base_url: app.base_url.clone(),
+            authorize_url: Some(app.authorize_url.clone()),
             token_url: app.token_url.clone(),
             realm_id: realm,
             client_id: app.client_id.clone(),
@@ -149,4 +174,21 @@ pub async fn connect(app: &App) -> Result<(Connection, Tokens), ConnectError> {
         },
         tokens,
     ))
+}
+
+impl App {
+    /// The app a stored connection was made with, to connect again.
+    pub fn of(c: &Connection) -> App {
+        App {
+            authorize_url: c
+                .authorize_url
+                .clone()
+                .unwrap_or_else(|| format!("{}/connect/oauth2", c.base_url.trim_end_matches('/'))),
+            base_url: c.base_url.clone(),
+            token_url: c.token_url.clone(),
+            client_id: c.client_id.clone(),
+            client_secret: c.client_secret.clone(),
+            verifier_token: c.verifier_token.clone(),
+        }
+    }
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tillmesh_node::store::seal::Sealer;
 
@@ -15,11 +15,18 @@ const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 const POSTED: TableDefinition<&str, &[u8]> = TableDefinition::new("posted");
 /// Plain counters and times: last pull, pushes, failures.
 const NOTES: TableDefinition<&str, &[u8]> = TableDefinition::new("notes");
+/// Batch `requestid` -> the creates it carries (sealed JSON: names and amounts), written
+/// before the batch is sent and removed in the transaction that records its answer. One
+/// left behind means a batch whose fate is unknown: it is settled before anything new goes.
+const INTENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("intents");
 
 /// Where the realm is and who the bridge is to Intuit.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Connection {
     pub base_url: String,
+    /// Intuit's consent page, for connecting again from the bridge's connect page.
+    #[serde(default)]
+    pub authorize_url: Option<String>,
     pub token_url: String,
     pub realm_id: String,
     pub client_id: String,
@@ -46,8 +53,18 @@ pub struct Posted {
     /// The total QBO holds (minor units), for transactions.
     #[serde(default)]
     pub total_minor: Option<i64>,
+    /// The tax QBO holds (minor units), for transactions.
+    #[serde(default)]
+    pub tax_minor: Option<i64>,
+    /// A customer's open balance in QBO (minor units).
+    #[serde(default)]
+    pub balance_minor: Option<i64>,
     #[serde(default)]
     pub voided: bool,
+    /// In summary mode, the summary receipt (its key) a sale went into. A sale voided before
+    /// its summary is recorded with it and an empty `qbo_id`: nothing of it is in QBO.
+    #[serde(default)]
+    pub summary: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +105,7 @@ impl State {
         tx.open_table(SECRETS)?;
         tx.open_table(POSTED)?;
         tx.open_table(NOTES)?;
+        tx.open_table(INTENTS)?;
         tx.commit()?;
         Ok(State { db, sealer })
     }
@@ -149,6 +167,27 @@ impl State {
         Ok(())
     }
 
+    /// The highest number after `prefix` among posted keys (the summaries of one period),
+    /// or 0.
+    pub fn highest_suffix(&self, prefix: &str) -> Result<u64, StateError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(POSTED)?;
+        let mut highest = 0;
+        for item in t.range(prefix..)? {
+            let item = item?;
+            let Some(rest) = item.0.value().strip_prefix(prefix) else {
+                break;
+            };
+            highest = highest.max(rest.parse().unwrap_or(0));
+        }
+        Ok(highest)
+    }
+
+    pub fn posted_count(&self) -> Result<u64, StateError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(POSTED)?.len()?)
+    }
+
     /// Every posted document, for the pull's map back from QBO ids.
     pub fn all_posted(&self) -> Result<Vec<(String, Posted)>, StateError> {
         let tx = self.db.begin_read()?;
@@ -159,6 +198,59 @@ impl State {
             out.push((k.value().to_owned(), serde_json::from_slice(v.value())?));
         }
         Ok(out)
+    }
+
+    /// Records a batch about to be sent; durable before it returns.
+    pub fn set_intent<T: Serialize>(
+        &self,
+        request_id: &str,
+        creates: &T,
+    ) -> Result<(), StateError> {
+        let plain = serde_json::to_vec(creates)?;
+        let sealed = self
+            .sealer
+            .seal("bridge_intents", request_id.as_bytes(), &plain);
+        let tx = self.db.begin_write()?;
+        tx.open_table(INTENTS)?
+            .insert(request_id, sealed.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Batches sent whose answers were never recorded.
+    pub fn intents<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<(String, T)>, StateError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(INTENTS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let plain = self
+                .sealer
+                .open("bridge_intents", k.value().as_bytes(), v.value())
+                .map_err(|_| StateError::Sealed)?;
+            out.push((k.value().to_owned(), serde_json::from_slice(&plain)?));
+        }
+        Ok(out)
+    }
+
+    /// Records what a batch made and forgets the batch, in one transaction: a crash leaves
+    /// either both or neither.
+    pub fn finish_intent(
+        &self,
+        request_id: &str,
+        made: &[(String, Posted)],
+    ) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut posted = tx.open_table(POSTED)?;
+            for (key, p) in made {
+                let bytes = serde_json::to_vec(p)?;
+                posted.insert(key.as_str(), bytes.as_slice())?;
+            }
+            tx.open_table(INTENTS)?.remove(request_id)?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn note(&self, key: &str) -> Result<Option<String>, StateError> {

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::{Map, Value, json};
@@ -119,7 +120,8 @@ pub struct Change {
 }
 
 pub struct Company {
-    db: Database,
+    /// Shared with the OAuth tokens, which are kept in the same file.
+    db: Arc<Database>,
     entities: BTreeMap<(&'static str, u64), Value>,
     deleted: BTreeMap<(&'static str, u64), i64>,
     meta: HashMap<String, u64>,
@@ -141,7 +143,7 @@ impl Company {
     /// company kept in `dir`.
     pub fn open(dir: &Path) -> Result<Company, WriteError> {
         std::fs::create_dir_all(dir).map_err(|e| WriteError::Store(e.to_string()))?;
-        let db = Database::create(dir.join("qbo-emulator.redb"))?;
+        let db = Arc::new(Database::create(dir.join("qbo-emulator.redb"))?);
         {
             let tx = db.begin_write()?;
             tx.open_table(ENTITIES)?;
@@ -226,6 +228,11 @@ impl Company {
             writes.push(self.stage_create("PaymentMethod", body)?);
             self.commit_staged(&mut writes)?;
         }
+        // Last, so the ids above stay as they were: the account the preferences name for
+        // discounts.
+        let body = json!({"Name": "Discounts given", "AccountType": "Income", "AccountSubType": "DiscountsRefundsGiven"});
+        writes.push(self.stage_create("Account", body)?);
+        self.commit_staged(&mut writes)?;
         Ok(())
     }
 
@@ -233,6 +240,11 @@ impl Company {
         let n = self.meta.get(key).copied().unwrap_or(first - 1) + 1;
         self.meta.insert(key.to_owned(), n);
         n
+    }
+
+    /// The store, for what else the emulator keeps across restarts.
+    pub fn db(&self) -> Arc<Database> {
+        self.db.clone()
     }
 
     pub fn get(&self, entity: &'static str, id: u64) -> Option<&Value> {
@@ -258,6 +270,12 @@ impl Company {
         self.all("Account")
             .find(|a| a["Name"] == name)
             .map(|a| json!({"value": a["Id"], "name": a["Name"]}))
+    }
+
+    pub fn tax_code_named(&self, name: &str) -> Option<Value> {
+        self.all("TaxCode")
+            .find(|t| t["Name"] == name)
+            .map(|t| json!({"value": t["Id"], "name": t["Name"]}))
     }
 
     fn id_of(&self, entity: &'static str, body: &Value) -> Result<u64, Fault> {
@@ -500,11 +518,13 @@ impl Company {
         }
         let id = self.id_of(entity, &body)?;
         let current = self.entities[&(entity, id)].clone();
-        if body
+        let token = body
             .get("SyncToken")
-            .map(|t| t.as_str().map(str::to_owned).unwrap_or(t.to_string()))
-            != Some(current["SyncToken"].as_str().unwrap_or_default().to_owned())
-        {
+            .map(|t| t.as_str().map(str::to_owned).unwrap_or(t.to_string()));
+        // QBO deletes an attachment named by its Id alone (recorded in `attachable-delete`);
+        // a SyncToken, when sent, must still be current.
+        let token_optional = entity == "Attachable" && token.is_none();
+        if !token_optional && token.as_deref() != current["SyncToken"].as_str() {
             return Err(Fault::stale().into());
         }
         let now = clock::now_ms();
@@ -634,6 +654,15 @@ impl Company {
                     ));
                 };
                 obj.insert("DisplayName".into(), json!(display));
+                // QBO keeps addresses as objects of their own and answers with their Id.
+                for addr in ["BillAddr", "ShipAddr", "PrimaryAddr", "OtherAddr"] {
+                    if let Some(a) = obj.get_mut(addr).and_then(Value::as_object_mut)
+                        && !a.contains_key("Id")
+                    {
+                        let n = self.next("next_addr_id", 1);
+                        a.insert("Id".into(), json!(n.to_string()));
+                    }
+                }
                 obj.entry("PrintOnCheckName").or_insert(json!(display));
                 obj.insert(
                     "Active".into(),
@@ -642,7 +671,39 @@ impl Company {
                 obj.entry("CurrencyRef")
                     .or_insert(json!({"value": "USD", "name": "United States Dollar"}));
                 if entity == "Customer" {
-                    obj.insert("FullyQualifiedName".into(), json!(display));
+                    // A sub-customer (job) is named under its parent, one level down.
+                    let parent = match obj.get("ParentRef") {
+                        None | Some(Value::Null) => None,
+                        Some(r) => {
+                            let Some(n) = ref_value(r).and_then(|v| v.parse::<u64>().ok()) else {
+                                return Err(Fault::required("ParentRef.value"));
+                            };
+                            if Some(n) == id {
+                                return Err(Fault::business("A customer cannot be its own parent"));
+                            }
+                            Some(
+                                self.get("Customer", n)
+                                    .ok_or_else(Fault::not_found)?
+                                    .clone(),
+                            )
+                        }
+                    };
+                    match parent {
+                        Some(p) => {
+                            let fqn = format!(
+                                "{}:{display}",
+                                p["FullyQualifiedName"].as_str().unwrap_or_default()
+                            );
+                            obj.insert("FullyQualifiedName".into(), json!(fqn));
+                            obj.insert("Level".into(), json!(p["Level"].as_u64().unwrap_or(0) + 1));
+                            obj.insert("Job".into(), json!(true));
+                        }
+                        None => {
+                            obj.remove("ParentRef");
+                            obj.remove("Level");
+                            obj.insert("FullyQualifiedName".into(), json!(display));
+                        }
+                    }
                     if let Some(tax) = self.all("TaxCode").find(|t| t["Name"] == "TAX") {
                         let r = json!({"value": tax["Id"]});
                         obj.entry("DefaultTaxCodeRef").or_insert(r);
@@ -703,6 +764,7 @@ impl Company {
                 } else {
                     obj.insert("TrackQtyOnHand".into(), json!(false));
                 }
+                self.name_refs(obj);
             }
             "Account" => {
                 if text(obj, "Name").is_none() {
@@ -839,9 +901,31 @@ impl Company {
                     };
                     total += amount;
                     l["Id"] = json!((n + 1).to_string());
+                    if let Some(d) = l
+                        .get_mut("AccountBasedExpenseLineDetail")
+                        .and_then(Value::as_object_mut)
+                    {
+                        d.entry("BillableStatus").or_insert(json!("NotBillable"));
+                        d.entry("TaxCodeRef").or_insert(json!({"value": "NON"}));
+                    }
                 }
                 obj.insert("TotalAmt".into(), money(total));
                 self.transaction_defaults(entity, obj, now);
+                obj.entry("PrintStatus").or_insert(json!("NotSet"));
+                if kind == "Check" {
+                    // QBO leaks this JAXB wrapper into its JSON for checks (recorded in
+                    // `purchase-read-check`): TxnType 3 is a check. Clients must ignore it, so
+                    // the emulator sends it too. For cash and card purchases no recording
+                    // shows the number, so none is made up.
+                    obj.entry("PurchaseEx").or_insert(json!({"any": [{
+                        "name": "{http://schema.intuit.com/finance/v3}NameValue",
+                        "declaredType": "com.intuit.schema.finance.v3.NameValue",
+                        "scope": "javax.xml.bind.JAXBElement$GlobalScope",
+                        "value": {"Name": "TxnType", "Value": "3"},
+                        "nil": false, "globalScope": true, "typeSubstituted": false
+                    }]}));
+                }
+                self.name_refs(obj);
             }
             _ => {}
         }
@@ -989,6 +1073,40 @@ impl Company {
             obj.entry("EmailStatus").or_insert(json!("NotSet"));
             obj.entry("ApplyTaxAfterDiscount").or_insert(json!(false));
             obj.entry("CustomField").or_insert(json!([]));
+        }
+    }
+
+    /// QBO answers account references with the account's name beside its id, whatever the
+    /// request sent; a reference to no account is left as sent.
+    fn name_refs(&self, obj: &mut Map<String, Value>) {
+        let name = |r: &mut Value| {
+            let found = ref_value(r)
+                .and_then(|v| v.parse::<u64>().ok())
+                .and_then(|id| self.get("Account", id))
+                .map(|a| a["Name"].clone());
+            if let (Some(n @ Value::String(_)), Some(m)) = (found, r.as_object_mut()) {
+                m.insert("name".into(), n);
+            }
+        };
+        for f in [
+            "AccountRef",
+            "IncomeAccountRef",
+            "ExpenseAccountRef",
+            "AssetAccountRef",
+        ] {
+            if let Some(r) = obj.get_mut(f) {
+                name(r);
+            }
+        }
+        for l in obj
+            .get_mut("Line")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(r) = l.pointer_mut("/AccountBasedExpenseLineDetail/AccountRef") {
+                name(r);
+            }
         }
     }
 

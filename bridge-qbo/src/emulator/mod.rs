@@ -11,6 +11,7 @@ mod company;
 mod fault;
 mod oauth;
 pub mod query;
+mod schema;
 pub mod webhooks;
 
 use std::collections::{HashMap, VecDeque};
@@ -39,6 +40,8 @@ use webhooks::{Format, Stats, Target};
 /// QBO's per-realm limits, as Intuit documents them.
 pub const REQUESTS_PER_MINUTE: u32 = 500;
 pub const CONCURRENT_MAX: u32 = 10;
+/// Batch requests per minute per realm, on top of the per-minute limit they also count in.
+pub const BATCH_REQUESTS_PER_MINUTE: u32 = 40;
 /// Items one batch request may carry.
 pub const BATCH_ITEMS_MAX: usize = 30;
 
@@ -48,6 +51,7 @@ pub const BATCH_ITEMS_MAX: usize = 30;
 pub struct Settings {
     pub requests_per_minute: u32,
     pub concurrent_max: u32,
+    pub batch_requests_per_minute: u32,
     /// Added to every API answer.
     pub latency_ms: u64,
     /// Share of API requests answered 503 before doing anything, in thousandths.
@@ -64,6 +68,7 @@ impl Default for Settings {
         Settings {
             requests_per_minute: REQUESTS_PER_MINUTE,
             concurrent_max: CONCURRENT_MAX,
+            batch_requests_per_minute: BATCH_REQUESTS_PER_MINUTE,
             latency_ms: 0,
             fail_5xx_per_mille: 0,
             drop_after_commit_per_mille: 0,
@@ -105,6 +110,7 @@ pub struct Counters {
 
 struct Throttle {
     recent: VecDeque<Instant>,
+    recent_batches: VecDeque<Instant>,
     in_flight: u32,
 }
 
@@ -118,6 +124,8 @@ struct Inner {
     webhook_target: Arc<RwLock<Option<Target>>>,
     webhook_stats: Arc<Mutex<Stats>>,
     changes: mpsc::UnboundedSender<Change>,
+    /// Held through a batch, so two batches with one `requestid` cannot both write.
+    batches: Mutex<()>,
     /// For the fault switches: a cheap deterministic sequence.
     dice: Mutex<u64>,
 }
@@ -184,6 +192,7 @@ pub async fn start(
         .map_err(|e| StartError::Data(e.to_string()))?;
     let id = identity(&config.data).map_err(StartError::Data)?;
     let company = Company::open(&config.data).map_err(|e| StartError::Store(e.to_string()))?;
+    let tokens = Tokens::open(company.db()).map_err(StartError::Store)?;
     let base = format!("http://{addr}");
     let endpoints = Endpoints {
         base_url: base.clone(),
@@ -212,17 +221,19 @@ pub async fn start(
     ));
     let emu = Emu(Arc::new(Inner {
         company: Mutex::new(company),
-        tokens: Mutex::new(Tokens::default()),
+        tokens: Mutex::new(tokens),
         settings: RwLock::new(config.settings),
         endpoints: endpoints.clone(),
         throttle: Mutex::new(Throttle {
             recent: VecDeque::new(),
+            recent_batches: VecDeque::new(),
             in_flight: 0,
         }),
         counters: Mutex::new(Counters::default()),
         webhook_target,
         webhook_stats,
         changes,
+        batches: Mutex::new(()),
         dice: Mutex::new(0x9e37_79b9_7f4a_7c15),
     }));
     let app = router(emu);
@@ -319,27 +330,34 @@ async fn gate(
     }
     // Throttle: requests in the last minute, and requests in flight, per realm.
     {
-        let mut t = emu
+        let mut guard = emu
             .0
             .throttle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
-        while t
-            .recent
-            .front()
-            .is_some_and(|at| now.duration_since(*at) >= Duration::from_secs(60))
-        {
-            t.recent.pop_front();
+        let is_batch = req.uri().path().ends_with("/batch");
+        let t = &mut *guard;
+        for window in [&mut t.recent, &mut t.recent_batches] {
+            while window
+                .front()
+                .is_some_and(|at| now.duration_since(*at) >= Duration::from_secs(60))
+            {
+                window.pop_front();
+            }
         }
         if t.recent.len() >= settings.requests_per_minute as usize
             || t.in_flight >= settings.concurrent_max
+            || (is_batch && t.recent_batches.len() >= settings.batch_requests_per_minute as usize)
         {
-            drop(t);
+            drop(guard);
             emu.count(|c| c.throttled += 1);
             return with_tid(fault::throttled());
         }
         t.recent.push_back(now);
+        if is_batch {
+            t.recent_batches.push_back(now);
+        }
         t.in_flight += 1;
     }
     struct InFlight(Emu);
@@ -540,6 +558,7 @@ fn apply_locked(
     operation: Option<&str>,
     body: Value,
 ) -> Result<(Value, Change), WriteError> {
+    schema::check(entity, &body)?;
     match operation {
         Some("delete") => company.delete(entity, body),
         Some("void") => company.void(entity, body),
@@ -567,16 +586,51 @@ fn apply_write(
     Ok(value)
 }
 
-async fn preferences(State(_emu): State<Emu>) -> Response {
+async fn preferences(State(emu): State<Emu>) -> Response {
     let now = clock::now_ms();
+    let (discount, tax) = {
+        let company = emu
+            .0
+            .company
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let id_of = |v: Option<Value>| v.map(|a| a["value"].clone()).unwrap_or(json!("1"));
+        (
+            id_of(company.account_named("Discounts given")),
+            id_of(company.tax_code_named("TAX")),
+        )
+    };
+    let thanks = "Thank you for your business and have a great day!";
+    let message = |form: &str, text: &str| json!({"Subject": format!("{form} from Emulated Company"), "Message": text});
     ok(json!({
         "Preferences": {
-            "AccountingInfoPrefs": {"TrackDepartments": false, "ClassTrackingPerTxn": false},
+            "AccountingInfoPrefs": {"TrackDepartments": false, "ClassTrackingPerTxn": false,
+                "ClassTrackingPerTxnLine": false, "CustomerTerminology": "Customers"},
             "ProductAndServicesPrefs": {"ForSales": true, "ForPurchase": true, "QuantityWithPriceAndRate": true, "QuantityOnHand": true},
-            "SalesFormsPrefs": {"CustomField": [], "AllowDeposit": false, "AllowDiscount": true, "DefaultTerms": {"value": "3"}},
-            "TaxPrefs": {"UsingSalesTax": true},
+            "SalesFormsPrefs": {"CustomField": [], "CustomTxnNumbers": false, "AllowDeposit": false,
+                "AllowDiscount": true, "DefaultDiscountAccount": discount, "AllowEstimates": true,
+                "ETransactionEnabledStatus": "NotApplicable", "ETransactionAttachPDF": false,
+                "ETransactionPaymentEnabled": false, "IPNSupportEnabled": false,
+                "AllowServiceDate": false, "AllowShipping": false, "DefaultTerms": {"value": "3"},
+                "UsingPriceLevels": false, "DefaultCustomerMessage": thanks},
+            "EmailMessagesPrefs": {
+                "InvoiceMessage": message("Invoice", "Your invoice is attached."),
+                "EstimateMessage": message("Estimate", "Please review the estimate below."),
+                "SalesReceiptMessage": message("Sales Receipt", "Your sales receipt is attached."),
+                "StatementMessage": message("Statement", "Your statement is attached.")
+            },
+            "VendorAndPurchasesPrefs": {"TrackingByCustomer": true, "BillableExpenseTracking": true, "POCustomField": []},
+            "TimeTrackingPrefs": {"UseServices": true, "BillCustomers": true, "ShowBillRateToAll": false,
+                "WorkWeekStartDate": "Monday", "MarkTimeEntriesBillable": true},
+            "TaxPrefs": {"UsingSalesTax": true, "TaxGroupCodeRef": {"value": tax}},
             "CurrencyPrefs": {"MultiCurrencyEnabled": false, "HomeCurrency": {"value": "USD"}},
-            "OtherPrefs": {"NameValue": []},
+            "ReportPrefs": {"ReportBasis": "Accrual", "CalcAgingReportFromTxnDate": false},
+            "OtherPrefs": {"NameValue": [
+                {"Name": "SalesFormsPrefs.DefaultCustomerMessage", "Value": thanks},
+                {"Name": "DTXCopyMemo", "Value": "false"},
+                {"Name": "Vendor1099Enabled", "Value": "true"},
+                {"Name": "TimeTrackingFeatureEnabled", "Value": "true"}
+            ]},
             "domain": "QBO", "sparse": false, "Id": "1", "SyncToken": "0",
             "MetaData": {"CreateTime": clock::datetime(now), "LastUpdatedTime": clock::datetime(now)}
         },
@@ -722,7 +776,11 @@ async fn cdc(State(emu): State<Emu>, QueryParams(p): QueryParams<CdcParams>) -> 
     ok(json!({"CDCResponse": [{"QueryResponse": responses}], "time": now_time()}))
 }
 
-async fn batch(State(emu): State<Emu>, body: Bytes) -> Response {
+async fn batch(
+    State(emu): State<Emu>,
+    QueryParams(params): QueryParams<WriteParams>,
+    body: Bytes,
+) -> Response {
     let body: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return Fault::bad_request(format!("the body is not JSON: {e}")).into_response(),
@@ -736,7 +794,26 @@ async fn batch(State(emu): State<Emu>, body: Bytes) -> Response {
         ))
         .into_response();
     }
+    let request_id = params.requestid.filter(|r| !r.is_empty());
+    let batches = emu
+        .0
+        .batches
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(rid) = &request_id {
+        let company = emu
+            .0
+            .company
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match company.remembered(rid) {
+            Ok(Some((_, body))) => return ok(body),
+            Ok(None) => {}
+            Err(e) => return write_error(e),
+        }
+    }
     let mut out = Vec::with_capacity(items.len());
+    let mut wrote = false;
     for item in items {
         let bid = item.get("bId").cloned().unwrap_or(Value::Null);
         let mut answer = if let Some(q) = item.get("Query").and_then(Value::as_str) {
@@ -754,7 +831,10 @@ async fn batch(State(emu): State<Emu>, body: Bytes) -> Response {
                 Some((entity, v)) => {
                     let op = item.get("operation").and_then(Value::as_str);
                     match apply_write(&emu, entity, op, v) {
-                        Ok(v) => json!({ entity: v }),
+                        Ok(v) => {
+                            wrote = true;
+                            json!({ entity: v })
+                        }
                         Err(WriteError::Fault(f)) => json!({"Fault": f.body()}),
                         // Earlier items are committed: this one fails alone.
                         Err(WriteError::Store(_)) => json!({"Fault": Fault::service().body()}),
@@ -765,7 +845,25 @@ async fn batch(State(emu): State<Emu>, body: Bytes) -> Response {
         answer["bId"] = bid;
         out.push(answer);
     }
-    ok(json!({"BatchItemResponse": out, "time": now_time()}))
+    let response = json!({"BatchItemResponse": out, "time": now_time()});
+    // The whole answer is remembered, faults included: the items that were written must
+    // never be written again, and a repeat must learn which ones those were.
+    if let Some(rid) = &request_id {
+        let company = emu
+            .0
+            .company
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) = company.remember(rid, 200, &response) {
+            return write_error(e);
+        }
+    }
+    drop(batches);
+    if wrote && emu.roll(emu.settings().drop_after_commit_per_mille) {
+        emu.count(|c| c.dropped_after_commit += 1);
+        return dropped();
+    }
+    ok(response)
 }
 
 // ---- OAuth ------------------------------------------------------------------------------
@@ -793,6 +891,18 @@ async fn authorize(State(emu): State<Emu>, QueryParams(a): QueryParams<Authorize
         .new_code();
     let sep = if redirect.contains('?') { '&' } else { '?' };
     let state = a.state.unwrap_or_default();
+    let Some(code) = code else {
+        // OAuth's way to refuse at the consent step: back to the client with an error.
+        return Redirect::to(&format!(
+            "{redirect}{sep}error=temporarily_unavailable&error_description={}&state={}",
+            crate::urlenc::encode(&format!(
+                "{} authorization codes are waiting to be exchanged; exchange them or wait up to 10 minutes for them to expire",
+                oauth::CODES_MAX
+            )),
+            crate::urlenc::encode(&state),
+        ))
+        .into_response();
+    };
     Redirect::to(&format!(
         "{redirect}{sep}code={code}&state={}&realmId={}",
         crate::urlenc::encode(&state),
@@ -854,10 +964,13 @@ async fn token(State(emu): State<Emu>, headers: HeaderMap, body: Bytes) -> Respo
     match result {
         Ok(v) => ok(v),
         Err(e) => {
-            let status = if e == TokenError::Client {
-                StatusCode::UNAUTHORIZED
-            } else {
-                StatusCode::BAD_REQUEST
+            let status = match e {
+                TokenError::Client => StatusCode::UNAUTHORIZED,
+                TokenError::Store(ref s) => {
+                    tracing::error!(error = %s, "emulator token store failed");
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+                _ => StatusCode::BAD_REQUEST,
             };
             (status, axum::Json(e.body())).into_response()
         }
@@ -878,12 +991,16 @@ async fn revoke(State(emu): State<Emu>, headers: HeaderMap, body: Bytes) -> Resp
     }
     match token {
         Some(t) => {
-            emu.0
+            let revoked = emu
+                .0
                 .tokens
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .revoke(&t);
-            StatusCode::OK.into_response()
+            match revoked {
+                Ok(()) => StatusCode::OK.into_response(),
+                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(e.body())).into_response(),
+            }
         }
         None => (
             StatusCode::BAD_REQUEST,
@@ -942,10 +1059,14 @@ struct Expire {
 
 /// For tests: every access token (and refresh token, if asked) expires now.
 async fn admin_expire(State(emu): State<Emu>, QueryParams(e): QueryParams<Expire>) -> Response {
-    emu.0
+    let expired = emu
+        .0
         .tokens
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .expire(e.refresh);
-    StatusCode::NO_CONTENT.into_response()
+    match expired {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(e.body())).into_response(),
+    }
 }

@@ -446,7 +446,9 @@ impl Cond {
 }
 
 /// A total order on field values: missing and null first, then booleans, numbers (numeric
-/// text counts as a number), then text case-insensitively. Total, so sorting never panics.
+/// text counts as a number), then text. Text sorts by its bytes, upper case before lower, as
+/// QBO's lists do (`PG&E` before `Pam Seitz` in `vendor-query-active-in-true-false`), though
+/// WHERE compares text case-insensitively. Total, so sorting never panics.
 fn rank(v: &Value) -> (u8, f64, String) {
     match v {
         Value::Null => (0, 0.0, String::new()),
@@ -454,7 +456,7 @@ fn rank(v: &Value) -> (u8, f64, String) {
         Value::Number(n) => (2, n.as_f64().unwrap_or(0.0), String::new()),
         Value::String(s) => match s.parse::<f64>() {
             Ok(x) if x.is_finite() => (2, x, String::new()),
-            _ => (3, 0.0, s.to_lowercase()),
+            _ => (3, 0.0, s.clone()),
         },
         other => (4, 0.0, other.to_string()),
     }

@@ -7,6 +7,7 @@
 mod catalog;
 mod customers;
 pub mod error;
+mod finance;
 mod members;
 mod node;
 mod sales;
@@ -59,6 +60,26 @@ pub fn router(repo: Repo, network: Option<Network>) -> Router {
             "/v1/customers/{id}",
             get(customers::get).patch(customers::patch),
         )
+        .route(
+            "/v1/vendors",
+            post(finance::create_vendor).get(finance::list(DocType::Vendor)),
+        )
+        .route("/v1/vendors/{id}", get(finance::get(DocType::Vendor)))
+        .route(
+            "/v1/invoices",
+            post(finance::create_invoice).get(finance::list(DocType::Invoice)),
+        )
+        .route("/v1/invoices/{id}", get(finance::get(DocType::Invoice)))
+        .route(
+            "/v1/payments",
+            post(finance::record_payment).get(finance::list(DocType::Payment)),
+        )
+        .route("/v1/payments/{id}", get(finance::get(DocType::Payment)))
+        .route(
+            "/v1/expenses",
+            post(finance::record_expense).get(finance::list(DocType::Expense)),
+        )
+        .route("/v1/expenses/{id}", get(finance::get(DocType::Expense)))
         .route("/v1/settings", get(node::settings))
         .route("/v1/settings/tax-rates/{code}", put(node::set_tax_rate))
         .route("/v1/status", get(node::status))
@@ -148,8 +169,9 @@ pub(crate) fn page_query(uri: &Uri) -> Result<(usize, Option<DocId>), ApiError> 
 }
 
 /// A stored document as the API shows it: `id` first, then its fields, without the storage
-/// keys `type` and `schema`. A ledger total wins over the till's.
-pub(crate) fn present(id: &DocId, json: &Json) -> Json {
+/// keys `type` and `schema`. QBO's total and tax (the ledger's) win over the till's, which
+/// show as `till_total` and `till_tax`.
+pub fn present(id: &DocId, json: &Json) -> Json {
     let mut out = Map::new();
     out.insert("id".into(), Json::String(id.to_string()));
     if let Some(fields) = json.as_object() {
@@ -159,11 +181,13 @@ pub(crate) fn present(id: &DocId, json: &Json) -> Json {
             }
         }
     }
-    if let Some(ledger_total) = out.get("ledger").and_then(|l| l.get("total")).cloned()
-        && out.get("total") != Some(&ledger_total)
-        && let Some(till_total) = out.insert("total".into(), ledger_total)
-    {
-        out.insert("till_total".into(), till_total);
+    for field in ["total", "tax"] {
+        if let Some(ledger) = out.get("ledger").and_then(|l| l.get(field)).cloned()
+            && out.get(field).is_some_and(|till| *till != ledger)
+            && let Some(till) = out.insert(field.into(), ledger)
+        {
+            out.insert(format!("till_{field}"), till);
+        }
     }
     Json::Object(out)
 }

@@ -16,7 +16,26 @@ use crate::net::{self, NetConfig, Network};
 use crate::repo::requests::NewSale;
 use crate::repo::{Command, Repo};
 
-pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
+/// The mesh as the demo leaves it, for a last act added by another crate.
+pub struct Mesh {
+    pub root: PathBuf,
+    /// Till 1: the mesh's owner.
+    pub owner: Repo,
+    pub owner_network: Network,
+    /// Till 1's address, with its peer id.
+    pub owner_address: libp2p::Multiaddr,
+}
+
+/// A last act for the demo (the QuickBooks bridge's, in the `tillmesh` binary).
+pub type Extra = Box<
+    dyn FnOnce(
+            Mesh,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>
+        + Send,
+>;
+
+pub async fn run(keep: Option<PathBuf>, extra: Option<Extra>) -> anyhow::Result<()> {
     let tmp;
     let root = match keep {
         Some(d) => d,
@@ -288,6 +307,15 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
         );
     }
     println!("   all three tills agree.");
+    if let Some(extra) = extra {
+        extra(Mesh {
+            root: root.clone(),
+            owner: repo.clone(),
+            owner_network: network.clone(),
+            owner_address: till1_addr.clone(),
+        })
+        .await?;
+    }
 
     let _ = stop.send(());
     server.await.context("the demo's API server")??;

@@ -2,7 +2,7 @@
 //! [`client::Client`], so they work the same against a running node or a stopped store.
 
 pub mod client;
-mod demo;
+pub mod demo;
 mod mesh;
 
 pub use mesh::NetArgs;
@@ -160,7 +160,13 @@ enum Command {
 /// Entry point of the `tillmesh` binary: runs the command, prints any error as one readable
 /// message (with its causes), and turns it into a failing exit code.
 pub fn main() -> std::process::ExitCode {
-    match run_cli() {
+    main_with(None)
+}
+
+/// As [`main`], with a last act for `tillmesh demo` from a crate this one cannot depend on
+/// (the QuickBooks bridge).
+pub fn main_with(demo_extra: Option<demo::Extra>) -> std::process::ExitCode {
+    match run_cli(demo_extra) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -169,14 +175,14 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
-fn run_cli() -> anyhow::Result<()> {
+fn run_cli(demo_extra: Option<demo::Extra>) -> anyhow::Result<()> {
     let cli = Cli::parse();
     let verbose = matches!(cli.command, Command::Run { .. });
     init_logging(if verbose { "info" } else { "warn" });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(dispatch(cli))
+    runtime.block_on(dispatch(cli, demo_extra))
 }
 
 fn init_logging(default: &str) {
@@ -188,7 +194,7 @@ fn init_logging(default: &str) {
         .try_init();
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+async fn dispatch(cli: Cli, demo_extra: Option<demo::Extra>) -> anyhow::Result<()> {
     let data = || {
         cli.data
             .clone()
@@ -239,7 +245,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Demo { keep } => demo::run(keep).await,
+        Command::Demo { keep } => demo::run(keep, demo_extra).await,
         command => shop::dispatch(&data()?, command, out, &keys).await,
     }
 }
@@ -268,8 +274,14 @@ pub fn key_source(passphrase_file: Option<&std::path::Path>) -> anyhow::Result<K
 
 /// Work a program built on the node runs beside it (the QuickBooks bridge): given the open
 /// repo and a signal that turns true at shutdown.
-pub type Beside =
-    Box<dyn FnOnce(Repo, tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()> + Send>;
+pub type Beside = Box<dyn FnOnce(Repo, tokio::sync::watch::Receiver<bool>) -> BesideStarted + Send>;
+
+/// What a [`Beside`] started: its task, stopped with the node, and routes it adds to the
+/// node's API.
+pub struct BesideStarted {
+    pub task: tokio::task::JoinHandle<()>,
+    pub routes: Option<axum::Router>,
+}
 
 async fn run(
     data: PathBuf,
@@ -325,11 +337,15 @@ pub async fn run_node(
     for a in &status.listen {
         println!("listening on {a}");
     }
-    let beside = beside.map(|f| f(repo.clone(), stop_rx.clone()));
-    let server = tokio::spawn(crate::server::run(
+    let (beside, routes) = match beside.map(|f| f(repo.clone(), stop_rx.clone())) {
+        Some(b) => (Some(b.task), b.routes),
+        None => (None, None),
+    };
+    let server = tokio::spawn(crate::server::run_with(
         repo,
         listener,
         Some(network),
+        routes,
         stopped(stop_rx),
     ));
     wait_for_stop_signal().await;

@@ -157,6 +157,10 @@ pub enum Command {
         request: RefundSale,
     },
     CreateCustomer(NewCustomer),
+    CreateVendor(NewVendor),
+    CreateInvoice(NewInvoice),
+    RecordPayment(NewPayment),
+    RecordExpense(NewExpense),
     PatchCustomer {
         id: DocId,
         patch: CustomerPatch,
@@ -578,6 +582,22 @@ impl Repo {
             ),
             Command::CreateCustomer(r) => Job::Prepared(
                 Box::new(self.prepare(move |s, d| prepare::customer(s, d, r)).await?),
+                tx,
+            ),
+            Command::CreateVendor(r) => Job::Prepared(
+                Box::new(self.prepare(move |s, d| prepare::vendor(s, d, r)).await?),
+                tx,
+            ),
+            Command::CreateInvoice(r) => Job::Prepared(
+                Box::new(self.prepare(move |s, d| prepare::invoice(s, d, r)).await?),
+                tx,
+            ),
+            Command::RecordPayment(r) => Job::Prepared(
+                Box::new(self.prepare(move |s, d| prepare::payment(s, d, r)).await?),
+                tx,
+            ),
+            Command::RecordExpense(r) => Job::Prepared(
+                Box::new(self.prepare(move |s, d| prepare::expense(s, d, r)).await?),
                 tx,
             ),
         };

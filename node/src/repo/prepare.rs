@@ -16,12 +16,15 @@ use redb::{Database, ReadTransaction, ReadableDatabase};
 use serde_json::Value as Json;
 use tillmesh_protocol::docmap;
 use tillmesh_protocol::schema::{
-    Customer, Document, LineInput, Party, Product, RingUp, Sale, Settings, StockAdjustment,
-    StockLine, Tender,
+    Customer, Document, Expense, Invoice, InvoiceLine, InvoiceStatus, LineInput, Party, Payment,
+    Product, RingUp, Sale, Settings, StockAdjustment, StockLine, Tender, Vendor,
 };
 use tillmesh_protocol::{DeviceId, DocId, DocType};
+use tillmesh_protocol::{Money, money::tax_on};
 
-use super::requests::{NewCustomer, NewSale, NewStockAdjustment};
+use super::requests::{
+    NewCustomer, NewExpense, NewInvoice, NewPayment, NewSale, NewStockAdjustment, NewVendor,
+};
 use super::{WriteError, new_doc_id, now_ms};
 use crate::store::seal::Sealer;
 use crate::store::tables::{SKUS, Sealed, SealedReadOnly, SkuKey, VIEWS};
@@ -253,8 +256,149 @@ pub(crate) fn customer(
     device: &Device,
     c: NewCustomer,
 ) -> Result<Prepared, WriteError> {
+    one(device, Customer(party(c)), s)
+}
+
+pub(crate) fn vendor(s: &Snapshot, device: &Device, c: NewVendor) -> Result<Prepared, WriteError> {
+    one(device, Vendor(party(c)), s)
+}
+
+/// A document that stands alone, checked against the mesh settings.
+fn one<T: Document>(device: &Device, doc: T, s: &Snapshot) -> Result<Prepared, WriteError> {
+    doc.validate(&s.settings(device)?)?;
     let now = now_ms();
-    let party = Party {
+    let id = new_doc_id(now);
+    Ok(Prepared {
+        primary: id,
+        docs: vec![new_doc(device, id, &doc, now)?],
+        receipt_seq: None,
+    })
+}
+
+/// Days an invoice may give before payment is due.
+const DUE_DAYS_MAX: u32 = 365;
+const DAY_MS: u64 = 86_400_000;
+
+pub(crate) fn invoice(
+    s: &Snapshot,
+    device: &Device,
+    req: NewInvoice,
+) -> Result<Prepared, WriteError> {
+    let now = now_ms();
+    let settings = s.settings(device)?;
+    s.typed::<Customer>(&req.customer_id, "customer")?;
+    let days = req.due_in_days.unwrap_or(30);
+    if days > DUE_DAYS_MAX {
+        return Err(WriteError::BadRequest(format!(
+            "due_in_days: at most {DUE_DAYS_MAX}"
+        )));
+    }
+    let mut lines = Vec::with_capacity(req.lines.len());
+    for (i, l) in req.lines.iter().enumerate() {
+        let field = format!("lines[{i}]");
+        let (product_id, p) = s.product(&field, l.product_id, l.sku.as_deref())?;
+        let unit = l.unit_price_minor.unwrap_or(p.price.amount_minor);
+        let rate = settings.tax_rate(&p.tax_code)?;
+        let net = unit
+            .checked_mul(l.qty)
+            .ok_or_else(|| WriteError::BadRequest(format!("{field}: amount overflows")))?;
+        let tax = tax_on(net, rate).map_err(|e| WriteError::BadRequest(format!("{field}: {e}")))?;
+        lines.push(InvoiceLine {
+            product_id: Some(product_id),
+            description: p.name,
+            qty: l.qty,
+            unit_price_minor: unit,
+            tax_code: p.tax_code,
+            tax_rate_ppm: rate,
+            net_minor: net,
+            tax_minor: tax,
+        });
+    }
+    let sum = |f: fn(&InvoiceLine) -> i64| -> Result<i64, WriteError> {
+        lines.iter().try_fold(0i64, |a, l| {
+            a.checked_add(f(l))
+                .ok_or_else(|| WriteError::BadRequest("lines: the total overflows".into()))
+        })
+    };
+    let (subtotal, tax) = (sum(|l| l.net_minor)?, sum(|l| l.tax_minor)?);
+    let currency = settings.currency;
+    let id = new_doc_id(now);
+    let invoice = Invoice {
+        number: req
+            .number
+            .unwrap_or_else(|| format!("INV-{}", &id.to_string()[28..36]).to_uppercase()),
+        customer_id: req.customer_id,
+        issued_at_ms: now,
+        due_at_ms: now + u64::from(days) * DAY_MS,
+        lines,
+        subtotal: Money::new(subtotal, currency),
+        tax: Money::new(tax, currency),
+        total: Money::new(subtotal.saturating_add(tax), currency),
+        status: InvoiceStatus::Sent,
+        ledger: None,
+    };
+    invoice.validate(&settings)?;
+    Ok(Prepared {
+        primary: id,
+        docs: vec![new_doc(device, id, &invoice, now)?],
+        receipt_seq: None,
+    })
+}
+
+pub(crate) fn payment(
+    s: &Snapshot,
+    device: &Device,
+    req: NewPayment,
+) -> Result<Prepared, WriteError> {
+    s.typed::<Customer>(&req.customer_id, "customer")?;
+    if let Some(i) = req.invoice_id {
+        let invoice = s.typed::<Invoice>(&i, "invoice")?;
+        if invoice.customer_id != req.customer_id {
+            return Err(WriteError::BadRequest(format!(
+                "invoice_id: invoice {} is not this customer's",
+                invoice.number
+            )));
+        }
+    }
+    let currency = s.settings(device)?.currency;
+    let payment = Payment {
+        customer_id: req.customer_id,
+        invoice_id: req.invoice_id,
+        amount: Money::new(req.amount_minor, currency),
+        method: req.method,
+        received_at_ms: now_ms(),
+        reference: req.reference,
+        ledger: None,
+    };
+    one(device, payment, s)
+}
+
+pub(crate) fn expense(
+    s: &Snapshot,
+    device: &Device,
+    req: NewExpense,
+) -> Result<Prepared, WriteError> {
+    if let Some(v) = req.vendor_id {
+        s.typed::<Vendor>(&v, "vendor")?;
+    }
+    let currency = s.settings(device)?.currency;
+    let total = req.lines.iter().try_fold(0i64, |a, l| {
+        a.checked_add(l.amount_minor)
+            .ok_or_else(|| WriteError::BadRequest("lines: the total overflows".into()))
+    })?;
+    let expense = Expense {
+        vendor_id: req.vendor_id,
+        lines: req.lines,
+        total: Money::new(total, currency),
+        method: req.method,
+        paid_at_ms: now_ms(),
+        ledger: None,
+    };
+    one(device, expense, s)
+}
+
+fn party(c: NewCustomer) -> Party {
+    Party {
         given_name: c.given_name,
         family_name: c.family_name,
         company_name: c.company_name,
@@ -263,13 +407,5 @@ pub(crate) fn customer(
         notes: c.notes,
         address: c.address,
         ..Party::named(c.display_name)
-    };
-    let customer = Customer(party);
-    customer.validate(&s.settings(device)?)?;
-    let id = new_doc_id(now);
-    Ok(Prepared {
-        primary: id,
-        docs: vec![new_doc(device, id, &customer, now)?],
-        receipt_seq: None,
-    })
+    }
 }

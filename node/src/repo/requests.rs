@@ -199,3 +199,43 @@ pub struct SetTaxRate {
     /// Parts per million: 8.25 % is 82500.
     pub rate_ppm: u32,
 }
+
+/// A supplier: the same descriptive fields as a customer.
+pub type NewVendor = NewCustomer;
+
+/// An invoice to a customer, priced from the catalogue as a sale is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewInvoice {
+    pub customer_id: DocId,
+    /// The invoice's number; `INV-` and eight characters of its id when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<String>,
+    pub lines: Vec<SaleLineRequest>,
+    /// Days until payment is due (default 30, at most 365).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_in_days: Option<u32>,
+}
+
+/// Money received from a customer, against one of their invoices or on account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPayment {
+    pub customer_id: DocId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoice_id: Option<DocId>,
+    pub amount_minor: i64,
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+/// Money the shop paid out, booked to expense accounts by name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewExpense {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor_id: Option<DocId>,
+    pub lines: Vec<tillmesh_protocol::schema::ExpenseLine>,
+    pub method: String,
+}

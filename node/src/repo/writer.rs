@@ -1030,6 +1030,11 @@ impl Writer {
             DocType::Sale => with_ledger!(Sale, "sale", |v| &mut v.ledger),
             DocType::Product => with_ledger!(Product, "product", |v| &mut v.ledger),
             DocType::Customer => with_ledger!(Customer, "customer", |v| &mut v.0.ledger),
+            DocType::Vendor => with_ledger!(Vendor, "vendor", |v| &mut v.0.ledger),
+            DocType::Refund => with_ledger!(Refund, "refund", |v| &mut v.ledger),
+            DocType::Invoice => with_ledger!(Invoice, "invoice", |v| &mut v.ledger),
+            DocType::Payment => with_ledger!(Payment, "payment", |v| &mut v.ledger),
+            DocType::Expense => with_ledger!(Expense, "expense", |v| &mut v.ledger),
             other => {
                 return Err(WriteError::BadRequest(format!(
                     "a {other} has no ledger this node writes"

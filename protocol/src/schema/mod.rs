@@ -121,6 +121,9 @@ pub struct Ledger {
     /// The total QBO holds for a transaction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<Money>,
+    /// The tax QBO holds for a transaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tax: Option<Money>,
     /// A customer's or vendor's open balance in QBO.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balance: Option<Money>,

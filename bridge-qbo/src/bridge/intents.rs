@@ -1,0 +1,436 @@
+//! Exactly once: every create QBO is sent, alone or in a batch, as an [`Intent`].
+//!
+//! A document's record in `bridge.redb` ([`Posted`]) means it is in QBO and is never created
+//! again; it is committed before the document's `ledger` is written back into the mesh.
+//! - Every create is first written down as an intent under a fresh `requestid`, and sent
+//!   with it. Its answer's records and the intent's removal are one transaction.
+//! - An intent without a recorded answer (no answer came, QBO failed, the bridge crashed) is
+//!   settled before the next round sends anything: if QBO holds every object (a transaction
+//!   found by its number and its own note, a name-list entity by its name), that is the
+//!   answer; otherwise the same request goes again under the same `requestid`, which QBO
+//!   answers with its first answer if it had one. A document is never sent under a second
+//!   `requestid` while an earlier one may still be made.
+//! - A duplicate name (6240) maps to the object that holds the name.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::client::QboError;
+use super::state::Posted;
+use super::{Bridge, minor, now_ms, quoted};
+
+/// Batches, or single creates, in flight at once; the client's own cap is the hard limit.
+const BATCHES_IN_FLIGHT: usize = 4;
+const CREATES_IN_FLIGHT: usize = 8;
+
+/// How a created object is found in QBO when its create got no answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) enum Find {
+    /// A transaction: by a field QBO filters on (`DocNumber`, or a payment's `TxnDate`), whose
+    /// value may repeat, then by its own note.
+    Note {
+        field: String,
+        number: String,
+        note: String,
+    },
+    /// A name-list entity by its unique name (`Name` for items, `DisplayName` for parties).
+    Name { field: String, value: String },
+}
+
+/// One object to create in QBO exactly once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Create {
+    /// Its key in the posted map: a document id, or `item/<sku>`.
+    pub key: String,
+    pub entity: String,
+    pub body: Value,
+    pub find: Find,
+    /// Other keys the same object stands for: the sales a summary receipt carries.
+    #[serde(default)]
+    pub covers: Vec<String>,
+}
+
+/// A create (one, or a batch) written down before it is sent, under a `requestid` fresh for
+/// each intent: in `bridge.redb` until its answer is recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Intent {
+    /// Sent on its own (`POST /<entity>`) rather than as a batch (`POST /batch`).
+    single: bool,
+    creates: Vec<Create>,
+}
+
+/// What became of one create.
+type Outcome = (Create, Result<Posted, QboError>);
+
+pub(super) fn fresh_request_id() -> String {
+    let mut b = [0u8; 16];
+    // Without randomness the time is unique enough: ids need only differ between intents.
+    if getrandom::fill(&mut b).is_err() {
+        b[..8].copy_from_slice(&now_ms().to_be_bytes());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Bridge {
+    /// Creates each object once, in batches or one by one, and records what QBO made. An
+    /// error that stops everything (the connection, the bridge's store) comes back as `Err`;
+    /// anything else is that object's outcome, and it is tried again in a later round.
+    pub(super) async fn create_all(&self, creates: Vec<Create>) -> Result<Vec<Outcome>, QboError> {
+        let batching = self.options.batch_items_max > 1 && creates.len() > 1;
+        let size = if batching {
+            self.options
+                .batch_items_max
+                .min(super::client::BATCH_ITEMS_MAX)
+        } else {
+            1
+        };
+        let intents: Vec<Intent> = creates
+            .chunks(size)
+            .map(|chunk| Intent {
+                single: !batching,
+                creates: chunk.to_vec(),
+            })
+            .collect();
+        let in_flight = if batching {
+            BATCHES_IN_FLIGHT
+        } else {
+            CREATES_IN_FLIGHT
+        };
+        let mut answers = futures_util::stream::iter(intents)
+            .map(|intent| async move {
+                let result = self.create(&intent).await;
+                (intent, result)
+            })
+            .buffer_unordered(in_flight);
+        let mut outcomes = Vec::new();
+        while let Some((intent, result)) = answers.next().await {
+            match result {
+                Ok(done) => outcomes.extend(done),
+                Err(e @ (QboError::Reconnect(_) | QboError::State(_))) => return Err(e),
+                // Nothing recorded: each is tried again (an intent left behind is settled
+                // first).
+                Err(e) => {
+                    let why = e.to_string();
+                    outcomes.extend(
+                        intent
+                            .creates
+                            .into_iter()
+                            .map(|c| (c, Err(QboError::Unavailable(why.clone())))),
+                    );
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Writes an intent down under a fresh `requestid`, then sends it.
+    pub(super) async fn create(&self, intent: &Intent) -> Result<Vec<Outcome>, QboError> {
+        let rid = fresh_request_id();
+        self.state.set_intent(&rid, intent)?;
+        self.send(&rid, intent, false).await
+    }
+
+    /// Sends an intent under its `requestid` and records the answer, with the intent's
+    /// removal, in one transaction. No answer: settled at once (unless this is already the
+    /// settling); refused whole: nothing was written, the intent goes; anything else: the
+    /// intent stays for the next round.
+    pub(super) async fn send(
+        &self,
+        rid: &str,
+        intent: &Intent,
+        settling: bool,
+    ) -> Result<Vec<Outcome>, QboError> {
+        let sent = if intent.single {
+            let c = &intent.creates[0];
+            let path = format!(
+                "{}?requestid={rid}&minorversion=75",
+                c.entity.to_lowercase()
+            );
+            self.qbo.post(&path, &c.body).await.map(
+                |v| json!({"BatchItemResponse": [{"bId": "0", c.entity.as_str(): v[&c.entity]}]}),
+            )
+        } else {
+            let items: Vec<Value> = intent
+                .creates
+                .iter()
+                .enumerate()
+                .map(|(i, c)| json!({"bId": i.to_string(), "operation": "create", c.entity.as_str(): c.body}))
+                .collect();
+            self.qbo
+                .post(
+                    &format!("batch?requestid={rid}&minorversion=75"),
+                    &json!({ "BatchItemRequest": items }),
+                )
+                .await
+        };
+        let answer = match sent {
+            Ok(v) => v,
+            Err(QboError::Uncertain(why)) if !settling => {
+                tracing::info!(%why, "no answer; settling what was sent");
+                return Box::pin(self.settle(rid, intent)).await;
+            }
+            // A single create refused: its fault is its outcome.
+            Err(e @ QboError::Fault { .. }) if intent.single => {
+                json!({"BatchItemResponse": [{"bId": "0", "Fault": fault_body(&e)}]})
+            }
+            Err(e @ QboError::Fault { .. }) => {
+                self.state.finish_intent(rid, &[])?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let answers = answer["BatchItemResponse"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut outcomes = Vec::with_capacity(intent.creates.len());
+        let mut unexplained = false;
+        for (i, c) in intent.creates.iter().enumerate() {
+            let bid = i.to_string();
+            let outcome = match answers.iter().find(|a| a["bId"] == bid.as_str()) {
+                Some(a) if a[&c.entity].is_object() => posted_from(c, &a[&c.entity]),
+                // A name taken already is the object: found, not failed.
+                Some(a) if a["Fault"]["Error"][0]["code"] == "6240" => {
+                    let found = self.find_one(c).await?;
+                    if found.is_null() {
+                        Err(name_taken(c))
+                    } else {
+                        posted_from(c, &found)
+                    }
+                }
+                Some(a) if a["Fault"].is_object() => Err(fault_of(&a["Fault"])),
+                // Answered without the object or a refusal: it may exist. The intent stays
+                // (settled again next round) rather than risk making it twice.
+                _ => {
+                    unexplained = true;
+                    Err(QboError::Uncertain(format!(
+                        "QuickBooks' answer says nothing of item {bid} ({} {})",
+                        c.entity, c.key
+                    )))
+                }
+            };
+            outcomes.push((c.clone(), outcome));
+        }
+        let made = records(&outcomes);
+        if unexplained && settling {
+            // The same request again got the same silence, and a look-up did not find it
+            // all: QBO never made what it says nothing of. The intent closes with what was
+            // made; the rest is created afresh next round.
+            tracing::warn!(request = %rid, "QuickBooks never accounted for some of a request; what it did not make is sent again");
+            self.state.finish_intent(rid, &made)?;
+        } else if unexplained {
+            for (key, p) in &made {
+                self.state.set_posted(key, p)?;
+            }
+        } else {
+            self.state.finish_intent(rid, &made)?;
+        }
+        Ok(outcomes)
+    }
+
+    /// Settles an intent whose answer never came. If QBO holds every object, that is the
+    /// answer. Otherwise the same request goes again under its `requestid`: QBO answers a
+    /// repeat with the first answer (waiting for one still being made), so nothing is made
+    /// twice, and what the first attempt never made is made now.
+    pub(super) async fn settle(
+        &self,
+        rid: &str,
+        intent: &Intent,
+    ) -> Result<Vec<Outcome>, QboError> {
+        let found = self.find_many(&intent.creates).await?;
+        if found.len() < intent.creates.len() {
+            return self.send(rid, intent, true).await;
+        }
+        let outcomes: Vec<Outcome> = intent
+            .creates
+            .iter()
+            .map(|c| (c.clone(), posted_from(c, &found[&c.key])))
+            .collect();
+        self.state.finish_intent(rid, &records(&outcomes))?;
+        Ok(outcomes)
+    }
+
+    /// Intents left by an earlier round or run. Until each is settled nothing new goes, and
+    /// the status says why: a new create of the same documents could make them twice.
+    pub(super) async fn settle_intents(&self) -> Result<(), QboError> {
+        for (rid, intent) in self.state.intents::<Intent>()? {
+            tracing::info!(request = %rid, items = intent.creates.len(), "settling a request sent before");
+            let settled = match self.settle(&rid, &intent).await {
+                Ok(_) if self.state.intents::<Value>()?.iter().any(|(r, _)| *r == rid) => {
+                    Err(QboError::Unavailable(
+                        "QuickBooks' answer does not account for every object sent; nothing new is sent until it does".into(),
+                    ))
+                }
+                other => other.map(|_| ()),
+            };
+            if let Err(e) = settled {
+                self.failed(
+                    format!("request {rid}, sent before and not yet settled"),
+                    &e,
+                );
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn find_one(&self, c: &Create) -> Result<Value, QboError> {
+        Ok(self
+            .find_many(std::slice::from_ref(c))
+            .await?
+            .remove(&c.key)
+            .unwrap_or(Value::Null))
+    }
+
+    /// The objects QBO holds for these creates, by key.
+    pub(super) async fn find_many(
+        &self,
+        creates: &[Create],
+    ) -> Result<HashMap<String, Value>, QboError> {
+        let mut found = HashMap::new();
+        let mut by_query: BTreeMap<(String, String), Vec<&Create>> = BTreeMap::new();
+        for c in creates {
+            let field = match &c.find {
+                Find::Note { field, .. } => field.clone(),
+                Find::Name { field, .. } => field.clone(),
+            };
+            by_query
+                .entry((c.entity.clone(), field))
+                .or_default()
+                .push(c);
+        }
+        for ((entity, field), group) in by_query {
+            for chunk in group.chunks(super::client::BATCH_ITEMS_MAX) {
+                let values: BTreeSet<String> = chunk
+                    .iter()
+                    .map(|c| match &c.find {
+                        Find::Note { number, .. } => quoted(number),
+                        Find::Name { value, .. } => quoted(value),
+                    })
+                    .collect();
+                let values: Vec<String> = values.into_iter().collect();
+                // Inactive name-list entities too: a name stays taken when one is made inactive.
+                let active = if matches!(chunk[0].find, Find::Name { .. }) {
+                    " AND Active IN (true, false)"
+                } else {
+                    ""
+                };
+                let v = self
+                    .qbo
+                    .query(&format!(
+                        "select * from {entity} where {field} IN ({}){active} MAXRESULTS 1000",
+                        values.join(", ")
+                    ))
+                    .await?;
+                let rows = v["QueryResponse"][entity.as_str()]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                for c in chunk {
+                    let row = rows.iter().find(|r| match &c.find {
+                        Find::Note {
+                            field,
+                            number,
+                            note,
+                        } => {
+                            r[field.as_str()] == number.as_str()
+                                && r["PrivateNote"] == note.as_str()
+                        }
+                        Find::Name { field, value } => r[field.as_str()] == value.as_str(),
+                    });
+                    if let Some(row) = row {
+                        found.insert(c.key.clone(), row.clone());
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+pub(super) fn posted_from(c: &Create, made: &Value) -> Result<Posted, QboError> {
+    let qbo_id = made["Id"].as_str().ok_or_else(|| {
+        QboError::Unavailable(format!("QuickBooks has no {} for {}", c.entity, c.key))
+    })?;
+    Ok(Posted {
+        entity: c.entity.clone(),
+        qbo_id: qbo_id.to_owned(),
+        sync_token: made["SyncToken"].as_str().unwrap_or("0").to_owned(),
+        total_minor: minor(&made["TotalAmt"]),
+        tax_minor: minor(&made["TxnTaxDetail"]["TotalTax"]),
+        balance_minor: minor(&made["Balance"])
+            .filter(|_| matches!(c.entity.as_str(), "Customer" | "Vendor" | "Invoice")),
+        voided: false,
+        summary: None,
+    })
+}
+
+/// What an answer's successes record: each key, and each key a summary stands for.
+pub(super) fn records(outcomes: &[Outcome]) -> Vec<(String, Posted)> {
+    let mut made = Vec::new();
+    for (c, o) in outcomes {
+        if let Ok(p) = o {
+            made.push((c.key.clone(), p.clone()));
+            for cover in &c.covers {
+                made.push((
+                    cover.clone(),
+                    Posted {
+                        summary: Some(c.key.clone()),
+                        total_minor: None,
+                        tax_minor: None,
+                        ..p.clone()
+                    },
+                ));
+            }
+        }
+    }
+    made
+}
+
+/// A 6240 whose name no record of this kind holds: another kind has it (QBO's names are
+/// unique across customers, vendors and employees).
+pub(super) fn name_taken(c: &Create) -> QboError {
+    let name = match &c.find {
+        Find::Name { value, .. } => value.as_str(),
+        Find::Note { number, .. } => number.as_str(),
+    };
+    QboError::Fault {
+        status: 400,
+        code: "6240".into(),
+        message: "Duplicate Name Exists Error".into(),
+        detail: format!(
+            "QuickBooks already has another kind of record (a customer, vendor or employee) named '{name}'; rename one of them"
+        ),
+    }
+}
+
+/// A fault as QBO's batch answer carries it, for a single create's refusal.
+pub(super) fn fault_body(e: &QboError) -> Value {
+    match e {
+        QboError::Fault {
+            code,
+            message,
+            detail,
+            ..
+        } => json!({"Error": [{"code": code, "Message": message, "Detail": detail}]}),
+        other => json!({"Error": [{"code": "", "Message": other.to_string(), "Detail": ""}]}),
+    }
+}
+
+pub(super) fn fault_of(fault: &Value) -> QboError {
+    let e = &fault["Error"][0];
+    if e["code"].as_str().is_none_or(str::is_empty) {
+        return QboError::Unavailable(format!(
+            "QuickBooks answered with a fault it did not explain: {fault}"
+        ));
+    }
+    QboError::Fault {
+        status: 400,
+        code: e["code"].as_str().unwrap_or("").to_owned(),
+        message: e["Message"].as_str().unwrap_or("").to_owned(),
+        detail: e["Detail"].as_str().unwrap_or("").to_owned(),
+    }
+}

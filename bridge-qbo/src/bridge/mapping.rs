@@ -1,0 +1,450 @@
+//! What each mesh document becomes in QBO: the bodies of the creates.
+//!
+//! Products become Items (named by SKU, the mesh's unique key), customers and vendors
+//! Customers and Vendors, closed sales SalesReceipts (or summary receipts), refunds
+//! RefundReceipts, invoices Invoices, payments Payments linked to their invoice, expenses
+//! Purchases booked to expense accounts made by name. Every transaction carries a
+//! `PrivateNote` naming its document, by which it is found again.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+use tillmesh_protocol::DocId;
+use tillmesh_protocol::schema::{Expense, Invoice, Party, Payment, Refund, Sale};
+
+use super::client::QboError;
+use super::intents::{Create, Find};
+use super::{Bridge, date, major};
+
+/// QBO's longest `DocNumber`.
+pub(super) const DOC_NUMBER_CHARS_MAX: usize = 21;
+pub(super) const DAY_MS: u64 = 86_400_000;
+
+impl Bridge {
+    pub(super) fn receipt_create(&self, id: DocId, sale: &Sale) -> Result<Create, QboError> {
+        let mut lines = Vec::new();
+        for l in &sale.lines {
+            let item = self.item_id(&l.sku)?;
+            lines.push(json!({
+                "Amount": major(l.net_minor),
+                "Description": l.name,
+                "DetailType": "SalesItemLineDetail",
+                "SalesItemLineDetail": {
+                    "ItemRef": {"value": item},
+                    "Qty": l.qty,
+                    "UnitPrice": major(l.unit_price_minor),
+                    "TaxCodeRef": {"value": if l.tax_minor != 0 { "TAX" } else { "NON" }},
+                },
+            }));
+        }
+        let note = format!("tillmesh sale {id}");
+        let mut body = json!({
+            "DocNumber": sale.receipt_number,
+            "TxnDate": date(sale.created_at_ms as i64),
+            "PrivateNote": note,
+            "Line": lines,
+            "TxnTaxDetail": {"TotalTax": major(sale.tax.amount_minor)},
+        });
+        if let Some(customer) = sale.customer_id {
+            body["CustomerRef"] = json!({"value": self.qbo_id(&customer.to_string())?});
+        }
+        Ok(Create {
+            key: id.to_string(),
+            covers: Vec::new(),
+            entity: "SalesReceipt".into(),
+            body,
+            find: Find::Note {
+                field: "DocNumber".into(),
+                number: sale.receipt_number.clone(),
+                note,
+            },
+        })
+    }
+
+    pub(super) async fn refund_create(
+        &self,
+        id: DocId,
+        refund: &Refund,
+    ) -> Result<Create, QboError> {
+        let mut lines = Vec::new();
+        for l in &refund.lines {
+            let unit = if l.qty != 0 { l.net_minor / l.qty } else { 0 };
+            lines.push(json!({
+                "Amount": major(l.net_minor),
+                "DetailType": "SalesItemLineDetail",
+                "SalesItemLineDetail": {
+                    "ItemRef": {"value": self.item_id(&l.sku)?},
+                    "Qty": l.qty,
+                    "UnitPrice": major(unit),
+                    "TaxCodeRef": {"value": if l.tax_minor != 0 { "TAX" } else { "NON" }},
+                },
+            }));
+        }
+        let tax: i64 = refund.lines.iter().map(|l| l.tax_minor).sum();
+        let doc_number = last_chars(
+            &format!("{}-R", refund.sale_receipt_number),
+            DOC_NUMBER_CHARS_MAX,
+        );
+        let note = format!("tillmesh refund {id} of sale {}", refund.sale_id);
+        let mut body = json!({
+            "DocNumber": doc_number,
+            "TxnDate": date(refund.at_ms as i64),
+            "PrivateNote": note,
+            "Line": lines,
+            "TxnTaxDetail": {"TotalTax": major(tax)},
+            "DepositToAccountRef": {"value": self.account("Bank").await?},
+        });
+        if let Ok(Some(sale)) = self.repo.get::<Sale>(&refund.sale_id)
+            && let Some(customer) = sale.customer_id
+            && let Some(p) = self.state.posted(&customer.to_string())?
+        {
+            body["CustomerRef"] = json!({"value": p.qbo_id});
+        }
+        Ok(Create {
+            key: id.to_string(),
+            covers: Vec::new(),
+            entity: "RefundReceipt".into(),
+            body,
+            find: Find::Note {
+                field: "DocNumber".into(),
+                number: doc_number,
+                note,
+            },
+        })
+    }
+
+    pub(super) fn invoice_create(
+        &self,
+        id: DocId,
+        invoice: &Invoice,
+        skus: &BTreeMap<DocId, String>,
+    ) -> Result<Create, QboError> {
+        let mut lines = Vec::new();
+        for l in &invoice.lines {
+            let mut detail = json!({
+                "Qty": l.qty,
+                "UnitPrice": major(l.unit_price_minor),
+                "TaxCodeRef": {"value": if l.tax_minor != 0 { "TAX" } else { "NON" }},
+            });
+            if let Some(sku) = l.product_id.and_then(|p| skus.get(&p)) {
+                detail["ItemRef"] = json!({"value": self.item_id(sku)?});
+            }
+            lines.push(json!({
+                "Amount": major(l.net_minor),
+                "Description": l.description,
+                "DetailType": "SalesItemLineDetail",
+                "SalesItemLineDetail": detail,
+            }));
+        }
+        let note = format!("tillmesh invoice {id}");
+        Ok(Create {
+            key: id.to_string(),
+            covers: Vec::new(),
+            entity: "Invoice".into(),
+            body: json!({
+                "DocNumber": invoice.number,
+                "TxnDate": date(invoice.issued_at_ms as i64),
+                "DueDate": date(invoice.due_at_ms as i64),
+                "CustomerRef": {"value": self.qbo_id(&invoice.customer_id.to_string())?},
+                "PrivateNote": note,
+                "Line": lines,
+                "TxnTaxDetail": {"TotalTax": major(invoice.tax.amount_minor)},
+            }),
+            find: Find::Note {
+                field: "DocNumber".into(),
+                number: invoice.number.clone(),
+                note,
+            },
+        })
+    }
+
+    pub(super) fn payment_create(&self, id: DocId, payment: &Payment) -> Result<Create, QboError> {
+        let number = payment
+            .reference
+            .clone()
+            .filter(|r| !r.is_empty() && r.chars().count() <= DOC_NUMBER_CHARS_MAX)
+            .unwrap_or_else(|| short_number("PAY", id));
+        let note = format!("tillmesh payment {id}");
+        let mut body = json!({
+            "CustomerRef": {"value": self.qbo_id(&payment.customer_id.to_string())?},
+            "TotalAmt": major(payment.amount.amount_minor),
+            "TxnDate": date(payment.received_at_ms as i64),
+            "PaymentRefNum": number,
+            "PrivateNote": note,
+        });
+        if let Some(invoice) = payment.invoice_id {
+            body["Line"] = json!([{
+                "Amount": major(payment.amount.amount_minor),
+                "LinkedTxn": [{"TxnId": self.qbo_id(&invoice.to_string())?, "TxnType": "Invoice"}],
+            }]);
+        }
+        Ok(Create {
+            key: id.to_string(),
+            covers: Vec::new(),
+            entity: "Payment".into(),
+            body,
+            // Payments are found by day and note: QBO does not filter on `PaymentRefNum`.
+            find: Find::Note {
+                field: "TxnDate".into(),
+                number: date(payment.received_at_ms as i64),
+                note,
+            },
+        })
+    }
+
+    pub(super) async fn expense_create(
+        &self,
+        id: DocId,
+        expense: &Expense,
+    ) -> Result<Create, QboError> {
+        let mut lines = Vec::new();
+        for l in &expense.lines {
+            lines.push(json!({
+                "Amount": major(l.amount_minor),
+                "Description": l.description,
+                "DetailType": "AccountBasedExpenseLineDetail",
+                "AccountBasedExpenseLineDetail": {
+                    "AccountRef": {"value": self.qbo_id(&account_key(&l.account))?},
+                },
+            }));
+        }
+        // Paid by card from the company's credit card account if it has one; anything else
+        // (and a card, when it has none) as cash from its bank account.
+        let card = if expense.method == "card" {
+            self.account("Credit Card").await.ok()
+        } else {
+            None
+        };
+        let (payment_type, account) = match card {
+            Some(a) => ("CreditCard", a),
+            None => ("Cash", self.account("Bank").await?),
+        };
+        let number = short_number("EXP", id);
+        let note = format!("tillmesh expense {id}");
+        let mut body = json!({
+            "PaymentType": payment_type,
+            "AccountRef": {"value": account},
+            "DocNumber": number,
+            "TxnDate": date(expense.paid_at_ms as i64),
+            "PrivateNote": note,
+            "Line": lines,
+        });
+        if let Some(vendor) = expense.vendor_id {
+            body["EntityRef"] =
+                json!({"value": self.qbo_id(&vendor.to_string())?, "type": "Vendor"});
+        }
+        Ok(Create {
+            key: id.to_string(),
+            covers: Vec::new(),
+            entity: "Purchase".into(),
+            body,
+            find: Find::Note {
+                field: "DocNumber".into(),
+                number,
+                note,
+            },
+        })
+    }
+
+    pub(super) fn summary_create(
+        &self,
+        index: u64,
+        period_ms: u64,
+        n: u64,
+        sales: &[(DocId, &Sale)],
+    ) -> Result<Create, QboError> {
+        // One line per item, price and tax: QBO wants a line's amount to be its price × qty.
+        let mut lines: BTreeMap<(String, i64, bool), (String, i64, i64)> = BTreeMap::new();
+        let mut tax = 0i64;
+        for (_, s) in sales {
+            for l in &s.lines {
+                let e = lines
+                    .entry((l.sku.clone(), l.unit_price_minor, l.tax_minor != 0))
+                    .or_insert((l.name.clone(), 0, 0));
+                e.1 += l.qty;
+                e.2 += l.net_minor;
+            }
+            tax += s.tax.amount_minor;
+        }
+        let mut body_lines = Vec::new();
+        for ((sku, unit, taxed), (name, qty, net)) in &lines {
+            body_lines.push(json!({
+                "Amount": major(*net),
+                "Description": name,
+                "DetailType": "SalesItemLineDetail",
+                "SalesItemLineDetail": {
+                    "ItemRef": {"value": self.item_id(sku)?},
+                    "Qty": qty,
+                    "UnitPrice": major(*unit),
+                    "TaxCodeRef": {"value": if *taxed { "TAX" } else { "NON" }},
+                },
+            }));
+        }
+        let start = (index * period_ms) as i64;
+        let day = date(start);
+        let number = if period_ms == DAY_MS {
+            format!("DAY-{}-{n}", day.replace('-', ""))
+        } else {
+            format!("SUM-{index}-{n}")
+        };
+        let key = format!("summary/{index}/{n}");
+        // The first sale's id makes the note this summary's alone, whatever its number.
+        let first = sales
+            .first()
+            .map(|(id, _)| id.to_string())
+            .unwrap_or_default();
+        let note = format!("tillmesh {key}: {} sales from {first}", sales.len());
+        Ok(Create {
+            key,
+            entity: "SalesReceipt".into(),
+            body: json!({
+                "DocNumber": number,
+                "TxnDate": day,
+                "PrivateNote": note,
+                "Line": body_lines,
+                "TxnTaxDetail": {"TotalTax": major(tax)},
+            }),
+            find: Find::Note {
+                field: "DocNumber".into(),
+                number,
+                note,
+            },
+            covers: sales.iter().map(|(id, _)| id.to_string()).collect(),
+        })
+    }
+
+    /// A refund receipt that takes a summarized sale back out of the books.
+    pub(super) async fn void_correction_create(
+        &self,
+        id: DocId,
+        sale: &Sale,
+    ) -> Result<Create, QboError> {
+        let mut lines = Vec::new();
+        for l in &sale.lines {
+            lines.push(json!({
+                "Amount": major(l.net_minor),
+                "Description": l.name,
+                "DetailType": "SalesItemLineDetail",
+                "SalesItemLineDetail": {
+                    "ItemRef": {"value": self.item_id(&l.sku)?},
+                    "Qty": l.qty,
+                    "UnitPrice": major(l.unit_price_minor),
+                    "TaxCodeRef": {"value": if l.tax_minor != 0 { "TAX" } else { "NON" }},
+                },
+            }));
+        }
+        let number = last_chars(&format!("{}-V", sale.receipt_number), DOC_NUMBER_CHARS_MAX);
+        let note = format!("tillmesh void of sale {id}");
+        Ok(Create {
+            key: format!("void/{id}"),
+            entity: "RefundReceipt".into(),
+            body: json!({
+                "DocNumber": number,
+                "TxnDate": date(sale.void.as_ref().map_or(sale.created_at_ms, |v| v.at_ms) as i64),
+                "PrivateNote": note,
+                "Line": lines,
+                "TxnTaxDetail": {"TotalTax": major(sale.tax.amount_minor)},
+                "DepositToAccountRef": {"value": self.account("Bank").await?},
+            }),
+            find: Find::Note {
+                field: "DocNumber".into(),
+                number,
+                note,
+            },
+            covers: Vec::new(),
+        })
+    }
+
+    pub(super) fn item_id(&self, sku: &str) -> Result<String, QboError> {
+        self.qbo_id(&item_key(sku))
+    }
+
+    pub(super) fn qbo_id(&self, key: &str) -> Result<String, QboError> {
+        self.state
+            .posted(key)?
+            .map(|p| p.qbo_id)
+            .ok_or_else(|| QboError::Unavailable(format!("{key} is not in QuickBooks yet")))
+    }
+}
+
+/// The last `n` characters: a number's distinguishing end, where QBO allows fewer.
+pub(super) fn last_chars(s: &str, n: usize) -> String {
+    let skip = s.chars().count().saturating_sub(n);
+    s.chars().skip(skip).collect()
+}
+
+pub(super) fn item_key(sku: &str) -> String {
+    format!("item/{sku}")
+}
+
+pub(super) fn account_key(name: &str) -> String {
+    format!("account/{name}")
+}
+
+/// An expense account the shop books to, by name (QBO's account names are unique).
+pub(super) fn account_create(name: &str) -> Create {
+    Create {
+        key: account_key(name),
+        covers: Vec::new(),
+        entity: "Account".into(),
+        body: json!({ "Name": name, "AccountType": "Expense" }),
+        find: Find::Name {
+            field: "Name".into(),
+            value: name.into(),
+        },
+    }
+}
+
+/// A short, fixed number for a document that has none of its own: QBO's numbers are at most
+/// 21 characters.
+pub(super) fn short_number(prefix: &str, id: DocId) -> String {
+    format!("{prefix}-{}", &id.to_string()[28..36]).to_uppercase()
+}
+
+pub(super) fn item_create(sku: &str, name: &str, unit_minor: i64, income_account: &str) -> Create {
+    Create {
+        key: item_key(sku),
+        covers: Vec::new(),
+        entity: "Item".into(),
+        body: json!({
+            "Name": sku, "Sku": sku, "Description": name, "Type": "NonInventory",
+            "UnitPrice": major(unit_minor),
+            "IncomeAccountRef": {"value": income_account},
+        }),
+        find: Find::Name {
+            field: "Name".into(),
+            value: sku.into(),
+        },
+    }
+}
+
+/// A customer or a vendor (QBO's names are unique across both, and employees).
+pub(super) fn party_create(entity: &str, id: DocId, p: &Party) -> Create {
+    let mut body = json!({ "DisplayName": p.display_name });
+    for (field, value) in [
+        ("GivenName", &p.given_name),
+        ("FamilyName", &p.family_name),
+        ("CompanyName", &p.company_name),
+        ("Notes", &p.notes),
+    ] {
+        if let Some(v) = value {
+            body[field] = json!(v);
+        }
+    }
+    if let Some(e) = &p.email {
+        body["PrimaryEmailAddr"] = json!({ "Address": e });
+    }
+    if let Some(phone) = &p.phone {
+        body["PrimaryPhone"] = json!({ "FreeFormNumber": phone });
+    }
+    Create {
+        key: id.to_string(),
+        covers: Vec::new(),
+        entity: entity.into(),
+        body,
+        find: Find::Name {
+            field: "DisplayName".into(),
+            value: p.display_name.clone(),
+        },
+    }
+}

@@ -1,0 +1,83 @@
+//! What the bridge's tests and its push bench share: the `tillmesh-bridge` binary, run as a
+//! user runs it (joined to a till's mesh by an invite, connected to QuickBooks by OAuth).
+// Each includer uses part of it.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Child, Command as Process, Stdio};
+use std::time::Duration;
+
+use tillmesh_bridge_qbo::emulator::Endpoints;
+use tillmesh_node::net::{self, Network};
+use tillmesh_protocol::Role;
+
+pub const BRIDGE: &str = env!("CARGO_BIN_EXE_tillmesh-bridge");
+
+/// Runs `tillmesh-bridge --data DIR ARGS...` to the end; it must succeed.
+pub fn bridge(args: &[&str], dir: &Path) {
+    let out = Process::new(BRIDGE)
+        .arg("--data")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("tillmesh-bridge runs");
+    assert!(
+        out.status.success(),
+        "tillmesh-bridge {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A bridge in `dir`, paired with the till behind `network` by an invite for the bridge
+/// role, and connected to the emulator at `ends` (with its webhook verifier token).
+pub async fn join_and_connect(network: &Network, ends: &Endpoints, dir: &Path) {
+    let status = network.status();
+    let opened = network
+        .open_invite(Role::Bridge, Duration::from_secs(60))
+        .await
+        .expect("an invite");
+    let invite = format!(
+        "tm2:{}@{}/p2p/{}",
+        net::pairing::display_code(&opened.code),
+        status.listen[0],
+        status.peer_id
+    );
+    bridge(&["join", "--name", "Head office bridge", &invite], dir);
+    bridge(
+        &[
+            "connect",
+            "--qbo-base",
+            &ends.base_url,
+            "--client-id",
+            &ends.client_id,
+            "--client-secret",
+            &ends.client_secret,
+            "--verifier-token",
+            &ends.verifier_token,
+        ],
+        dir,
+    );
+}
+
+/// `tillmesh-bridge run` on loopback (no mDNS), with `extra` flags.
+pub fn spawn_bridge_with(dir: &Path, extra: &[&str]) -> Child {
+    Process::new(BRIDGE)
+        .arg("--data")
+        .arg(dir)
+        .args([
+            "run",
+            "--api",
+            "127.0.0.1:0",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env("TILLMESH_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tillmesh-bridge starts")
+}
