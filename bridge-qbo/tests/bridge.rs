@@ -715,6 +715,68 @@ async fn customers_refunds_and_voids_reach_quickbooks_and_edits_merge() {
     let _ = child.wait();
 }
 
+/// A customer QuickBooks refuses (a vendor there holds her name) holds back her own sales
+/// only. The others go past hers even when hers are more than a round takes; renamed on the
+/// till, she and her sales follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sales_quickbooks_cannot_take_hold_back_only_themselves() {
+    let Shop {
+        _tmp,
+        books,
+        owner,
+        dir,
+        ..
+    } = shop(Settings::default()).await;
+    books
+        .post("vendor", &json!({"DisplayName": "Dee's Deli"}))
+        .await;
+    let dee = owner.execute(customer("Dee's Deli")).await.unwrap().doc_id;
+    for _ in 0..4 {
+        sell_to(&owner, Some(dee)).await;
+    }
+    for _ in 0..2 {
+        sell_to(&owner, None).await;
+    }
+    let mut child = spawn_bridge_with(&dir, &["--round", "3"]);
+    wait_until("the two sales QuickBooks can take", || async {
+        books.receipts().await.len() == 2
+    })
+    .await;
+    let status = std::fs::read_to_string(dir.join("bridge-status.json")).unwrap();
+    assert!(
+        status.contains("named 'Dee's Deli'; rename one of them"),
+        "the status says why Dee's sales wait: {status}"
+    );
+
+    let patch: tillmesh_node::repo::requests::CustomerPatch =
+        serde_json::from_value(json!({"display_name": "Dee's Deli (customer)"})).unwrap();
+    owner
+        .execute(Command::PatchCustomer { id: dee, patch })
+        .await
+        .unwrap();
+    wait_until("Dee's sales, once she is renamed", || async {
+        books.receipts().await.len() == 6
+    })
+    .await;
+    let customers = books.all("Customer").await;
+    let renamed: Vec<&Value> = customers
+        .iter()
+        .filter(|c| c["DisplayName"] == "Dee's Deli (customer)")
+        .collect();
+    assert_eq!(renamed.len(), 1, "{customers:?}");
+    let receipts = books.receipts().await;
+    assert_eq!(
+        receipts
+            .iter()
+            .filter(|r| r["CustomerRef"]["value"] == renamed[0]["Id"])
+            .count(),
+        4,
+        "{receipts:?}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_back_office_reaches_quickbooks_invoices_payments_and_expenses() {
     let Shop {

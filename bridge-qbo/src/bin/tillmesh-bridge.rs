@@ -73,6 +73,11 @@ enum Cmd {
         /// more than once a day, and for tests).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         summary_period_s: Option<u64>,
+        /// Transactions one push round takes on; pulls and webhooks are served between
+        /// rounds, and a round puts first what QuickBooks can take now.
+        #[arg(long, default_value_t = tillmesh_bridge_qbo::bridge::ROUND_TRANSACTIONS_MAX as u64,
+              value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        round: u64,
         #[command(flatten)]
         net: NetArgs,
     },
@@ -151,12 +156,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             batch,
             daily_summary,
             summary_period_s,
+            round,
         } => {
             let options = Options {
                 batch_items_max: batch.into(),
                 summary_period: summary_period_s
                     .or(daily_summary.then_some(86_400))
                     .map(std::time::Duration::from_secs),
+                round_transactions_max: usize::try_from(round)?,
             };
             let dir = data.clone();
             let listener = tokio::net::TcpListener::bind(http)

@@ -18,6 +18,8 @@ mod pull;
 mod push;
 pub mod state;
 
+pub use push::ROUND_TRANSACTIONS_MAX;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +46,8 @@ pub struct Options {
     pub batch_items_max: usize,
     /// One summary receipt per period of sales (a day, usually) instead of one per sale.
     pub summary_period: Option<Duration>,
+    /// Transactions one push round takes on; pulls and webhooks are served between rounds.
+    pub round_transactions_max: usize,
 }
 
 impl Default for Options {
@@ -51,6 +55,7 @@ impl Default for Options {
         Options {
             batch_items_max: client::BATCH_ITEMS_MAX,
             summary_period: None,
+            round_transactions_max: push::ROUND_TRANSACTIONS_MAX,
         }
     }
 }

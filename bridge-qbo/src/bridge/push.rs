@@ -24,9 +24,9 @@ use super::{Bridge, minor, now_ms};
 
 /// Documents listed per page in a full scan.
 const PAGE: usize = 1000;
-/// Transactions one round takes on; the rest wait for the next. A backlog of thousands then
-/// goes in rounds of minutes, with pulls (and webhooks) served between them.
-const ROUND_TRANSACTIONS_MAX: usize = 1_200;
+/// Transactions one round takes on by default; the rest wait for the next. A backlog of
+/// thousands then goes in rounds of minutes, with pulls (and webhooks) served between them.
+pub const ROUND_TRANSACTIONS_MAX: usize = 1_200;
 /// Summary mode: sales per summary receipt at most, and how long after a period's end its
 /// summary waits for tills that were offline (a day's waits an hour; shorter periods less).
 const SUMMARY_SALES_MAX: usize = 500;
@@ -152,7 +152,7 @@ struct Work {
     refunds: Vec<(DocId, Refund)>,
     /// Everything read this round, to hand back if it does not finish.
     seen: BTreeMap<DocId, DocType>,
-    /// Transactions left for later rounds (beyond `ROUND_TRANSACTIONS_MAX`).
+    /// Transactions left for later rounds (beyond the round's size).
     later: usize,
 }
 
@@ -245,8 +245,21 @@ impl Bridge {
         work.invoices.sort_by_key(|(id, _)| *id);
         work.payments.sort_by_key(|(id, _)| *id);
         work.expenses.sort_by_key(|(id, _)| *id);
+        let mut room = self.options.round_transactions_max.max(1);
+        if work.sales.len()
+            + work.invoices.len()
+            + work.expenses.len()
+            + work.payments.len()
+            + work.refunds.len()
+            > room
+        {
+            self.ready_first(&mut work.sales, sale_refs)?;
+            self.ready_first(&mut work.invoices, |i| vec![i.customer_id.to_string()])?;
+            self.ready_first(&mut work.expenses, expense_refs)?;
+            self.ready_first(&mut work.payments, payment_refs)?;
+            self.ready_first(&mut work.refunds, refund_refs)?;
+        }
         let mut later = Vec::new();
-        let mut room = ROUND_TRANSACTIONS_MAX;
         spill(&mut work.sales, DocType::Sale, &mut room, &mut later);
         spill(&mut work.invoices, DocType::Invoice, &mut room, &mut later);
         spill(&mut work.expenses, DocType::Expense, &mut room, &mut later);
@@ -258,6 +271,35 @@ impl Bridge {
         work.later = later.len();
         self.outbox.again(later);
         Ok(work)
+    }
+
+    /// Puts first the transactions whose references QBO holds already, keeping age order
+    /// within each group. Otherwise a round's worth of sales waiting on a customer or item QBO
+    /// refuses would fill every round, and nothing behind them would ever go.
+    fn ready_first<T>(
+        &self,
+        docs: &mut Vec<(DocId, T)>,
+        refs: impl Fn(&T) -> Vec<String>,
+    ) -> Result<(), QboError> {
+        let mut ready = Vec::with_capacity(docs.len());
+        let mut waiting = Vec::new();
+        for (id, doc) in std::mem::take(docs) {
+            let mut held = true;
+            for key in refs(&doc) {
+                if self.state.posted(&key)?.is_none() {
+                    held = false;
+                    break;
+                }
+            }
+            if held {
+                ready.push((id, doc));
+            } else {
+                waiting.push((id, doc));
+            }
+        }
+        ready.append(&mut waiting);
+        *docs = ready;
+        Ok(())
     }
 
     /// Keeps a document in the round's work if QBO lacks it, or its ledger lacks QBO's id.
@@ -447,12 +489,7 @@ impl Bridge {
             self.summaries(&work.sales, period, round, &mut creates)?;
         } else {
             for (id, s) in &work.sales {
-                let refs = s
-                    .customer_id
-                    .map(|c| c.to_string())
-                    .into_iter()
-                    .chain(s.lines.iter().map(|l| item_key(&l.sku)));
-                if self.ready(*id, refs, round)? {
+                if self.ready(*id, sale_refs(s), round)? {
                     creates.push(self.receipt_create(*id, s)?);
                 }
             }
@@ -469,18 +506,12 @@ impl Bridge {
             }
         }
         for (id, e) in &work.expenses {
-            let refs = e
-                .vendor_id
-                .map(|v| v.to_string())
-                .into_iter()
-                .chain(e.lines.iter().map(|l| account_key(&l.account)));
-            if self.ready(*id, refs, round)? {
+            if self.ready(*id, expense_refs(e), round)? {
                 creates.push(self.expense_create(*id, e).await?);
             }
         }
         for (id, r) in &work.refunds {
-            let refs = r.lines.iter().map(|l| item_key(&l.sku));
-            if self.ready(*id, refs, round)? {
+            if self.ready(*id, refund_refs(r), round)? {
                 creates.push(self.refund_create(*id, r).await?);
             }
         }
@@ -488,9 +519,7 @@ impl Bridge {
         // Payments last: one that settles an invoice names it.
         let mut creates = Vec::new();
         for (id, p) in &work.payments {
-            let refs = std::iter::once(p.customer_id.to_string())
-                .chain(p.invoice_id.map(|i| i.to_string()));
-            if self.ready(*id, refs, round)? {
+            if self.ready(*id, payment_refs(p), round)? {
                 creates.push(self.payment_create(*id, p)?);
             }
         }
@@ -742,6 +771,33 @@ impl Bridge {
 }
 
 /// Keeps the first `room` of a round's transactions and puts the rest aside.
+/// What a transaction names, by its key in `bridge.redb`: QBO must hold these first.
+fn sale_refs(s: &Sale) -> Vec<String> {
+    s.customer_id
+        .map(|c| c.to_string())
+        .into_iter()
+        .chain(s.lines.iter().map(|l| item_key(&l.sku)))
+        .collect()
+}
+
+fn expense_refs(e: &Expense) -> Vec<String> {
+    e.vendor_id
+        .map(|v| v.to_string())
+        .into_iter()
+        .chain(e.lines.iter().map(|l| account_key(&l.account)))
+        .collect()
+}
+
+fn payment_refs(p: &Payment) -> Vec<String> {
+    std::iter::once(p.customer_id.to_string())
+        .chain(p.invoice_id.map(|i| i.to_string()))
+        .collect()
+}
+
+fn refund_refs(r: &Refund) -> Vec<String> {
+    r.lines.iter().map(|l| item_key(&l.sku)).collect()
+}
+
 fn spill<T>(
     docs: &mut Vec<(DocId, T)>,
     doc_type: DocType,
