@@ -382,6 +382,11 @@ async fn the_back_office_records_vendors_invoices_payments_and_expenses() {
             "due_in_days",
         ),
         (
+            "/v1/invoices",
+            json!({"customer_id": amy, "number": "INV-2026-11-0000000001", "lines": [{"sku": "MUG-1", "qty": 1}]}),
+            "longer than 21 characters",
+        ),
+        (
             "/v1/payments",
             json!({"customer_id": amy, "amount_minor": 0, "method": "cash"}),
             "amount",
