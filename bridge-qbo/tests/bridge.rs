@@ -415,6 +415,17 @@ async fn sales_reach_quickbooks_exactly_once_and_quickbooks_wins_on_money() {
     assert!(s["conflicts"].as_u64() >= Some(1), "{s}");
     assert!(s["webhooks_refused"].as_u64() >= Some(1), "{s}");
     assert!(s["webhooks_verified"].as_u64() >= Some(1), "{s}");
+    // The count of QuickBooks' overrides outlives a restart.
+    std::fs::remove_file(dir.join("bridge-status.json")).unwrap();
+    let mut child = spawn_bridge(&dir);
+    wait_until("the restarted bridge's status", || async {
+        status(&dir)["realm_id"].is_string()
+    })
+    .await;
+    let again = status(&dir);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(again["conflicts"], s["conflicts"], "{again}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -744,7 +755,8 @@ async fn sales_quickbooks_cannot_take_hold_back_only_themselves() {
     .await;
     let status = std::fs::read_to_string(dir.join("bridge-status.json")).unwrap();
     assert!(
-        status.contains("named 'Dee's Deli'; rename one of them"),
+        status.contains("Customer 'Dee's Deli' (")
+            && status.contains("named 'Dee's Deli'; rename one of them"),
         "the status says why Dee's sales wait: {status}"
     );
 

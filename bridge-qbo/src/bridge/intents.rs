@@ -53,6 +53,22 @@ pub(super) struct Create {
     pub covers: Vec<String>,
 }
 
+impl Create {
+    /// How a person finds it: its name or number, then its key (`Customer 'Dee's Deli'
+    /// (01J…)`, `SalesReceipt TILL1-000004 (01J…)`).
+    pub(super) fn label(&self) -> String {
+        match &self.find {
+            Find::Name { value, .. } => format!("{} '{value}' ({})", self.entity, self.key),
+            Find::Note { field, number, .. } if field == "DocNumber" => {
+                format!("{} {number} ({})", self.entity, self.key)
+            }
+            Find::Note { field, number, .. } => {
+                format!("{} of {field} {number} ({})", self.entity, self.key)
+            }
+        }
+    }
+}
+
 /// A create (one, or a batch) written down before it is sent, under a `requestid` fresh for
 /// each intent: in `bridge.redb` until its answer is recorded.
 #[derive(Debug, Clone, Serialize, Deserialize)]

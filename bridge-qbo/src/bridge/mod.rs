@@ -78,6 +78,8 @@ pub struct Status {
     pub posted: u64,
     pub last_push_ms: Option<u64>,
     pub last_pull_ms: Option<u64>,
+    /// QuickBooks figures that overrode a till's, ever (kept in `bridge.redb`); `GET
+    /// /v1/conflicts` on any node lists the sales they concern.
     pub conflicts: u64,
     /// Where the bridge's own HTTP endpoint listens (status, webhooks, connect page).
     pub http: Option<String>,
@@ -134,6 +136,7 @@ impl Bridge {
         realm: String,
         verifier_token: Option<String>,
     ) -> Bridge {
+        let conflicts = pull::conflicts_counted(&state);
         Bridge {
             outbox: push::Outbox::watch(&repo),
             pending: Default::default(),
@@ -147,6 +150,7 @@ impl Bridge {
             status: std::sync::Mutex::new(Status {
                 connected: true,
                 realm_id: realm,
+                conflicts,
                 ..Status::default()
             }),
             status_file: dir.join("bridge-status.json"),

@@ -206,7 +206,10 @@ impl Bridge {
             && ledger_total != Some(qbo)
         {
             tracing::info!(doc = %doc_id, till = till.amount_minor, qbo, "QuickBooks holds another total: it wins");
-            self.update(|s| s.conflicts += 1);
+            let conflicts = conflicts_counted(&self.state) + 1;
+            self.state
+                .set_note(CONFLICTS_NOTE, &conflicts.to_string())?;
+            self.update(|s| s.conflicts = conflicts);
         }
         self.write_ledger(doc_id, ledger.as_ref(), &posted, currency, true)
             .await?;
@@ -299,4 +302,16 @@ impl Bridge {
         .await?;
         Ok(true)
     }
+}
+
+/// Where the count of QuickBooks' overrides is kept, so the status's figure outlives a restart.
+const CONFLICTS_NOTE: &str = "conflicts";
+
+pub(super) fn conflicts_counted(state: &super::state::State) -> u64 {
+    state
+        .note(CONFLICTS_NOTE)
+        .ok()
+        .flatten()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }

@@ -654,7 +654,7 @@ impl Bridge {
             match outcome {
                 Ok(_) => round.made += 1,
                 Err(e) => {
-                    self.failed(format!("{} {}", c.entity, c.key), &e);
+                    self.failed(c.label(), &e);
                     round.missing.insert(c.key);
                 }
             }
