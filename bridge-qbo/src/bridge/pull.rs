@@ -6,8 +6,6 @@
 //! conflict for review. A customer made in QBO becomes a mesh customer; a known one's
 //! balance is kept in its ledger.
 
-use std::collections::HashMap;
-
 use serde_json::Value;
 use tillmesh_node::repo::Command;
 use tillmesh_node::repo::requests::NewCustomer;
@@ -91,14 +89,6 @@ impl Bridge {
         let mut hold = false;
         let mut changed = 0;
         if !rows.is_empty() {
-            let by_qbo: HashMap<(String, String), (String, Posted)> = self
-                .state
-                .all_posted()?
-                .into_iter()
-                // A sale in a summary shares its receipt; QBO's figures are the summary's.
-                .filter(|(_, p)| p.summary.is_none())
-                .map(|(k, p)| ((p.entity.clone(), p.qbo_id.clone()), (k, p)))
-                .collect();
             // A batch whose fate is unknown may have made some of these: settle it first, so
             // a customer it made is not taken for one made in QBO.
             let unsettled = !self.state.intents::<Value>()?.is_empty();
@@ -106,7 +96,8 @@ impl Bridge {
                 let Some(qbo_id) = row["Id"].as_str() else {
                     continue;
                 };
-                let known = by_qbo.get(&(entity.to_owned(), qbo_id.to_owned())).cloned();
+                // A sale in a summary shares its receipt: QBO's figures are the summary's.
+                let known = self.state.posted_by_qbo(entity, qbo_id)?;
                 let outcome = match (entity, known) {
                     ("Customer", None) if unsettled => {
                         hold = true;

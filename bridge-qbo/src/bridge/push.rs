@@ -211,7 +211,8 @@ impl Bridge {
     }
 
     fn read_work(&self, rescan: bool, docs: BTreeMap<DocId, DocType>) -> Result<Work, QboError> {
-        let mut found: Vec<(DocId, DocType, Value)> = Vec::new();
+        // Classified page by page: only what QBO lacks is held, not the whole store.
+        let mut work = Work::default();
         if rescan {
             for t in POSTED_TYPES {
                 let mut before = None;
@@ -220,7 +221,11 @@ impl Bridge {
                     let Some(last) = page.last() else { break };
                     before = Some(last.0);
                     let n = page.len();
-                    found.extend(page.into_iter().map(|(id, v)| (id, t, v)));
+                    for (id, v) in page {
+                        if work.seen.insert(id, t).is_none() {
+                            self.classify(&mut work, id, t, v)?;
+                        }
+                    }
                     if n < PAGE {
                         break;
                     }
@@ -228,16 +233,12 @@ impl Bridge {
             }
         }
         for (id, t) in docs {
-            if let Some(v) = self.repo.view(&id).map_err(store)? {
-                found.push((id, t, v));
+            if !work.seen.contains_key(&id)
+                && let Some(v) = self.repo.view(&id).map_err(store)?
+            {
+                work.seen.insert(id, t);
+                self.classify(&mut work, id, t, v)?;
             }
-        }
-        let mut work = Work::default();
-        for (id, t, v) in found {
-            if work.seen.insert(id, t).is_some() {
-                continue;
-            }
-            self.classify(&mut work, id, t, v)?;
         }
         // Oldest first: the list runs newest first, and ids are time-ordered.
         work.sales.sort_by_key(|(id, s)| (s.created_at_ms, *id));

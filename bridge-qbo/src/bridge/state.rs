@@ -5,7 +5,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 use tillmesh_node::store::seal::Sealer;
 
@@ -13,6 +16,9 @@ use tillmesh_node::store::seal::Sealer;
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 /// Mesh document id (or `item/<sku>`) -> what it is in QBO (JSON).
 const POSTED: TableDefinition<&str, &[u8]> = TableDefinition::new("posted");
+/// QBO's objects back to their keys in `posted` (`Entity/Id` → key), for the pull. Sales in a
+/// summary share its receipt and are left out: the summary's own key is listed.
+const BY_QBO: TableDefinition<&str, &str> = TableDefinition::new("by_qbo");
 /// Plain counters and times: last pull, pushes, failures.
 const NOTES: TableDefinition<&str, &[u8]> = TableDefinition::new("notes");
 /// Batch `requestid` -> the creates it carries (sealed JSON: names and amounts), written
@@ -93,6 +99,24 @@ store_errors!(
     serde_json::Error
 );
 
+fn qbo_key(entity: &str, qbo_id: &str) -> String {
+    format!("{entity}/{qbo_id}")
+}
+
+fn insert_posted(tx: &WriteTransaction, key: &str, p: &Posted) -> Result<(), StateError> {
+    let bytes = serde_json::to_vec(p)?;
+    tx.open_table(POSTED)?.insert(key, bytes.as_slice())?;
+    index_posted(tx, key, p)
+}
+
+fn index_posted(tx: &WriteTransaction, key: &str, p: &Posted) -> Result<(), StateError> {
+    if p.summary.is_none() && !p.qbo_id.is_empty() {
+        tx.open_table(BY_QBO)?
+            .insert(qbo_key(&p.entity, &p.qbo_id).as_str(), key)?;
+    }
+    Ok(())
+}
+
 pub struct State {
     db: Database,
     sealer: Arc<Sealer>,
@@ -106,6 +130,17 @@ impl State {
         tx.open_table(POSTED)?;
         tx.open_table(NOTES)?;
         tx.open_table(INTENTS)?;
+        // A store from before the index: build it once from what is posted.
+        if tx.open_table(BY_QBO)?.is_empty()? {
+            let mut records = Vec::new();
+            for item in tx.open_table(POSTED)?.iter()? {
+                let (k, v) = item?;
+                records.push((k.value().to_owned(), serde_json::from_slice(v.value())?));
+            }
+            for (key, p) in &records {
+                index_posted(&tx, key, p)?;
+            }
+        }
         tx.commit()?;
         Ok(State { db, sealer })
     }
@@ -160,9 +195,8 @@ impl State {
 
     /// Durable before it returns: once recorded, a document is never posted again.
     pub fn set_posted(&self, key: &str, p: &Posted) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec(p)?;
         let tx = self.db.begin_write()?;
-        tx.open_table(POSTED)?.insert(key, bytes.as_slice())?;
+        insert_posted(&tx, key, p)?;
         tx.commit()?;
         Ok(())
     }
@@ -188,16 +222,26 @@ impl State {
         Ok(tx.open_table(POSTED)?.len()?)
     }
 
-    /// Every posted document, for the pull's map back from QBO ids.
-    pub fn all_posted(&self) -> Result<Vec<(String, Posted)>, StateError> {
+    /// The posted document a QBO object stands for (not a sale inside a summary), and its
+    /// record: the pull's way back from QBO's ids.
+    pub fn posted_by_qbo(
+        &self,
+        entity: &str,
+        qbo_id: &str,
+    ) -> Result<Option<(String, Posted)>, StateError> {
         let tx = self.db.begin_read()?;
-        let t = tx.open_table(POSTED)?;
-        let mut out = Vec::new();
-        for item in t.iter()? {
-            let (k, v) = item?;
-            out.push((k.value().to_owned(), serde_json::from_slice(v.value())?));
-        }
-        Ok(out)
+        let Some(key) = tx
+            .open_table(BY_QBO)?
+            .get(qbo_key(entity, qbo_id).as_str())?
+            .map(|k| k.value().to_owned())
+        else {
+            return Ok(None);
+        };
+        let Some(v) = tx.open_table(POSTED)?.get(key.as_str())? else {
+            return Ok(None);
+        };
+        let p: Posted = serde_json::from_slice(v.value())?;
+        Ok((p.entity == entity && p.qbo_id == qbo_id && p.summary.is_none()).then_some((key, p)))
     }
 
     /// Records a batch about to be sent; durable before it returns.
@@ -242,10 +286,8 @@ impl State {
     ) -> Result<(), StateError> {
         let tx = self.db.begin_write()?;
         {
-            let mut posted = tx.open_table(POSTED)?;
             for (key, p) in made {
-                let bytes = serde_json::to_vec(p)?;
-                posted.insert(key.as_str(), bytes.as_slice())?;
+                insert_posted(&tx, key, p)?;
             }
             tx.open_table(INTENTS)?.remove(request_id)?;
         }
@@ -265,5 +307,69 @@ impl State {
         tx.open_table(NOTES)?.insert(key, value.as_bytes())?;
         tx.commit()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tillmesh_node::store::seal::StorageKey;
+
+    fn posted(entity: &str, qbo_id: &str, summary: Option<&str>) -> Posted {
+        Posted {
+            entity: entity.into(),
+            qbo_id: qbo_id.into(),
+            sync_token: "0".into(),
+            total_minor: None,
+            tax_minor: None,
+            balance_minor: None,
+            voided: false,
+            summary: summary.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn qbo_ids_lead_back_to_their_documents_but_not_to_the_sales_inside_a_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = Arc::new(Sealer::new(&StorageKey::random()));
+        let state = State::open(dir.path(), sealer.clone()).unwrap();
+        state
+            .set_posted("sale-a", &posted("SalesReceipt", "7", None))
+            .unwrap();
+        state
+            .finish_intent(
+                "rid",
+                &[
+                    ("summary/1".into(), posted("SalesReceipt", "8", None)),
+                    (
+                        "sale-b".into(),
+                        posted("SalesReceipt", "8", Some("summary/1")),
+                    ),
+                    ("cust".into(), posted("Customer", "7", None)),
+                ],
+            )
+            .unwrap();
+        let key = |entity, id| state.posted_by_qbo(entity, id).unwrap().map(|(k, _)| k);
+        assert_eq!(key("SalesReceipt", "7").as_deref(), Some("sale-a"));
+        assert_eq!(key("SalesReceipt", "8").as_deref(), Some("summary/1"));
+        assert_eq!(key("Customer", "7").as_deref(), Some("cust"));
+        assert_eq!(key("Invoice", "7"), None);
+
+        // A store written before the index had it: the index is built when it opens.
+        drop(state);
+        let db = Database::create(dir.path().join("bridge.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.delete_table(BY_QBO).unwrap();
+        tx.commit().unwrap();
+        drop(db);
+        let state = State::open(dir.path(), sealer).unwrap();
+        assert_eq!(
+            state
+                .posted_by_qbo("SalesReceipt", "8")
+                .unwrap()
+                .map(|(k, _)| k)
+                .as_deref(),
+            Some("summary/1")
+        );
     }
 }
