@@ -1241,6 +1241,43 @@ async fn malformed_writes_are_refused_and_the_emulator_keeps_serving() {
         )
         .await;
     assert_eq!(status, 400, "{body}");
+    // Longer than QBO keeps: 2050, naming the field, as Intuit's answer does.
+    let (status, body) = q
+        .call(
+            "POST",
+            "salesreceipt",
+            Some(&json!({"DocNumber": "R".repeat(22), "Line": [{"Amount": 1,
+                "DetailType": "SalesItemLineDetail",
+                "SalesItemLineDetail": {"ItemRef": {"value": item["Id"]}}}]})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let e = &body["Fault"]["Error"][0];
+    assert_eq!(
+        (&e["code"], &e["element"], &body["Fault"]["type"]),
+        (
+            &json!("2050"),
+            &json!("DocNumber"),
+            &json!("ValidationFault")
+        ),
+        "{body}"
+    );
+    assert!(
+        e["Detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("Max:21 supported. Supplied length:22"),
+        "{body}"
+    );
+    let (status, body) = q
+        .call(
+            "POST",
+            "customer",
+            Some(&json!({"DisplayName": "Long", "GivenName": "G".repeat(101)})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["Fault"]["Error"][0]["element"], "GivenName", "{body}");
     // Mixed text and numbers sort without trouble, and the company still answers.
     for name in ["9", "10", "1a", "nan", "Zed", "alpha"] {
         q.ok("POST", "customer", Some(&json!({"DisplayName": name})))

@@ -420,22 +420,26 @@ pub(super) fn item_create(sku: &str, name: &str, unit_minor: i64, income_account
 
 /// A customer or a vendor (QBO's names are unique across both, and employees).
 pub(super) fn party_create(entity: &str, id: DocId, p: &Party) -> Create {
+    // The mesh keeps up to 500 characters of each; QBO refuses (2050) more than the lengths
+    // here. Descriptive fields are clipped rather than hold the customer back; the name, by
+    // which she is found, fits as it is.
+    let clip = |v: &str, n: usize| v.chars().take(n).collect::<String>();
     let mut body = json!({ "DisplayName": p.display_name });
-    for (field, value) in [
-        ("GivenName", &p.given_name),
-        ("FamilyName", &p.family_name),
-        ("CompanyName", &p.company_name),
-        ("Notes", &p.notes),
+    for (field, value, max) in [
+        ("GivenName", &p.given_name, 100),
+        ("FamilyName", &p.family_name, 100),
+        ("CompanyName", &p.company_name, 100),
+        ("Notes", &p.notes, 2000),
     ] {
         if let Some(v) = value {
-            body[field] = json!(v);
+            body[field] = json!(clip(v, max));
         }
     }
-    if let Some(e) = &p.email {
+    if let Some(e) = p.email.as_ref().filter(|e| e.chars().count() <= 100) {
         body["PrimaryEmailAddr"] = json!({ "Address": e });
     }
     if let Some(phone) = &p.phone {
-        body["PrimaryPhone"] = json!({ "FreeFormNumber": phone });
+        body["PrimaryPhone"] = json!({ "FreeFormNumber": clip(phone, 30) });
     }
     Create {
         key: id.to_string(),
@@ -446,5 +450,32 @@ pub(super) fn party_create(entity: &str, id: DocId, p: &Party) -> Create {
             field: "DisplayName".into(),
             value: p.display_name.clone(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_party_fits_the_lengths_quickbooks_keeps() {
+        let p: Party = serde_json::from_value(json!({
+            "display_name": "Amy",
+            "given_name": "G".repeat(300),
+            "email": format!("{}@example.com", "a".repeat(200)),
+            "phone": "5".repeat(40),
+        }))
+        .unwrap();
+        let c = party_create("Customer", DocId::new_v7(0, [0; 10]), &p);
+        assert_eq!(c.body["DisplayName"], "Amy");
+        assert_eq!(c.body["GivenName"].as_str().unwrap().len(), 100);
+        assert_eq!(
+            c.body["PrimaryPhone"]["FreeFormNumber"]
+                .as_str()
+                .unwrap()
+                .len(),
+            30
+        );
+        assert!(c.body.get("PrimaryEmailAddr").is_none(), "{}", c.body);
     }
 }

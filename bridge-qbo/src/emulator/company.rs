@@ -17,6 +17,24 @@ use super::clock;
 use super::fault::Fault;
 
 /// `(entity, id)` -> the entity's JSON.
+
+/// The longest top-level strings QBO keeps, by field, from its entity reference (the same
+/// limit in every entity that has the field); longer is refused with 2050.
+const LENGTHS_MAX: &[(&str, usize)] = &[
+    ("DocNumber", 21),
+    ("Name", 100),
+    ("Sku", 100),
+    ("DisplayName", 500),
+    ("GivenName", 100),
+    ("MiddleName", 100),
+    ("FamilyName", 100),
+    ("CompanyName", 100),
+    ("Title", 16),
+    ("Suffix", 16),
+    ("Notes", 2000),
+    ("Description", 4000),
+    ("PrivateNote", 4000),
+];
 const ENTITIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("entities");
 /// `(entity, id)` -> when it was deleted (ms), for CDC.
 const DELETED: TableDefinition<(&str, u64), i64> = TableDefinition::new("deleted");
@@ -636,6 +654,16 @@ impl Company {
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
         };
+        for (field, max) in LENGTHS_MAX {
+            if let Some(n) = obj
+                .get(*field)
+                .and_then(Value::as_str)
+                .map(|v| v.chars().count())
+                .filter(|n| n > max)
+            {
+                return Err(Fault::length(field, *max, n));
+            }
+        }
         match entity {
             "Customer" | "Vendor" | "Employee" => {
                 let display = text(obj, "DisplayName").or_else(|| {

@@ -41,6 +41,18 @@ impl Fault {
         )
     }
 
+    /// 2050: a string longer than QBO keeps for that field.
+    pub fn length(field: &str, max: usize, supplied: usize) -> Fault {
+        Fault::validation(
+            "String length is either shorter or longer than supported by specification",
+            format!(
+                "String length specified does not match the supported length. Min:0 Max:{max} supported. Supplied length:{supplied}"
+            ),
+            "2050",
+            Some(field),
+        )
+    }
+
     /// 6000: a business rule, in QBO's words.
     pub fn business(detail: impl Into<String>) -> Fault {
         Fault::validation(
