@@ -16,8 +16,6 @@ use serde_json::{Map, Value, json};
 use super::clock;
 use super::fault::Fault;
 
-/// `(entity, id)` -> the entity's JSON.
-
 /// The longest top-level strings QBO keeps, by field, from its entity reference (the same
 /// limit in every entity that has the field); longer is refused with 2050.
 const LENGTHS_MAX: &[(&str, usize)] = &[
@@ -35,6 +33,8 @@ const LENGTHS_MAX: &[(&str, usize)] = &[
     ("Description", 4000),
     ("PrivateNote", 4000),
 ];
+
+/// `(entity, id)` -> the entity's JSON.
 const ENTITIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("entities");
 /// `(entity, id)` -> when it was deleted (ms), for CDC.
 const DELETED: TableDefinition<(&str, u64), i64> = TableDefinition::new("deleted");
