@@ -387,6 +387,11 @@ async fn the_back_office_records_vendors_invoices_payments_and_expenses() {
             "longer than 21 characters",
         ),
         (
+            "/v1/expenses",
+            json!({"method": "cash", "lines": [{"description": "x", "account": "A".repeat(101), "amount_minor": 5}]}),
+            "longer than 100 characters",
+        ),
+        (
             "/v1/payments",
             json!({"customer_id": amy, "amount_minor": 0, "method": "cash"}),
             "amount",

@@ -321,6 +321,13 @@ pub(crate) fn invoice(
         })
     };
     let (subtotal, tax) = (sum(|l| l.net_minor)?, sum(|l| l.tax_minor)?);
+    if let Some(n) = &req.number
+        && n.chars().count() > INVOICE_NUMBER_CHARS_MAX
+    {
+        return Err(WriteError::BadRequest(format!(
+            "number: is longer than {INVOICE_NUMBER_CHARS_MAX} characters, the most QuickBooks keeps; choose a shorter one"
+        )));
+    }
     let currency = settings.currency;
     let id = new_doc_id(now);
     let invoice = Invoice {
@@ -373,6 +380,12 @@ pub(crate) fn payment(
     one(device, payment, s)
 }
 
+/// Limits of the accounting package's, enforced where a document is written (not in the
+/// schema, which also judges what other nodes wrote): a longer invoice number or account
+/// name would be refused when the bridge posts it, long after the customer has the invoice.
+const INVOICE_NUMBER_CHARS_MAX: usize = 21;
+const ACCOUNT_CHARS_MAX: usize = 100;
+
 pub(crate) fn expense(
     s: &Snapshot,
     device: &Device,
@@ -380,6 +393,17 @@ pub(crate) fn expense(
 ) -> Result<Prepared, WriteError> {
     if let Some(v) = req.vendor_id {
         s.typed::<Vendor>(&v, "vendor")?;
+    }
+    if let Some((i, l)) = req
+        .lines
+        .iter()
+        .enumerate()
+        .find(|(_, l)| l.account.chars().count() > ACCOUNT_CHARS_MAX)
+    {
+        return Err(WriteError::BadRequest(format!(
+            "lines[{i}].account: '{}' is longer than {ACCOUNT_CHARS_MAX} characters, the most QuickBooks keeps of an account's name; choose a shorter one",
+            l.account
+        )));
     }
     let currency = s.settings(device)?.currency;
     let total = req.lines.iter().try_fold(0i64, |a, l| {

@@ -32,10 +32,6 @@ pub enum InvoiceStatus {
     Voided,
 }
 
-/// QuickBooks keeps at most 21 characters of a document number; a longer one would be
-/// refused when the invoice is posted, long after the customer has it.
-pub const INVOICE_NUMBER_CHARS_MAX: usize = 21;
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Invoice {
     pub number: String,
@@ -56,14 +52,6 @@ impl Document for Invoice {
 
     fn validate(&self, settings: &Settings) -> Result<(), SchemaError> {
         check_text("number", &self.number, true)?;
-        if self.number.chars().count() > INVOICE_NUMBER_CHARS_MAX {
-            return Err(invalid(
-                "number",
-                format!(
-                    "is longer than {INVOICE_NUMBER_CHARS_MAX} characters (the most an accounting package such as QuickBooks keeps)"
-                ),
-            ));
-        }
         if self.lines.is_empty() || self.lines.len() > LINES_MAX {
             return Err(invalid(
                 "lines",

@@ -13,9 +13,7 @@ mod sale;
 mod settings;
 
 pub use catalog::{Product, StockAdjustment, StockLine};
-pub use finance::{
-    Expense, ExpenseLine, INVOICE_NUMBER_CHARS_MAX, Invoice, InvoiceLine, InvoiceStatus, Payment,
-};
+pub use finance::{Expense, ExpenseLine, Invoice, InvoiceLine, InvoiceStatus, Payment};
 pub use party::{Address, Customer, Party, Vendor};
 pub use sale::{
     LineInput, Refund, RefundLine, RefundLineInput, RefundRecord, RefundRecordLine, RingUp, Sale,
