@@ -62,9 +62,8 @@ impl Create {
             Find::Note { field, number, .. } if field == "DocNumber" => {
                 format!("{} {number} ({})", self.entity, self.key)
             }
-            Find::Note { field, number, .. } => {
-                format!("{} of {field} {number} ({})", self.entity, self.key)
-            }
+            // A payment is found by its date: `Payment of 2026-11-22 (01J…)`.
+            Find::Note { number, .. } => format!("{} of {number} ({})", self.entity, self.key),
         }
     }
 }

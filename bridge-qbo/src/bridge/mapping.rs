@@ -421,8 +421,8 @@ pub(super) fn item_create(sku: &str, name: &str, unit_minor: i64, income_account
 /// A customer or a vendor (QBO's names are unique across both, and employees).
 pub(super) fn party_create(entity: &str, id: DocId, p: &Party) -> Create {
     // The mesh keeps up to 500 characters of each; QBO refuses (2050) more than the lengths
-    // here. Descriptive fields are clipped rather than hold the customer back; the name, by
-    // which she is found, fits as it is.
+    // here. Descriptive fields are clipped, and an email too long to be real is left out,
+    // rather than hold the customer back; the name, by which she is found, fits as it is.
     let clip = |v: &str, n: usize| v.chars().take(n).collect::<String>();
     let mut body = json!({ "DisplayName": p.display_name });
     for (field, value, max) in [

@@ -64,6 +64,10 @@ impl Default for Options {
 #[derive(Debug, Clone, Serialize)]
 pub struct Failure {
     pub what: String,
+    /// The document's key in `bridge.redb` (its id, `item/<sku>`...), when it is one: a
+    /// later failure of it replaces this one, and its success clears it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     pub error: String,
     pub at_ms: u64,
 }
@@ -124,6 +128,8 @@ pub struct Bridge {
     pull_now: tokio::sync::Notify,
     verifier_token: Option<String>,
     outbox: push::Outbox,
+    /// What QBO refused last round (keys in `bridge.redb`): what names it goes last next round.
+    refused: std::sync::Mutex<std::collections::BTreeSet<String>>,
     pending: http::Pending,
 }
 
@@ -136,10 +142,12 @@ impl Bridge {
         realm: String,
         verifier_token: Option<String>,
     ) -> Bridge {
-        let conflicts = pull::conflicts_counted(&state);
+        // Only the status shows it: a store that cannot say starts the count again.
+        let conflicts = pull::conflicts_counted(&state).unwrap_or(0);
         Bridge {
             outbox: push::Outbox::watch(&repo),
             pending: Default::default(),
+            refused: Default::default(),
             pull_now: tokio::sync::Notify::new(),
             verifier_token,
             repo,
@@ -180,12 +188,18 @@ impl Bridge {
     }
 
     fn failed(&self, what: String, e: &QboError) {
+        self.failed_as(None, what, e);
+    }
+
+    fn failed_as(&self, key: Option<&str>, what: String, e: &QboError) {
         tracing::warn!(%what, error = %e, "QuickBooks did not take it yet");
         self.update(|s| {
             s.last_error = Some(format!("{what}: {e}"));
-            s.failures.retain(|f| f.what != what);
+            s.failures
+                .retain(|f| f.what != what && (key.is_none() || f.key.as_deref() != key));
             s.failures.push(Failure {
                 what,
+                key: key.map(str::to_owned),
                 error: e.to_string(),
                 at_ms: now_ms(),
             });
@@ -193,6 +207,11 @@ impl Bridge {
                 s.failures.remove(0);
             }
         });
+    }
+
+    /// A document QBO has taken: its earlier failure no longer stands.
+    fn resolved(&self, key: &str) {
+        self.update(|s| s.failures.retain(|f| f.key.as_deref() != Some(key)));
     }
 
     fn lapsed(&self, e: &QboError) {

@@ -192,18 +192,21 @@ impl Bridge {
         if !moved {
             return Ok(false);
         }
-        if let (Some(qbo), Some(till)) = (posted.total_minor, till_total)
-            && qbo != till.amount_minor
-            && ledger_total != Some(qbo)
-        {
-            tracing::info!(doc = %doc_id, till = till.amount_minor, qbo, "QuickBooks holds another total: it wins");
-            let conflicts = conflicts_counted(&self.state) + 1;
+        let conflict = match (posted.total_minor, till_total) {
+            (Some(qbo), Some(till)) => qbo != till.amount_minor && ledger_total != Some(qbo),
+            _ => false,
+        };
+        self.write_ledger(doc_id, ledger.as_ref(), &posted, currency, true)
+            .await?;
+        if conflict {
+            tracing::info!(doc = %doc_id, till = ?till_total, qbo = ?posted.total_minor, "QuickBooks holds another total: it wins");
+            // Counted once the ledger holds it: a write that fails is tried, and counted,
+            // again.
+            let conflicts = conflicts_counted(&self.state)? + 1;
             self.state
                 .set_note(CONFLICTS_NOTE, &conflicts.to_string())?;
             self.update(|s| s.conflicts = conflicts);
         }
-        self.write_ledger(doc_id, ledger.as_ref(), &posted, currency, true)
-            .await?;
         Ok(true)
     }
 
@@ -298,11 +301,11 @@ impl Bridge {
 /// Where the count of QuickBooks' overrides is kept, so the status's figure outlives a restart.
 const CONFLICTS_NOTE: &str = "conflicts";
 
-pub(super) fn conflicts_counted(state: &super::state::State) -> u64 {
-    state
-        .note(CONFLICTS_NOTE)
-        .ok()
-        .flatten()
+pub(super) fn conflicts_counted(
+    state: &super::state::State,
+) -> Result<u64, super::state::StateError> {
+    Ok(state
+        .note(CONFLICTS_NOTE)?
         .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0))
 }

@@ -6,7 +6,7 @@
 //! exists, payments last, then voids and the ledger write-backs. How each becomes a QBO
 //! object is [`super::mapping`]; how it is sent exactly once, [`super::intents`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 
 use serde_json::{Value, json};
@@ -211,7 +211,8 @@ impl Bridge {
     }
 
     fn read_work(&self, rescan: bool, docs: BTreeMap<DocId, DocType>) -> Result<Work, QboError> {
-        // Classified page by page: only what QBO lacks is held, not the whole store.
+        // Classified page by page: of the store's documents, only those QBO lacks are held
+        // (and the ids of all, to hand back if the round stops).
         let mut work = Work::default();
         if rescan {
             for t in POSTED_TYPES {
@@ -246,26 +247,39 @@ impl Bridge {
         work.invoices.sort_by_key(|(id, _)| *id);
         work.payments.sort_by_key(|(id, _)| *id);
         work.expenses.sort_by_key(|(id, _)| *id);
-        let mut room = self.options.round_transactions_max.max(1);
-        if work.sales.len()
-            + work.invoices.len()
-            + work.expenses.len()
-            + work.payments.len()
-            + work.refunds.len()
-            > room
-        {
-            self.ready_first(&mut work.sales, sale_refs)?;
-            self.ready_first(&mut work.invoices, |i| vec![i.customer_id.to_string()])?;
-            self.ready_first(&mut work.expenses, expense_refs)?;
-            self.ready_first(&mut work.payments, payment_refs)?;
-            self.ready_first(&mut work.refunds, refund_refs)?;
-        }
+        let room = self.options.round_transactions_max.max(1);
+        let lens = [
+            work.sales.len(),
+            work.invoices.len(),
+            work.expenses.len(),
+            work.payments.len(),
+            work.refunds.len(),
+        ];
+        let keep = if lens.iter().sum::<usize>() <= room {
+            lens
+        } else {
+            let refused = self.refused.lock().map(|r| r.clone()).unwrap_or_default();
+            let mut ranks = Ranks {
+                bridge: self,
+                refused,
+                posted: HashMap::new(),
+            };
+            let summary = self.options.summary_period.is_some();
+            let counts = [
+                ranks.sort(&mut work.sales, |s| Ok(sale_refs(s, summary)))?,
+                ranks.sort(&mut work.invoices, |i| self.invoice_refs(i))?,
+                ranks.sort(&mut work.expenses, |e| Ok(expense_refs(e)))?,
+                ranks.sort(&mut work.payments, |p| Ok(payment_refs(p)))?,
+                ranks.sort(&mut work.refunds, |r| Ok(refund_refs(r)))?,
+            ];
+            shares(&counts, room)
+        };
         let mut later = Vec::new();
-        spill(&mut work.sales, DocType::Sale, &mut room, &mut later);
-        spill(&mut work.invoices, DocType::Invoice, &mut room, &mut later);
-        spill(&mut work.expenses, DocType::Expense, &mut room, &mut later);
-        spill(&mut work.payments, DocType::Payment, &mut room, &mut later);
-        spill(&mut work.refunds, DocType::Refund, &mut room, &mut later);
+        spill(&mut work.sales, DocType::Sale, keep[0], &mut later);
+        spill(&mut work.invoices, DocType::Invoice, keep[1], &mut later);
+        spill(&mut work.expenses, DocType::Expense, keep[2], &mut later);
+        spill(&mut work.payments, DocType::Payment, keep[3], &mut later);
+        spill(&mut work.refunds, DocType::Refund, keep[4], &mut later);
         for (id, _) in &later {
             work.seen.remove(id);
         }
@@ -274,33 +288,15 @@ impl Bridge {
         Ok(work)
     }
 
-    /// Puts first the transactions whose references QBO holds already, keeping age order
-    /// within each group. Otherwise a round's worth of sales waiting on a customer or item QBO
-    /// refuses would fill every round, and nothing behind them would ever go.
-    fn ready_first<T>(
-        &self,
-        docs: &mut Vec<(DocId, T)>,
-        refs: impl Fn(&T) -> Vec<String>,
-    ) -> Result<(), QboError> {
-        let mut ready = Vec::with_capacity(docs.len());
-        let mut waiting = Vec::new();
-        for (id, doc) in std::mem::take(docs) {
-            let mut held = true;
-            for key in refs(&doc) {
-                if self.state.posted(&key)?.is_none() {
-                    held = false;
-                    break;
-                }
-            }
-            if held {
-                ready.push((id, doc));
-            } else {
-                waiting.push((id, doc));
+    /// What an invoice names: its customer, and the items of its catalogue lines.
+    fn invoice_refs(&self, i: &Invoice) -> Result<Vec<String>, QboError> {
+        let mut refs = vec![i.customer_id.to_string()];
+        for pid in i.lines.iter().filter_map(|l| l.product_id) {
+            if let Some(p) = self.repo.get::<Product>(&pid).map_err(store)? {
+                refs.push(item_key(&p.sku));
             }
         }
-        ready.append(&mut waiting);
-        *docs = ready;
-        Ok(())
+        Ok(refs)
     }
 
     /// Keeps a document in the round's work if QBO lacks it, or its ledger lacks QBO's id.
@@ -490,7 +486,7 @@ impl Bridge {
             self.summaries(&work.sales, period, round, &mut creates)?;
         } else {
             for (id, s) in &work.sales {
-                if self.ready(*id, sale_refs(s), round)? {
+                if self.ready(*id, sale_refs(s, false), round)? {
                     creates.push(self.receipt_create(*id, s)?);
                 }
             }
@@ -616,6 +612,9 @@ impl Bridge {
             self.link(id, &id.to_string(), ledger, currency, round)
                 .await?;
         }
+        if let Ok(mut refused) = self.refused.lock() {
+            *refused = std::mem::take(&mut round.missing);
+        }
         let posted_total = self.state.posted_count()?;
         let (made, waiting) = (round.made, round.unfinished.len() + work.later);
         self.update(|s| {
@@ -653,9 +652,12 @@ impl Bridge {
     async fn create_noting(&self, creates: Vec<Create>, round: &mut Round) -> Result<(), QboError> {
         for (c, outcome) in self.create_all(creates).await? {
             match outcome {
-                Ok(_) => round.made += 1,
+                Ok(_) => {
+                    self.resolved(&c.key);
+                    round.made += 1;
+                }
                 Err(e) => {
-                    self.failed(c.label(), &e);
+                    self.failed_as(Some(&c.key), c.label(), &e);
                     round.missing.insert(c.key);
                 }
             }
@@ -771,10 +773,11 @@ impl Bridge {
     }
 }
 
-/// Keeps the first `room` of a round's transactions and puts the rest aside.
-/// What a transaction names, by its key in `bridge.redb`: QBO must hold these first.
-fn sale_refs(s: &Sale) -> Vec<String> {
+/// What a transaction names, by its key in `bridge.redb`: QBO must hold these first. A
+/// summary names items only (its sales' customers are not its).
+fn sale_refs(s: &Sale, summary: bool) -> Vec<String> {
     s.customer_id
+        .filter(|_| !summary)
         .map(|c| c.to_string())
         .into_iter()
         .chain(s.lines.iter().map(|l| item_key(&l.sku)))
@@ -799,17 +802,99 @@ fn refund_refs(r: &Refund) -> Vec<String> {
     r.lines.iter().map(|l| item_key(&l.sku)).collect()
 }
 
+/// How soon a transaction can go, when a backlog is more than a round takes: what it names
+/// is all in QBO (0), some of it is yet to be tried (1), or QBO refused some of it last round
+/// (2). Rounds take the lower ranks of every kind first, so transactions waiting on a refusal
+/// never crowd out the rest, and one whose reference is new still gets that reference made.
+const RANKS: usize = 3;
+
+struct Ranks<'a> {
+    bridge: &'a Bridge,
+    refused: BTreeSet<String>,
+    /// Whether QBO holds a key, looked up once a round: references repeat across sales.
+    posted: HashMap<String, bool>,
+}
+
+impl Ranks<'_> {
+    /// Orders `docs` by rank (oldest first within one) and counts each rank.
+    fn sort<T>(
+        &mut self,
+        docs: &mut Vec<(DocId, T)>,
+        refs: impl Fn(&T) -> Result<Vec<String>, QboError>,
+    ) -> Result<[usize; RANKS], QboError> {
+        let mut ranked = Vec::with_capacity(docs.len());
+        for (id, doc) in std::mem::take(docs) {
+            let mut rank = 0;
+            for key in refs(&doc)? {
+                if self.refused.contains(&key) {
+                    rank = 2;
+                    break;
+                }
+                let held = match self.posted.get(&key) {
+                    Some(held) => *held,
+                    None => {
+                        let held = self.bridge.state.posted(&key)?.is_some();
+                        self.posted.insert(key, held);
+                        held
+                    }
+                };
+                if !held {
+                    rank = 1;
+                }
+            }
+            ranked.push((rank, id, doc));
+        }
+        // Stable: age order holds within a rank.
+        ranked.sort_by_key(|(rank, _, _)| *rank);
+        let mut counts = [0; RANKS];
+        for (rank, id, doc) in ranked {
+            counts[rank] += 1;
+            docs.push((id, doc));
+        }
+        Ok(counts)
+    }
+}
+
+/// How many of each kind a round keeps: every kind's rank 0 first, then rank 1, then 2,
+/// until `room` runs out. Each count is a prefix of its kind's ranked list.
+fn shares<const N: usize>(counts: &[[usize; RANKS]; N], mut room: usize) -> [usize; N] {
+    let mut keep = [0; N];
+    for rank in 0..RANKS {
+        for (k, c) in keep.iter_mut().zip(counts) {
+            let take = c[rank].min(room);
+            *k += take;
+            room -= take;
+        }
+    }
+    keep
+}
+
+/// Keeps the first `keep` of a kind's transactions and puts the rest aside for later rounds.
 fn spill<T>(
     docs: &mut Vec<(DocId, T)>,
     doc_type: DocType,
-    room: &mut usize,
+    keep: usize,
     later: &mut Vec<(DocId, DocType)>,
 ) {
-    let keep = docs.len().min(*room);
-    *room -= keep;
+    let keep = keep.min(docs.len());
     later.extend(docs.drain(keep..).map(|(id, _)| (id, doc_type)));
 }
 
 fn store(e: tillmesh_node::repo::ReadError) -> QboError {
     QboError::Unavailable(format!("reading the store: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_takes_every_kinds_lower_ranks_first() {
+        // Sales: 5 ready, 0 untried, 9 behind a refusal; expenses: 0, 2, 0.
+        let counts = [[5, 0, 9], [0, 2, 0]];
+        assert_eq!(shares(&counts, 3), [3, 0]);
+        assert_eq!(shares(&counts, 6), [5, 1]);
+        assert_eq!(shares(&counts, 8), [6, 2]);
+        assert_eq!(shares(&counts, 100), [14, 2]);
+    }
 }

@@ -19,6 +19,8 @@ const POSTED: TableDefinition<&str, &[u8]> = TableDefinition::new("posted");
 /// QBO's objects back to their keys in `posted` (`Entity/Id` → key), for the pull. Sales in a
 /// summary share its receipt and are left out: the summary's own key is listed.
 const BY_QBO: TableDefinition<&str, &str> = TableDefinition::new("by_qbo");
+/// In `notes` once `by_qbo` holds everything in `posted`.
+const BY_QBO_NOTE: &str = "by_qbo_indexed";
 /// Plain counters and times: last pull, pushes, failures.
 const NOTES: TableDefinition<&str, &[u8]> = TableDefinition::new("notes");
 /// Batch `requestid` -> the creates it carries (sealed JSON: names and amounts), written
@@ -110,11 +112,17 @@ fn insert_posted(tx: &WriteTransaction, key: &str, p: &Posted) -> Result<(), Sta
 }
 
 fn index_posted(tx: &WriteTransaction, key: &str, p: &Posted) -> Result<(), StateError> {
-    if p.summary.is_none() && !p.qbo_id.is_empty() {
+    if indexed_posted(p) {
         tx.open_table(BY_QBO)?
             .insert(qbo_key(&p.entity, &p.qbo_id).as_str(), key)?;
     }
     Ok(())
+}
+
+/// A sale in a summary shares its receipt (the summary's key stands for it), and a sale
+/// voided before its summary has nothing in QBO.
+fn indexed_posted(p: &Posted) -> bool {
+    p.summary.is_none() && !p.qbo_id.is_empty()
 }
 
 pub struct State {
@@ -130,16 +138,20 @@ impl State {
         tx.open_table(POSTED)?;
         tx.open_table(NOTES)?;
         tx.open_table(INTENTS)?;
-        // A store from before the index: build it once from what is posted.
-        if tx.open_table(BY_QBO)?.is_empty()? {
-            let mut records = Vec::new();
-            for item in tx.open_table(POSTED)?.iter()? {
+        // A store written before the index (development builds only): index what is posted,
+        // once; the note says it is done.
+        let indexed = tx.open_table(NOTES)?.get(BY_QBO_NOTE)?.is_some();
+        if !indexed {
+            let posted = tx.open_table(POSTED)?;
+            let mut index = tx.open_table(BY_QBO)?;
+            for item in posted.iter()? {
                 let (k, v) = item?;
-                records.push((k.value().to_owned(), serde_json::from_slice(v.value())?));
+                let p: Posted = serde_json::from_slice(v.value())?;
+                if indexed_posted(&p) {
+                    index.insert(qbo_key(&p.entity, &p.qbo_id).as_str(), k.value())?;
+                }
             }
-            for (key, p) in &records {
-                index_posted(&tx, key, p)?;
-            }
+            tx.open_table(NOTES)?.insert(BY_QBO_NOTE, "1".as_bytes())?;
         }
         tx.commit()?;
         Ok(State { db, sealer })
@@ -360,6 +372,7 @@ mod tests {
         let db = Database::create(dir.path().join("bridge.redb")).unwrap();
         let tx = db.begin_write().unwrap();
         tx.delete_table(BY_QBO).unwrap();
+        tx.open_table(NOTES).unwrap().remove(BY_QBO_NOTE).unwrap();
         tx.commit().unwrap();
         drop(db);
         let state = State::open(dir.path(), sealer).unwrap();

@@ -16,8 +16,9 @@ use serde_json::{Map, Value, json};
 use super::clock;
 use super::fault::Fault;
 
-/// The longest top-level strings QBO keeps, by field, from its entity reference (the same
-/// limit in every entity that has the field); longer is refused with 2050.
+/// The longest top-level strings QBO keeps, by field, from its entity reference for the
+/// entities a shop's books use (Customer, Vendor, Item, Account and the transactions); longer
+/// is refused with 2050. Some rarer entities keep less (a Term's `Name`, 31): not modelled.
 const LENGTHS_MAX: &[(&str, usize)] = &[
     ("DocNumber", 21),
     ("Name", 100),
