@@ -207,6 +207,14 @@ fn sales_of(repo: &Repo) -> Vec<Sale> {
         .collect()
 }
 
+/// What `tillmesh-bridge` last wrote to `DIR/bridge-status.json` (null before it has).
+fn bridge_status(dir: &Path) -> Value {
+    std::fs::read_to_string(dir.join("bridge-status.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .unwrap_or(Value::Null)
+}
+
 async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
     let started = Instant::now();
     while !f().await {
@@ -344,12 +352,7 @@ async fn sales_reach_quickbooks_exactly_once_and_quickbooks_wins_on_money() {
     })
     .await;
     // QuickBooks notifies the bridge of changes; a forged notification is refused.
-    let status = |dir: &Path| {
-        std::fs::read_to_string(dir.join("bridge-status.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .unwrap_or(Value::Null)
-    };
+    let status = bridge_status;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     wait_until("the bridge's endpoint", || async {
         match status(&dir)["http"].as_str() {
@@ -473,12 +476,7 @@ async fn faults(settings: Settings, n: usize, batch: u16, storm: bool) {
         .await
         .unwrap();
     let sales = sales_of(&owner);
-    let status = |dir: &Path| {
-        std::fs::read_to_string(dir.join("bridge-status.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .unwrap_or(Value::Null)
-    };
+    let status = bridge_status;
     wait_until(
         "the bridge to empty its outbox despite the faults",
         || async {
@@ -763,7 +761,7 @@ async fn sales_quickbooks_cannot_take_hold_back_only_themselves() {
         books.receipts().await.len() == 2 && books.all("Purchase").await.len() == 1
     })
     .await;
-    let status = std::fs::read_to_string(dir.join("bridge-status.json")).unwrap();
+    let status = bridge_status(&dir).to_string();
     assert!(
         status.contains("Customer 'Dee's Deli' (")
             && status.contains("named 'Dee's Deli'; rename one of them"),
@@ -781,10 +779,7 @@ async fn sales_quickbooks_cannot_take_hold_back_only_themselves() {
     })
     .await;
     wait_until("her failure cleared from the status", || async {
-        let status: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("bridge-status.json")).unwrap())
-                .unwrap();
-        !status["failures"]
+        !bridge_status(&dir)["failures"]
             .to_string()
             .contains("rename one of them")
     })
