@@ -5,7 +5,6 @@
 //! back to the till.
 
 use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -20,14 +19,14 @@ use tillmesh_protocol::{Currency, DocType};
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 mod support;
-use support::{join_and_connect, spawn_bridge_with};
+use support::{Running, join_and_connect, spawn_bridge_with};
 
-fn spawn_bridge(dir: &Path) -> Child {
+fn spawn_bridge(dir: &Path) -> Running {
     spawn_bridge_batching(dir, 30)
 }
 
 /// `batch`: creates per batch request; 1 posts one by one.
-fn spawn_bridge_batching(dir: &Path, batch: u16) -> Child {
+fn spawn_bridge_batching(dir: &Path, batch: u16) -> Running {
     spawn_bridge_with(dir, &["--batch", &batch.to_string()])
 }
 

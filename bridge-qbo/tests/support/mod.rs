@@ -59,9 +59,33 @@ pub async fn join_and_connect(network: &Network, ends: &Endpoints, dir: &Path) {
     );
 }
 
+/// A running `tillmesh-bridge`, killed when dropped: a test that fails part-way leaves no
+/// bridge process behind.
+pub struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `tillmesh-bridge run` on loopback (no mDNS), with `extra` flags.
-pub fn spawn_bridge_with(dir: &Path, extra: &[&str]) -> Child {
-    Process::new(BRIDGE)
+pub fn spawn_bridge_with(dir: &Path, extra: &[&str]) -> Running {
+    let child = Process::new(BRIDGE)
         .arg("--data")
         .arg(dir)
         .args([
@@ -79,5 +103,6 @@ pub fn spawn_bridge_with(dir: &Path, extra: &[&str]) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("tillmesh-bridge starts")
+        .expect("tillmesh-bridge starts");
+    Running(child)
 }
