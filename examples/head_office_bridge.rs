@@ -15,12 +15,12 @@ use serde_json::{Value, json};
 use tillmesh_bridge_qbo::bridge::client::Qbo;
 use tillmesh_bridge_qbo::bridge::state::State;
 use tillmesh_bridge_qbo::bridge::{Bridge, connect};
-use tillmesh_bridge_qbo::emulator::{self, Config, Settings};
 use tillmesh_node::Repo;
 use tillmesh_node::net::{self, NetConfig, invite::Invite, join};
 use tillmesh_node::repo::Command;
 use tillmesh_protocol::schema::Sale;
 use tillmesh_protocol::{Currency, DeviceKey, DocType, Role};
+use tillmesh_qbo_emulator::{self as emulator, Config, Settings};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -60,6 +60,8 @@ async fn main() -> anyhow::Result<()> {
     let config = Config {
         data: root.path().join("qbo"),
         settings: Settings::default(),
+        currency: None,
+        tls: true,
     };
     let (qbo, _emu) = emulator::start(listener, config, forever()).await?;
     println!(
@@ -110,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
         client_id: qbo.client_id.clone(),
         client_secret: qbo.client_secret.clone(),
         verifier_token: Some(qbo.verifier_token.clone()),
+        ca_file: qbo.ca_file.clone(),
     })
     .await?;
     let state = Arc::new(State::open(&bridge_dir, bridge_repo.sealer())?);
@@ -117,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
     state.set_tokens(&tokens)?;
     let realm = conn.realm_id.clone();
     println!("bridge: connected to QuickBooks company {realm}");
-    let client = Qbo::new(conn, tokens, state.clone());
+    let client = Qbo::new(conn, tokens, state.clone())?;
     let bridge = Arc::new(Bridge::new(
         bridge_repo.clone(),
         client,
@@ -159,10 +162,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // An accountant corrects one receipt's amount in QuickBooks; the till shows QuickBooks'.
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
+    let http = qbo.client();
     let target = sales(&till).remove(0);
     let qbo_id = target
         .ledger

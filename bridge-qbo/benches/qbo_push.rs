@@ -13,12 +13,12 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tillmesh_bridge_qbo::emulator::{self, Config, Settings};
 use tillmesh_node::Repo;
 use tillmesh_node::net::{self, NetConfig};
 use tillmesh_node::repo::Command;
 use tillmesh_node::repo::requests::{NewProduct, NewSale};
 use tillmesh_protocol::Currency;
+use tillmesh_qbo_emulator::{self as emulator, Config, Settings};
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -53,6 +53,8 @@ async fn main() {
         Config {
             data: tmp.path().join("qbo"),
             settings: settings.clone(),
+            currency: None,
+            tls: true,
         },
         std::future::pending(),
     )
@@ -93,7 +95,7 @@ async fn main() {
     .unwrap();
     let dir = tmp.path().join("bridge");
     support::join_and_connect(&network, &ends, &dir).await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = ends.client();
     let counters = || async {
         let v: Value = http
             .get(format!("{}/admin/config", ends.base_url))

@@ -8,13 +8,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tillmesh_bridge_qbo::emulator::{self, Config, Endpoints, Settings};
 use tillmesh_node::Repo;
 use tillmesh_node::net::{self, NetConfig};
 use tillmesh_node::repo::Command;
 use tillmesh_node::repo::requests::{NewProduct, NewSale};
 use tillmesh_protocol::schema::Sale;
 use tillmesh_protocol::{Currency, DocType};
+use tillmesh_qbo_emulator::{self as emulator, Config, Endpoints, Settings};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -39,11 +39,7 @@ struct Books {
 
 impl Books {
     async fn new(ends: Endpoints) -> Books {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
+        let http = ends.client();
         let resp = http
             .get(format!(
                 "{}?client_id={}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb&response_type=code&scope=x&state=s",
@@ -138,7 +134,7 @@ impl Books {
     }
 }
 
-use tillmesh_bridge_qbo::urlenc::encode as enc;
+use tillmesh_bridge_qbo::bridge::client::enc;
 
 async fn sell(repo: &Repo, n: usize) {
     for i in 0..n {
@@ -241,6 +237,8 @@ async fn shop(settings: Settings) -> Shop {
         Config {
             data: tmp.path().join("qbo"),
             settings,
+            currency: None,
+            tls: true,
         },
         std::future::pending(),
     )
@@ -469,7 +467,7 @@ async fn faults(settings: Settings, n: usize, batch: u16, storm: bool) {
     let mut child = spawn_bridge_batching(&dir, batch);
     // Halfway, every access token expires: the bridge refreshes and carries on.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = ends.client();
     http.post(format!("{}/admin/expire-tokens", ends.base_url))
         .send()
         .await

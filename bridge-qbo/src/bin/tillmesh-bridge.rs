@@ -43,17 +43,28 @@ enum Cmd {
         qbo_base: String,
         #[arg(long)]
         client_id: String,
-        #[arg(long)]
-        client_secret: String,
+        /// The app's client secret. Kept off the command line, where `ps` shows it: from
+        /// QBO_CLIENT_SECRET, or the first line of --client-secret-file.
+        #[arg(long, env = "QBO_CLIENT_SECRET", hide_env_values = true)]
+        client_secret: Option<String>,
+        #[arg(long, conflicts_with = "client_secret")]
+        client_secret_file: Option<PathBuf>,
         /// Intuit's authorize page; the emulator's (`<base>/connect/oauth2`) by default.
         #[arg(long)]
         authorize_url: Option<String>,
         /// Intuit's token endpoint; the emulator's (`<base>/oauth2/v1/tokens/bearer`) by default.
         #[arg(long)]
         token_url: Option<String>,
-        /// The app's webhook verifier token: notifications are checked against it.
-        #[arg(long)]
+        /// The app's webhook verifier token (notifications are checked against it): from
+        /// QBO_VERIFIER_TOKEN, or the first line of --verifier-token-file.
+        #[arg(long, env = "QBO_VERIFIER_TOKEN", hide_env_values = true)]
         verifier_token: Option<String>,
+        #[arg(long, conflicts_with = "verifier_token")]
+        verifier_token_file: Option<PathBuf>,
+        /// Trust this CA (PEM) beside the platform's roots: the emulator's `ca_file`, or a
+        /// company proxy's. Kept with the connection for `run`.
+        #[arg(long)]
+        qbo_ca: Option<PathBuf>,
     },
     /// Run the node and the bridge until stopped.
     Run {
@@ -63,6 +74,10 @@ enum Cmd {
         /// notifies), `GET /connect` and `GET /v1/bridge` (also on `--api`).
         #[arg(long, default_value = "127.0.0.1:7441")]
         http: SocketAddr,
+        /// Trust this CA (PEM) beside the platform's roots, instead of the one given to
+        /// `connect`.
+        #[arg(long)]
+        qbo_ca: Option<PathBuf>,
         /// Creates per QBO batch request (QBO takes at most 30); 1 posts one by one.
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..=30))]
         batch: u16,
@@ -128,10 +143,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             qbo_base,
             client_id,
             client_secret,
+            client_secret_file,
             authorize_url,
             token_url,
             verifier_token,
+            verifier_token_file,
+            qbo_ca,
         } => {
+            let client_secret = secret(client_secret, client_secret_file.as_deref())?.context(
+                "say the app's client secret: set QBO_CLIENT_SECRET, or --client-secret-file FILE",
+            )?;
+            let verifier_token = secret(verifier_token, verifier_token_file.as_deref())?;
             let base = qbo_base.trim_end_matches('/').to_owned();
             let app = connect::App {
                 authorize_url: authorize_url.unwrap_or_else(|| format!("{base}/connect/oauth2")),
@@ -140,6 +162,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 client_id,
                 client_secret,
                 verifier_token,
+                ca_file: qbo_ca.map(absolute).transpose()?,
             };
             let repo = Repo::open_with(&data, &keys)?;
             let (conn, tokens) = connect::connect(&app).await?;
@@ -157,7 +180,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             daily_summary,
             summary_period_s,
             round,
+            qbo_ca,
         } => {
+            let qbo_ca = qbo_ca.map(absolute).transpose()?;
             let options = Options {
                 batch_items_max: batch.into(),
                 summary_period: summary_period_s
@@ -170,7 +195,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {http}; choose another --http"))?;
             let beside: tillmesh_node::cli::Beside = Box::new(move |repo, stop| {
-                let bridge = match start(&dir, repo) {
+                let bridge = match start(&dir, repo, qbo_ca.clone()) {
                     Ok(b) => Arc::new(b.with_options(options)),
                     Err(e) => {
                         // The node runs on (it still syncs); the bridge says why it does not.
@@ -205,9 +230,34 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn start(dir: &Path, repo: Repo) -> anyhow::Result<Bridge> {
+/// A secret given in the environment (clap reads it into `value`) or on a file's first line.
+fn secret(value: Option<String>, file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    match (value, file) {
+        (Some(v), _) => Ok(Some(v)),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the secret in {}", path.display()))?;
+            let line = text.lines().next().unwrap_or("").trim().to_owned();
+            if line.is_empty() {
+                bail!(
+                    "{} is empty: put the secret on its first line",
+                    path.display()
+                );
+            }
+            Ok(Some(line))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// The CA file as an absolute path: `run` may start from another folder than `connect`.
+fn absolute(path: PathBuf) -> anyhow::Result<PathBuf> {
+    std::path::absolute(&path).with_context(|| format!("--qbo-ca {}", path.display()))
+}
+
+fn start(dir: &Path, repo: Repo, qbo_ca: Option<PathBuf>) -> anyhow::Result<Bridge> {
     let state = Arc::new(State::open(dir, repo.sealer())?);
-    let Some(conn) = state.connection()? else {
+    let Some(mut conn) = state.connection()? else {
         bail!(
             "not connected to QuickBooks yet: run `tillmesh-bridge connect --data {}` first",
             dir.display()
@@ -218,7 +268,10 @@ fn start(dir: &Path, repo: Repo) -> anyhow::Result<Bridge> {
         .context("no QuickBooks tokens: run `tillmesh-bridge connect` again")?;
     let realm = conn.realm_id.clone();
     let verifier = conn.verifier_token.clone();
-    let qbo = Qbo::new(conn, tokens, state.clone());
+    if qbo_ca.is_some() {
+        conn.ca_file = qbo_ca;
+    }
+    let qbo = Qbo::new(conn, tokens, state.clone())?;
     Ok(Bridge::new(repo, qbo, state, dir, realm, verifier))
 }
 

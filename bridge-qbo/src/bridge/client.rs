@@ -13,6 +13,7 @@ use serde_json::Value;
 use tokio::sync::{Mutex, Semaphore};
 
 use super::state::{Connection, State, Tokens};
+use super::transport::{self, TransportError, check_url};
 
 /// Intuit's limits per realm; the client keeps a little under them.
 pub const REQUESTS_PER_MINUTE: usize = 500;
@@ -44,6 +45,11 @@ pub enum QboError {
     /// QuickBooks is unavailable or throttling beyond the retries; nothing happened.
     #[error("QuickBooks is unavailable: {0}")]
     Unavailable(String),
+    /// The QuickBooks company keeps its books in another currency than the mesh.
+    #[error(
+        "the QuickBooks company keeps its books in {qbo} and the mesh in {mesh}: nothing is posted, since every amount would be booked in the wrong currency; connect the bridge to a {mesh} company"
+    )]
+    Currency { qbo: String, mesh: String },
     #[error("the bridge's store failed: {0}")]
     State(#[from] super::state::StateError),
 }
@@ -149,7 +155,16 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-pub use crate::urlenc::encode as enc;
+/// Everything but RFC 3986's unreserved characters is escaped (queries, OAuth forms).
+const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+pub fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, ESCAPED).to_string()
+}
 
 /// The token endpoint's answer, turned into what the bridge stores.
 pub fn tokens_from(answer: &Value) -> Option<Tokens> {
@@ -163,13 +178,13 @@ pub fn tokens_from(answer: &Value) -> Option<Tokens> {
 }
 
 impl Qbo {
-    pub fn new(conn: Connection, tokens: Tokens, state: Arc<State>) -> Qbo {
-        Qbo {
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(REQUEST_TIMEOUT)
-                .build()
-                .expect("an HTTP client"),
+    /// A client for the connection's realm; refuses plain HTTP to anywhere but loopback,
+    /// and a CA file it cannot use.
+    pub fn new(conn: Connection, tokens: Tokens, state: Arc<State>) -> Result<Qbo, TransportError> {
+        check_url("the QuickBooks API", &conn.base_url)?;
+        check_url("the token endpoint", &conn.token_url)?;
+        Ok(Qbo {
+            http: transport::client(conn.ca_file.as_deref(), REQUEST_TIMEOUT)?,
             conn,
             state,
             tokens: Mutex::new(tokens),
@@ -181,7 +196,7 @@ impl Qbo {
             }),
             in_flight: Semaphore::new(CONCURRENT_MAX),
             stats: Default::default(),
-        }
+        })
     }
 
     /// Takes tokens from a new connection (the connect page), stored first.

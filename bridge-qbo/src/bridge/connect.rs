@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::client::{enc, tokens_from};
 use super::state::{Connection, Tokens};
+use super::transport::{self, check_url};
 
 /// How long to wait for a person to approve in a browser.
 const CONSENT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -28,6 +29,8 @@ pub enum ConnectError {
     Redirect(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Transport(#[from] super::transport::TransportError),
 }
 
 /// Where to find Intuit's (or the emulator's) endpoints, and who the app is.
@@ -38,13 +41,12 @@ pub struct App {
     pub client_id: String,
     pub client_secret: String,
     pub verifier_token: Option<String>,
+    /// One more root to trust (`--qbo-ca`): the emulator's CA, or a company proxy's.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 fn param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == name).then(|| crate::urlenc::decode(v))
-    })
+    form_urlencoded::parse(query.as_bytes()).find_map(|(k, v)| (k == name).then(|| v.into_owned()))
 }
 
 /// A fresh `state` for one authorization: it ties the redirect to the request.
@@ -66,13 +68,14 @@ pub fn authorize_link(app: &App, redirect: &str, state: &str) -> String {
     )
 }
 
-fn http_client() -> Result<reqwest::Client, ConnectError> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| ConnectError::Io(std::io::Error::other(e.to_string())))
+fn http_client(app: &App) -> Result<reqwest::Client, ConnectError> {
+    check_url("the QuickBooks API", &app.base_url)?;
+    check_url("the authorize page", &app.authorize_url)?;
+    check_url("the token endpoint", &app.token_url)?;
+    Ok(transport::client(
+        app.ca_file.as_deref(),
+        Duration::from_secs(30),
+    )?)
 }
 
 /// Runs the flow; returns the connection and the first tokens.
@@ -81,7 +84,7 @@ pub async fn connect(app: &App) -> Result<(Connection, Tokens), ConnectError> {
     let redirect = format!("http://{}/callback", listener.local_addr()?);
     let state = new_state()?;
     let url = authorize_link(app, &redirect, &state);
-    let http = http_client()?;
+    let http = http_client(app)?;
     let unreachable = |e: reqwest::Error| ConnectError::Unreachable {
         url: app.authorize_url.clone(),
         detail: e.to_string(),
@@ -137,7 +140,7 @@ pub async fn finish(
     let code = param(query, "code").ok_or_else(|| ConnectError::Redirect("no code".into()))?;
     let realm =
         param(query, "realmId").ok_or_else(|| ConnectError::Redirect("no realmId".into()))?;
-    let resp = http_client()?
+    let resp = http_client(app)?
         .post(&app.token_url)
         .basic_auth(&app.client_id, Some(&app.client_secret))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -171,6 +174,7 @@ pub async fn finish(
             client_id: app.client_id.clone(),
             client_secret: app.client_secret.clone(),
             verifier_token: app.verifier_token.clone(),
+            ca_file: app.ca_file.clone(),
         },
         tokens,
     ))
@@ -189,6 +193,7 @@ impl App {
             client_id: c.client_id.clone(),
             client_secret: c.client_secret.clone(),
             verifier_token: c.verifier_token.clone(),
+            ca_file: c.ca_file.clone(),
         }
     }
 }

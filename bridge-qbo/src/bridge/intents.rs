@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::client::QboError;
 use super::state::Posted;
-use super::{Bridge, minor, now_ms, quoted};
+use super::{Bridge, amounts, now_ms, quoted};
 
 /// Batches, or single creates, in flight at once; the client's own cap is the hard limit.
 const BATCHES_IN_FLIGHT: usize = 4;
@@ -206,14 +206,16 @@ impl Bridge {
         for (i, c) in intent.creates.iter().enumerate() {
             let bid = i.to_string();
             let outcome = match answers.iter().find(|a| a["bId"] == bid.as_str()) {
-                Some(a) if a[&c.entity].is_object() => posted_from(c, &a[&c.entity]),
+                Some(a) if a[&c.entity].is_object() => {
+                    posted_from(c, &a[&c.entity], self.books().currency)
+                }
                 // A name taken already is the object: found, not failed.
                 Some(a) if a["Fault"]["Error"][0]["code"] == "6240" => {
                     let found = self.find_one(c).await?;
                     if found.is_null() {
                         Err(name_taken(c))
                     } else {
-                        posted_from(c, &found)
+                        posted_from(c, &found, self.books().currency)
                     }
                 }
                 Some(a) if a["Fault"].is_object() => Err(fault_of(&a["Fault"])),
@@ -262,7 +264,12 @@ impl Bridge {
         let outcomes: Vec<Outcome> = intent
             .creates
             .iter()
-            .map(|c| (c.clone(), posted_from(c, &found[&c.key])))
+            .map(|c| {
+                (
+                    c.clone(),
+                    posted_from(c, &found[&c.key], self.books().currency),
+                )
+            })
             .collect();
         self.state.finish_intent(rid, &records(&outcomes))?;
         Ok(outcomes)
@@ -366,7 +373,12 @@ impl Bridge {
     }
 }
 
-pub(super) fn posted_from(c: &Create, made: &Value) -> Result<Posted, QboError> {
+pub(super) fn posted_from(
+    c: &Create,
+    made: &Value,
+    currency: tillmesh_protocol::Currency,
+) -> Result<Posted, QboError> {
+    let minor = |v: &Value| amounts::from_qbo(v, currency);
     let qbo_id = made["Id"].as_str().ok_or_else(|| {
         QboError::Unavailable(format!("QuickBooks has no {} for {}", c.entity, c.key))
     })?;

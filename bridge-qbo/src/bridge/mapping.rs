@@ -14,7 +14,7 @@ use tillmesh_protocol::schema::{Expense, Invoice, Party, Payment, Refund, Sale};
 
 use super::client::QboError;
 use super::intents::{Create, Find};
-use super::{Bridge, date, major};
+use super::{Bridge, amounts, dates};
 
 /// QBO's longest `DocNumber`.
 pub(super) const DOC_NUMBER_CHARS_MAX: usize = 21;
@@ -26,13 +26,13 @@ impl Bridge {
         for l in &sale.lines {
             let item = self.item_id(&l.sku)?;
             lines.push(json!({
-                "Amount": major(l.net_minor),
+                "Amount": self.amount(l.net_minor),
                 "Description": l.name,
                 "DetailType": "SalesItemLineDetail",
                 "SalesItemLineDetail": {
                     "ItemRef": {"value": item},
                     "Qty": l.qty,
-                    "UnitPrice": major(l.unit_price_minor),
+                    "UnitPrice": self.amount(l.unit_price_minor),
                     "TaxCodeRef": {"value": if l.tax_minor != 0 { "TAX" } else { "NON" }},
                 },
             }));
@@ -40,10 +40,10 @@ impl Bridge {
         let note = format!("tillmesh sale {id}");
         let mut body = json!({
             "DocNumber": sale.receipt_number,
-            "TxnDate": date(sale.created_at_ms as i64),
+            "TxnDate": self.date(sale.created_at_ms),
             "PrivateNote": note,
             "Line": lines,
-            "TxnTaxDetail": {"TotalTax": major(sale.tax.amount_minor)},
+            "TxnTaxDetail": {"TotalTax": self.amount(sale.tax.amount_minor)},
         });
         if let Some(customer) = sale.customer_id {
             body["CustomerRef"] = json!({"value": self.qbo_id(&customer.to_string())?});
@@ -70,12 +70,12 @@ impl Bridge {
         for l in &refund.lines {
             let unit = if l.qty != 0 { l.net_minor / l.qty } else { 0 };
             lines.push(json!({
-                "Amount": major(l.net_minor),
+                "Amount": self.amount(l.net_minor),
                 "DetailType": "SalesItemLineDetail",
                 "SalesItemLineDetail": {
                     "ItemRef": {"value": self.item_id(&l.sku)?},
                     "Qty": l.qty,
-                    "UnitPrice": major(unit),
+                    "UnitPrice": self.amount(unit),
                     "TaxCodeRef": {"value": if l.tax_minor != 0 { "TAX" } else { "NON" }},
                 },
             }));
@@ -88,10 +88,10 @@ impl Bridge {
         let note = format!("tillmesh refund {id} of sale {}", refund.sale_id);
         let mut body = json!({
             "DocNumber": doc_number,
-            "TxnDate": date(refund.at_ms as i64),
+            "TxnDate": self.date(refund.at_ms),
             "PrivateNote": note,
             "Line": lines,
-            "TxnTaxDetail": {"TotalTax": major(tax)},
+            "TxnTaxDetail": {"TotalTax": self.amount(tax)},
             "DepositToAccountRef": {"value": self.account("Bank").await?},
         });
         if let Ok(Some(sale)) = self.repo.get::<Sale>(&refund.sale_id)
@@ -123,14 +123,14 @@ impl Bridge {
         for l in &invoice.lines {
             let mut detail = json!({
                 "Qty": l.qty,
-                "UnitPrice": major(l.unit_price_minor),
+                "UnitPrice": self.amount(l.unit_price_minor),
                 "TaxCodeRef": {"value": if l.tax_minor != 0 { "TAX" } else { "NON" }},
             });
             if let Some(sku) = l.product_id.and_then(|p| skus.get(&p)) {
                 detail["ItemRef"] = json!({"value": self.item_id(sku)?});
             }
             lines.push(json!({
-                "Amount": major(l.net_minor),
+                "Amount": self.amount(l.net_minor),
                 "Description": l.description,
                 "DetailType": "SalesItemLineDetail",
                 "SalesItemLineDetail": detail,
@@ -143,12 +143,12 @@ impl Bridge {
             entity: "Invoice".into(),
             body: json!({
                 "DocNumber": invoice.number,
-                "TxnDate": date(invoice.issued_at_ms as i64),
-                "DueDate": date(invoice.due_at_ms as i64),
+                "TxnDate": self.date(invoice.issued_at_ms),
+                "DueDate": self.date(invoice.due_at_ms),
                 "CustomerRef": {"value": self.qbo_id(&invoice.customer_id.to_string())?},
                 "PrivateNote": note,
                 "Line": lines,
-                "TxnTaxDetail": {"TotalTax": major(invoice.tax.amount_minor)},
+                "TxnTaxDetail": {"TotalTax": self.amount(invoice.tax.amount_minor)},
             }),
             find: Find::Note {
                 field: "DocNumber".into(),
@@ -167,14 +167,14 @@ impl Bridge {
         let note = format!("tillmesh payment {id}");
         let mut body = json!({
             "CustomerRef": {"value": self.qbo_id(&payment.customer_id.to_string())?},
-            "TotalAmt": major(payment.amount.amount_minor),
-            "TxnDate": date(payment.received_at_ms as i64),
+            "TotalAmt": self.amount(payment.amount.amount_minor),
+            "TxnDate": self.date(payment.received_at_ms),
             "PaymentRefNum": number,
             "PrivateNote": note,
         });
         if let Some(invoice) = payment.invoice_id {
             body["Line"] = json!([{
-                "Amount": major(payment.amount.amount_minor),
+                "Amount": self.amount(payment.amount.amount_minor),
                 "LinkedTxn": [{"TxnId": self.qbo_id(&invoice.to_string())?, "TxnType": "Invoice"}],
             }]);
         }
@@ -186,7 +186,7 @@ impl Bridge {
             // Payments are found by day and note: QBO does not filter on `PaymentRefNum`.
             find: Find::Note {
                 field: "TxnDate".into(),
-                number: date(payment.received_at_ms as i64),
+                number: self.date(payment.received_at_ms),
                 note,
             },
         })
@@ -200,7 +200,7 @@ impl Bridge {
         let mut lines = Vec::new();
         for l in &expense.lines {
             lines.push(json!({
-                "Amount": major(l.amount_minor),
+                "Amount": self.amount(l.amount_minor),
                 "Description": l.description,
                 "DetailType": "AccountBasedExpenseLineDetail",
                 "AccountBasedExpenseLineDetail": {
@@ -225,7 +225,7 @@ impl Bridge {
             "PaymentType": payment_type,
             "AccountRef": {"value": account},
             "DocNumber": number,
-            "TxnDate": date(expense.paid_at_ms as i64),
+            "TxnDate": self.date(expense.paid_at_ms),
             "PrivateNote": note,
             "Line": lines,
         });
@@ -269,19 +269,20 @@ impl Bridge {
         let mut body_lines = Vec::new();
         for ((sku, unit, taxed), (name, qty, net)) in &lines {
             body_lines.push(json!({
-                "Amount": major(*net),
+                "Amount": self.amount(*net),
                 "Description": name,
                 "DetailType": "SalesItemLineDetail",
                 "SalesItemLineDetail": {
                     "ItemRef": {"value": self.item_id(sku)?},
                     "Qty": qty,
-                    "UnitPrice": major(*unit),
+                    "UnitPrice": self.amount(*unit),
                     "TaxCodeRef": {"value": if *taxed { "TAX" } else { "NON" }},
                 },
             }));
         }
-        let start = (index * period_ms) as i64;
-        let day = date(start);
+        // The index counts periods of the shop's own clock (see `summaries`): its start, read
+        // as if it were UTC, is the shop's local date.
+        let day = dates::local_date(index * period_ms, &jiff::tz::TimeZone::UTC);
         let number = if period_ms == DAY_MS {
             format!("DAY-{}-{n}", day.replace('-', ""))
         } else {
@@ -302,7 +303,7 @@ impl Bridge {
                 "TxnDate": day,
                 "PrivateNote": note,
                 "Line": body_lines,
-                "TxnTaxDetail": {"TotalTax": major(tax)},
+                "TxnTaxDetail": {"TotalTax": self.amount(tax)},
             }),
             find: Find::Note {
                 field: "DocNumber".into(),
@@ -322,13 +323,13 @@ impl Bridge {
         let mut lines = Vec::new();
         for l in &sale.lines {
             lines.push(json!({
-                "Amount": major(l.net_minor),
+                "Amount": self.amount(l.net_minor),
                 "Description": l.name,
                 "DetailType": "SalesItemLineDetail",
                 "SalesItemLineDetail": {
                     "ItemRef": {"value": self.item_id(&l.sku)?},
                     "Qty": l.qty,
-                    "UnitPrice": major(l.unit_price_minor),
+                    "UnitPrice": self.amount(l.unit_price_minor),
                     "TaxCodeRef": {"value": if l.tax_minor != 0 { "TAX" } else { "NON" }},
                 },
             }));
@@ -340,10 +341,10 @@ impl Bridge {
             entity: "RefundReceipt".into(),
             body: json!({
                 "DocNumber": number,
-                "TxnDate": date(sale.void.as_ref().map_or(sale.created_at_ms, |v| v.at_ms) as i64),
+                "TxnDate": self.date(sale.void.as_ref().map_or(sale.created_at_ms, |v| v.at_ms)),
                 "PrivateNote": note,
                 "Line": lines,
-                "TxnTaxDetail": {"TotalTax": major(sale.tax.amount_minor)},
+                "TxnTaxDetail": {"TotalTax": self.amount(sale.tax.amount_minor)},
                 "DepositToAccountRef": {"value": self.account("Bank").await?},
             }),
             find: Find::Note {
@@ -401,14 +402,20 @@ pub(super) fn short_number(prefix: &str, id: DocId) -> String {
     format!("{prefix}-{}", &id.to_string()[28..36]).to_uppercase()
 }
 
-pub(super) fn item_create(sku: &str, name: &str, unit_minor: i64, income_account: &str) -> Create {
+pub(super) fn item_create(
+    sku: &str,
+    name: &str,
+    unit_minor: i64,
+    currency: tillmesh_protocol::Currency,
+    income_account: &str,
+) -> Create {
     Create {
         key: item_key(sku),
         covers: Vec::new(),
         entity: "Item".into(),
         body: json!({
             "Name": sku, "Sku": sku, "Description": name, "Type": "NonInventory",
-            "UnitPrice": major(unit_minor),
+            "UnitPrice": amounts::to_qbo(unit_minor, currency),
             "IncomeAccountRef": {"value": income_account},
         }),
         find: Find::Name {

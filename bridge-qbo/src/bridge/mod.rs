@@ -9,14 +9,17 @@
 //! - [`http`]: the bridge's own endpoint: status, webhooks, the connect page.
 //! - [`client`]: QBO v3 over HTTP within the realm's limits; [`state`]: `bridge.redb`.
 
+mod amounts;
 pub mod client;
 pub mod connect;
+pub mod dates;
 pub mod http;
 mod intents;
 mod mapping;
 mod pull;
 mod push;
 pub mod state;
+pub mod transport;
 
 pub use push::ROUND_TRANSACTIONS_MAX;
 
@@ -24,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tillmesh_node::Repo;
 use tillmesh_node::repo::Command;
 use tillmesh_protocol::schema::Ledger;
@@ -102,12 +105,34 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn major(m: i64) -> Value {
-    json!((m as f64) / 100.0)
+/// What the books are kept in: the mesh's currency and the shop's time zone, from the mesh
+/// settings, read again before every push round and pull.
+#[derive(Debug, Clone)]
+pub(crate) struct Books {
+    pub currency: Currency,
+    pub zone: jiff::tz::TimeZone,
 }
 
-fn minor(v: &Value) -> Option<i64> {
-    v.as_f64().map(|x| (x * 100.0).round() as i64)
+impl Default for Books {
+    fn default() -> Self {
+        Books {
+            currency: Currency::USD,
+            zone: jiff::tz::TimeZone::UTC,
+        }
+    }
+}
+
+/// The company's home currency, from its preferences (`CurrencyPrefs.HomeCurrency`).
+pub async fn home_currency(qbo: &Qbo) -> Result<Currency, QboError> {
+    let prefs = qbo.get("preferences?minorversion=75").await?;
+    let code = prefs["Preferences"]["CurrencyPrefs"]["HomeCurrency"]["value"]
+        .as_str()
+        .unwrap_or("USD");
+    code.parse().map_err(|_| {
+        QboError::Unavailable(format!(
+            "QuickBooks named its home currency {code:?}, which is not an ISO 4217 code"
+        ))
+    })
 }
 
 /// QBO's text literal: single quotes escaped with a backslash.
@@ -131,6 +156,9 @@ pub struct Bridge {
     /// What QBO refused last round (keys in `bridge.redb`): what names it goes last next round.
     refused: std::sync::Mutex<std::collections::BTreeSet<String>>,
     pending: http::Pending,
+    books: std::sync::RwLock<Books>,
+    /// The QuickBooks company's home currency, read once per start (and at connect).
+    home_currency: tokio::sync::OnceCell<Currency>,
 }
 
 impl Bridge {
@@ -147,6 +175,8 @@ impl Bridge {
         Bridge {
             outbox: push::Outbox::watch(&repo),
             pending: Default::default(),
+            books: Default::default(),
+            home_currency: Default::default(),
             refused: Default::default(),
             pull_now: tokio::sync::Notify::new(),
             verifier_token,
@@ -277,6 +307,54 @@ impl Bridge {
         false
     }
 
+    pub(crate) fn books(&self) -> Books {
+        self.books.read().map(|b| b.clone()).unwrap_or_default()
+    }
+
+    /// Minor units as QuickBooks' amount, in the mesh's currency.
+    fn amount(&self, minor: i64) -> Value {
+        amounts::to_qbo(minor, self.books().currency)
+    }
+
+    /// QuickBooks' amount in minor units of the mesh's currency.
+    fn minor(&self, v: &Value) -> Option<i64> {
+        amounts::from_qbo(v, self.books().currency)
+    }
+
+    /// `TxnDate`: the shop's local date at an instant.
+    fn date(&self, ms: u64) -> String {
+        dates::local_date(ms, &self.books().zone)
+    }
+
+    /// Reads the mesh settings (currency, time zone) and checks QuickBooks keeps its books in
+    /// the same currency. Until it does, nothing is posted or pulled: every amount would be
+    /// booked in the wrong money.
+    async fn check_books(&self) -> Result<(), QboError> {
+        let settings = self.repo.settings().map_err(|e| {
+            QboError::Unavailable(format!(
+                "waiting for the mesh settings (currency, time zone) to arrive: {e}"
+            ))
+        })?;
+        let home = self
+            .home_currency
+            .get_or_try_init(|| home_currency(&self.qbo))
+            .await?;
+        if *home != settings.currency {
+            return Err(QboError::Currency {
+                qbo: home.to_string(),
+                mesh: settings.currency.to_string(),
+            });
+        }
+        let books = Books {
+            currency: settings.currency,
+            zone: dates::zone(settings.time_zone.as_deref()),
+        };
+        if let Ok(mut b) = self.books.write() {
+            *b = books;
+        }
+        Ok(())
+    }
+
     /// The id of the company's first account of a QBO `AccountType`.
     async fn account(&self, kind: &'static str) -> Result<String, QboError> {
         let mut known = self.accounts.lock().await;
@@ -344,25 +422,12 @@ impl Bridge {
     }
 }
 
-/// `YYYY-MM-DD` of a UTC instant (QBO's `TxnDate`; the day in UTC is close enough for a
-/// shop's books, and the same on every retry).
-fn date(ms: i64) -> String {
-    utc(ms as u64)[..10].to_owned()
-}
-
-fn utc(ms: u64) -> String {
-    crate::emulator::clock::utc(ms as i64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn helpers() {
-        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(date(1_700_000_000_000), "2023-11-14");
         assert_eq!(quoted("Amy's"), "'Amy\\'s'");
-        assert_eq!(minor(&json!(12.34)), Some(1234));
     }
 }

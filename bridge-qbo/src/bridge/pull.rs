@@ -14,7 +14,7 @@ use tillmesh_protocol::{DocId, DocType, Money};
 
 use super::client::{QboError, enc};
 use super::state::Posted;
-use super::{Bridge, minor, now_ms, utc};
+use super::{Bridge, dates, now_ms};
 
 /// The entities the pull reads from QBO's change feed.
 const PULLED: [&str; 7] = [
@@ -39,6 +39,7 @@ impl Bridge {
         if !self.admitted() {
             return Ok(0);
         }
+        self.check_books().await?;
         let started = now_ms();
         // Older than QBO keeps (a first pull, or a bridge off for a month): from as far back as
         // it goes, a day inside the limit for the clocks' sake.
@@ -46,9 +47,9 @@ impl Bridge {
         let since_ms = self
             .state
             .note("pulled_since")?
-            .and_then(|t| crate::emulator::clock::parse(&t))
-            .map_or(oldest, |ms| (ms as u64).max(oldest));
-        let since = utc(since_ms);
+            .and_then(|t| dates::parse(&t))
+            .map_or(oldest, |ms| ms.max(oldest));
+        let since = dates::utc(since_ms);
         let v = self
             .qbo
             .get(&format!(
@@ -58,11 +59,7 @@ impl Bridge {
             ))
             .await?;
         // QBO's own clock decides where the next pull starts: the bridge's may differ.
-        let qbo_now = v["time"]
-            .as_str()
-            .and_then(crate::emulator::clock::parse)
-            .map(|ms| ms as u64)
-            .unwrap_or(started);
+        let qbo_now = v["time"].as_str().and_then(dates::parse).unwrap_or(started);
         let mut rows: Vec<(&str, Value)> = Vec::new();
         // Where a full page came back, the next pull starts at its newest change, not at now.
         let mut resume: Option<u64> = None;
@@ -77,9 +74,9 @@ impl Bridge {
                     let newest = page
                         .iter()
                         .filter_map(|r| r["MetaData"]["LastUpdatedTime"].as_str())
-                        .filter_map(crate::emulator::clock::parse)
+                        .filter_map(dates::parse)
                         .max()
-                        .map_or(since_ms, |ms| ms as u64);
+                        .unwrap_or(since_ms);
                     resume = Some(resume.map_or(newest, |r| r.min(newest)));
                 }
                 rows.extend(page.iter().map(|row| (entity, row.clone())));
@@ -122,7 +119,7 @@ impl Bridge {
         }
         if !hold {
             let next = resume.unwrap_or_else(|| qbo_now.saturating_sub(OVERLAP_MS));
-            self.state.set_note("pulled_since", &utc(next))?;
+            self.state.set_note("pulled_since", &dates::utc(next))?;
         }
         self.update(|s| s.last_pull_ms = Some(now_ms()));
         Ok(changed)
@@ -141,11 +138,13 @@ impl Bridge {
                 .unwrap_or(&posted.sync_token)
                 .to_owned();
             if matches!(posted.entity.as_str(), "Customer" | "Vendor" | "Invoice") {
-                posted.balance_minor = minor(&row["Balance"]);
+                posted.balance_minor = self.minor(&row["Balance"]);
             }
             if !matches!(posted.entity.as_str(), "Customer" | "Vendor") {
-                posted.total_minor = minor(&row["TotalAmt"]);
-                posted.tax_minor = minor(&row["TxnTaxDetail"]["TotalTax"]).or(posted.tax_minor);
+                posted.total_minor = self.minor(&row["TotalAmt"]);
+                posted.tax_minor = self
+                    .minor(&row["TxnTaxDetail"]["TotalTax"])
+                    .or(posted.tax_minor);
             }
         }
         let Ok(doc_id) = key.parse::<DocId>() else {
@@ -273,7 +272,7 @@ impl Bridge {
             entity: "Customer".into(),
             qbo_id: row["Id"].as_str().unwrap_or_default().to_owned(),
             sync_token: row["SyncToken"].as_str().unwrap_or("0").to_owned(),
-            balance_minor: minor(&row["Balance"]),
+            balance_minor: self.minor(&row["Balance"]),
             ..Posted::default()
         };
         self.state.set_posted(&id.to_string(), &posted)?;

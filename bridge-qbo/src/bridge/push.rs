@@ -20,7 +20,7 @@ use super::client::QboError;
 use super::intents::Create;
 use super::mapping::{account_create, account_key, item_create, item_key, party_create};
 use super::state::Posted;
-use super::{Bridge, minor, now_ms};
+use super::{Bridge, dates, now_ms};
 
 /// Documents listed per page in a full scan.
 const PAGE: usize = 1000;
@@ -186,6 +186,7 @@ impl Bridge {
         if !self.admitted() {
             return Ok(0);
         }
+        self.check_books().await?;
         if self.outbox.summary_due(now_ms()) {
             self.outbox.rescan_later();
         }
@@ -458,12 +459,24 @@ impl Bridge {
             let income = self.account("Income").await?;
             for (sku, (_, p)) in &work.products {
                 if fresh(&item_key(sku))? {
-                    creates.push(item_create(sku, &p.name, p.price.amount_minor, &income));
+                    creates.push(item_create(
+                        sku,
+                        &p.name,
+                        p.price.amount_minor,
+                        p.price.currency,
+                        &income,
+                    ));
                 }
             }
             for (sku, (name, unit)) in &lines {
                 if !work.products.contains_key(sku) && fresh(&item_key(sku))? {
-                    creates.push(item_create(sku, name, *unit, &income));
+                    creates.push(item_create(
+                        sku,
+                        name,
+                        *unit,
+                        self.books().currency,
+                        &income,
+                    ));
                 }
             }
         }
@@ -705,14 +718,16 @@ impl Bridge {
     ) -> Result<(), QboError> {
         let period_ms = (period.as_millis() as u64).max(1);
         let grace_ms = (period_ms / 24).min(SUMMARY_GRACE_MS_MAX);
+        let zone = self.books().zone;
         let now = now_ms();
         let mut due: BTreeMap<u64, Vec<(DocId, &'a Sale)>> = BTreeMap::new();
         for (id, s) in sales {
             if self.state.posted(&id.to_string())?.is_some() {
                 continue;
             }
-            let index = s.created_at_ms / period_ms;
-            let due_at = (index + 1) * period_ms + grace_ms;
+            // Periods are cut on the shop's clock: a daily summary is the shop's day.
+            let index = dates::local_ms(s.created_at_ms, &zone) / period_ms;
+            let due_at = dates::instant_of_local((index + 1) * period_ms, &zone) + grace_ms;
             if now < due_at {
                 self.outbox.wake_at(due_at);
                 round.later.insert(*id);
@@ -764,8 +779,8 @@ impl Bridge {
                 .as_str()
                 .unwrap_or(&posted.sync_token)
                 .to_owned();
-            posted.total_minor = minor(&voided["SalesReceipt"]["TotalAmt"]).or(Some(0));
-            posted.tax_minor = minor(&voided["SalesReceipt"]["TxnTaxDetail"]["TotalTax"]);
+            posted.total_minor = self.minor(&voided["SalesReceipt"]["TotalAmt"]).or(Some(0));
+            posted.tax_minor = self.minor(&voided["SalesReceipt"]["TxnTaxDetail"]["TotalTax"]);
         }
         posted.voided = true;
         self.state.set_posted(key, &posted)?;

@@ -42,6 +42,10 @@ pub struct Connection {
     /// The app's webhook verifier token, to check `intuit-signature` on notifications.
     #[serde(default)]
     pub verifier_token: Option<String>,
+    /// A root to trust beside the platform's (`--qbo-ca`), kept so `run` uses what
+    /// `connect` did.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::process::{Child, Command as Process, Stdio};
 use std::time::Duration;
 
-use tillmesh_bridge_qbo::emulator::Endpoints;
 use tillmesh_node::net::{self, Network};
 use tillmesh_protocol::Role;
+use tillmesh_qbo_emulator::Endpoints;
 
 pub const BRIDGE: &str = env!("CARGO_BIN_EXE_tillmesh-bridge");
 
@@ -43,19 +43,33 @@ pub async fn join_and_connect(network: &Network, ends: &Endpoints, dir: &Path) {
         status.peer_id
     );
     bridge(&["join", "--name", "Head office bridge", &invite], dir);
-    bridge(
-        &[
-            "connect",
-            "--qbo-base",
-            &ends.base_url,
-            "--client-id",
-            &ends.client_id,
-            "--client-secret",
-            &ends.client_secret,
-            "--verifier-token",
-            &ends.verifier_token,
-        ],
-        dir,
+    // The secrets as the README says to pass them: off the command line.
+    let secret = dir.with_extension("secret");
+    std::fs::write(&secret, format!("{}\n", ends.client_secret)).expect("a secret file");
+    let mut args = vec![
+        "connect",
+        "--qbo-base",
+        &ends.base_url,
+        "--client-id",
+        &ends.client_id,
+        "--client-secret-file",
+        secret.to_str().expect("a UTF-8 path"),
+    ];
+    let ca = ends.ca_file.as_ref().map(|f| f.display().to_string());
+    if let Some(ca) = &ca {
+        args.extend(["--qbo-ca", ca]);
+    }
+    let out = Process::new(BRIDGE)
+        .arg("--data")
+        .arg(dir)
+        .args(&args)
+        .env("QBO_VERIFIER_TOKEN", &ends.verifier_token)
+        .output()
+        .expect("tillmesh-bridge runs");
+    assert!(
+        out.status.success(),
+        "tillmesh-bridge connect: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

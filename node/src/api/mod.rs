@@ -82,6 +82,7 @@ pub fn router(repo: Repo, network: Option<Network>) -> Router {
         .route("/v1/expenses/{id}", get(finance::get(DocType::Expense)))
         .route("/v1/settings", get(node::settings))
         .route("/v1/settings/tax-rates/{code}", put(node::set_tax_rate))
+        .route("/v1/settings/time-zone", put(node::set_time_zone))
         .route("/v1/status", get(node::status))
         .route("/v1/members", get(members::list).post(members::add))
         .route("/v1/members/{who}/revoke", post(members::revoke))

@@ -60,6 +60,20 @@ pub async fn set_tax_rate(
     Ok(Json(present(&w.doc_id, &w.doc)))
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetTimeZone {
+    time_zone: String,
+}
+
+pub async fn set_time_zone(
+    State(repo): State<Repo>,
+    Body(body): Body<SetTimeZone>,
+) -> Result<Json<Value>, ApiError> {
+    let w = repo.execute(Command::SetTimeZone(body.time_zone)).await?;
+    Ok(Json(present(&w.doc_id, &w.doc)))
+}
+
 /// Server-sent events: one `change` event per document changed, local or remote, after it is
 /// committed. A subscriber too slow to keep up gets a `lagged` event and should re-read.
 pub async fn events(

@@ -73,6 +73,10 @@ enum Command {
         /// The shop's currency (ISO 4217).
         #[arg(long, default_value = "USD")]
         currency: String,
+        /// The shop's time zone (IANA name, such as Europe/London): QuickBooks books each
+        /// sale on its local date there. This machine's zone when not said.
+        #[arg(long)]
+        time_zone: Option<String>,
     },
     /// Run the node: replicate with peers and serve the local API until stopped (Ctrl-C or
     /// SIGTERM).
@@ -140,6 +144,12 @@ enum Command {
     /// Manage customers.
     #[command(subcommand)]
     Customer(shop::CustomerCmd),
+    /// Show the mesh settings, or change them: `tillmesh settings --time-zone Europe/London`.
+    Settings {
+        /// The shop's time zone (IANA name): sales are booked on their local date there.
+        #[arg(long)]
+        time_zone: Option<String>,
+    },
     /// Set a tax rate: `tillmesh tax TAX 8.25 --name "Sales tax"`.
     Tax {
         code: String,
@@ -203,10 +213,27 @@ async fn dispatch(cli: Cli, demo_extra: Option<demo::Extra>) -> anyhow::Result<(
     let out = shop::Output { json: cli.json };
     let keys = key_source(cli.passphrase_file.as_deref())?;
     match cli.command {
-        Command::Init { name, currency } => {
+        Command::Init {
+            name,
+            currency,
+            time_zone,
+        } => {
             let currency: Currency = currency.parse()?;
+            let time_zone = match time_zone {
+                Some(z) => z,
+                None => jiff::tz::TimeZone::system()
+                    .iana_name()
+                    .map(str::to_owned)
+                    .context("this machine does not name its time zone; say the shop's with --time-zone (such as Europe/London)")?,
+            };
+            // Checked before the store is made: a typo leaves nothing behind.
+            jiff::tz::TimeZone::get(&time_zone).with_context(|| {
+                format!("--time-zone {time_zone:?} is not a time zone; write an IANA name such as Europe/London")
+            })?;
             let dir = data()?;
             let repo = Repo::init_with(&dir, &name, currency, &keys).await?;
+            repo.execute(crate::repo::Command::SetTimeZone(time_zone))
+                .await?;
             let id = repo.identity();
             out.show(&serde_json::json!({ "device_id": id.device_id, "mesh_id": id.mesh_id, "data": dir }), || {
                 format!(

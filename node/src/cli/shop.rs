@@ -348,6 +348,24 @@ pub async fn dispatch(
                 t
             });
         }
+        Command::Settings { time_zone } => {
+            let s = match time_zone {
+                Some(zone) => {
+                    client
+                        .put("/v1/settings/time-zone", &json!({ "time_zone": zone }))
+                        .await?
+                }
+                None => client.get("/v1/settings").await?,
+            };
+            out.show(&s, || {
+                format!(
+                    "{} ({}), time zone {}",
+                    s["business_name"].as_str().unwrap_or(""),
+                    s["currency"].as_str().unwrap_or(""),
+                    s["time_zone"].as_str().unwrap_or("UTC (not set)")
+                )
+            });
+        }
         Command::Tax {
             code,
             percent,

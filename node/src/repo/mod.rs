@@ -146,6 +146,8 @@ pub enum Command {
         code: String,
         rate: SetTaxRate,
     },
+    /// The shop's time zone (an IANA name this node's time zone database knows).
+    SetTimeZone(String),
     CreateProduct(NewProduct),
     Sell(NewSale),
     Void {
@@ -185,6 +187,7 @@ pub(crate) enum Serial {
         code: String,
         rate: SetTaxRate,
     },
+    SetTimeZone(String),
     CreateProduct(NewProduct),
     Void {
         sale_id: DocId,
@@ -555,6 +558,7 @@ impl Repo {
             Command::SetTaxRate { code, rate } => {
                 Job::Command(Box::new(Serial::SetTaxRate { code, rate }), tx)
             }
+            Command::SetTimeZone(z) => Job::Command(Box::new(Serial::SetTimeZone(z)), tx),
             Command::CreateProduct(p) => Job::Command(Box::new(Serial::CreateProduct(p)), tx),
             Command::Void { sale_id, request } => {
                 Job::Command(Box::new(Serial::Void { sale_id, request }), tx)

@@ -664,7 +664,9 @@ impl Writer {
             return self.set_ledger(t, doc_id, ledger, now, touched);
         }
         let writes: &[DocType] = match &cmd {
-            Serial::InitSettings(_) | Serial::SetTaxRate { .. } => &[DocType::Settings],
+            Serial::InitSettings(_) | Serial::SetTaxRate { .. } | Serial::SetTimeZone(_) => {
+                &[DocType::Settings]
+            }
             Serial::CreateProduct(_) => &[DocType::Product],
             Serial::Void { .. } => &[DocType::Sale],
             Serial::Refund { .. } => &[DocType::Refund],
@@ -698,6 +700,29 @@ impl Writer {
                         rate_ppm: rate.rate_ppm,
                     },
                 );
+                next.validate(&next)?;
+                self.update_doc(t, &mut ops, id, &current, &next, now)?;
+                self.settings = next;
+                self.settings_received = true;
+                id
+            }
+            Serial::SetTimeZone(zone) => {
+                tillmesh_protocol::schema::check_time_zone(&zone)?;
+                // The protocol checks the shape; whether the zone exists needs a database.
+                if jiff::tz::TimeZone::get(&zone).is_err() {
+                    return Err(WriteError::Invalid(
+                        tillmesh_protocol::schema::SchemaError::Invalid {
+                            field: "time_zone".into(),
+                            reason: format!(
+                                "{zone:?} is not a time zone this node knows; write an IANA name such as Europe/London or America/Los_Angeles"
+                            ),
+                        },
+                    ));
+                }
+                let id = self.settings_id;
+                let current: Settings = self.typed(t, &id, "mesh settings")?;
+                let mut next = current.clone();
+                next.time_zone = Some(zone);
                 next.validate(&next)?;
                 self.update_doc(t, &mut ops, id, &current, &next, now)?;
                 self.settings = next;

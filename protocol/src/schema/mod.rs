@@ -19,7 +19,7 @@ pub use sale::{
     LineInput, Refund, RefundLine, RefundLineInput, RefundRecord, RefundRecordLine, RingUp, Sale,
     SaleLine, SaleStatus, Tender, VoidInfo,
 };
-pub use settings::{Settings, TaxRate};
+pub use settings::{Settings, TaxRate, check_time_zone};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

@@ -21,6 +21,35 @@ pub struct Settings {
     pub business_name: String,
     pub currency: Currency,
     pub tax_rates: BTreeMap<String, TaxRate>,
+    /// The shop's time zone, an IANA name (`Europe/London`): the day a sale is booked on in
+    /// QuickBooks is its local date there. Unset in meshes made before it existed (UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+}
+
+/// Longest IANA time zone name accepted (the longest in the database is 32 characters).
+pub const TIME_ZONE_CHARS_MAX: usize = 64;
+
+/// Whether `name` is shaped like an IANA time zone name. Whether the zone exists is for the
+/// node to say when it is written (this crate holds no time zone database).
+pub fn check_time_zone(name: &str) -> Result<(), SchemaError> {
+    let shaped = !name.is_empty()
+        && name.len() <= TIME_ZONE_CHARS_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-' | b'+'))
+        && !name.starts_with('/')
+        && !name.contains("..");
+    if shaped {
+        Ok(())
+    } else {
+        Err(invalid(
+            "time_zone",
+            format!(
+                "{name:?} is not a time zone name; write one like Europe/London or America/Los_Angeles"
+            ),
+        ))
+    }
 }
 
 impl Settings {
@@ -37,6 +66,7 @@ impl Settings {
             business_name: business_name.into(),
             currency,
             tax_rates,
+            time_zone: None,
         }
     }
 
@@ -65,6 +95,9 @@ impl Document for Settings {
 
     fn validate(&self, _: &Settings) -> Result<(), SchemaError> {
         check_text("business_name", &self.business_name, false)?;
+        if let Some(zone) = &self.time_zone {
+            check_time_zone(zone)?;
+        }
         for (code, rate) in &self.tax_rates {
             check_text("tax code", code, true)?;
             if rate.rate_ppm > 1_000_000 {

@@ -95,11 +95,7 @@ pub fn cloudevents(realm: &str, changes: &[Change]) -> Value {
 
 /// `2020-09-29T12:58:16.000Z`: webhooks speak UTC.
 fn clock_utc(ms: i64) -> String {
-    // The company's offset is fixed, so UTC is the local time shifted back.
-    let local = clock::datetime_ms(ms);
-    let parsed = clock::parse(&local).unwrap_or(ms);
-    let shifted = clock::datetime_ms(parsed + 7 * 3600 * 1000);
-    format!("{}Z", &shifted[..shifted.len() - 6])
+    clock::utc_ms(ms)
 }
 
 /// Delivery counters, for the admin endpoint and tests.

@@ -13,9 +13,9 @@ use tillmesh_node::net::{self, NetConfig};
 use tillmesh_protocol::schema::{Sale, SaleStatus};
 use tillmesh_protocol::{DeviceKey, DocType, Role};
 
-use crate::bridge::connect::{self, App};
-use crate::bridge::{Bridge, client::Qbo, state::State};
-use crate::emulator::{self, Config, Endpoints, Settings};
+use tillmesh_bridge_qbo::bridge::connect::{self, App};
+use tillmesh_bridge_qbo::bridge::{Bridge, client::Qbo, state::State};
+use tillmesh_qbo_emulator::{self as emulator, Config, Endpoints, Settings};
 
 /// The demo's waits are on loopback: a minute is plenty.
 const WAIT_MAX: Duration = Duration::from_secs(60);
@@ -35,6 +35,9 @@ pub async fn run(mesh: Mesh) -> anyhow::Result<()> {
         Config {
             data: mesh.root.join("qbo"),
             settings: Settings::default(),
+            currency: None,
+            // HTTPS, as QuickBooks is: the bridge trusts the emulator's CA.
+            tls: true,
         },
         wait_stop(),
     )
@@ -89,13 +92,14 @@ pub async fn run(mesh: Mesh) -> anyhow::Result<()> {
         client_id: ends.client_id.clone(),
         client_secret: ends.client_secret.clone(),
         verifier_token: Some(ends.verifier_token.clone()),
+        ca_file: ends.ca_file.clone(),
     };
     let (conn, tokens) = connect::connect(&app).await?;
     let state = Arc::new(State::open(&dir, repo.sealer())?);
     state.set_connection(&conn)?;
     state.set_tokens(&tokens)?;
     let realm = conn.realm_id.clone();
-    let qbo = Qbo::new(conn, tokens, state.clone());
+    let qbo = Qbo::new(conn, tokens, state.clone())?;
     let bridge = Arc::new(Bridge::new(
         repo,
         qbo,
@@ -117,7 +121,7 @@ pub async fn run(mesh: Mesh) -> anyhow::Result<()> {
     // An accountant's own connection, to look at the books and correct them.
     let (_, accountant) = connect::connect(&app).await?;
     let books = Books {
-        http: reqwest::Client::builder().no_proxy().build()?,
+        http: ends.client(),
         ends: ends.clone(),
         token: accountant.access_token,
     };
@@ -262,7 +266,7 @@ impl Books {
                 "{}/v3/company/{}/query?query={}",
                 self.ends.base_url,
                 self.ends.realm_id,
-                crate::urlenc::encode(&q)
+                tillmesh_bridge_qbo::bridge::client::enc(&q)
             ))
             .bearer_auth(&self.token)
             .send()

@@ -6,12 +6,13 @@
 //! One company (realm) per emulator, kept in its own redb file. Fault switches (latency, 5xx,
 //! "commit, then drop the response") and limits are set by flags or `POST /admin/config`.
 
-pub(crate) mod clock;
+mod clock;
 mod company;
 mod fault;
 mod oauth;
 pub mod query;
 mod schema;
+pub mod tls;
 pub mod webhooks;
 
 use std::collections::{HashMap, VecDeque};
@@ -83,6 +84,23 @@ impl Default for Settings {
 pub struct Config {
     pub data: PathBuf,
     pub settings: Settings,
+    /// The company's home currency when it is made (USD if not said); a company made
+    /// already keeps its own, and asking for another is refused.
+    pub currency: Option<tillmesh_protocol::Currency>,
+    /// Serve HTTPS with a certificate for 127.0.0.1 (see [`tls`]).
+    pub tls: bool,
+}
+
+impl Config {
+    /// A plain-HTTP company in USD, kept in `data`.
+    pub fn new(data: impl Into<PathBuf>) -> Config {
+        Config {
+            data: data.into(),
+            settings: Settings::default(),
+            currency: None,
+            tls: false,
+        }
+    }
 }
 
 /// What a client needs to talk to the emulator: the first line `qbo-emulator` prints.
@@ -96,6 +114,27 @@ pub struct Endpoints {
     pub client_id: String,
     pub client_secret: String,
     pub verifier_token: String,
+    /// With `--tls`: the certificate authority a client must trust (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The company's home currency (ISO 4217).
+    pub currency: String,
+}
+
+impl Endpoints {
+    /// An HTTP client that trusts this emulator (its CA, when it serves HTTPS): for tests,
+    /// the demo and the accountant's side of the examples.
+    pub fn client(&self) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(pem) = self.ca_file.as_ref().and_then(|f| std::fs::read(f).ok())
+            && let Ok(certs) = reqwest::Certificate::from_pem_bundle(&pem)
+        {
+            builder = builder.tls_certs_merge(certs);
+        }
+        builder.build().expect("an HTTP client for the emulator")
+    }
 }
 
 /// Counters for the admin endpoint and tests.
@@ -178,6 +217,8 @@ pub enum StartError {
     Data(String),
     #[error("the emulator's store could not be opened: {0}")]
     Store(String),
+    #[error("the emulator could not serve HTTPS: {0}")]
+    Tls(String),
 }
 
 /// Serves the emulator on `listener` until `shutdown` resolves. Returns once it is ready,
@@ -191,9 +232,20 @@ pub async fn start(
         .local_addr()
         .map_err(|e| StartError::Data(e.to_string()))?;
     let id = identity(&config.data).map_err(StartError::Data)?;
-    let company = Company::open(&config.data).map_err(|e| StartError::Store(e.to_string()))?;
+    let company = Company::open(&config.data, config.currency)
+        .map_err(|e| StartError::Store(e.to_string()))?;
     let tokens = Tokens::open(company.db()).map_err(StartError::Store)?;
-    let base = format!("http://{addr}");
+    let certificates = if config.tls {
+        Some(tls::Certificates::load_or_make(&config.data).map_err(StartError::Tls)?)
+    } else {
+        None
+    };
+    let scheme = if certificates.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let base = format!("{scheme}://{addr}");
     let endpoints = Endpoints {
         base_url: base.clone(),
         authorize_url: format!("{base}/connect/oauth2"),
@@ -203,6 +255,8 @@ pub async fn start(
         client_id: id.client_id,
         client_secret: id.client_secret,
         verifier_token: id.verifier_token.clone(),
+        ca_file: certificates.as_ref().map(|c| c.ca_file.clone()),
+        currency: company.currency().to_string(),
     };
     let (changes, rx) = mpsc::unbounded_channel();
     let webhook_target = Arc::new(RwLock::new(config.settings.webhook_url.clone().map(
@@ -237,11 +291,23 @@ pub async fn start(
         dice: Mutex::new(0x9e37_79b9_7f4a_7c15),
     }));
     let app = router(emu);
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-    });
+    let task = match certificates {
+        Some(c) => {
+            let listener = c
+                .listen(listener)
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            })
+        }
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }),
+    };
     Ok((endpoints, task))
 }
 
@@ -436,6 +502,10 @@ async fn read(
     Path((realm, entity, id)): Path<(String, String, String)>,
 ) -> Response {
     let path = format!("/v3/company/{realm}/{entity}/{id}");
+    // Read by the realm's id, as Intuit documents it.
+    if entity.eq_ignore_ascii_case("companyinfo") && id == realm {
+        return ok(json!({ "CompanyInfo": company_info(&emu), "time": now_time() }));
+    }
     let entity = match entity_of(&entity, &path) {
         Ok(e) => e,
         Err(r) => return *r,
@@ -588,7 +658,7 @@ fn apply_write(
 
 async fn preferences(State(emu): State<Emu>) -> Response {
     let now = clock::now_ms();
-    let (discount, tax) = {
+    let (discount, tax, currency) = {
         let company = emu
             .0
             .company
@@ -598,6 +668,7 @@ async fn preferences(State(emu): State<Emu>) -> Response {
         (
             id_of(company.account_named("Discounts given")),
             id_of(company.tax_code_named("TAX")),
+            company.currency(),
         )
     };
     let thanks = "Thank you for your business and have a great day!";
@@ -623,7 +694,7 @@ async fn preferences(State(emu): State<Emu>) -> Response {
             "TimeTrackingPrefs": {"UseServices": true, "BillCustomers": true, "ShowBillRateToAll": false,
                 "WorkWeekStartDate": "Monday", "MarkTimeEntriesBillable": true},
             "TaxPrefs": {"UsingSalesTax": true, "TaxGroupCodeRef": {"value": tax}},
-            "CurrencyPrefs": {"MultiCurrencyEnabled": false, "HomeCurrency": {"value": "USD"}},
+            "CurrencyPrefs": {"MultiCurrencyEnabled": false, "HomeCurrency": {"value": currency.as_str()}},
             "ReportPrefs": {"ReportBasis": "Accrual", "CalcAgingReportFromTxnDate": false},
             "OtherPrefs": {"NameValue": [
                 {"Name": "SalesFormsPrefs.DefaultCustomerMessage", "Value": thanks},
@@ -664,8 +735,46 @@ async fn query_post(State(emu): State<Emu>, body: Bytes) -> Response {
     }
 }
 
+/// The company itself: one object, read-only here.
+fn company_info(emu: &Emu) -> Value {
+    let currency = emu
+        .0
+        .company
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .currency();
+    // The country whose currency it is, where that is plain; a test company elsewhere is US.
+    let country = match currency.as_str() {
+        "EUR" => "IE",
+        c if c != "XAF" && c != "XOF" => &c[..2],
+        _ => "US",
+    };
+    json!({
+        "Id": "1", "SyncToken": "0", "domain": "QBO", "sparse": false,
+        "CompanyName": "Emulated Company", "LegalName": "Emulated Company",
+        "Country": country,
+        "CompanyAddr": {"Id": "1", "Line1": "2500 Garcia Ave", "City": "Mountain View",
+            "CountrySubDivisionCode": "CA", "PostalCode": "94043", "Country": country},
+        "SupportedLanguages": "en", "FiscalYearStartMonth": "January",
+        "CompanyStartDate": "2024-01-01",
+        "NameValue": [{"Name": "OfferingSku", "Value": "QuickBooks Online Plus"}],
+        "MetaData": {"CreateTime": "2024-01-01T00:00:00-08:00", "LastUpdatedTime": "2024-01-01T00:00:00-08:00"},
+    })
+}
+
 fn run_query(emu: &Emu, text: &str) -> Result<Value, Fault> {
     let q = query::parse(text).map_err(|e| Fault::query_parse(&e.0))?;
+    if q.entity.eq_ignore_ascii_case("CompanyInfo") {
+        let info = company_info(emu);
+        let rows: Vec<Value> = std::iter::once(info)
+            .filter(|v| q.conds.iter().all(|c| c.matches(v)))
+            .collect();
+        if q.select == query::Select::Count {
+            return Ok(json!({"totalCount": rows.len()}));
+        }
+        let n = rows.len();
+        return Ok(json!({"CompanyInfo": rows, "startPosition": 1, "maxResults": n}));
+    }
     let entity = canonical(&q.entity).ok_or_else(|| Fault::query_entity(&q.entity))?;
     let company = emu
         .0
@@ -895,28 +1004,35 @@ async fn authorize(State(emu): State<Emu>, QueryParams(a): QueryParams<Authorize
         // OAuth's way to refuse at the consent step: back to the client with an error.
         return Redirect::to(&format!(
             "{redirect}{sep}error=temporarily_unavailable&error_description={}&state={}",
-            crate::urlenc::encode(&format!(
+            enc(&format!(
                 "{} authorization codes are waiting to be exchanged; exchange them or wait up to 10 minutes for them to expire",
                 oauth::CODES_MAX
             )),
-            crate::urlenc::encode(&state),
+            enc(&state),
         ))
         .into_response();
     };
     Redirect::to(&format!(
         "{redirect}{sep}code={code}&state={}&realmId={}",
-        crate::urlenc::encode(&state),
+        enc(&state),
         emu.0.endpoints.realm_id
     ))
     .into_response()
 }
 
 fn form(body: &[u8]) -> HashMap<String, String> {
-    String::from_utf8_lossy(body)
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (crate::urlenc::decode(k), crate::urlenc::decode(v)))
-        .collect()
+    form_urlencoded::parse(body).into_owned().collect()
+}
+
+/// Everything but RFC 3986's unreserved characters is escaped.
+const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, ESCAPED).to_string()
 }
 
 fn client_ok(emu: &Emu, headers: &HeaderMap, f: &HashMap<String, String>) -> bool {

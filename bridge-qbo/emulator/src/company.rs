@@ -13,6 +13,8 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::{Map, Value, json};
 
+use tillmesh_protocol::Currency;
+
 use super::clock;
 use super::fault::Fault;
 
@@ -144,23 +146,42 @@ pub struct Company {
     entities: BTreeMap<(&'static str, u64), Value>,
     deleted: BTreeMap<(&'static str, u64), i64>,
     meta: HashMap<String, u64>,
+    /// The home currency, chosen when the company is made; amounts keep its decimals.
+    currency: Currency,
 }
 
 fn ref_value(v: &Value) -> Option<&str> {
     v.get("value").and_then(Value::as_str)
 }
 
-fn money(v: f64) -> Value {
-    // QBO shows whole amounts as integers in some places and decimals in others; a number
-    // either way. Round to cents so sums never show float noise.
-    let cents = (v * 100.0).round() / 100.0;
-    json!(cents)
+/// An amount in the company's home currency, rounded to its minor unit (cents for USD, yen
+/// for JPY, fils for KWD) so sums never show float noise; a number, as QBO writes it.
+fn money(v: f64, decimals: u32) -> Value {
+    let scale = 10f64.powi(decimals as i32);
+    let rounded = (v * scale).round();
+    if decimals == 0 {
+        json!(rounded as i64)
+    } else {
+        json!(rounded / scale)
+    }
+}
+
+/// `meta` key of the company's home currency (its three letters packed into a number).
+const HOME_CURRENCY: &str = "home_currency";
+
+fn pack(c: Currency) -> u64 {
+    c.as_str().bytes().fold(0, |n, b| n << 8 | u64::from(b))
+}
+
+fn unpack(n: u64) -> Option<Currency> {
+    let b = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+    std::str::from_utf8(&b).ok()?.parse().ok()
 }
 
 impl Company {
     /// Opens (or creates, with QBO's default accounts, tax codes and payment methods) the
     /// company kept in `dir`.
-    pub fn open(dir: &Path) -> Result<Company, WriteError> {
+    pub fn open(dir: &Path, currency: Option<Currency>) -> Result<Company, WriteError> {
         std::fs::create_dir_all(dir).map_err(|e| WriteError::Store(e.to_string()))?;
         let db = Arc::new(Database::create(dir.join("qbo-emulator.redb"))?);
         {
@@ -176,6 +197,7 @@ impl Company {
             entities: BTreeMap::new(),
             deleted: BTreeMap::new(),
             meta: HashMap::new(),
+            currency: currency.unwrap_or(Currency::USD),
         };
         {
             let tx = c.db.begin_read()?;
@@ -199,6 +221,22 @@ impl Company {
             for item in tx.open_table(META)?.iter()? {
                 let (k, v) = item?;
                 c.meta.insert(k.value().to_owned(), v.value());
+            }
+        }
+        match c.meta.get(HOME_CURRENCY).copied().and_then(unpack) {
+            Some(kept) if currency.is_some_and(|asked| asked != kept) => {
+                return Err(WriteError::Store(format!(
+                    "this company keeps its books in {kept}, not {}: QuickBooks never changes a home currency; start with --currency {kept}, or make a new company in another --data folder",
+                    c.currency
+                )));
+            }
+            Some(kept) => c.currency = kept,
+            None => {
+                let n = pack(c.currency);
+                c.meta.insert(HOME_CURRENCY.into(), n);
+                let tx = c.db.begin_write()?;
+                tx.open_table(META)?.insert(HOME_CURRENCY, n)?;
+                tx.commit()?;
             }
         }
         if c.entities.is_empty() {
@@ -253,6 +291,14 @@ impl Company {
         writes.push(self.stage_create("Account", body)?);
         self.commit_staged(&mut writes)?;
         Ok(())
+    }
+
+    pub fn currency(&self) -> Currency {
+        self.currency
+    }
+
+    fn money(&self, v: f64) -> Value {
+        money(v, self.currency.exponent())
     }
 
     fn next(&mut self, key: &str, first: u64) -> u64 {
@@ -856,7 +902,7 @@ impl Company {
                     let paid = id.map(|id| self.paid_against(id)).unwrap_or(0.0);
                     obj.insert(
                         "Balance".into(),
-                        money(total.as_f64().unwrap_or(0.0) - paid),
+                        self.money(total.as_f64().unwrap_or(0.0) - paid),
                     );
                     // Net 30, the default terms of a new company.
                     let due = obj["TxnDate"]
@@ -894,11 +940,11 @@ impl Company {
                     .and_then(Value::as_array)
                     .map(|ls| ls.iter().filter_map(|l| l["Amount"].as_f64()).sum())
                     .unwrap_or(0.0);
-                obj.insert("UnappliedAmt".into(), money(total - applied));
+                obj.insert("UnappliedAmt".into(), self.money(total - applied));
                 obj.entry("Line").or_insert(json!([]));
                 obj.entry("ProcessPayment").or_insert(json!(false));
                 self.transaction_defaults(entity, obj, now);
-                obj.insert("TotalAmt".into(), money(total));
+                obj.insert("TotalAmt".into(), self.money(total));
                 obj.entry("DepositToAccountRef").or_insert(
                     self.account_named("Undeposited Funds")
                         .unwrap_or(Value::Null),
@@ -938,7 +984,7 @@ impl Company {
                         d.entry("TaxCodeRef").or_insert(json!({"value": "NON"}));
                     }
                 }
-                obj.insert("TotalAmt".into(), money(total));
+                obj.insert("TotalAmt".into(), self.money(total));
                 self.transaction_defaults(entity, obj, now);
                 obj.entry("PrintStatus").or_insert(json!("NotSet"));
                 if kind == "Check" {
@@ -1015,7 +1061,7 @@ impl Company {
                         qty * price
                     }
                 };
-                l["Amount"] = money(amount);
+                l["Amount"] = self.money(amount);
                 let detail = l["SalesItemLineDetail"].as_object_mut();
                 if let Some(detail) = detail {
                     detail.insert(
@@ -1040,7 +1086,7 @@ impl Company {
             l["Id"] = json!(n.to_string());
             l["LineNum"] = json!(n);
         }
-        lines.push(json!({"Amount": money(subtotal), "DetailType": "SubTotalLineDetail", "SubTotalLineDetail": {}}));
+        lines.push(json!({"Amount": self.money(subtotal), "DetailType": "SubTotalLineDetail", "SubTotalLineDetail": {}}));
         let tax = match obj.get("TxnTaxDetail") {
             None | Some(Value::Null) => 0.0,
             Some(Value::Object(t)) => t.get("TotalTax").and_then(Value::as_f64).unwrap_or(0.0),
@@ -1050,9 +1096,9 @@ impl Company {
             Some(Value::Object(m)) => m,
             _ => Map::new(),
         };
-        detail.insert("TotalTax".into(), money(tax));
+        detail.insert("TotalTax".into(), self.money(tax));
         obj.insert("TxnTaxDetail".into(), Value::Object(detail));
-        obj.insert("TotalAmt".into(), money(subtotal + tax));
+        obj.insert("TotalAmt".into(), self.money(subtotal + tax));
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use tillmesh_bridge_qbo::emulator::{self, Config, Settings, webhooks::Format};
+use tillmesh_qbo_emulator::{self as emulator, Config, Settings, webhooks::Format};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +44,14 @@ struct Cli {
     /// Share of writes committed whose response is then cut off, in thousandths.
     #[arg(long, default_value_t = 0)]
     drop_after_commit_per_mille: u32,
+    /// The company's home currency when it is made (ISO 4217; USD if not said). A company
+    /// keeps the currency it was made with.
+    #[arg(long)]
+    currency: Option<String>,
+    /// Serve HTTPS, with a certificate for 127.0.0.1 signed by a CA kept in DATA/tls; the
+    /// first line printed names that CA's file as `ca_file`.
+    #[arg(long)]
+    tls: bool,
 }
 
 #[tokio::main]
@@ -65,7 +73,15 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}; choose another --listen", cli.listen))?;
+    let currency = cli
+        .currency
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .context("--currency")?;
     let config = Config {
+        currency,
+        tls: cli.tls,
         data: cli.data,
         settings: Settings {
             requests_per_minute: cli.requests_per_minute,
