@@ -229,6 +229,12 @@ struct Shop {
 }
 
 async fn shop(settings: Settings) -> Shop {
+    shop_in(settings, Currency::USD, None).await
+}
+
+/// A shop whose mesh keeps `mesh` money, with a QuickBooks company made in `qbo` (the
+/// emulator's default, USD, when `None`).
+async fn shop_in(settings: Settings, mesh: Currency, qbo: Option<Currency>) -> Shop {
     let tmp = tempfile::tempdir().unwrap();
     // QuickBooks.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -237,7 +243,7 @@ async fn shop(settings: Settings) -> Shop {
         Config {
             data: tmp.path().join("qbo"),
             settings,
-            currency: None,
+            currency: qbo,
             tls: true,
         },
         std::future::pending(),
@@ -246,7 +252,7 @@ async fn shop(settings: Settings) -> Shop {
     .unwrap();
     let books = Books::new(ends.clone()).await;
     // The shop: its owner till, with a catalogue with tax.
-    let owner = Repo::init(&tmp.path().join("owner"), "Till 1", Currency::USD)
+    let owner = Repo::init(&tmp.path().join("owner"), "Till 1", mesh)
         .await
         .unwrap();
     owner
@@ -258,7 +264,7 @@ async fn shop(settings: Settings) -> Shop {
         .unwrap();
     for (sku, price, tax) in [("TEA-1", 350, "TAX"), ("CAKE-1", 425, "NON")] {
         let p: NewProduct = serde_json::from_value(json!({
-            "sku": sku, "name": sku, "price": {"amount_minor": price, "currency": "USD"},
+            "sku": sku, "name": sku, "price": {"amount_minor": price, "currency": mesh},
             "tax_code": tax, "stock": 100_000,
         }))
         .unwrap();
@@ -385,7 +391,10 @@ async fn sales_reach_quickbooks_exactly_once_and_quickbooks_wins_on_money() {
         .await
         .unwrap();
     assert_eq!(forged.status().as_u16(), 401);
-    http.post(format!("{}/admin/config", books.ends.base_url))
+    books
+        .ends
+        .client()
+        .post(format!("{}/admin/config", books.ends.base_url))
         .json(&json!({"webhook_url": hook}))
         .send()
         .await
@@ -1028,4 +1037,232 @@ async fn summaries_carry_each_period_once_and_a_later_void_is_taken_back_out() {
     );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// QuickBooks' amount in minor units of `c`, read from its decimal text.
+fn minor_of(v: &Value, c: Currency) -> i64 {
+    let text = v.to_string();
+    let text = match text.split_once('.') {
+        Some((whole, frac)) if frac.trim_end_matches('0').is_empty() => whole.to_owned(),
+        Some((whole, frac)) => format!("{whole}.{}", frac.trim_end_matches('0')),
+        None => text,
+    };
+    c.parse_amount(&text)
+        .unwrap_or_else(|e| panic!("{v} is not an amount in {c}: {e}"))
+}
+
+fn note_id(r: &Value, prefix: &str) -> String {
+    r["PrivateNote"]
+        .as_str()
+        .and_then(|n| n.strip_prefix(prefix))
+        .and_then(|n| n.split_whitespace().next())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Yen have no minor unit and Kuwaiti dinars three: a day of sales, a void and refunds in
+/// each reach QuickBooks to the last minor unit (with the tax rounded on the mesh's terms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yen_and_a_dinar_shop_book_every_minor_unit() {
+    for code in ["JPY", "KWD"] {
+        let cur: Currency = code.parse().unwrap();
+        let Shop {
+            _tmp,
+            books,
+            owner,
+            dir,
+            ..
+        } = shop_in(Settings::default(), cur, Some(cur)).await;
+        sell(&owner, 12).await;
+        let sales = sales_of(&owner);
+        let id_of = |s: &Sale| -> tillmesh_protocol::DocId {
+            owner
+                .list(DocType::Sale, None, 1000)
+                .unwrap()
+                .into_iter()
+                .find(|(id, v)| tillmesh_node::repo::typed::<Sale>(id, v.clone()).unwrap() == *s)
+                .unwrap()
+                .0
+        };
+        let (voided, whole, part) = (id_of(&sales[0]), id_of(&sales[1]), id_of(&sales[2]));
+        // A voided receipt's note says "Voided": receipts are found by their numbers.
+        let voided_number = sales[0].receipt_number.clone();
+        owner
+            .execute(Command::Void {
+                sale_id: voided,
+                request: serde_json::from_value(json!({"reason": "rung twice"})).unwrap(),
+            })
+            .await
+            .unwrap();
+        for (sale_id, request) in [
+            (whole, json!({})),
+            (part, json!({"lines": [{"line": 0, "qty": 1}]})),
+        ] {
+            owner
+                .execute(Command::Refund {
+                    sale_id,
+                    request: serde_json::from_value(request).unwrap(),
+                })
+                .await
+                .unwrap();
+        }
+        let _bridge = spawn_bridge(&dir);
+        wait_until(
+            &format!("{code}: every sale, the void and the refunds in QuickBooks"),
+            || async {
+                let receipts = books.receipts().await;
+                receipts.len() == sales.len()
+                    && books.all("RefundReceipt").await.len() == 2
+                    && receipts
+                        .iter()
+                        .any(|r| r["DocNumber"] == voided_number.as_str() && r["TotalAmt"] == 0)
+            },
+        )
+        .await;
+        // Sale by sale, then the day's totals, to the minor unit.
+        let (mut mesh_day, mut qbo_day) = (0i64, 0i64);
+        let sales: Vec<(tillmesh_protocol::DocId, Sale)> = owner
+            .list(DocType::Sale, None, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|(id, v)| (id, tillmesh_node::repo::typed::<Sale>(&id, v).unwrap()))
+            .collect();
+        let receipts = books.receipts().await;
+        for (id, sale) in &sales {
+            let r = receipts
+                .iter()
+                .find(|r| r["DocNumber"] == sale.receipt_number.as_str())
+                .unwrap_or_else(|| panic!("{code}: sale {id} is not in QuickBooks"));
+            let expected = if *id == voided {
+                0
+            } else {
+                sale.total.amount_minor
+            };
+            let (total, tax) = (
+                minor_of(&r["TotalAmt"], cur),
+                minor_of(&r["TxnTaxDetail"]["TotalTax"], cur),
+            );
+            assert_eq!(total, expected, "{code}: sale {id}: {r}");
+            if *id != voided {
+                assert_eq!(tax, sale.tax.amount_minor, "{code}: tax of sale {id}: {r}");
+            }
+            mesh_day += expected;
+            qbo_day += total;
+        }
+        let refunds: Vec<(tillmesh_protocol::DocId, tillmesh_protocol::schema::Refund)> = owner
+            .list(DocType::Refund, None, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|(id, v)| (id, tillmesh_node::repo::typed(&id, v).unwrap()))
+            .collect();
+        assert_eq!(refunds.len(), 2);
+        let qbo_refunds = books.all("RefundReceipt").await;
+        for (id, refund) in &refunds {
+            let r = qbo_refunds
+                .iter()
+                .find(|r| note_id(r, "tillmesh refund ") == id.to_string())
+                .unwrap_or_else(|| panic!("{code}: refund {id} is not in QuickBooks"));
+            assert_eq!(
+                minor_of(&r["TotalAmt"], cur),
+                refund.total.amount_minor,
+                "{code}: refund {id}: {r}"
+            );
+            mesh_day -= refund.total.amount_minor;
+            qbo_day -= minor_of(&r["TotalAmt"], cur);
+        }
+        assert_eq!(qbo_day, mesh_day, "{code}: the day's takings");
+        assert!(
+            bridge_status(&dir)["failures"]
+                .as_array()
+                .is_some_and(Vec::is_empty),
+            "{code}: {}",
+            bridge_status(&dir)
+        );
+    }
+}
+
+/// A bridge between a dollar mesh and a company that keeps Canadian dollars posts nothing at
+/// all, and its status says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usd_mesh_posts_nothing_to_a_cad_company() {
+    let Shop {
+        _tmp,
+        books,
+        owner,
+        dir,
+        ..
+    } = shop_in(
+        Settings::default(),
+        Currency::USD,
+        Some("CAD".parse().unwrap()),
+    )
+    .await;
+    sell(&owner, 3).await;
+    let _bridge = spawn_bridge(&dir);
+    wait_until("the status to say why nothing is posted", || async {
+        let s = bridge_status(&dir);
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("CAD") && e.contains("USD"))
+    })
+    .await;
+    // Rounds go on failing the same way: give them time to post anything they would.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = bridge_status(&dir);
+    assert!(s["last_error"].as_str().unwrap().contains("CAD"), "{s}");
+    assert_eq!(s["posted"], 0, "{s}");
+    assert!(books.receipts().await.is_empty());
+    assert!(books.all("Item").await.is_empty(), "not even the catalogue");
+}
+
+/// A sale is booked on the shop's own date: in a zone whose date is not UTC's just now, each
+/// receipt's `TxnDate` is the sale's local date there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sales_are_booked_on_the_shops_local_date() {
+    use jiff::{Timestamp, tz::TimeZone};
+    // Kiritimati is UTC+14 (its date is ahead from 10:00 UTC), Pago Pago UTC-11 (behind until
+    // 11:00 UTC): an hour's margin either side of the choice.
+    let hour_utc = Timestamp::now().to_zoned(TimeZone::UTC).hour();
+    let zone_name = if hour_utc >= 12 {
+        "Pacific/Kiritimati"
+    } else {
+        "Pacific/Pago_Pago"
+    };
+    let zone = TimeZone::get(zone_name).unwrap();
+    let Shop {
+        _tmp,
+        books,
+        owner,
+        dir,
+        ..
+    } = shop(Settings::default()).await;
+    owner
+        .execute(Command::SetTimeZone(zone_name.into()))
+        .await
+        .unwrap();
+    sell(&owner, 3).await;
+    let _bridge = spawn_bridge(&dir);
+    wait_until("the sales in QuickBooks", || async {
+        books.receipts().await.len() == 3
+    })
+    .await;
+    let sales: Vec<(tillmesh_protocol::DocId, Sale)> = owner
+        .list(DocType::Sale, None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(id, v)| (id, tillmesh_node::repo::typed::<Sale>(&id, v).unwrap()))
+        .collect();
+    for r in books.receipts().await {
+        let id = note_id(&r, "tillmesh sale ");
+        let (_, sale) = sales.iter().find(|(s, _)| s.to_string() == id).unwrap();
+        let at = Timestamp::from_millisecond(sale.created_at_ms as i64).unwrap();
+        let local = at.to_zoned(zone.clone()).date().to_string();
+        let utc = at.to_zoned(TimeZone::UTC).date().to_string();
+        assert_ne!(local, utc, "the zone was chosen so the dates differ");
+        assert_eq!(
+            r["TxnDate"],
+            local.as_str(),
+            "sale {id} in {zone_name}: {r}"
+        );
+    }
 }

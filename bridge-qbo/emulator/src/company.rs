@@ -1049,6 +1049,9 @@ impl Company {
                 let Some(found) = self.get("Item", item_id) else {
                     return Err(Fault::not_found());
                 };
+                if found["Type"] == "Inventory" && d.get("Qty").is_none_or(Value::is_null) {
+                    return Err(Fault::inventory_quantity());
+                }
                 let amount = match l.get("Amount").and_then(Value::as_f64) {
                     Some(a) => a,
                     None => {

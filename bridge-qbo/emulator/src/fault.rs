@@ -63,6 +63,16 @@ impl Fault {
         )
     }
 
+    /// 6520: a sales line of an inventory item says no quantity.
+    pub fn inventory_quantity() -> Fault {
+        Fault::validation(
+            "Missing Inventory Item Quantity",
+            "Quantity required for inventory item".to_owned(),
+            "6520",
+            Some(""),
+        )
+    }
+
     /// 6240: the name is taken. (QBO does not say by which object: clients look it up.)
     pub fn duplicate_name() -> Fault {
         Fault::validation(

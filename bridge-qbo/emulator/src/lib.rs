@@ -538,12 +538,15 @@ async fn too_deep(
 #[derive(Deserialize)]
 struct WriteParams {
     operation: Option<String>,
+    /// `include=void` with `operation=update`: how Intuit documents voiding a sales receipt.
+    include: Option<String>,
     requestid: Option<String>,
     #[allow(dead_code)]
     minorversion: Option<String>,
 }
 
-/// Create, update (`Id` in the body), `?operation=delete` or `?operation=void`.
+/// Create, update (`Id` in the body), `?operation=delete`, `?operation=void`, or
+/// `?operation=update&include=void` (a sales receipt's void, as Intuit documents it).
 async fn write(
     State(emu): State<Emu>,
     Path((realm, entity)): Path<(String, String)>,
@@ -586,7 +589,11 @@ async fn write(
             Err(e) => return write_error(e),
         }
     }
-    let outcome = apply_locked(&mut company, entity, params.operation.as_deref(), body);
+    let operation = match (params.operation.as_deref(), params.include.as_deref()) {
+        (Some("update") | None, Some("void")) => Some("void"),
+        (op, _) => op,
+    };
+    let outcome = apply_locked(&mut company, entity, operation, body);
     let (status, response, change) = match outcome {
         Ok((v, change)) => (
             StatusCode::OK,

@@ -771,10 +771,15 @@ impl Bridge {
             Err(e) => return Err(e),
         };
         if current["PrivateNote"] != "Voided" {
-            let body = json!({"Id": posted.qbo_id, "SyncToken": current["SyncToken"]});
+            let body =
+                json!({"Id": posted.qbo_id, "SyncToken": current["SyncToken"], "sparse": true});
             // A stale SyncToken (5010: changed in QBO since the read) is an error for this
-            // sale: the next round reads it again.
-            let voided = self.qbo.post("salesreceipt?operation=void", &body).await?;
+            // sale: the next round reads it again. Intuit documents a sales receipt's void as
+            // a sparse update that includes the void.
+            let voided = self
+                .qbo
+                .post("salesreceipt?operation=update&include=void", &body)
+                .await?;
             posted.sync_token = voided["SalesReceipt"]["SyncToken"]
                 .as_str()
                 .unwrap_or(&posted.sync_token)
