@@ -37,27 +37,22 @@ struct Qbo {
 }
 
 async fn start_in(dir: tempfile::TempDir, settings: Settings) -> Qbo {
+    let config = Config {
+        settings,
+        ..Config::new(dir.path())
+    };
+    start_with(dir, config).await
+}
+
+async fn start_with(dir: tempfile::TempDir, config: Config) -> Qbo {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (ends, task) = emulator::start(
-        listener,
-        Config {
-            data: dir.path().to_owned(),
-            settings,
-            currency: None,
-            tls: false,
-        },
-        async {
-            let _ = stopped.await;
-        },
-    )
+    let (ends, task) = emulator::start(listener, config, async {
+        let _ = stopped.await;
+    })
     .await
     .unwrap();
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = ends.client();
     let mut q = Qbo {
         dir,
         ends,
@@ -1761,4 +1756,176 @@ async fn the_rest_answers_as_recorded() {
     assert_eq!(status, 400);
     assert_shape("oauth-token-response-error", &rec, &ours, &[]);
     q.stop().await;
+}
+
+/// `--tls --currency JPY`: HTTPS under a CA of the emulator's own (refused by a client that
+/// does not trust it), the home currency in the preferences and `CompanyInfo`, amounts in
+/// whole yen; the company keeps its currency across restarts and refuses another.
+#[tokio::test]
+async fn https_and_a_home_currency_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        currency: Some("JPY".parse().unwrap()),
+        tls: true,
+        ..Config::new(dir.path())
+    };
+    let q = start_with(dir, config).await;
+    assert!(
+        q.ends.base_url.starts_with("https://127.0.0.1:"),
+        "{}",
+        q.ends.base_url
+    );
+    assert_eq!(q.ends.currency, "JPY");
+    let ca = q.ends.ca_file.clone().expect("the CA's file");
+    assert!(
+        std::fs::read_to_string(&ca)
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    // A client that trusts only the platform's roots cannot talk to it.
+    let stranger = reqwest::Client::builder().no_proxy().build().unwrap();
+    let refused = stranger.get(q.url("preferences")).send().await;
+    assert!(refused.is_err(), "an untrusted certificate was accepted");
+    let prefs = q.ok("GET", "preferences", None).await;
+    assert_eq!(
+        prefs["Preferences"]["CurrencyPrefs"]["HomeCurrency"]["value"],
+        "JPY"
+    );
+    let realm = q.ends.realm_id.clone();
+    let info = q.ok("GET", &format!("companyinfo/{realm}"), None).await;
+    assert_eq!(info["CompanyInfo"]["Country"], "JP", "{info}");
+    let (status, rows) = q.query("select * from CompanyInfo").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        rows["QueryResponse"]["CompanyInfo"][0]["CompanyName"],
+        info["CompanyInfo"]["CompanyName"]
+    );
+    // Yen have no minor unit: amounts are whole.
+    let item = q
+        .ok(
+            "POST",
+            "item",
+            Some(
+                &json!({"Name": "Tea", "Type": "NonInventory", "IncomeAccountRef": {"value": "3"}}),
+            ),
+        )
+        .await["Item"]["Id"]
+        .clone();
+    let sale = q
+        .ok(
+            "POST",
+            "salesreceipt",
+            Some(
+                &json!({"Line": [{"Amount": 1050, "DetailType": "SalesItemLineDetail",
+                "SalesItemLineDetail": {"ItemRef": {"value": item}, "Qty": 3, "UnitPrice": 350}}],
+                "TxnTaxDetail": {"TotalTax": 87}}),
+            ),
+        )
+        .await;
+    assert_eq!(sale["SalesReceipt"]["TotalAmt"].to_string(), "1137");
+    // The same folder keeps yen, and says so to a start in another currency.
+    let dir = q.stop().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = Config {
+        currency: Some(tillmesh_protocol::Currency::USD),
+        tls: true,
+        ..Config::new(dir.path())
+    };
+    let err = emulator::start(listener, config, std::future::pending())
+        .await
+        .err()
+        .expect("a company's currency never changes");
+    assert!(err.to_string().contains("keeps its books in JPY"), "{err}");
+}
+
+/// A sales receipt voided as Intuit documents it (a sparse update that includes the void):
+/// every amount zero, the note "Voided", the SyncToken moved on.
+#[tokio::test]
+async fn a_sales_receipt_voids_as_intuit_documents_it() {
+    let q = start().await;
+    let item = q
+        .ok(
+            "POST",
+            "item",
+            Some(
+                &json!({"Name": "Tea", "Type": "NonInventory", "IncomeAccountRef": {"value": "3"}}),
+            ),
+        )
+        .await["Item"]["Id"]
+        .clone();
+    let sale = q
+        .ok(
+            "POST",
+            "salesreceipt",
+            Some(
+                &json!({"Line": [{"Amount": 7, "DetailType": "SalesItemLineDetail",
+                "SalesItemLineDetail": {"ItemRef": {"value": item}, "Qty": 2, "UnitPrice": 3.5}}]}),
+            ),
+        )
+        .await["SalesReceipt"]
+        .clone();
+    let voided = q
+        .ok(
+            "POST",
+            "salesreceipt?operation=update&include=void&minorversion=75",
+            Some(&json!({"Id": sale["Id"], "SyncToken": sale["SyncToken"], "sparse": true})),
+        )
+        .await["SalesReceipt"]
+        .clone();
+    assert_eq!(voided["TotalAmt"], 0, "{voided}");
+    assert_eq!(voided["Line"][0]["Amount"], 0);
+    assert_eq!(voided["PrivateNote"], "Voided");
+    assert_eq!(voided["SyncToken"], "1");
+}
+
+/// An inventory item's line must say how many: Intuit refuses one without with 6520.
+#[tokio::test]
+async fn an_inventory_line_without_a_quantity_is_refused_with_6520() {
+    let q = start().await;
+    let accounts = q.query("select * from Account").await.1["QueryResponse"]["Account"].clone();
+    let acct = |name: &str| {
+        let a = accounts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["Name"] == name)
+            .unwrap();
+        json!({"value": a["Id"]})
+    };
+    let item = q
+        .ok(
+            "POST",
+            "item",
+            Some(&json!({"Name": "Tea", "Type": "Inventory", "QtyOnHand": 3, "InvStartDate": "2026-01-01",
+                "IncomeAccountRef": acct("Sales of Product Income"), "AssetAccountRef": acct("Inventory Asset"),
+                "ExpenseAccountRef": acct("Cost of Goods Sold")})),
+        )
+        .await["Item"]["Id"]
+        .clone();
+    let (status, v) = q
+        .call(
+            "POST",
+            "salesreceipt",
+            Some(
+                &json!({"Line": [{"Amount": 7, "DetailType": "SalesItemLineDetail",
+                "SalesItemLineDetail": {"ItemRef": {"value": item}, "UnitPrice": 3.5}}]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["Fault"]["Error"][0]["code"], "6520", "{v}");
+    assert_eq!(
+        v["Fault"]["Error"][0]["Message"],
+        "Missing Inventory Item Quantity"
+    );
+    // With its quantity the same line is taken.
+    q.ok(
+        "POST",
+        "salesreceipt",
+        Some(
+            &json!({"Line": [{"Amount": 7, "DetailType": "SalesItemLineDetail",
+            "SalesItemLineDetail": {"ItemRef": {"value": item}, "Qty": 2, "UnitPrice": 3.5}}]}),
+        ),
+    )
+    .await;
 }
