@@ -1266,3 +1266,179 @@ async fn sales_are_booked_on_the_shops_local_date() {
         );
     }
 }
+
+/// The QuickBooks id a document's ledger names, once the bridge has written it back.
+fn ledger_id<T: tillmesh_protocol::schema::Document>(
+    repo: &Repo,
+    id: &tillmesh_protocol::DocId,
+    ledger: impl Fn(&T) -> Option<&tillmesh_protocol::schema::Ledger>,
+) -> Option<String> {
+    repo.get::<T>(id)
+        .ok()
+        .flatten()
+        .and_then(|d| ledger(&d).and_then(|l| l.qbo_id.clone()))
+}
+
+/// More payments on one day than a query answers (1,000): when a payment's create is
+/// answered by silence, the look-up pages through them all and finds it, even where QBO no
+/// longer remembers the request id; nothing is made twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_on_a_day_of_more_than_a_thousand_payments_makes_nothing_twice() {
+    use tillmesh_protocol::schema::Payment;
+    let Shop {
+        _tmp,
+        ends,
+        books,
+        owner,
+        dir,
+        ..
+    } = shop(Settings::default()).await;
+    // The day's other payments, entered in QuickBooks: a thousand before the mesh's.
+    let counter = books
+        .post("customer", &json!({"DisplayName": "Counter"}))
+        .await["Customer"]["Id"]
+        .clone();
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string();
+    for chunk in 0..34 {
+        let items: Vec<Value> = (0..30)
+            .filter(|i| chunk * 30 + i < 1000)
+            .map(|i| {
+                json!({"bId": i.to_string(), "operation": "create", "Payment": {
+                    "CustomerRef": {"value": counter}, "TotalAmt": 5, "TxnDate": today,
+                    "PrivateNote": format!("counter {chunk}/{i}")}})
+            })
+            .collect();
+        let answer = books
+            .post("batch", &json!({"BatchItemRequest": items}))
+            .await;
+        assert!(answer["BatchItemResponse"].is_array(), "{answer}");
+    }
+    assert_eq!(books.all("Payment").await.len(), 1000);
+    let jo = owner.execute(customer("Jo Bloggs")).await.unwrap().doc_id;
+    let paid = owner
+        .execute(Command::RecordPayment(
+            serde_json::from_value(
+                json!({"customer_id": jo, "amount_minor": 1250, "method": "cash"}),
+            )
+            .unwrap(),
+        ))
+        .await
+        .unwrap()
+        .doc_id;
+    // Every answer to a write is now lost after its commit, and request ids are forgotten.
+    ends.client()
+        .post(format!("{}/admin/config", ends.base_url))
+        .json(&json!({"drop_after_commit_per_mille": 1000, "forget_request_ids": true}))
+        .send()
+        .await
+        .unwrap();
+    let _bridge = spawn_bridge(&dir);
+    wait_until(
+        "the payment's ledger to name QuickBooks' payment",
+        || async { ledger_id::<Payment>(&owner, &paid, |p| p.ledger.as_ref()).is_some() },
+    )
+    .await;
+    let note = format!("tillmesh payment {paid}");
+    let ours: Vec<Value> = books
+        .all("Payment")
+        .await
+        .into_iter()
+        .filter(|p| p["PrivateNote"] == note.as_str())
+        .collect();
+    assert_eq!(ours.len(), 1, "made once: {ours:?}");
+    assert_eq!(
+        ledger_id::<Payment>(&owner, &paid, |p| p.ledger.as_ref()).as_deref(),
+        ours[0]["Id"].as_str()
+    );
+}
+
+/// QuickBooks holds "AMY LEE" (an accountant typed it); the mesh's "Amy Lee" is the same
+/// name to QuickBooks, and becomes that record rather than a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_differs_only_in_case_is_the_same_customer() {
+    let Shop {
+        _tmp,
+        books,
+        owner,
+        dir,
+        ..
+    } = shop(Settings::default()).await;
+    let theirs = books
+        .post("customer", &json!({"DisplayName": "AMY LEE"}))
+        .await["Customer"]["Id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let amy = owner.execute(customer("Amy Lee")).await.unwrap().doc_id;
+    let sale = sell_to(&owner, Some(amy)).await;
+    let _bridge = spawn_bridge(&dir);
+    wait_until("the sale in QuickBooks", || async {
+        ledger_id::<Sale>(&owner, &sale, |s| s.ledger.as_ref()).is_some()
+    })
+    .await;
+    let customers = books.all("Customer").await;
+    assert_eq!(customers.len(), 1, "{customers:?}");
+    let receipt = books.receipts().await.remove(0);
+    assert_eq!(receipt["CustomerRef"]["value"], theirs.as_str());
+    let s = bridge_status(&dir);
+    assert!(s["failures"].as_array().is_some_and(Vec::is_empty), "{s}");
+}
+
+/// Two customers of the mesh named alike become two QuickBooks customers (whose names must
+/// differ: the later takes the end of its id), each with its own id and its own sales.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_customers_named_alike_stay_two() {
+    use tillmesh_protocol::schema::Customer;
+    let Shop {
+        _tmp,
+        books,
+        owner,
+        dir,
+        ..
+    } = shop(Settings::default()).await;
+    let first = owner.execute(customer("Sam Green")).await.unwrap().doc_id;
+    let second = owner.execute(customer("Sam Green")).await.unwrap().doc_id;
+    let sales = [
+        sell_to(&owner, Some(first)).await,
+        sell_to(&owner, Some(second)).await,
+    ];
+    let _bridge = spawn_bridge(&dir);
+    wait_until("both sales in QuickBooks", || async {
+        sales
+            .iter()
+            .all(|s| ledger_id::<Sale>(&owner, s, |s| s.ledger.as_ref()).is_some())
+    })
+    .await;
+    let ids: Vec<String> = [first, second]
+        .iter()
+        .map(|c| ledger_id::<Customer>(&owner, c, |c| c.0.ledger.as_ref()).unwrap())
+        .collect();
+    assert_ne!(ids[0], ids[1], "two customers, not one");
+    let customers = books.all("Customer").await;
+    assert_eq!(customers.len(), 2, "{customers:?}");
+    for (doc, qbo_id) in [first, second].iter().zip(&ids) {
+        let record = customers
+            .iter()
+            .find(|c| c["Id"] == qbo_id.as_str())
+            .unwrap();
+        let name = record["DisplayName"].as_str().unwrap();
+        let tail = doc.to_string()[30..].to_uppercase();
+        assert!(
+            name == "Sam Green" || name == format!("Sam Green ({tail})"),
+            "{name} for {doc}"
+        );
+    }
+    // Each sale names its own customer's record.
+    let receipts = books.receipts().await;
+    for (sale, qbo_id) in sales.iter().zip(&ids) {
+        let number = owner.get::<Sale>(sale).unwrap().unwrap().receipt_number;
+        let r = receipts
+            .iter()
+            .find(|r| r["DocNumber"] == number.as_str())
+            .unwrap();
+        assert_eq!(r["CustomerRef"]["value"], qbo_id.as_str(), "{r}");
+    }
+}

@@ -62,6 +62,9 @@ pub struct Settings {
     pub drop_after_commit_per_mille: u32,
     pub webhook_url: Option<String>,
     pub webhook_format: Format,
+    /// Answer a repeated `requestid` as a new request: Intuit keeps request ids for a
+    /// while, not for ever, so a client must not lean on them alone.
+    pub forget_request_ids: bool,
 }
 
 impl Default for Settings {
@@ -75,6 +78,7 @@ impl Default for Settings {
             drop_after_commit_per_mille: 0,
             webhook_url: None,
             webhook_format: Format::Legacy,
+            forget_request_ids: false,
         }
     }
 }
@@ -558,7 +562,9 @@ async fn write(
         Ok(e) => e,
         Err(r) => return *r,
     };
-    let request_id = params.requestid.filter(|r| !r.is_empty());
+    let request_id = params
+        .requestid
+        .filter(|r| !r.is_empty() && !emu.settings().forget_request_ids);
     let body: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return Fault::bad_request(format!("the body is not JSON: {e}")).into_response(),
@@ -910,7 +916,9 @@ async fn batch(
         ))
         .into_response();
     }
-    let request_id = params.requestid.filter(|r| !r.is_empty());
+    let request_id = params
+        .requestid
+        .filter(|r| !r.is_empty() && !emu.settings().forget_request_ids);
     let batches = emu
         .0
         .batches

@@ -20,11 +20,13 @@ use serde_json::{Value, json};
 
 use super::client::QboError;
 use super::state::Posted;
-use super::{Bridge, amounts, now_ms, quoted};
+use super::{Bridge, amounts, mapping, quoted};
 
 /// Batches, or single creates, in flight at once; the client's own cap is the hard limit.
 const BATCHES_IN_FLIGHT: usize = 4;
 const CREATES_IN_FLIGHT: usize = 8;
+/// The most rows QBO answers a query with.
+const QUERY_ROWS_MAX: usize = 1000;
 
 /// How a created object is found in QBO when its create got no answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,13 +82,17 @@ pub(super) struct Intent {
 /// What became of one create.
 type Outcome = (Create, Result<Posted, QboError>);
 
-pub(super) fn fresh_request_id() -> String {
+/// A `requestid` no other intent has. From the OS's random source only: a clock can repeat
+/// (two bridges, a clock set back), and a repeated id would make QuickBooks answer a new
+/// create with an old one's answer. Without randomness nothing is sent.
+pub(super) fn fresh_request_id() -> Result<String, QboError> {
     let mut b = [0u8; 16];
-    // Without randomness the time is unique enough: ids need only differ between intents.
-    if getrandom::fill(&mut b).is_err() {
-        b[..8].copy_from_slice(&now_ms().to_be_bytes());
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    getrandom::fill(&mut b).map_err(|e| {
+        QboError::Unavailable(format!(
+            "the OS gave no randomness for a request id ({e}); nothing is sent until it does"
+        ))
+    })?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 impl Bridge {
@@ -143,7 +149,7 @@ impl Bridge {
 
     /// Writes an intent down under a fresh `requestid`, then sends it.
     pub(super) async fn create(&self, intent: &Intent) -> Result<Vec<Outcome>, QboError> {
-        let rid = fresh_request_id();
+        let rid = fresh_request_id()?;
         self.state.set_intent(&rid, intent)?;
         self.send(&rid, intent, false).await
     }
@@ -203,20 +209,18 @@ impl Bridge {
             .unwrap_or_default();
         let mut outcomes = Vec::with_capacity(intent.creates.len());
         let mut unexplained = false;
+        let mut taken = Vec::new();
         for (i, c) in intent.creates.iter().enumerate() {
             let bid = i.to_string();
             let outcome = match answers.iter().find(|a| a["bId"] == bid.as_str()) {
                 Some(a) if a[&c.entity].is_object() => {
                     posted_from(c, &a[&c.entity], self.books().currency)
                 }
-                // A name taken already is the object: found, not failed.
+                // A name taken already is the object, unless another document holds it:
+                // settled once this answer's own records are in.
                 Some(a) if a["Fault"]["Error"][0]["code"] == "6240" => {
-                    let found = self.find_one(c).await?;
-                    if found.is_null() {
-                        Err(name_taken(c))
-                    } else {
-                        posted_from(c, &found, self.books().currency)
-                    }
+                    taken.push(i);
+                    Err(name_taken(c))
                 }
                 Some(a) if a["Fault"].is_object() => Err(fault_of(&a["Fault"])),
                 // Answered without the object or a refusal: it may exist. The intent stays
@@ -231,14 +235,24 @@ impl Bridge {
             };
             outcomes.push((c.clone(), outcome));
         }
+        if !taken.is_empty() {
+            // What this same request made holds its names first: two documents named alike
+            // in one batch must not both become the record the first one made.
+            for (key, p) in records(&outcomes) {
+                self.state.set_posted(&key, &p)?;
+            }
+            for i in taken {
+                outcomes[i].1 = self.name_taken(&outcomes[i].0).await?;
+            }
+        }
         let made = records(&outcomes);
-        if unexplained && settling {
-            // The same request again got the same silence, and a look-up did not find it
-            // all: QBO never made what it says nothing of. The intent closes with what was
-            // made; the rest is created afresh next round.
-            tracing::warn!(request = %rid, "QuickBooks never accounted for some of a request; what it did not make is sent again");
-            self.state.finish_intent(rid, &made)?;
-        } else if unexplained {
+        if unexplained {
+            // In doubt, the intent stays, under the same `requestid`: it is settled again
+            // next round (a look-up, then the same request). A new id could make twice what
+            // QBO made once and did not say.
+            if settling {
+                tracing::warn!(request = %rid, "QuickBooks has not accounted for all of a request; it is asked again, under the same requestid");
+            }
             for (key, p) in &made {
                 self.state.set_posted(key, p)?;
             }
@@ -299,6 +313,32 @@ impl Bridge {
         Ok(())
     }
 
+    /// A create refused because its name is taken (6240). The record holding the name is
+    /// this document's when QBO's record of that name is nobody else's (a create whose answer
+    /// was lost, or a record an accountant made); a customer or vendor whose name another
+    /// document or another kind of record holds goes again under [`distinct_name`].
+    async fn name_taken(&self, c: &Create) -> Result<Result<Posted, QboError>, QboError> {
+        let found = self.find_one(c).await?;
+        if !found.is_null() {
+            return Ok(posted_from(c, &found, self.books().currency));
+        }
+        let (Find::Name { value, .. }, Ok(id)) =
+            (&c.find, c.key.parse::<tillmesh_protocol::DocId>())
+        else {
+            return Ok(Err(name_taken(c)));
+        };
+        let key = mapping::party_name_key(&c.key);
+        // Renamed once already: its own distinct name is taken too, which a person must sort.
+        if matches!(c.entity.as_str(), "Customer" | "Vendor") && self.state.note(&key)?.is_none() {
+            let renamed = mapping::distinct_name(value, id);
+            self.state.set_note(&key, &renamed)?;
+            return Ok(Err(QboError::Unavailable(format!(
+                "another record in QuickBooks is named '{value}'; this one goes as '{renamed}'"
+            ))));
+        }
+        Ok(Err(name_taken(c)))
+    }
+
     pub(super) async fn find_one(&self, c: &Create) -> Result<Value, QboError> {
         Ok(self
             .find_many(std::slice::from_ref(c))
@@ -340,19 +380,29 @@ impl Bridge {
                 } else {
                     ""
                 };
-                let v = self
-                    .qbo
-                    .query(&format!(
-                        "select * from {entity} where {field} IN ({}){active} MAXRESULTS 1000",
-                        values.join(", ")
-                    ))
-                    .await?;
-                let rows = v["QueryResponse"][entity.as_str()]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
+                // Every page: a day's payments, say, may number more than one answer holds.
+                let mut rows = Vec::new();
+                loop {
+                    let v = self
+                        .qbo
+                        .query(&format!(
+                            "select * from {entity} where {field} IN ({}){active} STARTPOSITION {} MAXRESULTS {QUERY_ROWS_MAX}",
+                            values.join(", "),
+                            rows.len() + 1,
+                        ))
+                        .await?;
+                    let page = v["QueryResponse"][entity.as_str()]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    let full = page.len() >= QUERY_ROWS_MAX;
+                    rows.extend(page);
+                    if !full {
+                        break;
+                    }
+                }
                 for c in chunk {
-                    let row = rows.iter().find(|r| match &c.find {
+                    let mut matching = rows.iter().filter(|r| match &c.find {
                         Find::Note {
                             field,
                             number,
@@ -361,8 +411,24 @@ impl Bridge {
                             r[field.as_str()] == number.as_str()
                                 && r["PrivateNote"] == note.as_str()
                         }
-                        Find::Name { field, value } => r[field.as_str()] == value.as_str(),
+                        Find::Name { field, value } => r[field.as_str()]
+                            .as_str()
+                            .is_some_and(|n| mapping::same_name(n, value)),
                     });
+                    // A record another document was posted as is never this one's.
+                    let row = loop {
+                        let Some(r) = matching.next() else { break None };
+                        let theirs = match r["Id"].as_str() {
+                            Some(id) => self
+                                .state
+                                .posted_by_qbo(&entity, id)?
+                                .is_some_and(|(key, _)| key != c.key),
+                            None => true,
+                        };
+                        if !theirs {
+                            break Some(r);
+                        }
+                    };
                     if let Some(row) = row {
                         found.insert(c.key.clone(), row.clone());
                     }

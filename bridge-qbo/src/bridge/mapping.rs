@@ -356,6 +356,15 @@ impl Bridge {
         })
     }
 
+    /// The name a party goes to QuickBooks under: its own, unless another record was found
+    /// to hold it (then [`distinct_name`], kept in `bridge.redb`).
+    pub(super) fn party_name(&self, id: DocId, p: &Party) -> Result<String, QboError> {
+        Ok(self
+            .state
+            .note(&party_name_key(&id.to_string()))?
+            .unwrap_or_else(|| p.display_name.clone()))
+    }
+
     pub(super) fn item_id(&self, sku: &str) -> Result<String, QboError> {
         self.qbo_id(&item_key(sku))
     }
@@ -372,6 +381,11 @@ impl Bridge {
 pub(super) fn last_chars(s: &str, n: usize) -> String {
     let skip = s.chars().count().saturating_sub(n);
     s.chars().skip(skip).collect()
+}
+
+/// Where a party's QuickBooks name is kept when it is not its own.
+pub(super) fn party_name_key(key: &str) -> String {
+    format!("name/{key}")
 }
 
 pub(super) fn item_key(sku: &str) -> String {
@@ -425,13 +439,36 @@ pub(super) fn item_create(
     }
 }
 
-/// A customer or a vendor (QBO's names are unique across both, and employees).
-pub(super) fn party_create(entity: &str, id: DocId, p: &Party) -> Create {
+/// QBO's longest `DisplayName`.
+const DISPLAY_NAME_CHARS_MAX: usize = 500;
+
+/// Whether QuickBooks takes two names for the same: it ignores case and surrounding spaces.
+pub(super) fn same_name(a: &str, b: &str) -> bool {
+    a.trim().to_lowercase() == b.trim().to_lowercase()
+}
+
+/// The name a customer or vendor takes in QuickBooks when another record holds its own
+/// (QBO's names are unique; the mesh's are not): its name and the end of its id, the same
+/// on every try and every bridge.
+pub(super) fn distinct_name(name: &str, id: DocId) -> String {
+    let id = id.to_string();
+    let tag = id[id.len() - 6..].to_uppercase();
+    let base: String = name
+        .trim()
+        .chars()
+        .take(DISPLAY_NAME_CHARS_MAX - tag.len() - 3)
+        .collect();
+    format!("{base} ({tag})")
+}
+
+/// A customer or a vendor (QBO's names are unique across both, and employees), under `name`:
+/// its own, or [`distinct_name`] once another record was found to hold that.
+pub(super) fn party_create(entity: &str, id: DocId, p: &Party, name: &str) -> Create {
     // The mesh keeps up to 500 characters of each; QBO refuses (2050) more than the lengths
     // here. Descriptive fields are clipped, and an email too long to be real is left out,
     // rather than hold the customer back; the name, by which she is found, fits as it is.
     let clip = |v: &str, n: usize| v.chars().take(n).collect::<String>();
-    let mut body = json!({ "DisplayName": p.display_name });
+    let mut body = json!({ "DisplayName": name });
     for (field, value, max) in [
         ("GivenName", &p.given_name, 100),
         ("FamilyName", &p.family_name, 100),
@@ -455,7 +492,7 @@ pub(super) fn party_create(entity: &str, id: DocId, p: &Party) -> Create {
         body,
         find: Find::Name {
             field: "DisplayName".into(),
-            value: p.display_name.clone(),
+            value: name.to_owned(),
         },
     }
 }
@@ -463,6 +500,18 @@ pub(super) fn party_create(entity: &str, id: DocId, p: &Party) -> Create {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_compare_as_quickbooks_compares_them() {
+        assert!(same_name(" Amy Lee ", "AMY LEE"));
+        assert!(!same_name("Amy Lee", "Amy  Lee"));
+        let id = DocId::new_v7(0, [7; 10]);
+        let a = distinct_name("Amy Lee", id);
+        assert_eq!(a, distinct_name("Amy Lee", id), "stable");
+        assert!(a.starts_with("Amy Lee (") && a.ends_with(')'), "{a}");
+        assert_ne!(a, distinct_name("Amy Lee", DocId::new_v7(0, [8; 10])));
+        assert_eq!(distinct_name(&"x".repeat(600), id).chars().count(), 500);
+    }
 
     #[test]
     fn a_party_fits_the_lengths_quickbooks_keeps() {
@@ -473,7 +522,7 @@ mod tests {
             "phone": "5".repeat(40),
         }))
         .unwrap();
-        let c = party_create("Customer", DocId::new_v7(0, [0; 10]), &p);
+        let c = party_create("Customer", DocId::new_v7(0, [0; 10]), &p, &p.display_name);
         assert_eq!(c.body["DisplayName"], "Amy");
         assert_eq!(c.body["GivenName"].as_str().unwrap().len(), 100);
         assert_eq!(

@@ -14,7 +14,7 @@ use tillmesh_protocol::{DocId, DocType, Money};
 
 use super::client::{QboError, enc};
 use super::state::Posted;
-use super::{Bridge, dates, now_ms};
+use super::{Bridge, dates, mapping, now_ms};
 
 /// The entities the pull reads from QBO's change feed.
 const PULLED: [&str; 7] = [
@@ -231,9 +231,11 @@ impl Bridge {
             before = Some(last.0);
             let n = page.len();
             for (id, v) in page {
-                if v["display_name"] == name.as_str()
-                    && self.state.posted(&id.to_string())?.is_none()
-                {
+                // Compared as QuickBooks compares names, its own or the one it went as.
+                let own = v["display_name"].as_str().unwrap_or_default();
+                let named = mapping::same_name(own, &name)
+                    || mapping::same_name(&mapping::distinct_name(own, id), &name);
+                if named && self.state.posted(&id.to_string())?.is_none() {
                     same_name = Some(id);
                     break 'scan;
                 }

@@ -425,12 +425,14 @@ impl Bridge {
         let mut creates = Vec::new();
         for (id, c) in &work.customers {
             if fresh(&id.to_string())? {
-                creates.push(party_create("Customer", *id, &c.0));
+                let name = self.party_name(*id, &c.0)?;
+                creates.push(party_create("Customer", *id, &c.0, &name));
             }
         }
         for (id, v) in &work.vendors {
             if fresh(&id.to_string())? {
-                creates.push(party_create("Vendor", *id, &v.0));
+                let name = self.party_name(*id, &v.0)?;
+                creates.push(party_create("Vendor", *id, &v.0, &name));
             }
         }
 
