@@ -1442,3 +1442,268 @@ async fn two_customers_named_alike_stay_two() {
         assert_eq!(r["CustomerRef"]["value"], qbo_id.as_str(), "{r}");
     }
 }
+
+impl Books {
+    /// QuickBooks' record of an entity by id.
+    async fn get(&self, entity: &str, id: &str) -> Value {
+        self.all(entity)
+            .await
+            .into_iter()
+            .find(|r| r["Id"] == id)
+            .unwrap_or_else(|| panic!("QuickBooks has no {entity} {id}"))
+    }
+
+    /// An accountant's sparse update of `fields` (QuickBooks' shape) on a record.
+    async fn edit(&self, entity: &str, id: &str, fields: Value) -> Value {
+        let current = self.get(entity, id).await;
+        let mut body = json!({"Id": id, "SyncToken": current["SyncToken"], "sparse": true});
+        for (k, v) in fields.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let answer = self.post(&entity.to_lowercase(), &body).await;
+        assert!(answer[entity].is_object(), "{answer}");
+        answer[entity].clone()
+    }
+}
+
+fn patch(fields: Value) -> tillmesh_node::repo::requests::CustomerPatch {
+    serde_json::from_value(fields).unwrap()
+}
+
+/// The product, customer and vendor a shop edits, posted to QuickBooks and known by id.
+struct Records {
+    product: tillmesh_protocol::DocId,
+    customer: tillmesh_protocol::DocId,
+    vendor: tillmesh_protocol::DocId,
+    item_id: String,
+    customer_id: String,
+    vendor_id: String,
+}
+
+async fn posted_records(owner: &Repo, books: &Books, dir: &Path) -> Records {
+    use tillmesh_protocol::schema::{Customer, Product, Vendor};
+    let product = owner
+        .list(DocType::Product, None, 10)
+        .unwrap()
+        .into_iter()
+        .find(|(_, v)| v["sku"] == "TEA-1")
+        .unwrap()
+        .0;
+    let customer = owner
+        .execute(Command::CreateCustomer(
+            serde_json::from_value(json!({"display_name": "Dee's Deli", "phone": "555-0100"}))
+                .unwrap(),
+        ))
+        .await
+        .unwrap()
+        .doc_id;
+    let vendor = owner
+        .execute(Command::CreateVendor(
+            serde_json::from_value(
+                json!({"display_name": "Leaf & Co", "email": "orders@leaf.example"}),
+            )
+            .unwrap(),
+        ))
+        .await
+        .unwrap()
+        .doc_id;
+    // A sale and an expense name them, so the bridge posts them.
+    sell_to(owner, Some(customer)).await;
+    owner
+        .execute(Command::RecordExpense(
+            serde_json::from_value(json!({"vendor_id": vendor, "method": "cash",
+                "lines": [{"account": "Supplies", "description": "tea", "amount_minor": 1200}]}))
+            .unwrap(),
+        ))
+        .await
+        .unwrap();
+    wait_until(
+        "the catalogue, the customer and the vendor in QuickBooks",
+        || async {
+            ledger_id::<Customer>(owner, &customer, |c| c.0.ledger.as_ref()).is_some()
+                && ledger_id::<Vendor>(owner, &vendor, |v| v.0.ledger.as_ref()).is_some()
+                && ledger_id::<Product>(owner, &product, |p| p.ledger.as_ref()).is_some()
+        },
+    )
+    .await;
+    let _ = (books, dir);
+    Records {
+        item_id: ledger_id::<Product>(owner, &product, |p| p.ledger.as_ref()).unwrap(),
+        customer_id: ledger_id::<Customer>(owner, &customer, |c| c.0.ledger.as_ref()).unwrap(),
+        vendor_id: ledger_id::<Vendor>(owner, &vendor, |v| v.0.ledger.as_ref()).unwrap(),
+        product,
+        customer,
+        vendor,
+    }
+}
+
+/// Edits made on a till reach QuickBooks, edits an accountant makes in QuickBooks reach every
+/// till, for customers, vendors and items; where both sides change one field at once,
+/// QuickBooks' value stands on both; fields changed on one side each are both kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_reach_quickbooks_and_quickbooks_edits_reach_every_till() {
+    use tillmesh_protocol::schema::{Customer, Product, Vendor};
+    let Shop {
+        _tmp,
+        books,
+        owner,
+        dir,
+        network,
+        ..
+    } = shop(Settings::default()).await;
+    let till2 = join_till(&network, _tmp.path(), "Till 2").await;
+    let _bridge = spawn_bridge(&dir);
+    let r = posted_records(&owner, &books, &dir).await;
+
+    // On the till: a customer's phone, a vendor's notes, a product's name, price and flag.
+    owner
+        .execute(Command::PatchCustomer {
+            id: r.customer,
+            patch: patch(json!({"phone": "555-0199", "email": "dee@deli.example"})),
+        })
+        .await
+        .unwrap();
+    owner
+        .execute(Command::PatchVendor {
+            id: r.vendor,
+            patch: patch(json!({"notes": "deliveries on Tuesdays"})),
+        })
+        .await
+        .unwrap();
+    owner
+        .execute(Command::PatchProduct {
+            id: r.product,
+            patch: serde_json::from_value(
+                json!({"name": "Green tea", "price": {"amount_minor": 375, "currency": "USD"}}),
+            )
+            .unwrap(),
+        })
+        .await
+        .unwrap();
+    wait_until("the till's edits in QuickBooks", || async {
+        let c = books.get("Customer", &r.customer_id).await;
+        let v = books.get("Vendor", &r.vendor_id).await;
+        let i = books.get("Item", &r.item_id).await;
+        c["PrimaryPhone"]["FreeFormNumber"] == "555-0199"
+            && c["PrimaryEmailAddr"]["Address"] == "dee@deli.example"
+            && v["Notes"] == "deliveries on Tuesdays"
+            && i["Description"] == "Green tea"
+            && i["UnitPrice"].to_string() == "3.75"
+    })
+    .await;
+
+    // In QuickBooks: a customer's given name, a vendor's email, an item's price.
+    books
+        .edit("Customer", &r.customer_id, json!({"GivenName": "Dee"}))
+        .await;
+    books
+        .edit(
+            "Vendor",
+            &r.vendor_id,
+            json!({"PrimaryEmailAddr": {"Address": "sales@leaf.example"}}),
+        )
+        .await;
+    books
+        .edit("Item", &r.item_id, json!({"UnitPrice": 3.95}))
+        .await;
+    for (name, till) in [("Till 1", &owner), ("Till 2", &till2)] {
+        wait_until(&format!("QuickBooks' edits on {name}"), || async {
+            let c = till.get::<Customer>(&r.customer).unwrap();
+            let v = till.get::<Vendor>(&r.vendor).unwrap();
+            let p = till.get::<Product>(&r.product).unwrap();
+            c.is_some_and(|c| {
+                c.0.given_name.as_deref() == Some("Dee") && c.0.phone.as_deref() == Some("555-0199")
+            }) && v.is_some_and(|v| v.0.email.as_deref() == Some("sales@leaf.example"))
+                && p.is_some_and(|p| p.price.amount_minor == 395 && p.name == "Green tea")
+        })
+        .await;
+    }
+
+    // Both at once: the till changes the company name and the notes, QuickBooks the company
+    // name and the phone. QuickBooks' company name stands; the till's notes and QuickBooks'
+    // phone are both kept.
+    books
+        .edit(
+            "Customer",
+            &r.customer_id,
+            json!({"CompanyName": "Dee's Deli Ltd", "PrimaryPhone": {"FreeFormNumber": "555-0142"}}),
+        )
+        .await;
+    till2
+        .execute(Command::PatchCustomer {
+            id: r.customer,
+            patch: patch(json!({"company_name": "Deli of Dee", "notes": "pays on account"})),
+        })
+        .await
+        .unwrap();
+    wait_until("both sides equal", || async {
+        let q = books.get("Customer", &r.customer_id).await;
+        [&owner, &till2].iter().all(|till| {
+            till.get::<Customer>(&r.customer).unwrap().is_some_and(|c| {
+                c.0.company_name.as_deref() == Some("Dee's Deli Ltd")
+                    && c.0.notes.as_deref() == Some("pays on account")
+                    && c.0.phone.as_deref() == Some("555-0142")
+            })
+        }) && q["CompanyName"] == "Dee's Deli Ltd"
+            && q["Notes"] == "pays on account"
+            && q["PrimaryPhone"]["FreeFormNumber"] == "555-0142"
+    })
+    .await;
+    // A product taken off sale on the till is inactive in QuickBooks.
+    owner
+        .execute(Command::PatchProduct {
+            id: r.product,
+            patch: serde_json::from_value(json!({"active": false})).unwrap(),
+        })
+        .await
+        .unwrap();
+    wait_until("the item inactive in QuickBooks", || async {
+        // A query of a name list shows active records only: an inactive item is not in it.
+        !books
+            .all("Item")
+            .await
+            .iter()
+            .any(|i| i["Id"] == r.item_id.as_str())
+    })
+    .await;
+}
+
+/// QuickBooks changes a customer while the bridge has not yet seen it (it reads QuickBooks'
+/// changes once an hour here), and a till edits the same customer: the update is refused as
+/// stale (5010), the bridge reads QuickBooks' record, merges, and sends the till's edit
+/// again; both sides end equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_sync_token_is_merged_and_sent_again() {
+    use tillmesh_protocol::schema::Customer;
+    let Shop {
+        _tmp,
+        books,
+        owner,
+        dir,
+        ..
+    } = shop(Settings::default()).await;
+    let _bridge = spawn_bridge_with(&dir, &["--pull-interval-s", "3600"]);
+    let r = posted_records(&owner, &books, &dir).await;
+    books
+        .edit("Customer", &r.customer_id, json!({"Notes": "net 30"}))
+        .await;
+    owner
+        .execute(Command::PatchCustomer {
+            id: r.customer,
+            patch: patch(json!({"phone": "555-0111"})),
+        })
+        .await
+        .unwrap();
+    wait_until("both sides equal after the stale token", || async {
+        let q = books.get("Customer", &r.customer_id).await;
+        owner
+            .get::<Customer>(&r.customer)
+            .unwrap()
+            .is_some_and(|c| {
+                c.0.notes.as_deref() == Some("net 30") && c.0.phone.as_deref() == Some("555-0111")
+            })
+            && q["Notes"] == "net 30"
+            && q["PrimaryPhone"]["FreeFormNumber"] == "555-0111"
+    })
+    .await;
+}

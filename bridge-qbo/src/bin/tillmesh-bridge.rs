@@ -93,6 +93,10 @@ enum Cmd {
         #[arg(long, default_value_t = tillmesh_bridge_qbo::bridge::ROUND_TRANSACTIONS_MAX as u64,
               value_parser = clap::value_parser!(u64).range(1..=100_000))]
         round: u64,
+        /// Seconds between reads of QuickBooks' change feed; a verified webhook reads it at
+        /// once whatever this says.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        pull_interval_s: u64,
         #[command(flatten)]
         net: NetArgs,
     },
@@ -181,6 +185,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             summary_period_s,
             round,
             qbo_ca,
+            pull_interval_s,
         } => {
             let qbo_ca = qbo_ca.map(absolute).transpose()?;
             let options = Options {
@@ -189,6 +194,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     .or(daily_summary.then_some(86_400))
                     .map(std::time::Duration::from_secs),
                 round_transactions_max: usize::try_from(round)?,
+                pull_interval: std::time::Duration::from_secs(pull_interval_s),
             };
             let dir = data.clone();
             let listener = tokio::net::TcpListener::bind(http)

@@ -458,6 +458,7 @@ pub(super) fn posted_from(
             .filter(|_| matches!(c.entity.as_str(), "Customer" | "Vendor" | "Invoice")),
         voided: false,
         summary: None,
+        fields: super::edits::fields_of(&c.entity, made, currency),
     })
 }
 

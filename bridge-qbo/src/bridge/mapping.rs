@@ -357,12 +357,17 @@ impl Bridge {
     }
 
     /// The name a party goes to QuickBooks under: its own, unless another record was found
-    /// to hold it (then [`distinct_name`], kept in `bridge.redb`).
+    /// to hold it (then [`distinct_name`] of its name now; `bridge.redb` notes which).
     pub(super) fn party_name(&self, id: DocId, p: &Party) -> Result<String, QboError> {
-        Ok(self
+        let renamed = self
             .state
             .note(&party_name_key(&id.to_string()))?
-            .unwrap_or_else(|| p.display_name.clone()))
+            .is_some_and(|n| !n.is_empty());
+        Ok(if renamed {
+            distinct_name(&p.display_name, id)
+        } else {
+            p.display_name.clone()
+        })
     }
 
     pub(super) fn item_id(&self, sku: &str) -> Result<String, QboError> {
@@ -422,6 +427,7 @@ pub(super) fn item_create(
     unit_minor: i64,
     currency: tillmesh_protocol::Currency,
     income_account: &str,
+    active: bool,
 ) -> Create {
     Create {
         key: item_key(sku),
@@ -431,6 +437,7 @@ pub(super) fn item_create(
             "Name": sku, "Sku": sku, "Description": name, "Type": "NonInventory",
             "UnitPrice": amounts::to_qbo(unit_minor, currency),
             "IncomeAccountRef": {"value": income_account},
+            "Active": active,
         }),
         find: Find::Name {
             field: "Name".into(),

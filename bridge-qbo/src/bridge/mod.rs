@@ -13,6 +13,7 @@ mod amounts;
 pub mod client;
 pub mod connect;
 pub mod dates;
+mod edits;
 pub mod http;
 mod intents;
 mod mapping;
@@ -51,6 +52,8 @@ pub struct Options {
     pub summary_period: Option<Duration>,
     /// Transactions one push round takes on; pulls and webhooks are served between rounds.
     pub round_transactions_max: usize,
+    /// How often QBO's change feed is read when no webhook says to sooner.
+    pub pull_interval: Duration,
 }
 
 impl Default for Options {
@@ -59,6 +62,7 @@ impl Default for Options {
             batch_items_max: client::BATCH_ITEMS_MAX,
             summary_period: None,
             round_transactions_max: push::ROUND_TRANSACTIONS_MAX,
+            pull_interval: PULL_INTERVAL,
         }
     }
 }
@@ -257,7 +261,7 @@ impl Bridge {
     /// Runs the outbox and the pull until `stop` turns true.
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut push = tokio::time::interval(PUSH_INTERVAL);
-        let mut pull = tokio::time::interval(PULL_INTERVAL);
+        let mut pull = tokio::time::interval(self.options.pull_interval);
         // A long push round misses ticks: catching up on each would pull dozens of times in
         // a row for nothing.
         push.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -17,7 +17,7 @@ use super::state::Posted;
 use super::{Bridge, dates, mapping, now_ms};
 
 /// The entities the pull reads from QBO's change feed.
-const PULLED: [&str; 7] = [
+const PULLED: [&str; 8] = [
     "SalesReceipt",
     "RefundReceipt",
     "Invoice",
@@ -25,6 +25,7 @@ const PULLED: [&str; 7] = [
     "Purchase",
     "Customer",
     "Vendor",
+    "Item",
 ];
 /// The next pull starts this long before QBO's time of the last, so nothing falls between.
 const OVERLAP_MS: u64 = 2_000;
@@ -128,6 +129,13 @@ impl Bridge {
     /// A posted object QBO changed: its figures go into the ledger if they moved.
     async fn pulled(&self, key: &str, mut posted: Posted, row: &Value) -> Result<bool, QboError> {
         let deleted = row["status"] == "Deleted";
+        // Descriptive fields (and an item's price and flag) both sides edit: QuickBooks' edits
+        // come into the mesh.
+        let mut edited = false;
+        if !deleted && matches!(posted.entity.as_str(), "Customer" | "Vendor" | "Item") {
+            edited = self.merge_from_qbo(key, None, posted.clone(), row).await?;
+            posted = self.state.posted(key)?.unwrap_or(posted);
+        }
         let before = posted.clone();
         if deleted {
             posted.total_minor = Some(0);
@@ -148,8 +156,8 @@ impl Bridge {
             }
         }
         let Ok(doc_id) = key.parse::<DocId>() else {
-            // An item's key is its SKU; items are not pulled.
-            return Ok(false);
+            // An item's key is its SKU: it has no figures of its own to pull.
+            return Ok(edited);
         };
         let Some(view) = self
             .repo
@@ -189,7 +197,7 @@ impl Bridge {
                     .map(|m| m.amount_minor)
                     != posted.balance_minor;
         if !moved {
-            return Ok(false);
+            return Ok(edited);
         }
         let conflict = match (posted.total_minor, till_total) {
             (Some(qbo), Some(till)) => qbo != till.amount_minor && ledger_total != Some(qbo),
@@ -275,6 +283,9 @@ impl Bridge {
             qbo_id: row["Id"].as_str().unwrap_or_default().to_owned(),
             sync_token: row["SyncToken"].as_str().unwrap_or("0").to_owned(),
             balance_minor: self.minor(&row["Balance"]),
+            // A mesh customer of the same name adopted here keeps its own fields; QuickBooks'
+            // differing ones are the mesh's edits, and go at the next push.
+            fields: super::edits::fields_of("Customer", row, self.books().currency),
             ..Posted::default()
         };
         self.state.set_posted(&id.to_string(), &posted)?;

@@ -17,6 +17,7 @@ use tillmesh_protocol::schema::{
 use tillmesh_protocol::{DocId, DocType};
 
 use super::client::QboError;
+use super::edits::{Edit, MeshRecord};
 use super::intents::Create;
 use super::mapping::{account_create, account_key, item_create, item_key, party_create};
 use super::state::Posted;
@@ -110,7 +111,7 @@ impl Outbox {
     }
 
     /// Puts documents back for the next round (their post failed, or the round stopped).
-    fn again(&self, docs: impl IntoIterator<Item = (DocId, DocType)>) {
+    pub(super) fn again(&self, docs: impl IntoIterator<Item = (DocId, DocType)>) {
         let mut d = self
             .dirty
             .lock()
@@ -150,6 +151,8 @@ struct Work {
     expenses: Vec<(DocId, Expense)>,
     payments: Vec<(DocId, Payment)>,
     refunds: Vec<(DocId, Refund)>,
+    /// Customers, vendors and items QuickBooks holds whose mesh fields changed.
+    edits: Vec<Edit>,
     /// Everything read this round, to hand back if it does not finish.
     seen: BTreeMap<DocId, DocType>,
     /// Transactions left for later rounds (beyond the round's size).
@@ -166,6 +169,7 @@ impl Work {
             + self.expenses.len()
             + self.payments.len()
             + self.refunds.len()
+            + self.edits.len()
     }
 }
 
@@ -316,24 +320,31 @@ impl Bridge {
         let key = id.to_string();
         match t {
             DocType::Product => {
-                if let Some(p) = typed::<Product>(&id, v)
-                    && needed(&item_key(&p.sku), p.ledger.as_ref())?
-                {
-                    work.products.insert(p.sku.clone(), (id, p));
+                if let Some(p) = typed::<Product>(&id, v) {
+                    let item = item_key(&p.sku);
+                    if needed(&item, p.ledger.as_ref())? {
+                        work.products.insert(p.sku.clone(), (id, p));
+                    } else if let Some(e) = self.edit_of(&item, id, &MeshRecord::Product(p))? {
+                        work.edits.push(e);
+                    }
                 }
             }
             DocType::Customer => {
-                if let Some(c) = typed::<Customer>(&id, v)
-                    && needed(&key, c.0.ledger.as_ref())?
-                {
-                    work.customers.insert(id, c);
+                if let Some(c) = typed::<Customer>(&id, v) {
+                    if needed(&key, c.0.ledger.as_ref())? {
+                        work.customers.insert(id, c);
+                    } else if let Some(e) = self.edit_of(&key, id, &MeshRecord::Customer(c))? {
+                        work.edits.push(e);
+                    }
                 }
             }
             DocType::Vendor => {
-                if let Some(c) = typed::<Vendor>(&id, v)
-                    && needed(&key, c.0.ledger.as_ref())?
-                {
-                    work.vendors.insert(id, c);
+                if let Some(c) = typed::<Vendor>(&id, v) {
+                    if needed(&key, c.0.ledger.as_ref())? {
+                        work.vendors.insert(id, c);
+                    } else if let Some(e) = self.edit_of(&key, id, &MeshRecord::Vendor(c))? {
+                        work.edits.push(e);
+                    }
                 }
             }
             DocType::Sale => {
@@ -467,6 +478,7 @@ impl Bridge {
                         p.price.amount_minor,
                         p.price.currency,
                         &income,
+                        p.active,
                     ));
                 }
             }
@@ -478,6 +490,7 @@ impl Bridge {
                         *unit,
                         self.books().currency,
                         &income,
+                        true,
                     ));
                 }
             }
@@ -494,6 +507,8 @@ impl Bridge {
             }
         }
         self.create_noting(creates, round).await?;
+        // Edits of what QuickBooks holds already.
+        round.made += self.push_edits(std::mem::take(&mut work.edits)).await?;
 
         // Transactions, once what they name exists.
         let mut creates = Vec::new();

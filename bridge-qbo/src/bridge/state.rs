@@ -77,7 +77,14 @@ pub struct Posted {
     /// its summary is recorded with it and an empty `qbo_id`: nothing of it is in QBO.
     #[serde(default)]
     pub summary: Option<String>,
+    /// For customers, vendors and items: their edited fields as the mesh and QuickBooks last
+    /// agreed (see `edits`), the base of the three-way merge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Fields>,
 }
+
+/// Edited fields by name, in the mesh's terms (see `edits::fields_of`).
+pub type Fields = std::collections::BTreeMap<String, serde_json::Value>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

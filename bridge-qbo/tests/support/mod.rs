@@ -97,8 +97,10 @@ impl Drop for Running {
     }
 }
 
-/// `tillmesh-bridge run` on loopback (no mDNS), with `extra` flags.
+/// `tillmesh-bridge run` on loopback (no mDNS), with `extra` flags. Its log is silent but
+/// for warnings, unless `TILLMESH_TEST_BRIDGE_LOG` names a filter: then it shows on stderr.
 pub fn spawn_bridge_with(dir: &Path, extra: &[&str]) -> Running {
+    let log = std::env::var("TILLMESH_TEST_BRIDGE_LOG").ok();
     let child = Process::new(BRIDGE)
         .arg("--data")
         .arg(dir)
@@ -113,9 +115,13 @@ pub fn spawn_bridge_with(dir: &Path, extra: &[&str]) -> Running {
             "127.0.0.1:0",
         ])
         .args(extra)
-        .env("TILLMESH_LOG", "warn")
+        .env("TILLMESH_LOG", log.as_deref().unwrap_or("warn"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(if log.is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .expect("tillmesh-bridge starts");
     Running(child)

@@ -7,8 +7,8 @@ use serde_json::Value;
 use tillmesh_protocol::DocType;
 
 use super::error::ApiError;
-use super::{Body, fetch, present};
-use crate::repo::requests::{NewProduct, NewStockAdjustment};
+use super::{Body, fetch, parse_id, present};
+use crate::repo::requests::{NewProduct, NewStockAdjustment, ProductPatch};
 use crate::repo::{Command, Repo};
 
 pub async fn create(
@@ -28,6 +28,21 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     fetch(&repo, DocType::Product, &id).map(|(_, v)| Json(v))
+}
+
+/// Name, price, tax code or active flag (a manager's or an admin's right).
+pub async fn patch(
+    State(repo): State<Repo>,
+    Path(id): Path<String>,
+    Body(p): Body<ProductPatch>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let w = repo.execute(Command::PatchProduct { id, patch: p }).await?;
+    // A patch that changed nothing writes no entry; show the stored product all the same.
+    if w.doc.is_null() {
+        return fetch(&repo, DocType::Product, &id.to_string()).map(|(_, v)| Json(v));
+    }
+    Ok(Json(present(&w.doc_id, &w.doc)))
 }
 
 pub async fn adjust(

@@ -8,8 +8,8 @@ use serde_json::Value;
 use tillmesh_protocol::DocType;
 
 use super::error::ApiError;
-use super::{Body, fetch, present};
-use crate::repo::requests::{NewExpense, NewInvoice, NewPayment, NewVendor};
+use super::{Body, fetch, parse_id, present};
+use crate::repo::requests::{CustomerPatch, NewExpense, NewInvoice, NewPayment, NewVendor};
 use crate::repo::{Command, Repo};
 
 async fn created(repo: &Repo, command: Command) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -60,4 +60,18 @@ pub fn get(
     move |State(repo), Path(id)| {
         std::future::ready(fetch(&repo, doc_type, &id).map(|(_, v)| Json(v)))
     }
+}
+
+/// A vendor's descriptive fields, as a customer's (`PATCH /v1/customers/{id}`).
+pub async fn patch_vendor(
+    State(repo): State<Repo>,
+    Path(id): Path<String>,
+    Body(p): Body<CustomerPatch>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let w = repo.execute(Command::PatchVendor { id, patch: p }).await?;
+    if w.doc.is_null() {
+        return fetch(&repo, DocType::Vendor, &id.to_string()).map(|(_, v)| Json(v));
+    }
+    Ok(Json(present(&w.doc_id, &w.doc)))
 }

@@ -46,7 +46,7 @@ impl FromRef<AppState> for Repo {
 pub fn router(repo: Repo, network: Option<Network>) -> Router {
     Router::new()
         .route("/v1/products", post(catalog::create).get(catalog::list))
-        .route("/v1/products/{id}", get(catalog::get))
+        .route("/v1/products/{id}", get(catalog::get).patch(catalog::patch))
         .route("/v1/stock-adjustments", post(catalog::adjust))
         .route("/v1/sales", post(sales::create).get(sales::list))
         .route("/v1/sales/{id}", get(sales::get))
@@ -64,7 +64,10 @@ pub fn router(repo: Repo, network: Option<Network>) -> Router {
             "/v1/vendors",
             post(finance::create_vendor).get(finance::list(DocType::Vendor)),
         )
-        .route("/v1/vendors/{id}", get(finance::get(DocType::Vendor)))
+        .route(
+            "/v1/vendors/{id}",
+            get(finance::get(DocType::Vendor)).patch(finance::patch_vendor),
+        )
         .route(
             "/v1/invoices",
             post(finance::create_invoice).get(finance::list(DocType::Invoice)),

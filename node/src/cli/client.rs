@@ -106,6 +106,11 @@ impl Client {
             .await
     }
 
+    pub async fn patch(&self, path: &str, body: &impl serde::Serialize) -> anyhow::Result<Value> {
+        self.call(Method::PATCH, path, Some(serde_json::to_value(body)?))
+            .await
+    }
+
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let (status, bytes) = match self {
             Client::Http { base, http } => {

@@ -32,6 +32,22 @@ pub enum ProductCmd {
     },
     /// List the catalogue.
     List,
+    /// Change a product's name, price, tax code or active flag (a manager's or an admin's
+    /// right): `tillmesh product set TEA-1 --price 3.75`.
+    Set {
+        /// The product's SKU or id.
+        product: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Price before tax, as a decimal amount ("3.75").
+        #[arg(long)]
+        price: Option<String>,
+        #[arg(long)]
+        tax_code: Option<String>,
+        /// `true` to sell it again, `false` to take it off sale.
+        #[arg(long)]
+        active: Option<bool>,
+    },
 }
 
 #[derive(Args)]
@@ -180,6 +196,60 @@ pub async fn dispatch(
             });
         }
         Command::Product(ProductCmd::List) => print_catalogue(&client, out).await?,
+        Command::Product(ProductCmd::Set {
+            product,
+            name,
+            price,
+            tax_code,
+            active,
+        }) => {
+            let mut patch = serde_json::Map::new();
+            if let Some(v) = name {
+                patch.insert("name".into(), json!(v));
+            }
+            if let Some(v) = price {
+                let cur = currency(&client).await?;
+                let amount = cur.parse_amount(&v)?;
+                patch.insert(
+                    "price".into(),
+                    json!({ "amount_minor": amount, "currency": cur }),
+                );
+            }
+            if let Some(v) = tax_code {
+                patch.insert("tax_code".into(), json!(v));
+            }
+            if let Some(v) = active {
+                patch.insert("active".into(), json!(v));
+            }
+            if patch.is_empty() {
+                bail!("say what changes: --name, --price, --tax-code or --active");
+            }
+            let id = match product.parse::<tillmesh_protocol::DocId>() {
+                Ok(id) => id.to_string(),
+                Err(_) => all_pages(&client, "/v1/products")
+                    .await?
+                    .into_iter()
+                    .find(|p| p["sku"] == product.as_str())
+                    .and_then(|p| p["id"].as_str().map(str::to_owned))
+                    .with_context(|| format!("no product has the SKU or id '{product}'"))?,
+            };
+            let p = client
+                .patch(&format!("/v1/products/{id}"), &Value::Object(patch))
+                .await?;
+            out.show(&p, || {
+                format!(
+                    "{} {} at {}{}",
+                    p["sku"].as_str().unwrap_or(""),
+                    p["name"].as_str().unwrap_or(""),
+                    money(&p["price"]),
+                    if p["active"] == false {
+                        " (off sale)"
+                    } else {
+                        ""
+                    }
+                )
+            });
+        }
         Command::Stock(StockArgs {
             adjust,
             reason: None,

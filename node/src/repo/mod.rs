@@ -167,6 +167,15 @@ pub enum Command {
         id: DocId,
         patch: CustomerPatch,
     },
+    /// A vendor's descriptive fields, as a customer's.
+    PatchVendor {
+        id: DocId,
+        patch: CustomerPatch,
+    },
+    PatchProduct {
+        id: DocId,
+        patch: ProductPatch,
+    },
     AdjustStock(NewStockAdjustment),
     /// Changes who belongs to the mesh (owners and admins only).
     Member(MemberCommand),
@@ -197,9 +206,14 @@ pub(crate) enum Serial {
         sale_id: DocId,
         request: RefundSale,
     },
-    PatchCustomer {
+    PatchParty {
+        doc_type: DocType,
         id: DocId,
         patch: CustomerPatch,
+    },
+    PatchProduct {
+        id: DocId,
+        patch: ProductPatch,
     },
     Member(MemberCommand),
     SetLedger {
@@ -566,8 +580,24 @@ impl Repo {
             Command::Refund { sale_id, request } => {
                 Job::Command(Box::new(Serial::Refund { sale_id, request }), tx)
             }
-            Command::PatchCustomer { id, patch } => {
-                Job::Command(Box::new(Serial::PatchCustomer { id, patch }), tx)
+            Command::PatchCustomer { id, patch } => Job::Command(
+                Box::new(Serial::PatchParty {
+                    doc_type: DocType::Customer,
+                    id,
+                    patch,
+                }),
+                tx,
+            ),
+            Command::PatchVendor { id, patch } => Job::Command(
+                Box::new(Serial::PatchParty {
+                    doc_type: DocType::Vendor,
+                    id,
+                    patch,
+                }),
+                tx,
+            ),
+            Command::PatchProduct { id, patch } => {
+                Job::Command(Box::new(Serial::PatchProduct { id, patch }), tx)
             }
             Command::Member(m) => Job::Command(Box::new(Serial::Member(m)), tx),
             Command::SetLedger { doc_id, ledger } => {

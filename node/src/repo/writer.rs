@@ -14,7 +14,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use serde_json::Value as Json;
 use tillmesh_protocol::docmap::{self, actor_for};
 use tillmesh_protocol::schema::{
-    Customer, Document, Expense, Invoice, Payment, Product, Refund, RefundLineInput, Sale,
+    Customer, Document, Expense, Invoice, Party, Payment, Product, Refund, RefundLineInput, Sale,
     SaleStatus, Settings, StockAdjustment, TaxRate, Vendor, VoidInfo,
 };
 use tillmesh_protocol::{
@@ -670,7 +670,12 @@ impl Writer {
             Serial::CreateProduct(_) => &[DocType::Product],
             Serial::Void { .. } => &[DocType::Sale],
             Serial::Refund { .. } => &[DocType::Refund],
-            Serial::PatchCustomer { .. } => &[DocType::Customer],
+            Serial::PatchParty {
+                doc_type: DocType::Vendor,
+                ..
+            } => &[DocType::Vendor],
+            Serial::PatchParty { .. } => &[DocType::Customer],
+            Serial::PatchProduct { .. } => &[DocType::Product],
             Serial::Member(_) | Serial::SetLedger { .. } => unreachable!("handled above"),
         };
         self.check_own_write(writes)?;
@@ -734,31 +739,39 @@ impl Writer {
             Serial::Refund { sale_id, request } => {
                 self.refund(t, &mut ops, sale_id, request, now)?
             }
-            Serial::PatchCustomer { id, patch } => {
+            Serial::PatchProduct { id, patch } => {
+                let current: Product = self.typed(t, &id, "product")?;
+                let mut next = current.clone();
+                if let Some(v) = patch.name {
+                    next.name = v;
+                }
+                if let Some(v) = patch.price {
+                    next.price = v;
+                }
+                if let Some(v) = patch.tax_code {
+                    next.tax_code = v;
+                }
+                if let Some(v) = patch.active {
+                    next.active = v;
+                }
+                next.validate(&self.settings)?;
+                self.update_doc(t, &mut ops, id, &current, &next, now)?;
+                id
+            }
+            Serial::PatchParty {
+                doc_type: DocType::Vendor,
+                id,
+                patch,
+            } => {
+                let current: Vendor = self.typed(t, &id, "vendor")?;
+                let next = Vendor(patched(current.0.clone(), patch));
+                next.validate(&self.settings)?;
+                self.update_doc(t, &mut ops, id, &current, &next, now)?;
+                id
+            }
+            Serial::PatchParty { id, patch, .. } => {
                 let current: Customer = self.typed(t, &id, "customer")?;
-                let mut p = current.0.clone();
-                if let Some(v) = patch.display_name {
-                    p.display_name = v;
-                }
-                for (field, value) in [
-                    (&mut p.given_name, patch.given_name),
-                    (&mut p.family_name, patch.family_name),
-                    (&mut p.company_name, patch.company_name),
-                    (&mut p.email, patch.email),
-                    (&mut p.phone, patch.phone),
-                    (&mut p.notes, patch.notes),
-                ] {
-                    if let Some(v) = value {
-                        *field = v;
-                    }
-                }
-                if let Some(a) = patch.address {
-                    p.address = a;
-                }
-                if let Some(a) = patch.active {
-                    p.active = a;
-                }
-                let next = Customer(p);
+                let next = Customer(patched(current.0.clone(), patch));
                 next.validate(&self.settings)?;
                 self.update_doc(t, &mut ops, id, &current, &next, now)?;
                 id
@@ -778,7 +791,35 @@ impl Writer {
         touched.extend(staged.docs.iter().map(|(id, _)| *id));
         Ok(staged)
     }
+}
 
+/// A customer's or vendor's fields with a patch applied: only the fields it names change.
+fn patched(mut p: Party, patch: CustomerPatch) -> Party {
+    if let Some(v) = patch.display_name {
+        p.display_name = v;
+    }
+    for (field, value) in [
+        (&mut p.given_name, patch.given_name),
+        (&mut p.family_name, patch.family_name),
+        (&mut p.company_name, patch.company_name),
+        (&mut p.email, patch.email),
+        (&mut p.phone, patch.phone),
+        (&mut p.notes, patch.notes),
+    ] {
+        if let Some(v) = value {
+            *field = v;
+        }
+    }
+    if let Some(a) = patch.address {
+        p.address = a;
+    }
+    if let Some(a) = patch.active {
+        p.active = a;
+    }
+    p
+}
+
+impl Writer {
     /// Orders a document prepared outside the writer (see `prepare`) into this device's log.
     fn stage_prepared(
         &mut self,
