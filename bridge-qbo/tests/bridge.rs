@@ -1707,3 +1707,54 @@ async fn a_stale_sync_token_is_merged_and_sent_again() {
     })
     .await;
 }
+
+/// A bridge never sends its tokens in the clear: `connect` to a plain `http://` address off
+/// loopback is refused before any request, and `run` with a CA file it cannot read refuses to
+/// start; each says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_refuses_plain_http_and_a_bad_ca() {
+    let Shop { _tmp, dir, .. } = shop(Settings::default()).await;
+    let out = std::process::Command::new(support::BRIDGE)
+        .arg("--data")
+        .arg(&dir)
+        .args([
+            "connect",
+            "--qbo-base",
+            "http://quickbooks.example.com",
+            "--client-id",
+            "app",
+        ])
+        .env("QBO_CLIENT_SECRET", "s3cret")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("in the clear") && err.contains("https://"),
+        "{err}"
+    );
+    let missing = dir.join("no-such-ca.pem");
+    let out = std::process::Command::new(support::BRIDGE)
+        .arg("--data")
+        .arg(&dir)
+        .args([
+            "run",
+            "--api",
+            "127.0.0.1:0",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--http",
+            "127.0.0.1:0",
+            "--qbo-ca",
+        ])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it ran");
+    assert!(
+        err.contains("refuses to start") && err.contains("no-such-ca.pem"),
+        "{err}"
+    );
+}

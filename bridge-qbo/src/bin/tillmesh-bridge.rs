@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use tillmesh_bridge_qbo::bridge::transport::TransportError;
 use tillmesh_bridge_qbo::bridge::{Bridge, Options, client::Qbo, connect, state::State};
 use tillmesh_node::Repo;
 use tillmesh_node::cli::{BesideStarted, NetArgs, join_device, key_source, run_node};
@@ -203,13 +204,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let beside: tillmesh_node::cli::Beside = Box::new(move |repo, stop| {
                 let bridge = match start(&dir, repo, qbo_ca.clone()) {
                     Ok(b) => Arc::new(b.with_options(options)),
+                    // Configured to send tokens in the clear, or to trust a CA it cannot
+                    // read: nothing runs until that is put right.
+                    Err(e) if e.downcast_ref::<TransportError>().is_some() => {
+                        return Err(e.context("the bridge refuses to start"));
+                    }
                     Err(e) => {
                         // The node runs on (it still syncs); the bridge says why it does not.
                         tracing::error!(error = %e, "the bridge cannot start");
-                        return BesideStarted {
+                        return Ok(BesideStarted {
                             task: tokio::spawn(async {}),
                             routes: None,
-                        };
+                        });
                     }
                 };
                 if let Ok(addr) = listener.local_addr() {
@@ -228,7 +234,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     });
                     bridge.run(stop).await;
                 });
-                BesideStarted { task, routes }
+                Ok(BesideStarted { task, routes })
             });
             run_node(data, api, net, &keys, Some(beside)).await
         }

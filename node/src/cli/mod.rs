@@ -301,7 +301,10 @@ pub fn key_source(passphrase_file: Option<&std::path::Path>) -> anyhow::Result<K
 
 /// Work a program built on the node runs beside it (the QuickBooks bridge): given the open
 /// repo and a signal that turns true at shutdown.
-pub type Beside = Box<dyn FnOnce(Repo, tokio::sync::watch::Receiver<bool>) -> BesideStarted + Send>;
+/// An error stops the node: the program cannot run as configured.
+pub type Beside = Box<
+    dyn FnOnce(Repo, tokio::sync::watch::Receiver<bool>) -> anyhow::Result<BesideStarted> + Send,
+>;
 
 /// What a [`Beside`] started: its task, stopped with the node, and routes it adds to the
 /// node's API.
@@ -365,7 +368,13 @@ pub async fn run_node(
         println!("listening on {a}");
     }
     let (beside, routes) = match beside.map(|f| f(repo.clone(), stop_rx.clone())) {
-        Some(b) => (Some(b.task), b.routes),
+        Some(Ok(b)) => (Some(b.task), b.routes),
+        Some(Err(e)) => {
+            let _ = stop_tx.send(true);
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, net_task).await;
+            let _ = std::fs::remove_file(&addr_file);
+            return Err(e);
+        }
         None => (None, None),
     };
     let server = tokio::spawn(crate::server::run_with(
