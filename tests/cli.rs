@@ -391,3 +391,74 @@ async fn a_stale_address_file_never_reaches_another_node() {
     );
     drop(node_b);
 }
+
+/// The shop's time zone is set at `init` (or later with `settings`), checked against the time
+/// zone database first; `product set` changes a product by its SKU.
+#[test]
+fn time_zone_and_product_changes_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad");
+    let out = run(&[
+        "init",
+        "--data",
+        bad.to_str().unwrap(),
+        "--name",
+        "Till",
+        "--time-zone",
+        "Mars/Olympus_Mons",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not a time zone"), "{}", stderr(&out));
+    assert!(!bad.exists(), "a refused init leaves nothing behind");
+
+    let dir = tmp.path().join("till");
+    let d = dir.to_str().unwrap();
+    ok(&[
+        "init",
+        "--data",
+        d,
+        "--name",
+        "Till",
+        "--time-zone",
+        "America/Los_Angeles",
+    ]);
+    assert_eq!(
+        json(&["settings", "--data", d])["time_zone"],
+        "America/Los_Angeles"
+    );
+    let s = json(&["settings", "--data", d, "--time-zone", "Europe/London"]);
+    assert_eq!(s["time_zone"], "Europe/London");
+    let out = run(&["settings", "--data", d, "--time-zone", "Europe/Atlantis"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not a time zone"), "{}", stderr(&out));
+    assert_eq!(
+        json(&["settings", "--data", d])["time_zone"],
+        "Europe/London"
+    );
+
+    ok(&[
+        "product", "add", "--data", d, "--sku", "TEA-1", "--name", "Tea", "--price", "3.50",
+    ]);
+    let p = json(&[
+        "product",
+        "set",
+        "--data",
+        d,
+        "TEA-1",
+        "--price",
+        "3.75",
+        "--name",
+        "Green tea",
+    ]);
+    assert_eq!(p["price"]["amount_minor"], 375);
+    assert_eq!(p["name"], "Green tea");
+    let p = json(&["product", "set", "--data", d, "TEA-1", "--active", "false"]);
+    assert_eq!(p["active"], false);
+    let out = run(&["product", "set", "--data", d, "NOPE-1", "--price", "1"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no product has the SKU"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -584,3 +584,68 @@ async fn pairing_refuses_wrong_reused_expired_and_burnt_codes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Prices are a manager's or an admin's to change: a till's `PATCH /v1/products/{id}` is
+/// refused and changes nothing; a manager's changes only the fields it names, on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_managers_and_admins_change_a_product() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = InProcessNode::init(&tmp.path().join("o"), "Owner")
+        .await
+        .unwrap();
+    let p = o
+        .api
+        .ok_post("/v1/products", &product("TEA-1", "Tea", 350, 10))
+        .await
+        .unwrap();
+    let path = format!("/v1/products/{}", p["id"].as_str().unwrap());
+    let till = member_device(&tmp.path().join("t"), &o.repo, "Till", [41; 32], Role::Till)
+        .await
+        .unwrap();
+    let manager = member_device(
+        &tmp.path().join("m"),
+        &o.repo,
+        "Manager",
+        [42; 32],
+        Role::Manager,
+    )
+    .await
+    .unwrap();
+    for n in [&till, &manager] {
+        sync(&o.repo, &n.repo).await;
+    }
+    let price = json!({"price": {"amount_minor": 375, "currency": "USD"}});
+    let (st, e) = till.api.patch(&path, &price).await.unwrap();
+    assert_eq!(st.as_u16(), 403, "{e}");
+    assert_eq!(e["error"]["code"], "forbidden", "{e}");
+    assert_eq!(
+        till.api.ok_get(&path).await.unwrap()["price"]["amount_minor"],
+        350
+    );
+    let (st, changed) = manager
+        .api
+        .patch(
+            &path,
+            &json!({"price": {"amount_minor": 375, "currency": "USD"}, "name": "Green tea"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.as_u16(), 200, "{changed}");
+    assert_eq!(changed["price"]["amount_minor"], 375);
+    assert_eq!(changed["sku"], "TEA-1", "untouched fields stay");
+    let (st, e) = manager
+        .api
+        .patch(&path, &json!({"sku": "TEA-2"}))
+        .await
+        .unwrap();
+    assert_eq!(st.as_u16(), 400, "a SKU is not for changing: {e}");
+    sync(&manager.repo, &o.repo).await;
+    sync(&o.repo, &till.repo).await;
+    for n in [&o, &till] {
+        let now = n.api.ok_get(&path).await.unwrap();
+        assert_eq!(
+            (now["price"]["amount_minor"].as_i64(), now["name"].as_str()),
+            (Some(375), Some("Green tea"))
+        );
+    }
+}
