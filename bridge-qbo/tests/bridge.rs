@@ -1588,7 +1588,7 @@ async fn edits_reach_quickbooks_and_quickbooks_edits_reach_every_till() {
             && c["PrimaryEmailAddr"]["Address"] == "dee@deli.example"
             && v["Notes"] == "deliveries on Tuesdays"
             && i["Description"] == "Green tea"
-            && i["UnitPrice"].to_string() == "3.75"
+            && minor_of(&i["UnitPrice"], Currency::USD) == 375
     })
     .await;
 

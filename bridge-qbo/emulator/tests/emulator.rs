@@ -1833,8 +1833,7 @@ async fn https_and_a_home_currency_of_its_own() {
     };
     let err = emulator::start(listener, config, std::future::pending())
         .await
-        .err()
-        .expect("a company's currency never changes");
+        .expect_err("a company's currency never changes");
     assert!(err.to_string().contains("keeps its books in JPY"), "{err}");
 }
 

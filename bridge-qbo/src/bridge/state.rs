@@ -348,6 +348,7 @@ mod tests {
             balance_minor: None,
             voided: false,
             summary: summary.map(Into::into),
+            fields: None,
         }
     }
 
