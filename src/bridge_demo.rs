@@ -228,14 +228,17 @@ pub async fn run(mesh: Mesh) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// QBO's amounts are JSON numbers in major units.
+/// QBO's amounts are JSON numbers in major units of the company's currency (the demo's is
+/// USD): shown as QuickBooks wrote them.
 fn dollars(v: &Value) -> String {
-    format!("${:.2}", v.as_f64().unwrap_or(0.0))
+    format!("{v} USD")
 }
 
+/// A mesh amount (`{"amount_minor", "currency"}`) in its currency's own decimals.
 fn money(v: &Value) -> String {
-    let minor = v["amount_minor"].as_i64().unwrap_or(0);
-    format!("${}.{:02}", minor / 100, (minor % 100).abs())
+    serde_json::from_value::<tillmesh_protocol::Money>(v.clone())
+        .map(|m| m.to_string())
+        .unwrap_or_else(|_| v.to_string())
 }
 
 async fn wait(what: &str, mut done: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
