@@ -701,6 +701,14 @@ impl Company {
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
         };
+        // A name-list field sent empty is a field not set: QBO answers without it (no recorded
+        // answer carries an empty string) and fills its default (PrintOnCheckName,
+        // PreferredDeliveryMethod). python-quickbooks sends `""` for every field it was not
+        // given (`Title`, `OpenBalanceDate`, `PrintOnCheckName`, ...); in a sparse update `""`
+        // clears the field.
+        if is_name_list(entity) {
+            obj.retain(|_, v| v.as_str().is_none_or(|s| !s.trim().is_empty()));
+        }
         for (field, max) in LENGTHS_MAX {
             if let Some(n) = obj
                 .get(*field)
@@ -1131,9 +1139,30 @@ impl Company {
     }
 
     fn transaction_defaults(&mut self, entity: &str, obj: &mut Map<String, Value>, now: i64) {
-        obj.entry("TxnDate").or_insert(json!(clock::date(now)));
+        // QBO dates a transaction today when TxnDate is not given. An empty TxnDate is taken
+        // as none: python-quickbooks sends `"TxnDate": ""` for every sales form whose date was
+        // not set (its defaults, which its integration tests send to QBO and read back).
+        if obj
+            .get("TxnDate")
+            .is_none_or(|d| d.is_null() || d.as_str() == Some(""))
+        {
+            obj.insert("TxnDate".into(), json!(clock::date(now)));
+        }
+        // In the company's home currency (a multicurrency company is not emulated).
+        let home = self.currency.as_str();
+        let name = match home {
+            "USD" => "United States Dollar",
+            "CAD" => "Canadian Dollar",
+            "GBP" => "British Pound Sterling",
+            "EUR" => "Euro",
+            "AUD" => "Australian Dollar",
+            "JPY" => "Japanese Yen",
+            "KWD" => "Kuwaiti Dinar",
+            "BHD" => "Bahraini Dinar",
+            other => other,
+        };
         obj.entry("CurrencyRef")
-            .or_insert(json!({"value": "USD", "name": "United States Dollar"}));
+            .or_insert(json!({"value": home, "name": name}));
         if matches!(
             entity,
             "SalesReceipt" | "Invoice" | "RefundReceipt" | "Estimate" | "CreditMemo"

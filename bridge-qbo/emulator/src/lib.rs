@@ -325,12 +325,26 @@ fn router(emu: Emu) -> Router {
         .route("/v3/company/{realm}/{entity}/{id}", get(read))
         .route("/v3/company/{realm}/{entity}/{id}/{*rest}", get(too_deep))
         .route_layer(middleware::from_fn_with_state(emu.clone(), gate));
-    Router::new()
-        .merge(api)
-        .route("/connect/oauth2", get(authorize))
+    // Intuit's OAuth server answers with an `intuit_tid` too (intuit-oauth's AuthClientError
+    // reads it from token and revoke responses).
+    let oauth = Router::new()
         .route("/oauth2/v1/tokens/bearer", post(token))
         .route("/v2/oauth2/tokens/revoke", post(revoke))
+        .layer(middleware::map_response(|resp: Response| async move {
+            with_tid(resp)
+        }));
+    Router::new()
+        .merge(api)
+        .merge(oauth)
+        .route("/connect/oauth2", get(authorize))
+        // Intuit's discovery document, at the addresses its SDKs fetch: intuit-oauth
+        // (`intuitlib/config.py`) and node-quickbooks (`setOauthVersion`) ask for
+        // `/.well-known/openid_configuration/` and `/.well-known/openid_sandbox_configuration/`,
+        // with the trailing slash.
         .route("/.well-known/openid_configuration", get(discovery))
+        .route("/.well-known/openid_configuration/", get(discovery))
+        .route("/.well-known/openid_sandbox_configuration", get(discovery))
+        .route("/.well-known/openid_sandbox_configuration/", get(discovery))
         .route("/admin/config", get(admin_get).post(admin_set))
         .route("/admin/expire-tokens", post(admin_expire))
         .with_state(emu)
@@ -454,9 +468,12 @@ async fn gate(
     with_tid(resp)
 }
 
+/// The transaction id Intuit puts on every answer, under the name its documentation gives
+/// ("Capture the intuit_tid value", REST API features / error handling) and its SDKs read
+/// (intuit-oauth: `response.headers.get('intuit_tid')`).
 fn with_tid(mut resp: Response) -> Response {
     if let Ok(v) = HeaderValue::from_str(&tid()) {
-        resp.headers_mut().insert("intuit-tid", v);
+        resp.headers_mut().insert("intuit_tid", v);
     }
     resp
 }

@@ -263,6 +263,12 @@ pub fn parse(text: &str) -> Result<Query, ParseError> {
     };
     p.expect_keyword("select")?;
     let select = if p.keyword("*") {
+        // `SELECT *, Sku FROM Item`: QBO takes named fields after `*` (python-quickbooks
+        // 0.9.12 sends exactly this from `Item.all()`, routablehq/python-quickbooks#379,
+        // tested against QBO); `*` already returns them all.
+        while p.sym(",") {
+            p.ident()?;
+        }
         Select::All
     } else if matches!(p.peek(), Some(Tok::Word(w)) if w.eq_ignore_ascii_case("count")) {
         p.pos += 1;
@@ -504,6 +510,8 @@ mod tests {
         .unwrap();
         assert_eq!((q.start, q.max), (3, 2));
         assert_eq!(q.conds.len(), 2);
+        let q = parse("SELECT *, Sku FROM Item MAXRESULTS 100").unwrap();
+        assert_eq!((q.select, q.max), (Select::All, 100));
         let q = parse("SELECT count(*) FROM Item ORDERBY Name DESC").unwrap();
         assert_eq!(q.select, Select::Count);
         assert_eq!(q.order, vec![("Name".into(), true)]);

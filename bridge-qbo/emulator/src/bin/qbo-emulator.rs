@@ -92,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
             drop_after_commit_per_mille: cli.drop_after_commit_per_mille,
             webhook_url: cli.webhook_url,
             webhook_format,
+            ..Settings::default()
         },
     };
     let (endpoints, task) = emulator::start(listener, config, async {
