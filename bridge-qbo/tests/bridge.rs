@@ -1737,17 +1737,8 @@ async fn a_bridge_refuses_plain_http_and_a_bad_ca() {
     let out = std::process::Command::new(support::BRIDGE)
         .arg("--data")
         .arg(&dir)
-        .args([
-            "run",
-            "--api",
-            "127.0.0.1:0",
-            "--no-mdns",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--http",
-            "127.0.0.1:0",
-            "--qbo-ca",
-        ])
+        .args(support::RUN_ON_LOOPBACK)
+        .arg("--qbo-ca")
         .arg(&missing)
         .output()
         .unwrap();

@@ -171,6 +171,35 @@ impl Qbo {
         (resp.status().as_u16(), resp.json().await.unwrap())
     }
 
+    /// An account's reference by name (`{"value": id}`).
+    async fn account_ref(&self, name: &str) -> Value {
+        let accounts =
+            self.query("select * from Account").await.1["QueryResponse"]["Account"].clone();
+        let a = accounts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["Name"] == name)
+            .unwrap_or_else(|| panic!("no account {name}"));
+        json!({"value": a["Id"]})
+    }
+
+    /// An inventory item with `qty` on hand.
+    async fn inventory_item(&self, name: &str, qty: i64) -> Value {
+        let body = json!({"Name": name, "Type": "Inventory", "QtyOnHand": qty, "InvStartDate": "2026-01-01",
+            "IncomeAccountRef": self.account_ref("Sales of Product Income").await,
+            "AssetAccountRef": self.account_ref("Inventory Asset").await,
+            "ExpenseAccountRef": self.account_ref("Cost of Goods Sold").await});
+        self.ok("POST", "item", Some(&body)).await["Item"].clone()
+    }
+
+    /// A non-inventory item's id.
+    async fn non_inventory_item(&self, name: &str) -> Value {
+        let body = json!({"Name": name, "Type": "NonInventory",
+            "IncomeAccountRef": self.account_ref("Sales of Product Income").await});
+        self.ok("POST", "item", Some(&body)).await["Item"]["Id"].clone()
+    }
+
     async fn stop(mut self) -> tempfile::TempDir {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
@@ -1129,26 +1158,7 @@ async fn cloudevents_match_intuits_sample_app() {
 #[tokio::test]
 async fn inventory_moves_with_sales_refunds_and_voids_and_may_go_negative() {
     let q = start().await;
-    let accounts = q.query("select * from Account").await.1["QueryResponse"]["Account"].clone();
-    let acct = |name: &str| {
-        let a = accounts
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["Name"] == name)
-            .unwrap();
-        json!({"value": a["Id"]})
-    };
-    let item = q
-        .ok(
-            "POST",
-            "item",
-            Some(&json!({"Name": "Tea", "Type": "Inventory", "QtyOnHand": 3, "InvStartDate": "2026-01-01",
-                "IncomeAccountRef": acct("Sales of Product Income"), "AssetAccountRef": acct("Inventory Asset"),
-                "ExpenseAccountRef": acct("Cost of Goods Sold")})),
-        )
-        .await["Item"]
-        .clone();
+    let item = q.inventory_item("Tea", 3).await.clone();
     let id = item["Id"].as_str().unwrap().to_owned();
     let path = format!("item/{id}");
     let line = |qty: f64| {
@@ -1801,16 +1811,7 @@ async fn https_and_a_home_currency_of_its_own() {
         info["CompanyInfo"]["CompanyName"]
     );
     // Yen have no minor unit: amounts are whole.
-    let item = q
-        .ok(
-            "POST",
-            "item",
-            Some(
-                &json!({"Name": "Tea", "Type": "NonInventory", "IncomeAccountRef": {"value": "3"}}),
-            ),
-        )
-        .await["Item"]["Id"]
-        .clone();
+    let item = q.non_inventory_item("Tea").await;
     let sale = q
         .ok(
             "POST",
@@ -1842,16 +1843,7 @@ async fn https_and_a_home_currency_of_its_own() {
 #[tokio::test]
 async fn a_sales_receipt_voids_as_intuit_documents_it() {
     let q = start().await;
-    let item = q
-        .ok(
-            "POST",
-            "item",
-            Some(
-                &json!({"Name": "Tea", "Type": "NonInventory", "IncomeAccountRef": {"value": "3"}}),
-            ),
-        )
-        .await["Item"]["Id"]
-        .clone();
+    let item = q.non_inventory_item("Tea").await;
     let sale = q
         .ok(
             "POST",
@@ -1881,26 +1873,7 @@ async fn a_sales_receipt_voids_as_intuit_documents_it() {
 #[tokio::test]
 async fn an_inventory_line_without_a_quantity_is_refused_with_6520() {
     let q = start().await;
-    let accounts = q.query("select * from Account").await.1["QueryResponse"]["Account"].clone();
-    let acct = |name: &str| {
-        let a = accounts
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["Name"] == name)
-            .unwrap();
-        json!({"value": a["Id"]})
-    };
-    let item = q
-        .ok(
-            "POST",
-            "item",
-            Some(&json!({"Name": "Tea", "Type": "Inventory", "QtyOnHand": 3, "InvStartDate": "2026-01-01",
-                "IncomeAccountRef": acct("Sales of Product Income"), "AssetAccountRef": acct("Inventory Asset"),
-                "ExpenseAccountRef": acct("Cost of Goods Sold")})),
-        )
-        .await["Item"]["Id"]
-        .clone();
+    let item = q.inventory_item("Tea", 3).await["Id"].clone();
     let (status, v) = q
         .call(
             "POST",

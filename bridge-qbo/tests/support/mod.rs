@@ -97,6 +97,18 @@ impl Drop for Running {
     }
 }
 
+/// `run`'s flags for a bridge on loopback only (no mDNS, ports chosen by the OS).
+pub const RUN_ON_LOOPBACK: [&str; 8] = [
+    "run",
+    "--api",
+    "127.0.0.1:0",
+    "--no-mdns",
+    "--listen",
+    "/ip4/127.0.0.1/tcp/0",
+    "--http",
+    "127.0.0.1:0",
+];
+
 /// `tillmesh-bridge run` on loopback (no mDNS), with `extra` flags. Its log is silent but
 /// for warnings, unless `TILLMESH_TEST_BRIDGE_LOG` names a filter: then it shows on stderr.
 pub fn spawn_bridge_with(dir: &Path, extra: &[&str]) -> Running {
@@ -104,16 +116,7 @@ pub fn spawn_bridge_with(dir: &Path, extra: &[&str]) -> Running {
     let child = Process::new(BRIDGE)
         .arg("--data")
         .arg(dir)
-        .args([
-            "run",
-            "--api",
-            "127.0.0.1:0",
-            "--no-mdns",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--http",
-            "127.0.0.1:0",
-        ])
+        .args(RUN_ON_LOOPBACK)
         .args(extra)
         .env("TILLMESH_LOG", log.as_deref().unwrap_or("warn"))
         .stdout(Stdio::null())

@@ -7,7 +7,7 @@ use serde_json::Value;
 use tillmesh_protocol::DocType;
 
 use super::error::ApiError;
-use super::{Body, fetch, parse_id, present};
+use super::{Body, fetch, parse_id, patched, present};
 use crate::repo::requests::{NewProduct, NewStockAdjustment, ProductPatch};
 use crate::repo::{Command, Repo};
 
@@ -38,11 +38,7 @@ pub async fn patch(
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
     let w = repo.execute(Command::PatchProduct { id, patch: p }).await?;
-    // A patch that changed nothing writes no entry; show the stored product all the same.
-    if w.doc.is_null() {
-        return fetch(&repo, DocType::Product, &id.to_string()).map(|(_, v)| Json(v));
-    }
-    Ok(Json(present(&w.doc_id, &w.doc)))
+    patched(&repo, DocType::Product, w).map(Json)
 }
 
 pub async fn adjust(

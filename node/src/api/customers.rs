@@ -7,7 +7,7 @@ use serde_json::Value;
 use tillmesh_protocol::DocType;
 
 use super::error::ApiError;
-use super::{Body, fetch, parse_id, present};
+use super::{Body, fetch, parse_id, patched, present};
 use crate::repo::requests::{CustomerPatch, NewCustomer};
 use crate::repo::{Command, Repo};
 
@@ -39,9 +39,5 @@ pub async fn patch(
     let w = repo
         .execute(Command::PatchCustomer { id, patch: p })
         .await?;
-    // A patch that changed nothing writes no entry; show the stored customer all the same.
-    if w.doc.is_null() {
-        return fetch(&repo, DocType::Customer, &id.to_string()).map(|(_, v)| Json(v));
-    }
-    Ok(Json(present(&w.doc_id, &w.doc)))
+    patched(&repo, DocType::Customer, w).map(Json)
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 use tillmesh_protocol::DocType;
 
 use super::error::ApiError;
-use super::{Body, fetch, parse_id, present};
+use super::{Body, fetch, parse_id, patched, present};
 use crate::repo::requests::{CustomerPatch, NewExpense, NewInvoice, NewPayment, NewVendor};
 use crate::repo::{Command, Repo};
 
@@ -70,8 +70,5 @@ pub async fn patch_vendor(
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
     let w = repo.execute(Command::PatchVendor { id, patch: p }).await?;
-    if w.doc.is_null() {
-        return fetch(&repo, DocType::Vendor, &id.to_string()).map(|(_, v)| Json(v));
-    }
-    Ok(Json(present(&w.doc_id, &w.doc)))
+    patched(&repo, DocType::Vendor, w).map(Json)
 }

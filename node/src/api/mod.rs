@@ -207,6 +207,19 @@ pub(crate) fn fetch(repo: &Repo, doc_type: DocType, id: &str) -> Result<(DocId, 
     }
 }
 
+/// A patch's answer: the document as it now is. A patch that changed nothing wrote no entry,
+/// so that is the stored document.
+pub(crate) fn patched(
+    repo: &Repo,
+    doc_type: DocType,
+    w: crate::repo::Written,
+) -> Result<Json, ApiError> {
+    if w.doc.is_null() {
+        return fetch(repo, doc_type, &w.doc_id.to_string()).map(|(_, v)| v);
+    }
+    Ok(present(&w.doc_id, &w.doc))
+}
+
 pub(crate) fn list(repo: &Repo, doc_type: DocType, uri: &Uri) -> Result<Json, ApiError> {
     let (limit, after) = page_query(uri)?;
     let items = repo.list(doc_type, after, limit)?;
