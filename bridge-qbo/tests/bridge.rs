@@ -1475,13 +1475,15 @@ struct Records {
     product: tillmesh_protocol::DocId,
     customer: tillmesh_protocol::DocId,
     vendor: tillmesh_protocol::DocId,
+    expense: tillmesh_protocol::DocId,
     item_id: String,
+    purchase_id: String,
     customer_id: String,
     vendor_id: String,
 }
 
 async fn posted_records(owner: &Repo, books: &Books, dir: &Path) -> Records {
-    use tillmesh_protocol::schema::{Customer, Product, Vendor};
+    use tillmesh_protocol::schema::{Customer, Expense, Product, Vendor};
     let product = owner
         .list(DocType::Product, None, 10)
         .unwrap()
@@ -1509,20 +1511,22 @@ async fn posted_records(owner: &Repo, books: &Books, dir: &Path) -> Records {
         .doc_id;
     // A sale and an expense name them, so the bridge posts them.
     sell_to(owner, Some(customer)).await;
-    owner
+    let expense = owner
         .execute(Command::RecordExpense(
             serde_json::from_value(json!({"vendor_id": vendor, "method": "cash",
                 "lines": [{"account": "Supplies", "description": "tea", "amount_minor": 1200}]}))
             .unwrap(),
         ))
         .await
-        .unwrap();
+        .unwrap()
+        .doc_id;
     wait_until(
         "the catalogue, the customer and the vendor in QuickBooks",
         || async {
             ledger_id::<Customer>(owner, &customer, |c| c.0.ledger.as_ref()).is_some()
                 && ledger_id::<Vendor>(owner, &vendor, |v| v.0.ledger.as_ref()).is_some()
                 && ledger_id::<Product>(owner, &product, |p| p.ledger.as_ref()).is_some()
+                && ledger_id::<Expense>(owner, &expense, |e| e.ledger.as_ref()).is_some()
         },
     )
     .await;
@@ -1531,6 +1535,8 @@ async fn posted_records(owner: &Repo, books: &Books, dir: &Path) -> Records {
         item_id: ledger_id::<Product>(owner, &product, |p| p.ledger.as_ref()).unwrap(),
         customer_id: ledger_id::<Customer>(owner, &customer, |c| c.0.ledger.as_ref()).unwrap(),
         vendor_id: ledger_id::<Vendor>(owner, &vendor, |v| v.0.ledger.as_ref()).unwrap(),
+        purchase_id: ledger_id::<Expense>(owner, &expense, |e| e.ledger.as_ref()).unwrap(),
+        expense,
         product,
         customer,
         vendor,
@@ -1580,13 +1586,25 @@ async fn edits_reach_quickbooks_and_quickbooks_edits_reach_every_till() {
         })
         .await
         .unwrap();
+    owner
+        .execute(Command::PatchExpense {
+            id: r.expense,
+            patch: serde_json::from_value(json!({"memo": "tea for the week"})).unwrap(),
+        })
+        .await
+        .unwrap();
     wait_until("the till's edits in QuickBooks", || async {
+        let p = books.get("Purchase", &r.purchase_id).await;
+        let memo_there = p["PrivateNote"]
+            .as_str()
+            .is_some_and(|n| n.lines().next() == Some("tea for the week"));
         let c = books.get("Customer", &r.customer_id).await;
         let v = books.get("Vendor", &r.vendor_id).await;
         let i = books.get("Item", &r.item_id).await;
         c["PrimaryPhone"]["FreeFormNumber"] == "555-0199"
             && c["PrimaryEmailAddr"]["Address"] == "dee@deli.example"
             && v["Notes"] == "deliveries on Tuesdays"
+            && memo_there
             && i["Description"] == "Green tea"
             && minor_of(&i["UnitPrice"], Currency::USD) == 375
     })
@@ -1606,6 +1624,14 @@ async fn edits_reach_quickbooks_and_quickbooks_edits_reach_every_till() {
     books
         .edit("Item", &r.item_id, json!({"UnitPrice": 3.95}))
         .await;
+    // An accountant rewrites the purchase's memo whole.
+    books
+        .edit(
+            "Purchase",
+            &r.purchase_id,
+            json!({"PrivateNote": "paid from petty cash"}),
+        )
+        .await;
     for (name, till) in [("Till 1", &owner), ("Till 2", &till2)] {
         wait_until(&format!("QuickBooks' edits on {name}"), || async {
             let c = till.get::<Customer>(&r.customer).unwrap();
@@ -1615,6 +1641,10 @@ async fn edits_reach_quickbooks_and_quickbooks_edits_reach_every_till() {
                 c.0.given_name.as_deref() == Some("Dee") && c.0.phone.as_deref() == Some("555-0199")
             }) && v.is_some_and(|v| v.0.email.as_deref() == Some("sales@leaf.example"))
                 && p.is_some_and(|p| p.price.amount_minor == 395 && p.name == "Green tea")
+                && till
+                    .get::<tillmesh_protocol::schema::Expense>(&r.expense)
+                    .unwrap()
+                    .is_some_and(|e| e.memo.as_deref() == Some("paid from petty cash"))
         })
         .await;
     }

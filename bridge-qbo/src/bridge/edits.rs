@@ -1,6 +1,6 @@
-//! Edits, both ways, of the records the mesh and QuickBooks both change: customers, vendors
-//! and items. The mesh's transactions never change in place (a correction is a new document),
-//! so only these have edits to carry.
+//! Edits, both ways, of the records the mesh and QuickBooks both change: customers, vendors,
+//! items, and an expense's memo. The mesh's money never changes in place (a correction is a
+//! new document), so only these have edits to carry.
 //!
 //! Each posted record keeps in `bridge.redb` the fields as both sides last agreed: the base
 //! ([`Posted::fields`]). Then, field by field:
@@ -19,12 +19,12 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 use tillmesh_node::repo::Command;
-use tillmesh_node::repo::requests::{CustomerPatch, ProductPatch};
-use tillmesh_protocol::schema::{Customer, Product, Vendor};
+use tillmesh_node::repo::requests::{CustomerPatch, ExpensePatch, ProductPatch};
+use tillmesh_protocol::schema::{Customer, Expense, Product, Vendor};
 use tillmesh_protocol::{Currency, DocId, DocType, Money};
 
 use super::client::QboError;
-use super::mapping::{item_create, party_create, party_name_key};
+use super::mapping::{self, item_create, party_create, party_name_key};
 use super::state::{Fields, Posted};
 use super::{Bridge, amounts};
 
@@ -58,6 +58,14 @@ pub(super) fn fields_of(entity: &str, row: &Value, currency: Currency) -> Option
                 })
                 .collect(),
         ),
+        // Only the memo: a purchase's money is QuickBooks' (pulled into the ledger).
+        "Purchase" => Some(BTreeMap::from([(
+            "Memo".to_owned(),
+            row["PrivateNote"]
+                .as_str()
+                .and_then(mapping::memo_of)
+                .map_or(Value::Null, Value::from),
+        )])),
         "Item" => Some(BTreeMap::from([
             ("Description".to_owned(), text(&row["Description"])),
             (
@@ -71,10 +79,21 @@ pub(super) fn fields_of(entity: &str, row: &Value, currency: Currency) -> Option
     }
 }
 
-/// A sparse update of `changed` fields, in QuickBooks' shape.
-fn sparse_update(entity: &str, posted: &Posted, changed: &Fields, currency: Currency) -> Value {
+/// A sparse update of `changed` fields of the record posted for `doc`, in QuickBooks' shape.
+fn sparse_update(
+    entity: &str,
+    doc: DocId,
+    posted: &Posted,
+    changed: &Fields,
+    currency: Currency,
+) -> Value {
     let mut body = json!({"Id": posted.qbo_id, "SyncToken": posted.sync_token, "sparse": true});
     for (name, value) in changed {
+        if name == "Memo" {
+            // The note keeps the line that names the expense, by which it is found.
+            body["PrivateNote"] = json!(mapping::memo_note(value.as_str(), doc));
+            continue;
+        }
         let path: &[&str] = match entity {
             "Item" => &[],
             _ => PARTY_FIELDS
@@ -135,6 +154,9 @@ impl Bridge {
                 )
                 .body
             }
+            MeshRecord::Expense(e) => {
+                json!({"PrivateNote": mapping::memo_note(e.memo.as_deref(), id)})
+            }
         };
         Ok(fields_of(doc.entity(), &body, currency).unwrap_or_default())
     }
@@ -182,7 +204,7 @@ impl Bridge {
             let base = posted.fields.clone().unwrap_or_default();
             let delta = changed(&base, &mesh);
             let entity = posted.entity.clone();
-            let body = sparse_update(&entity, &posted, &delta, currency);
+            let body = sparse_update(&entity, doc_id, &posted, &delta, currency);
             let what = format!("{entity} {key}: the mesh's edit");
             match self
                 .qbo
@@ -321,6 +343,12 @@ impl Bridge {
                     Command::PatchVendor { id, patch }
                 }
             }
+            "Purchase" => Command::PatchExpense {
+                id,
+                patch: ExpensePatch {
+                    memo: fields.get("Memo").map(|m| m.as_str().map(str::to_owned)),
+                },
+            },
             "Item" => Command::PatchProduct {
                 id,
                 patch: ProductPatch {
@@ -349,6 +377,7 @@ fn record_type(entity: &str) -> DocType {
     match entity {
         "Vendor" => DocType::Vendor,
         "Item" => DocType::Product,
+        "Purchase" => DocType::Expense,
         _ => DocType::Customer,
     }
 }
@@ -358,6 +387,7 @@ pub(super) enum MeshRecord {
     Customer(Customer),
     Vendor(Vendor),
     Product(Product),
+    Expense(Expense),
 }
 
 impl MeshRecord {
@@ -366,6 +396,7 @@ impl MeshRecord {
             MeshRecord::Customer(_) => "Customer",
             MeshRecord::Vendor(_) => "Vendor",
             MeshRecord::Product(_) => "Item",
+            MeshRecord::Expense(_) => "Purchase",
         }
     }
 }
@@ -408,6 +439,7 @@ mod tests {
         };
         let body = sparse_update(
             "Customer",
+            DocId::new_v7(0, [0; 10]),
             &posted,
             &BTreeMap::from([
                 ("Phone".into(), json!("556")),
@@ -422,6 +454,7 @@ mod tests {
         );
         let price = sparse_update(
             "Item",
+            DocId::new_v7(0, [0; 10]),
             &posted,
             &BTreeMap::from([("UnitPrice".into(), json!(375))]),
             usd,

@@ -408,8 +408,12 @@ impl Bridge {
                             number,
                             note,
                         } => {
+                            // A note may carry more than the line that names its document (a
+                            // purchase's memo): that line is what identifies it.
                             r[field.as_str()] == number.as_str()
-                                && r["PrivateNote"] == note.as_str()
+                                && r["PrivateNote"]
+                                    .as_str()
+                                    .is_some_and(|n| n.lines().any(|l| l.trim() == note))
                         }
                         Find::Name { field, value } => r[field.as_str()]
                             .as_str()

@@ -220,13 +220,13 @@ impl Bridge {
             None => ("Cash", self.account("Bank").await?),
         };
         let number = short_number("EXP", id);
-        let note = format!("tillmesh expense {id}");
+        let note = expense_tag(id);
         let mut body = json!({
             "PaymentType": payment_type,
             "AccountRef": {"value": account},
             "DocNumber": number,
             "TxnDate": self.date(expense.paid_at_ms),
-            "PrivateNote": note,
+            "PrivateNote": memo_note(expense.memo.as_deref(), id),
             "Line": lines,
         });
         if let Some(vendor) = expense.vendor_id {
@@ -382,6 +382,31 @@ impl Bridge {
     }
 }
 
+/// The line of a purchase's `PrivateNote` (its memo in QuickBooks) that names its expense,
+/// by which it is found again.
+pub(super) fn expense_tag(id: DocId) -> String {
+    format!("tillmesh expense {id}")
+}
+
+/// A purchase's `PrivateNote`: the expense's memo, then the line that names it.
+pub(super) fn memo_note(memo: Option<&str>, id: DocId) -> String {
+    match memo.map(str::trim).filter(|m| !m.is_empty()) {
+        Some(m) => format!("{m}\n{}", expense_tag(id)),
+        None => expense_tag(id),
+    }
+}
+
+/// The memo in a purchase's `PrivateNote`: all but the line that names its expense.
+pub(super) fn memo_of(note: &str) -> Option<String> {
+    let memo = note
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("tillmesh expense "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let memo = memo.trim();
+    (!memo.is_empty()).then(|| memo.to_owned())
+}
+
 /// The last `n` characters: a number's distinguishing end, where QBO allows fewer.
 pub(super) fn last_chars(s: &str, n: usize) -> String {
     let skip = s.chars().count().saturating_sub(n);
@@ -507,6 +532,16 @@ pub(super) fn party_create(entity: &str, id: DocId, p: &Party, name: &str) -> Cr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_memo_rides_in_the_note_beside_the_expense_it_names() {
+        let id = DocId::new_v7(0, [3; 10]);
+        let note = memo_note(Some("tea for the week"), id);
+        assert!(note.contains(&expense_tag(id)));
+        assert_eq!(memo_of(&note).as_deref(), Some("tea for the week"));
+        assert_eq!(memo_of(&memo_note(None, id)), None);
+        assert_eq!(memo_of(&memo_note(Some("  "), id)), None);
+    }
 
     #[test]
     fn names_compare_as_quickbooks_compares_them() {

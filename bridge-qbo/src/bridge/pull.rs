@@ -132,7 +132,12 @@ impl Bridge {
         // Descriptive fields (and an item's price and flag) both sides edit: QuickBooks' edits
         // come into the mesh.
         let mut edited = false;
-        if !deleted && matches!(posted.entity.as_str(), "Customer" | "Vendor" | "Item") {
+        if !deleted
+            && matches!(
+                posted.entity.as_str(),
+                "Customer" | "Vendor" | "Item" | "Purchase"
+            )
+        {
             edited = self.merge_from_qbo(key, None, posted.clone(), row).await?;
             posted = self.state.posted(key)?.unwrap_or(posted);
         }

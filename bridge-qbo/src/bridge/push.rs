@@ -375,10 +375,12 @@ impl Bridge {
                 }
             }
             DocType::Expense => {
-                if let Some(e) = typed::<Expense>(&id, v)
-                    && needed(&key, e.ledger.as_ref())?
-                {
-                    work.expenses.push((id, e));
+                if let Some(e) = typed::<Expense>(&id, v) {
+                    if needed(&key, e.ledger.as_ref())? {
+                        work.expenses.push((id, e));
+                    } else if let Some(edit) = self.edit_of(&key, id, &MeshRecord::Expense(e))? {
+                        work.edits.push(edit);
+                    }
                 }
             }
             DocType::Refund => {

@@ -9,7 +9,9 @@ use tillmesh_protocol::DocType;
 
 use super::error::ApiError;
 use super::{Body, fetch, parse_id, patched, present};
-use crate::repo::requests::{CustomerPatch, NewExpense, NewInvoice, NewPayment, NewVendor};
+use crate::repo::requests::{
+    CustomerPatch, ExpensePatch, NewExpense, NewInvoice, NewPayment, NewVendor,
+};
 use crate::repo::{Command, Repo};
 
 async fn created(repo: &Repo, command: Command) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -71,4 +73,15 @@ pub async fn patch_vendor(
     let id = parse_id(&id)?;
     let w = repo.execute(Command::PatchVendor { id, patch: p }).await?;
     patched(&repo, DocType::Vendor, w).map(Json)
+}
+
+/// An expense's memo (`{"memo": "..."}`, `null` clears it); its money never changes in place.
+pub async fn patch_expense(
+    State(repo): State<Repo>,
+    Path(id): Path<String>,
+    Body(p): Body<ExpensePatch>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let w = repo.execute(Command::PatchExpense { id, patch: p }).await?;
+    patched(&repo, DocType::Expense, w).map(Json)
 }

@@ -82,7 +82,10 @@ pub fn router(repo: Repo, network: Option<Network>) -> Router {
             "/v1/expenses",
             post(finance::record_expense).get(finance::list(DocType::Expense)),
         )
-        .route("/v1/expenses/{id}", get(finance::get(DocType::Expense)))
+        .route(
+            "/v1/expenses/{id}",
+            get(finance::get(DocType::Expense)).patch(finance::patch_expense),
+        )
         .route("/v1/settings", get(node::settings))
         .route("/v1/settings/tax-rates/{code}", put(node::set_tax_rate))
         .route("/v1/settings/time-zone", put(node::set_time_zone))

@@ -176,6 +176,10 @@ pub enum Command {
         id: DocId,
         patch: ProductPatch,
     },
+    PatchExpense {
+        id: DocId,
+        patch: ExpensePatch,
+    },
     AdjustStock(NewStockAdjustment),
     /// Changes who belongs to the mesh (owners and admins only).
     Member(MemberCommand),
@@ -214,6 +218,10 @@ pub(crate) enum Serial {
     PatchProduct {
         id: DocId,
         patch: ProductPatch,
+    },
+    PatchExpense {
+        id: DocId,
+        patch: ExpensePatch,
     },
     Member(MemberCommand),
     SetLedger {
@@ -598,6 +606,9 @@ impl Repo {
             ),
             Command::PatchProduct { id, patch } => {
                 Job::Command(Box::new(Serial::PatchProduct { id, patch }), tx)
+            }
+            Command::PatchExpense { id, patch } => {
+                Job::Command(Box::new(Serial::PatchExpense { id, patch }), tx)
             }
             Command::Member(m) => Job::Command(Box::new(Serial::Member(m)), tx),
             Command::SetLedger { doc_id, ledger } => {

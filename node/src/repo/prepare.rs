@@ -416,6 +416,7 @@ pub(crate) fn expense(
         total: Money::new(total, currency),
         method: req.method,
         paid_at_ms: now_ms(),
+        memo: req.memo.filter(|m| !m.trim().is_empty()),
         ledger: None,
     };
     one(device, expense, s)

@@ -252,4 +252,18 @@ pub struct NewExpense {
     pub vendor_id: Option<DocId>,
     pub lines: Vec<tillmesh_protocol::schema::ExpenseLine>,
     pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memo: Option<String>,
+}
+
+/// A change to an expense's memo (its money never changes in place): `null` clears it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpensePatch {
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memo: Option<Option<String>>,
 }

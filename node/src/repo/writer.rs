@@ -676,6 +676,7 @@ impl Writer {
             } => &[DocType::Vendor],
             Serial::PatchParty { .. } => &[DocType::Customer],
             Serial::PatchProduct { .. } => &[DocType::Product],
+            Serial::PatchExpense { .. } => &[DocType::Expense],
             Serial::Member(_) | Serial::SetLedger { .. } => unreachable!("handled above"),
         };
         self.check_own_write(writes)?;
@@ -753,6 +754,16 @@ impl Writer {
                 }
                 if let Some(v) = patch.active {
                     next.active = v;
+                }
+                next.validate(&self.settings)?;
+                self.update_doc(t, &mut ops, id, &current, &next, now)?;
+                id
+            }
+            Serial::PatchExpense { id, patch } => {
+                let current: Expense = self.typed(t, &id, "expense")?;
+                let mut next = current.clone();
+                if let Some(memo) = patch.memo {
+                    next.memo = memo.filter(|m| !m.trim().is_empty());
                 }
                 next.validate(&self.settings)?;
                 self.update_doc(t, &mut ops, id, &current, &next, now)?;

@@ -148,6 +148,9 @@ pub struct Expense {
     pub total: Money,
     pub method: String,
     pub paid_at_ms: u64,
+    /// What it was for, in the shop's words (QuickBooks' memo); a manager may change it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memo: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger: Option<Ledger>,
 }
@@ -170,6 +173,9 @@ impl Document for Expense {
         check_currency("total.currency", self.total.currency, settings.currency)?;
         let total = sum_minor("total", self.lines.iter().map(|l| l.amount_minor))?;
         expect_eq("total", &self.total, total, "the sum of the lines")?;
+        if let Some(memo) = &self.memo {
+            check_text("memo", memo, false)?;
+        }
         check_text("method", &self.method, true)
     }
 
