@@ -742,10 +742,13 @@ async fn sales_quickbooks_cannot_take_hold_back_only_themselves() {
         dir,
         ..
     } = shop(Settings::default()).await;
-    books
-        .post("vendor", &json!({"DisplayName": "Dee's Deli"}))
-        .await;
     let dee = owner.execute(customer("Dee's Deli")).await.unwrap().doc_id;
+    // Vendors hold her name, and the name the bridge would give her instead (the end of her
+    // id): QuickBooks cannot take her until she is renamed.
+    let distinct = format!("Dee's Deli ({})", &dee.to_string()[30..].to_uppercase());
+    for name in ["Dee's Deli", distinct.as_str()] {
+        books.post("vendor", &json!({"DisplayName": name})).await;
+    }
     for _ in 0..4 {
         sell_to(&owner, Some(dee)).await;
     }
@@ -769,8 +772,8 @@ async fn sales_quickbooks_cannot_take_hold_back_only_themselves() {
     .await;
     let status = bridge_status(&dir).to_string();
     assert!(
-        status.contains("Customer 'Dee's Deli' (")
-            && status.contains("named 'Dee's Deli'; rename one of them"),
+        status.contains(&format!("Customer '{distinct}' ("))
+            && status.contains(&format!("named '{distinct}'; rename one of them")),
         "the status says why Dee's sales wait: {status}"
     );
 
@@ -1367,7 +1370,10 @@ async fn a_name_that_differs_only_in_case_is_the_same_customer() {
         ..
     } = shop(Settings::default()).await;
     let theirs = books
-        .post("customer", &json!({"DisplayName": "AMY LEE"}))
+        .post(
+            "customer",
+            &json!({"DisplayName": "AMY LEE", "PrimaryEmailAddr": {"Address": "amy@lee.example"}}),
+        )
         .await["Customer"]["Id"]
         .as_str()
         .unwrap()
@@ -1383,6 +1389,19 @@ async fn a_name_that_differs_only_in_case_is_the_same_customer() {
     assert_eq!(customers.len(), 1, "{customers:?}");
     let receipt = books.receipts().await.remove(0);
     assert_eq!(receipt["CustomerRef"]["value"], theirs.as_str());
+    // The accountant's details are kept there, and come to the till: what the mesh lacked
+    // erased nothing.
+    assert_eq!(
+        customers[0]["PrimaryEmailAddr"]["Address"], "amy@lee.example",
+        "{customers:?}"
+    );
+    wait_until("the accountant's email on the till", || async {
+        owner
+            .get::<tillmesh_protocol::schema::Customer>(&amy)
+            .unwrap()
+            .is_some_and(|c| c.0.email.as_deref() == Some("amy@lee.example"))
+    })
+    .await;
     let s = bridge_status(&dir);
     assert!(s["failures"].as_array().is_some_and(Vec::is_empty), "{s}");
 }
@@ -1679,7 +1698,19 @@ async fn edits_reach_quickbooks_and_quickbooks_edits_reach_every_till() {
             && q["PrimaryPhone"]["FreeFormNumber"] == "555-0142"
     })
     .await;
-    // A product taken off sale on the till is inactive in QuickBooks.
+    // A product taken off sale on the till stays active in QuickBooks, which refuses every
+    // transaction that names an inactive item: a sale rung before, on a till that was
+    // offline, is still booked.
+    let before = owner
+        .execute(Command::Sell(
+            serde_json::from_value(
+                json!({"lines": [{"sku": "TEA-1", "qty": 1}], "payments": [{"method": "cash"}]}),
+            )
+            .unwrap(),
+        ))
+        .await
+        .unwrap()
+        .doc_id;
     owner
         .execute(Command::PatchProduct {
             id: r.product,
@@ -1687,15 +1718,30 @@ async fn edits_reach_quickbooks_and_quickbooks_edits_reach_every_till() {
         })
         .await
         .unwrap();
-    wait_until("the item inactive in QuickBooks", || async {
-        // A query of a name list shows active records only: an inactive item is not in it.
-        !books
-            .all("Item")
-            .await
-            .iter()
-            .any(|i| i["Id"] == r.item_id.as_str())
+    wait_until("the sale rung before, booked", || async {
+        ledger_id::<Sale>(&owner, &before, |s| s.ledger.as_ref()).is_some()
     })
     .await;
+    assert_eq!(books.get("Item", &r.item_id).await["Active"], true);
+    // An accountant makes it inactive in QuickBooks: every till takes it off sale.
+    owner
+        .execute(Command::PatchProduct {
+            id: r.product,
+            patch: serde_json::from_value(json!({"active": true})).unwrap(),
+        })
+        .await
+        .unwrap();
+    books
+        .edit("Item", &r.item_id, json!({"Active": false}))
+        .await;
+    for (name, till) in [("Till 1", &owner), ("Till 2", &till2)] {
+        wait_until(&format!("the product off sale on {name}"), || async {
+            till.get::<Product>(&r.product)
+                .unwrap()
+                .is_some_and(|p| !p.active)
+        })
+        .await;
+    }
 }
 
 /// QuickBooks changes a customer while the bridge has not yet seen it (it reads QuickBooks'

@@ -62,6 +62,38 @@ pub fn from_qbo(v: &Value, currency: Currency) -> Option<i64> {
     parse_decimal(&trimmed, exp).ok()
 }
 
+/// As [`from_qbo`], but an amount with more decimals than the currency has (a unit price of
+/// 2.125 USD: QuickBooks keeps up to seven on prices) is rounded to the nearest minor unit,
+/// half away from zero, as the mesh rounds tax.
+pub fn from_qbo_nearest(v: &Value, currency: Currency) -> Option<i64> {
+    if let Some(m) = from_qbo(v, currency) {
+        return Some(m);
+    }
+    let text = match v {
+        Value::Number(n) if n.as_i64().is_none() => n.to_string(),
+        Value::String(s) => s.trim().to_owned(),
+        _ => return None,
+    };
+    if text.contains(['e', 'E']) {
+        return None;
+    }
+    let exp = currency.exponent() as usize;
+    let (neg, digits) = match text.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, text.as_str()),
+    };
+    let (whole, frac) = digits.split_once('.')?;
+    if frac.len() <= exp {
+        return None;
+    }
+    let (kept, dropped) = frac.split_at(exp);
+    let mut minor = parse_decimal(&format!("{whole}.{kept}"), exp as u32).ok()?;
+    if dropped.as_bytes()[0] >= b'5' {
+        minor = minor.checked_add(1)?;
+    }
+    Some(if neg { -minor } else { minor })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +118,11 @@ mod tests {
         assert_eq!(from_qbo(&json!(1.005), c("USD")), None);
         assert_eq!(from_qbo(&json!(10.5), c("JPY")), None);
         assert_eq!(from_qbo(&Value::Null, c("USD")), None);
+        assert_eq!(from_qbo_nearest(&json!(2.125), c("USD")), Some(213));
+        assert_eq!(from_qbo_nearest(&json!(2.124), c("USD")), Some(212));
+        assert_eq!(from_qbo_nearest(&json!(-2.125), c("USD")), Some(-213));
+        assert_eq!(from_qbo_nearest(&json!(2.5), c("JPY")), Some(3));
+        assert_eq!(from_qbo_nearest(&json!(3.5), c("USD")), Some(350));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use tillmesh_node::repo::Command;
 use tillmesh_node::repo::requests::{CustomerPatch, ExpensePatch, ProductPatch};
+use tillmesh_protocol::schema::TEXT_CHARS_MAX;
 use tillmesh_protocol::schema::{Customer, Expense, Product, Vendor};
 use tillmesh_protocol::{Currency, DocId, DocType, Money};
 
@@ -44,9 +45,17 @@ const PARTY_FIELDS: [(&str, &[&str]); 7] = [
 /// merge compares, in the mesh's terms: an empty text is no value, money is minor units.
 /// `None` for records with nothing edited both ways.
 pub(super) fn fields_of(entity: &str, row: &Value, currency: Currency) -> Option<Fields> {
+    // As the mesh keeps text (at most 500 characters, no control characters but new lines),
+    // so a value QuickBooks holds and the mesh cannot is not read as changed for ever.
     let text = |v: &Value| match v.as_str().map(str::trim) {
         Some("") | None => Value::Null,
-        Some(s) => json!(s),
+        Some(s) => json!(
+            s.chars()
+                .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
+                .take(TEXT_CHARS_MAX)
+                .collect::<String>()
+                .trim()
+        ),
     };
     match entity {
         "Customer" | "Vendor" => Some(
@@ -70,7 +79,10 @@ pub(super) fn fields_of(entity: &str, row: &Value, currency: Currency) -> Option
             ("Description".to_owned(), text(&row["Description"])),
             (
                 "UnitPrice".to_owned(),
-                amounts::from_qbo(&row["UnitPrice"], currency).map_or(Value::Null, Value::from),
+                // QuickBooks keeps finer prices than the currency's minor unit; the mesh, the
+                // nearest one (else each side would read the other as changed for ever).
+                amounts::from_qbo_nearest(&row["UnitPrice"], currency)
+                    .map_or(Value::Null, Value::from),
             ),
             // A record says `Active: false` to be inactive; no word is active.
             ("Active".to_owned(), json!(row["Active"] != false)),
@@ -115,10 +127,16 @@ fn sparse_update(
     body
 }
 
-/// The fields that differ between two sets, with `to`'s values.
+/// The fields that differ between two sets, with `to`'s values. Names compare as QuickBooks
+/// compares them: "AMY LEE" is the name "Amy Lee" already.
 fn changed(from: &Fields, to: &Fields) -> Fields {
     to.iter()
-        .filter(|(k, v)| from.get(*k) != Some(*v))
+        .filter(|(k, v)| match (k.as_str(), from.get(*k)) {
+            ("DisplayName", Some(Value::String(a))) => {
+                !v.as_str().is_some_and(|b| mapping::same_name(a, b))
+            }
+            (_, before) => before != Some(*v),
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -172,12 +190,18 @@ impl Bridge {
         let Some(mut posted) = self.state.posted(key)? else {
             return Ok(None);
         };
-        let mesh = self.mesh_fields(id, doc)?;
+        let mut mesh = self.mesh_fields(id, doc)?;
         let Some(base) = &posted.fields else {
             posted.fields = Some(mesh);
             self.state.set_posted(key, &posted)?;
             return Ok(None);
         };
+        // An item made inactive in QuickBooks refuses every transaction that names it, and
+        // sales rung before a product went off sale (offline tills, a day's summary, refunds)
+        // must still be booked: the mesh's flag stays the mesh's. QuickBooks' comes in.
+        if let Some(active) = base.get("Active") {
+            mesh.insert("Active".into(), active.clone());
+        }
         if changed(base, &mesh).is_empty() {
             return Ok(None);
         }
@@ -204,8 +228,34 @@ impl Bridge {
             let base = posted.fields.clone().unwrap_or_default();
             let delta = changed(&base, &mesh);
             let entity = posted.entity.clone();
-            let body = sparse_update(&entity, doc_id, &posted, &delta, currency);
+            let mut body = sparse_update(&entity, doc_id, &posted, &delta, currency);
             let what = format!("{entity} {key}: the mesh's edit");
+            let path = format!(
+                "{}/{}?minorversion=75",
+                entity.to_lowercase(),
+                posted.qbo_id
+            );
+            if entity == "Purchase" {
+                // QuickBooks wants a purchase's payment type and account even in a sparse
+                // update: they are read, and sent back as they are. A record changed since is
+                // merged at once, as a 5010 would have it.
+                let row = match self.qbo.get(&path).await {
+                    Ok(v) => v[&entity].clone(),
+                    Err(e @ (QboError::Reconnect(_) | QboError::State(_))) => return Err(e),
+                    Err(e) => {
+                        self.failed_as(Some(&key), what, &e);
+                        continue;
+                    }
+                };
+                if row["SyncToken"].as_str() != Some(posted.sync_token.as_str()) {
+                    self.merge_from_qbo(&key, Some(doc_id), posted, &row)
+                        .await?;
+                    self.outbox.again([(doc_id, record_type(&entity))]);
+                    continue;
+                }
+                body["PaymentType"] = row["PaymentType"].clone();
+                body["AccountRef"] = row["AccountRef"].clone();
+            }
             match self
                 .qbo
                 .post(&format!("{}?minorversion=75", entity.to_lowercase()), &body)
@@ -226,19 +276,21 @@ impl Bridge {
                 // holds of its own goes next round, under the new SyncToken.
                 Err(e) if e.code() == Some("5010") => {
                     tracing::info!(%key, "QuickBooks changed it too; merging before the edit goes again");
-                    let row = self
-                        .qbo
-                        .get(&format!(
-                            "{}/{}?minorversion=75",
-                            entity.to_lowercase(),
-                            posted.qbo_id
-                        ))
-                        .await?;
-                    self.merge_from_qbo(&key, Some(doc_id), posted, &row[&entity])
-                        .await?;
-                    self.outbox.again([(doc_id, record_type(&entity))]);
+                    match self.qbo.get(&path).await {
+                        Ok(row) => {
+                            self.merge_from_qbo(&key, Some(doc_id), posted, &row[&entity])
+                                .await?;
+                            self.outbox.again([(doc_id, record_type(&entity))]);
+                        }
+                        Err(e @ (QboError::Reconnect(_) | QboError::State(_))) => return Err(e),
+                        Err(e) => self.failed_as(Some(&key), what, &e),
+                    }
                 }
                 Err(e @ (QboError::Reconnect(_) | QboError::State(_))) => return Err(e),
+                // Refused (a name another record holds, a value QuickBooks does not take):
+                // said in the status, and tried again when the document next changes, not in
+                // a loop. Anything else (QuickBooks unavailable) is tried next round.
+                Err(e @ QboError::Fault { .. }) => self.failed_as(Some(&key), what, &e),
                 Err(e) => {
                     self.failed_as(Some(&key), what, &e);
                     self.outbox.again([(doc_id, record_type(&entity))]);
@@ -277,9 +329,21 @@ impl Bridge {
         };
         let mut moved = false;
         if let (false, Some(id)) = (incoming.is_empty(), doc_id) {
-            moved = self
+            match self
                 .patch_mesh(&posted.entity, key, id, &incoming, currency)
-                .await?;
+                .await
+            {
+                Ok(m) => moved = m,
+                Err(e @ QboError::State(_)) => return Err(e),
+                // The mesh refuses QuickBooks' value (an email it does not take, say): QuickBooks'
+                // record still becomes the base, so the mesh's own value goes back to QuickBooks
+                // and both sides end equal; the status says what was refused.
+                Err(e) => self.failed_as(
+                    Some(key),
+                    format!("{} {key}: QuickBooks' edit", posted.entity),
+                    &e,
+                ),
+            }
         }
         posted.fields = Some(theirs);
         self.state.set_posted(key, &posted)?;
@@ -325,18 +389,16 @@ impl Bridge {
         let text = |name: &str| fields.get(name).map(|v| v.as_str().map(str::to_owned));
         let command = match entity {
             "Customer" | "Vendor" => {
-                let mut patch = CustomerPatch::default();
-                if let Some(name) = text("DisplayName").flatten() {
-                    // QuickBooks' name is the record's now, whatever it went as before.
-                    self.state.set_note(&party_name_key(key), "")?;
-                    patch.display_name = Some(name);
-                }
-                patch.given_name = text("GivenName");
-                patch.family_name = text("FamilyName");
-                patch.company_name = text("CompanyName");
-                patch.notes = text("Notes");
-                patch.email = text("Email");
-                patch.phone = text("Phone");
+                let patch = CustomerPatch {
+                    display_name: text("DisplayName").flatten(),
+                    given_name: text("GivenName"),
+                    family_name: text("FamilyName"),
+                    company_name: text("CompanyName"),
+                    notes: text("Notes"),
+                    email: text("Email"),
+                    phone: text("Phone"),
+                    ..CustomerPatch::default()
+                };
                 if entity == "Customer" {
                     Command::PatchCustomer { id, patch }
                 } else {
@@ -369,6 +431,10 @@ impl Bridge {
                 "writing QuickBooks' edit of {key} into the mesh: {e}"
             ))
         })?;
+        if matches!(entity, "Customer" | "Vendor") && fields.contains_key("DisplayName") {
+            // QuickBooks' name is the record's now, whatever it went as before.
+            self.state.set_note(&party_name_key(key), "")?;
+        }
         Ok(true)
     }
 }

@@ -77,6 +77,17 @@ pub(super) struct Intent {
     /// Sent on its own (`POST /<entity>`) rather than as a batch (`POST /batch`).
     single: bool,
     creates: Vec<Create>,
+    /// Each create's `bId` in the first request, when the intent has shrunk since (what a
+    /// settling found made is taken out): a repeat of the request is answered with the first
+    /// answer, whose items keep their first `bId`s. Empty: the positions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    bids: Vec<String>,
+}
+
+impl Intent {
+    fn bid(&self, i: usize) -> String {
+        self.bids.get(i).cloned().unwrap_or_else(|| i.to_string())
+    }
 }
 
 /// What became of one create.
@@ -113,6 +124,7 @@ impl Bridge {
             .map(|chunk| Intent {
                 single: !batching,
                 creates: chunk.to_vec(),
+                bids: Vec::new(),
             })
             .collect();
         let in_flight = if batching {
@@ -178,7 +190,7 @@ impl Bridge {
                 .creates
                 .iter()
                 .enumerate()
-                .map(|(i, c)| json!({"bId": i.to_string(), "operation": "create", c.entity.as_str(): c.body}))
+                .map(|(i, c)| json!({"bId": intent.bid(i), "operation": "create", c.entity.as_str(): c.body}))
                 .collect();
             self.qbo
                 .post(
@@ -211,7 +223,11 @@ impl Bridge {
         let mut unexplained = false;
         let mut taken = Vec::new();
         for (i, c) in intent.creates.iter().enumerate() {
-            let bid = i.to_string();
+            let bid = if intent.single {
+                "0".to_owned()
+            } else {
+                intent.bid(i)
+            };
             let outcome = match answers.iter().find(|a| a["bId"] == bid.as_str()) {
                 Some(a) if a[&c.entity].is_object() => {
                     posted_from(c, &a[&c.entity], self.books().currency)
@@ -273,7 +289,34 @@ impl Bridge {
     ) -> Result<Vec<Outcome>, QboError> {
         let found = self.find_many(&intent.creates).await?;
         if found.len() < intent.creates.len() {
-            return self.send(rid, intent, true).await;
+            if found.is_empty() || intent.single {
+                return self.send(rid, intent, true).await;
+            }
+            // What QuickBooks holds is recorded, and only the rest goes again, under the same
+            // `requestid` and `bId`s: should QuickBooks no longer know the id, nothing it made
+            // is made a second time.
+            let mut made = Vec::new();
+            let mut rest = Intent {
+                single: false,
+                creates: Vec::new(),
+                bids: Vec::new(),
+            };
+            for (i, c) in intent.creates.iter().enumerate() {
+                match found.get(&c.key) {
+                    Some(row) => made.push((c.clone(), posted_from(c, row, self.books().currency))),
+                    None => {
+                        rest.creates.push(c.clone());
+                        rest.bids.push(intent.bid(i));
+                    }
+                }
+            }
+            for (key, p) in records(&made) {
+                self.state.set_posted(&key, &p)?;
+            }
+            self.state.set_intent(rid, &rest)?;
+            let mut outcomes = made;
+            outcomes.extend(self.send(rid, &rest, true).await?);
+            return Ok(outcomes);
         }
         let outcomes: Vec<Outcome> = intent
             .creates
@@ -320,7 +363,7 @@ impl Bridge {
     async fn name_taken(&self, c: &Create) -> Result<Result<Posted, QboError>, QboError> {
         let found = self.find_one(c).await?;
         if !found.is_null() {
-            return Ok(posted_from(c, &found, self.books().currency));
+            return self.adopt(c, &found).await;
         }
         let (Find::Name { value, .. }, Ok(id)) =
             (&c.find, c.key.parse::<tillmesh_protocol::DocId>())
@@ -328,8 +371,9 @@ impl Bridge {
             return Ok(Err(name_taken(c)));
         };
         let key = mapping::party_name_key(&c.key);
-        // Renamed once already: its own distinct name is taken too, which a person must sort.
-        if matches!(c.entity.as_str(), "Customer" | "Vendor") && self.state.note(&key)?.is_none() {
+        // Its distinct name taken too (it is what was tried): a person must sort that out.
+        let tried_distinct = self.state.note(&key)?.as_deref() == Some(value.as_str());
+        if matches!(c.entity.as_str(), "Customer" | "Vendor") && !tried_distinct {
             let renamed = mapping::distinct_name(value, id);
             self.state.set_note(&key, &renamed)?;
             return Ok(Err(QboError::Unavailable(format!(
@@ -337,6 +381,24 @@ impl Bridge {
             ))));
         }
         Ok(Err(name_taken(c)))
+    }
+
+    /// A record QuickBooks held already becomes this document's: merged as an edit from
+    /// QuickBooks would be (its values win where the two differ), never overwritten by what
+    /// the mesh lacks, so an accountant's details are not erased.
+    async fn adopt(&self, c: &Create, row: &Value) -> Result<Result<Posted, QboError>, QboError> {
+        let currency = self.books().currency;
+        let mut posted = match posted_from(c, row, currency) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        let Some(mesh) = super::edits::fields_of(&c.entity, &c.body, currency) else {
+            return Ok(Ok(posted));
+        };
+        posted.fields = Some(mesh);
+        self.merge_from_qbo(&c.key, c.key.parse().ok(), posted.clone(), row)
+            .await?;
+        Ok(Ok(self.state.posted(&c.key)?.unwrap_or(posted)))
     }
 
     pub(super) async fn find_one(&self, c: &Create) -> Result<Value, QboError> {

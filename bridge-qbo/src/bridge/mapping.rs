@@ -357,14 +357,13 @@ impl Bridge {
     }
 
     /// The name a party goes to QuickBooks under: its own, unless another record was found
-    /// to hold it (then [`distinct_name`] of its name now; `bridge.redb` notes which).
+    /// to hold it (then [`distinct_name`], noted in `bridge.redb`). Renamed in the mesh since,
+    /// it tries its new name first.
     pub(super) fn party_name(&self, id: DocId, p: &Party) -> Result<String, QboError> {
-        let renamed = self
-            .state
-            .note(&party_name_key(&id.to_string()))?
-            .is_some_and(|n| !n.is_empty());
-        Ok(if renamed {
-            distinct_name(&p.display_name, id)
+        let distinct = distinct_name(&p.display_name, id);
+        let noted = self.state.note(&party_name_key(&id.to_string()))?;
+        Ok(if noted.as_deref() == Some(distinct.as_str()) {
+            distinct
         } else {
             p.display_name.clone()
         })

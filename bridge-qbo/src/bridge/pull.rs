@@ -13,6 +13,7 @@ use tillmesh_protocol::schema::{Customer, Ledger};
 use tillmesh_protocol::{DocId, DocType, Money};
 
 use super::client::{QboError, enc};
+use super::edits::MeshRecord;
 use super::state::Posted;
 use super::{Bridge, dates, mapping, now_ms};
 
@@ -283,21 +284,30 @@ impl Bridge {
                 made.doc_id
             }
         };
-        let posted = Posted {
+        let mut posted = Posted {
             entity: "Customer".into(),
             qbo_id: row["Id"].as_str().unwrap_or_default().to_owned(),
             sync_token: row["SyncToken"].as_str().unwrap_or("0").to_owned(),
             balance_minor: self.minor(&row["Balance"]),
-            // A mesh customer of the same name adopted here keeps its own fields; QuickBooks'
-            // differing ones are the mesh's edits, and go at the next push.
-            fields: super::edits::fields_of("Customer", row, self.books().currency),
             ..Posted::default()
         };
-        self.state.set_posted(&id.to_string(), &posted)?;
-        let current: Option<Customer> = self
-            .repo
-            .get(&id)
-            .map_err(|e| QboError::Unavailable(format!("reading {id}: {e}")))?;
+        let key = id.to_string();
+        let read = |id| {
+            self.repo
+                .get::<Customer>(&id)
+                .map_err(|e| QboError::Unavailable(format!("reading {id}: {e}")))
+        };
+        // The mesh's fields are the base, and QuickBooks' record is merged into them as an
+        // edit from QuickBooks: its values win where the two differ, and what the mesh lacks
+        // never erases what the accountant wrote.
+        if let Some(c) = read(id)? {
+            posted.fields = Some(self.mesh_fields(id, &MeshRecord::Customer(c))?);
+        }
+        self.state.set_posted(&key, &posted)?;
+        self.merge_from_qbo(&key, Some(id), posted.clone(), row)
+            .await?;
+        let posted = self.state.posted(&key)?.unwrap_or(posted);
+        let current: Option<Customer> = read(id)?;
         let currency = self
             .repo
             .settings()

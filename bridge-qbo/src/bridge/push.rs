@@ -480,7 +480,8 @@ impl Bridge {
                         p.price.amount_minor,
                         p.price.currency,
                         &income,
-                        p.active,
+                        // Active in QuickBooks whatever the till says (see `edits`).
+                        true,
                     ));
                 }
             }

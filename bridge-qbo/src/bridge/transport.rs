@@ -23,32 +23,34 @@ pub enum TransportError {
 /// Refuses a URL the bridge must not send tokens to: `https://` anywhere, `http://` to
 /// loopback only.
 pub fn check_url(what: &'static str, url: &str) -> Result<(), TransportError> {
-    let lower = url.trim().to_ascii_lowercase();
-    if lower.starts_with("https://") {
-        return Ok(());
-    }
-    let Some(rest) = lower.strip_prefix("http://") else {
-        return Err(TransportError::NotAUrl {
+    // Parsed as the HTTP client parses it, so the host checked is the host reached.
+    let parsed = url::Url::parse(url.trim()).map_err(|_| TransportError::NotAUrl {
+        what,
+        url: url.to_owned(),
+    })?;
+    let plain = || TransportError::PlainHttp {
+        what,
+        url: url.to_owned(),
+    };
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            // A user name or password in the URL would cross in the clear too.
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                return Err(plain());
+            }
+            let loopback = match parsed.host() {
+                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            if loopback { Ok(()) } else { Err(plain()) }
+        }
+        _ => Err(TransportError::NotAUrl {
             what,
             url: url.to_owned(),
-        });
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-    };
-    let loopback = host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if loopback {
-        Ok(())
-    } else {
-        Err(TransportError::PlainHttp {
-            what,
-            url: url.to_owned(),
-        })
+        }),
     }
 }
 
@@ -93,6 +95,13 @@ mod tests {
         assert!(e.to_string().contains("in the clear"), "{e}");
         assert!(check_url("QBO", "http://10.0.0.5:80").is_err());
         assert!(check_url("QBO", "http://127.0.0.1.evil.example").is_err());
+        assert!(check_url("QBO", "HTTP://quickbooks.api.intuit.com").is_err());
+        assert!(check_url("QBO", "HTTPS://quickbooks.api.intuit.com").is_ok());
+        // Whatever comes before an `@` is a user name: the host is after it.
+        assert!(check_url("QBO", "http://127.0.0.1:1@evil.example/").is_err());
+        assert!(check_url("QBO", "http://[::1]@evil.example/").is_err());
+        assert!(check_url("QBO", "http://localhost@evil.example/").is_err());
         assert!(check_url("QBO", "ftp://x").is_err());
+        assert!(check_url("QBO", "quickbooks").is_err());
     }
 }
