@@ -1190,6 +1190,7 @@ async fn a_yen_and_a_dinar_shop_book_every_minor_unit() {
 async fn a_usd_mesh_posts_nothing_to_a_cad_company() {
     let Shop {
         _tmp,
+        ends,
         books,
         owner,
         dir,
@@ -1216,6 +1217,15 @@ async fn a_usd_mesh_posts_nothing_to_a_cad_company() {
     assert_eq!(s["posted"], 0, "{s}");
     assert!(books.receipts().await.is_empty());
     assert!(books.all("Item").await.is_empty(), "not even the catalogue");
+    // Stopped, and connected again now that it holds the mesh's settings: refused at once.
+    drop(_bridge);
+    let out = support::connect(&ends, &dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("keeps its books in CAD and the mesh in USD"),
+        "{err}"
+    );
 }
 
 /// A sale is booked on the shop's own date: in a zone whose date is not UTC's just now, each

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tillmesh_bridge_qbo::bridge::transport::TransportError;
-use tillmesh_bridge_qbo::bridge::{Bridge, Options, client::Qbo, connect, state::State};
+use tillmesh_bridge_qbo::bridge::{
+    Bridge, Options, client::Qbo, connect, home_currency, state::State,
+};
 use tillmesh_node::Repo;
 use tillmesh_node::cli::{BesideStarted, NetArgs, join_device, key_source, run_node};
 
@@ -171,10 +173,27 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             };
             let repo = Repo::open_with(&data, &keys)?;
             let (conn, tokens) = connect::connect(&app).await?;
-            let state = State::open(&data, repo.sealer())?;
+            let state = Arc::new(State::open(&data, repo.sealer())?);
+            // The company's currency, checked against the mesh's before anything is kept
+            // (a bridge that has not synced yet has no mesh settings: `run` checks then).
+            let qbo = Qbo::new(conn.clone(), tokens.clone(), state.clone())?;
+            let home = home_currency(&qbo).await?;
+            if let Ok(settings) = repo.settings()
+                && settings.currency != home
+            {
+                bail!(
+                    "QuickBooks company {} keeps its books in {home} and the mesh in {}: every amount would be booked in the wrong currency; connect to a {} company",
+                    conn.realm_id,
+                    settings.currency,
+                    settings.currency
+                );
+            }
             state.set_connection(&conn)?;
             state.set_tokens(&tokens)?;
-            println!("connected to QuickBooks company {}", conn.realm_id);
+            println!(
+                "connected to QuickBooks company {}, which keeps its books in {home}",
+                conn.realm_id
+            );
             Ok(())
         }
         Cmd::Run {

@@ -43,6 +43,16 @@ pub async fn join_and_connect(network: &Network, ends: &Endpoints, dir: &Path) {
         status.peer_id
     );
     bridge(&["join", "--name", "Head office bridge", &invite], dir);
+    let out = connect(ends, dir);
+    assert!(
+        out.status.success(),
+        "tillmesh-bridge connect: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `tillmesh-bridge connect` to the emulator at `ends`, as a user runs it.
+pub fn connect(ends: &Endpoints, dir: &Path) -> std::process::Output {
     // The secrets as the README says to pass them: off the command line.
     let secret = dir.with_extension("secret");
     std::fs::write(&secret, format!("{}\n", ends.client_secret)).expect("a secret file");
@@ -59,18 +69,13 @@ pub async fn join_and_connect(network: &Network, ends: &Endpoints, dir: &Path) {
     if let Some(ca) = &ca {
         args.extend(["--qbo-ca", ca]);
     }
-    let out = Process::new(BRIDGE)
+    Process::new(BRIDGE)
         .arg("--data")
         .arg(dir)
         .args(&args)
         .env("QBO_VERIFIER_TOKEN", &ends.verifier_token)
         .output()
-        .expect("tillmesh-bridge runs");
-    assert!(
-        out.status.success(),
-        "tillmesh-bridge connect: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .expect("tillmesh-bridge runs")
 }
 
 /// A running `tillmesh-bridge`, killed when dropped: a test that fails part-way leaves no
