@@ -135,6 +135,10 @@ struct Staged {
 }
 
 fn io_error(e: std::io::Error) -> WriteError {
+    // A damaged log says what and where, and what to do.
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        return WriteError::Storage(e.to_string());
+    }
     if store::is_disk_full(&redb::StorageError::Io(e)) {
         WriteError::DiskFull
     } else {

@@ -8,9 +8,12 @@
 //! here are applied again through the ingest path; entries redb already holds are duplicates and
 //! change nothing. So no acknowledged write is lost, and the disk sees one write per batch.
 //!
-//! Record: `len u32 BE | entry sealed` (see `seal`; `len` counts the sealed bytes). A torn
-//! last record (a crash mid-write, never acknowledged) fails its length check or does not open;
-//! reading stops there and the tail is cut. The seal's tag is the record's checksum.
+//! Record: `len u32 BE | entry sealed` (see `seal`; `len` counts the sealed bytes). The seal's
+//! tag is the record's checksum. A torn last record (a crash mid-write, never acknowledged)
+//! fails its length check or does not open, and nothing good follows it: reading stops there
+//! and the tail is cut. A bad record with a good one anywhere after it is not a torn write but
+//! a disk that lost or changed acknowledged data: the log is refused whole, with the file and
+//! the offset, and nothing is changed.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -51,19 +54,27 @@ impl Wal {
         file.read_to_end(&mut bytes)?;
         let mut records = Vec::new();
         let mut at = 0usize;
-        while let Some(header) = bytes.get(at..at + RECORD_HEADER) {
-            let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-            if len > ENTRY_BYTES_MAX + SEAL_OVERHEAD {
-                break;
+        while at < bytes.len() {
+            match record_at(&bytes, at, sealer) {
+                Ok((entry, next)) => {
+                    records.push(entry);
+                    at = next;
+                }
+                Err(why) => {
+                    if let Some(good) =
+                        (at + 1..bytes.len()).find(|&p| record_at(&bytes, p, sealer).is_ok())
+                    {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "{}: the record at byte {at} is damaged ({why}), and a good record follows it at byte {good}: the disk lost or changed writes this till had acknowledged. Nothing was changed. Restore this device from a peer: move its folder aside, and join the mesh again with an invite (`tillmesh join`) so the other devices send it everything back",
+                                path.display()
+                            ),
+                        ));
+                    }
+                    break;
+                }
             }
-            let Some(body) = bytes.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else {
-                break;
-            };
-            let Ok(entry) = sealer.open(SEAL_LABEL, &[], body) else {
-                break;
-            };
-            records.push(entry);
-            at += RECORD_HEADER + len;
         }
         if at < bytes.len() {
             tracing::warn!(path = %path.display(), kept = at, dropped = bytes.len() - at, "cutting a torn tail off the write-ahead log (it was never acknowledged)");
@@ -81,6 +92,7 @@ impl Wal {
         ))
     }
 
+    /// The number of bytes of good records.
     pub fn len(&self) -> u64 {
         self.len
     }
@@ -128,6 +140,24 @@ impl Wal {
     }
 }
 
+/// The record starting at `at` and where the next starts, or why it is not one.
+fn record_at(bytes: &[u8], at: usize, sealer: &Sealer) -> Result<(Vec<u8>, usize), &'static str> {
+    let header = bytes
+        .get(at..at + RECORD_HEADER)
+        .ok_or("its length is cut short")?;
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if len > ENTRY_BYTES_MAX + SEAL_OVERHEAD {
+        return Err("its length is larger than any entry");
+    }
+    let body = bytes
+        .get(at + RECORD_HEADER..at + RECORD_HEADER + len)
+        .ok_or("it is cut short")?;
+    let entry = sealer
+        .open(SEAL_LABEL, &[], body)
+        .map_err(|_| "its checksum does not hold")?;
+    Ok((entry, at + RECORD_HEADER + len))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,7 +198,7 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupted_record_ends_the_log() {
+    fn a_corrupted_last_record_is_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let s = sealer();
         let (mut wal, _) = Wal::open(dir.path(), &s).unwrap();
@@ -180,5 +210,42 @@ mod tests {
         bytes[last] ^= 1;
         std::fs::write(&path, bytes).unwrap();
         assert_eq!(Wal::open(dir.path(), &s).unwrap().1, vec![b"good".to_vec()]);
+    }
+
+    /// One byte flipped in a record with good ones after it, in its body or in its length:
+    /// the log is refused, naming the file and the offset, and left byte for byte as it was.
+    #[test]
+    fn a_damaged_record_before_good_ones_is_refused_and_nothing_changes() {
+        let s = sealer();
+        for flip in ["body", "length"] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut wal, _) = Wal::open(dir.path(), &s).unwrap();
+            wal.append([&b"first sale"[..], &b"second sale"[..], &b"third sale"[..]])
+                .unwrap();
+            drop(wal);
+            let path = dir.path().join(WAL_FILE);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let first_len = RECORD_HEADER
+                + u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+            let at = match flip {
+                "body" => first_len + RECORD_HEADER + 3,
+                _ => first_len + 2,
+            };
+            bytes[at] ^= 0x40;
+            std::fs::write(&path, &bytes).unwrap();
+            let err = Wal::open(dir.path(), &s).err().expect("refused");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&path.display().to_string())
+                    && msg.contains(&format!("byte {first_len}"))
+                    && msg.contains("join the mesh again"),
+                "{flip}: {msg}"
+            );
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                bytes,
+                "{flip}: nothing changed"
+            );
+        }
     }
 }
