@@ -984,12 +984,7 @@ pub(crate) fn new_doc_id(now: u64) -> DocId {
     DocId::new_v7(ms, random)
 }
 
-pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    // A machine without an entropy source cannot make keys or ids; nothing sensible goes on.
-    getrandom::fill(&mut b).expect("the operating system's random number generator failed");
-    b
-}
+pub(crate) use crate::store::seal::random as random_bytes;
 
 #[cfg(test)]
 mod tests {

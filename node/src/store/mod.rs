@@ -215,7 +215,7 @@ pub fn create_with(
     let (storage_key, key_meta) = match source {
         KeySource::KeyFile => (StorageKey::random(), vec![]),
         KeySource::Passphrase(p) => {
-            let salt: [u8; SALT_BYTES] = crate::repo::random_bytes();
+            let salt: [u8; SALT_BYTES] = seal::random();
             let params = KdfParams::DEFAULT;
             let k = StorageKey::from_passphrase(p, &salt, params)
                 .map_err(|e| OpenError::storage(&path, e))?;

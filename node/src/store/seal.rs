@@ -203,9 +203,12 @@ fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-fn random<const N: usize>() -> [u8; N] {
+/// Bytes from the operating system's random source: keys, salts, nonces, ids. The one place
+/// the node draws randomness.
+pub(crate) fn random<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
-    // A machine without an entropy source cannot seal safely; nothing sensible goes on.
+    // A machine without an entropy source cannot make keys or seal safely; nothing sensible
+    // goes on.
     getrandom::fill(&mut b).expect("the operating system's random number generator failed");
     b
 }
