@@ -416,3 +416,85 @@ async fn a_restored_till_carries_on_its_own_log() {
         IngestOutcome::Applied
     );
 }
+
+/// A panic in the writer (Automerge has panicked on merges before) stops nothing for good: a
+/// local command that panics fails with a clear error and the next one is written; an entry
+/// from a peer that panics fails its batch, and after two panics it is refused with the reason,
+/// while the node keeps selling and applying everything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_writer_fails_its_batch_and_the_node_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = InProcessNode::init(&tmp.path().join("a"), "Till A")
+        .await
+        .unwrap();
+    a.api
+        .ok_post("/v1/products", &product("TEA-1", "Tea", 350, 40))
+        .await
+        .unwrap();
+    let b = second_device(&tmp, &a.repo, "b", [5; 32]).await;
+    sync_one_way(&a.repo, &b.repo).await;
+
+    // A local command.
+    a.repo.inject_command_panics(1);
+    let (st, e) = a
+        .api
+        .post("/v1/sales", &cash_sale("TEA-1", 1, 350))
+        .await
+        .unwrap();
+    assert!(st.is_server_error(), "{st} {e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a bug stopped this write"),
+        "{e}"
+    );
+    a.api
+        .ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.api.all("/v1/sales").await.unwrap().len(),
+        1,
+        "the failed one left nothing"
+    );
+
+    // An entry from a peer: B sells twice; the first of its sales panics on A every time.
+    for _ in 0..2 {
+        b.api
+            .ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350))
+            .await
+            .unwrap();
+    }
+    let b_id = b.repo.identity().device_id;
+    let theirs = entries_of(&b.repo, &b_id);
+    let bad = &theirs[theirs.len() - 2];
+    a.repo.inject_ingest_panic(b_id, bad.entry.seq);
+    for attempt in 1..=2 {
+        let e = a.repo.ingest(bad.clone()).await.unwrap_err();
+        assert!(
+            e.to_string().contains("a bug stopped this write"),
+            "{attempt}: {e}"
+        );
+    }
+    match a.repo.ingest(bad.clone()).await.unwrap() {
+        IngestOutcome::Rejected { reason } => {
+            assert!(
+                reason.contains("crashed this node's writer 2 times"),
+                "{reason}"
+            )
+        }
+        other => panic!("the third time it is refused, not {other:?}"),
+    }
+    // The node serves on: it sells, and it takes what does not panic.
+    a.api
+        .ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350))
+        .await
+        .unwrap();
+    assert_eq!(a.api.all("/v1/sales").await.unwrap().len(), 2);
+    let rejected = a.api.ok_get("/v1/rejected").await.unwrap();
+    assert!(
+        rejected.to_string().contains("crashed this node's writer"),
+        "{rejected}"
+    );
+}

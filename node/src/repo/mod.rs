@@ -559,6 +559,23 @@ impl Repo {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Tests of the writer's panic guard: the next `n` local commands panic while staged.
+    #[doc(hidden)]
+    pub fn inject_command_panics(&self, n: u32) {
+        self.inner
+            .hooks
+            .panic_commands
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Tests of the writer's panic guard: staging the entry `(author, seq)` panics, every time.
+    #[doc(hidden)]
+    pub fn inject_ingest_panic(&self, author: DeviceId, seq: u64) {
+        if let Ok(mut k) = self.inner.hooks.panic_ingest.lock() {
+            *k = Some((author, seq));
+        }
+    }
+
     /// From now on, after every checkpoint, copies the store file to
     /// [`store::checkpoint_copy_path`]: the state a power cut would leave, for simulations.
     pub fn copy_at_checkpoints(&self) {

@@ -62,10 +62,37 @@ pub(crate) struct CrashHooks {
     pub power_cut: std::sync::atomic::AtomicBool,
     /// Copy the store file after every checkpoint.
     pub copy_at_checkpoints: std::sync::atomic::AtomicBool,
+    /// Local commands still to panic while staged (tests of the writer's panic guard).
+    pub panic_commands: std::sync::atomic::AtomicU32,
+    /// An entry `(author, seq)` whose staging panics every time (the same tests).
+    pub panic_ingest: std::sync::Mutex<Option<(DeviceId, u64)>>,
+}
+
+/// How many times an ingested entry may crash the writer before it is refused.
+const PANICS_PER_ENTRY_MAX: u32 = 2;
+/// Entries remembered for crashing it: more are forgotten (a peer cannot grow this).
+const PANICKED_ENTRIES_MAX: usize = 1024;
+
+/// What a panic said, for the caller's error.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
+}
+
+fn panicked_error(p: &(dyn std::any::Any + Send)) -> WriteError {
+    WriteError::Internal(format!(
+        "a bug stopped this write ({}); nothing of its batch was stored, the node reloaded and goes on; try again, and report it if it happens again",
+        panic_message(p)
+    ))
 }
 
 pub(crate) struct Writer {
     hooks: Arc<CrashHooks>,
+    /// Entries whose staging panicked, and how often: refused at the limit, so one bad entry
+    /// cannot stop every batch it arrives in.
+    panicked: HashMap<(DeviceId, u64), u32>,
     store: Arc<store::Shared>,
     id: Identity,
     settings_id: DocId,
@@ -165,6 +192,7 @@ impl Writer {
         let actor = actor_for(&id.device_id);
         let mut w = Writer {
             hooks: Arc::default(),
+            panicked: HashMap::new(),
             store,
             id,
             settings_id,
@@ -413,7 +441,21 @@ impl Writer {
     }
 
     fn run_batch(&mut self, jobs: Vec<Job>, events: &Outlets) {
-        match self.stage_batch(jobs) {
+        // A panic in a job is caught around the job (its caller hears why); this catches one
+        // anywhere else in the batch, whose callers then hear the writer stopped. Either way
+        // the batch is dropped whole, the writer reloads, and the next batch goes on.
+        let staged =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.stage_batch(jobs)));
+        let staged = match staged {
+            Ok(s) => s,
+            Err(p) => {
+                tracing::error!(panic = %panic_message(&*p), "a write batch panicked; nothing of it was stored; reloading");
+                self.needs_recovery = true;
+                self.recover();
+                return;
+            }
+        };
+        match staged {
             Ok((replies, finished)) => answer(replies, &finished, events),
             Err((replies, err)) => {
                 tracing::warn!(error = %err, "write batch failed; nothing of it was stored");
@@ -480,17 +522,7 @@ impl Writer {
                 Err(e) => return Err(fail(replies, jobs, e.into())),
             };
             for job in jobs.by_ref() {
-                let reply = match job {
-                    Job::Command(cmd, tx) => {
-                        Reply::Command(tx, self.stage_command(&mut t, *cmd, &mut touched))
-                    }
-                    Job::Prepared(p, tx) => {
-                        Reply::Command(tx, self.stage_prepared(&mut t, *p, &mut touched))
-                    }
-                    Job::Ingest(e, tx) => {
-                        Reply::Ingest(tx, self.stage_ingest(&mut t, *e, &mut touched, false))
-                    }
-                };
+                let reply = self.stage_job(&mut t, job, &mut touched);
                 let fatal = reply.fatal_error();
                 replies.push(reply);
                 if let Some(e) = fatal {
@@ -530,6 +562,65 @@ impl Writer {
             }
         }
         Ok((replies, views))
+    }
+
+    /// Stages one job, catching a panic in it: its caller hears what happened, and the batch
+    /// fails whole (what the panic left half done is dropped with the transaction). An
+    /// ingested entry that crashed the writer `PANICS_PER_ENTRY_MAX` times is refused.
+    fn stage_job(&mut self, t: &mut Tables<'_>, job: Job, touched: &mut BTreeSet<DocId>) -> Reply {
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        use std::sync::atomic::Ordering;
+        let hooks = self.hooks.clone();
+        let injected = || {
+            hooks
+                .panic_commands
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+        };
+        match job {
+            Job::Command(cmd, tx) => {
+                let staged = catch_unwind(AssertUnwindSafe(|| {
+                    if injected() {
+                        panic!("injected panic in a local command");
+                    }
+                    self.stage_command(t, *cmd, touched)
+                }));
+                Reply::Command(tx, staged.unwrap_or_else(|p| Err(panicked_error(&*p))))
+            }
+            Job::Prepared(p, tx) => {
+                let staged = catch_unwind(AssertUnwindSafe(|| {
+                    if injected() {
+                        panic!("injected panic in a local command");
+                    }
+                    self.stage_prepared(t, *p, touched)
+                }));
+                Reply::Command(tx, staged.unwrap_or_else(|p| Err(panicked_error(&*p))))
+            }
+            Job::Ingest(e, tx) => {
+                let key = (e.entry.author, e.entry.seq);
+                if self.panicked.get(&key).copied().unwrap_or(0) >= PANICS_PER_ENTRY_MAX {
+                    let reason = format!(
+                        "applying it crashed this node's writer {PANICS_PER_ENTRY_MAX} times (a bug): refused, so the node keeps serving"
+                    );
+                    return Reply::Ingest(tx, self.reject(t, &e, reason));
+                }
+                let panics_here = hooks.panic_ingest.lock().is_ok_and(|k| *k == Some(key));
+                let staged = catch_unwind(AssertUnwindSafe(|| {
+                    if panics_here {
+                        panic!("injected panic in an ingested entry");
+                    }
+                    self.stage_ingest(t, *e, touched, false)
+                }));
+                let staged = staged.unwrap_or_else(|p| {
+                    if self.panicked.len() >= PANICKED_ENTRIES_MAX {
+                        self.panicked.clear();
+                    }
+                    *self.panicked.entry(key).or_default() += 1;
+                    Err(panicked_error(&*p))
+                });
+                Reply::Ingest(tx, staged)
+            }
+        }
     }
 
     /// Writes the views of the documents the batch touched, moves the stock levels their
