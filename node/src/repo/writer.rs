@@ -432,7 +432,12 @@ impl Writer {
             self.run_batch(jobs, &events);
         }
         if hooks.power_cut.load(std::sync::atomic::Ordering::Relaxed) {
-            return; // As if the power went: the log holds what was acknowledged.
+            // As if the power went: the log keeps what it synced, which must be everything
+            // that was acknowledged.
+            if let Err(e) = self.wal.power_cut() {
+                tracing::warn!(error = %e, "cutting the log back to what was synced");
+            }
+            return;
         }
         // Closing: leave redb durable and the log empty, so the next open has nothing to replay.
         if let Err(e) = self.checkpoint() {
