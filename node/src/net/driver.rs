@@ -28,6 +28,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::discovery::{self, Discovery, Found};
 use super::pairing::{Inviter, PairRequest, PairResponse, Refusal};
+use super::targets::{TARGET_ADDRS_MAX, Target, Targets};
 use super::{Command, FoundBy, NetConfig, NetError, NetStatus, PeerStatus};
 use crate::replication;
 use crate::repo::{Command as RepoCommand, MemberCommand, Repo};
@@ -46,12 +47,6 @@ const APPLY_QUEUED_MAX: usize = 1024;
 const APPLY_QUEUED_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Pulls from one peer being answered at once; more fail (the asker backs off).
 const SERVES_PER_PEER_MAX: usize = 2;
-/// Dial targets kept, and addresses per target: peers' announcements cannot grow them more.
-const TARGETS_MAX: usize = 256;
-const TARGET_ADDRS_MAX: usize = 8;
-/// A target learned from another peer (not configured, not seen by mDNS) is forgotten after
-/// this many dials in a row that did not connect.
-const LEARNED_TARGET_FAILURES_MAX: u32 = 8;
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 /// A device that is not a member, connected to pair, is disconnected after this long.
 const GUEST_TTL: Duration = Duration::from_secs(60);
@@ -63,16 +58,6 @@ struct Applied {
     source: Source<PeerId>,
     results: Vec<(SignedEntry, Verdict)>,
     vv: VersionVector,
-}
-
-struct Target {
-    peer: Option<PeerId>,
-    addrs: Vec<Multiaddr>,
-    found_by: FoundBy,
-    next_dial: Instant,
-    backoff: Duration,
-    /// Dials in a row that did not connect; a learned target is forgotten after a few.
-    failures: u32,
 }
 
 struct Connection {
@@ -105,7 +90,7 @@ pub(super) struct Driver {
     push_topic: gossipsub::IdentTopic,
     announce_topic: gossipsub::IdentTopic,
     peers: BTreeMap<PeerId, PeerInfo>,
-    targets: BTreeMap<String, Target>,
+    targets: Targets,
     banned: HashMap<PeerId, Instant>,
     reserved_on: Vec<PeerId>,
     /// The pull in flight to each peer: answers to anything else are stale and ignored.
@@ -246,24 +231,19 @@ impl Driver {
                 })?;
         }
         let now = Instant::now();
-        let mut targets = BTreeMap::new();
+        let mut targets = Targets::default();
         // One target per peer, with all its addresses: libp2p tries them together, where
         // separate dials of one peer would refuse each other.
         for addr in &config.peers {
             let peer = peer_of(addr);
             let key = peer.map_or_else(|| addr.to_string(), |p| p.to_string());
-            targets
-                .entry(key)
-                .or_insert(Target {
-                    peer,
-                    addrs: Vec::new(),
-                    found_by: FoundBy::Address,
-                    next_dial: now,
-                    backoff: DIAL_BACKOFF_MIN,
-                    failures: 0,
-                })
-                .addrs
-                .push(without_peer(addr));
+            if let Some(t) = targets.get_or_add(key, || {
+                let mut t = Target::new(peer, FoundBy::Address, DIAL_BACKOFF_MIN);
+                t.next_dial = now;
+                t
+            }) {
+                t.addrs.push(without_peer(addr));
+            }
         }
         let (discovery, found) = if config.mdns {
             let (d, rx) = Discovery::start(&identity.mesh_id, local)
@@ -950,14 +930,12 @@ impl Driver {
             p.found_by = FoundBy::Mdns;
         }
         let key = found.peer.to_string();
-        let target = self.targets.entry(key).or_insert(Target {
-            peer: Some(found.peer),
-            addrs: Vec::new(),
-            found_by: FoundBy::Mdns,
-            next_dial: Instant::now(),
-            backoff: DIAL_BACKOFF_MIN,
-            failures: 0,
-        });
+        let Some(target) = self.targets.get_or_add(key, || {
+            Target::new(Some(found.peer), FoundBy::Mdns, DIAL_BACKOFF_MIN)
+        }) else {
+            // Full: a LAN cannot grow the dial targets past their limit.
+            return;
+        };
         target.addrs = found.addrs;
         target.addrs.truncate(TARGET_ADDRS_MAX);
         target.next_dial = Instant::now();
@@ -1026,17 +1004,11 @@ impl Driver {
             FoundBy::Gossip
         };
         let key = source.to_string();
-        if !self.targets.contains_key(&key) && self.targets.len() >= TARGETS_MAX {
+        let Some(t) = self.targets.get_or_add(key, || {
+            Target::new(Some(source), found_by, DIAL_BACKOFF_MIN)
+        }) else {
             return true; // Still worth forwarding; we just keep no more dial targets.
-        }
-        let t = self.targets.entry(key).or_insert(Target {
-            peer: Some(source),
-            addrs: Vec::new(),
-            found_by,
-            next_dial: Instant::now(),
-            backoff: DIAL_BACKOFF_MIN,
-            failures: 0,
-        });
+        };
         // The latest announcement is the truth: addresses it no longer lists are gone.
         if matches!(t.found_by, FoundBy::Relay | FoundBy::Gossip) {
             t.addrs = addrs;
@@ -1049,11 +1021,7 @@ impl Driver {
         self.banned.retain(|_, until| *until > now);
         let mut dials = Vec::new();
         let connected = |p: &PeerId| self.swarm.is_connected(p);
-        self.targets.retain(|_, t| {
-            !(matches!(t.found_by, FoundBy::Relay | FoundBy::Gossip)
-                && t.failures >= LEARNED_TARGET_FAILURES_MAX
-                && !t.peer.as_ref().is_some_and(connected))
-        });
+        self.targets.forget_failing(connected);
         for t in self.targets.values_mut() {
             if t.next_dial > now {
                 continue;

@@ -16,6 +16,7 @@ mod driver;
 pub mod invite;
 pub mod join;
 pub mod pairing;
+mod targets;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
