@@ -14,6 +14,13 @@ use super::pairing::{self, PairRequest, PairResponse};
 /// A pull streams at most one batch; a slow disk on the other side gets this long.
 pub const PULL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// Sync streams open at once on one connection, both ways.
+const SYNC_STREAMS_MAX: usize = 8;
+/// Pairing messages are a SPAKE2 share, a MAC and a name: a few hundred bytes. What a device
+/// that is not yet a member may make us read is bounded by these.
+const PAIR_REQUEST_BYTES_MAX: u64 = 4 * 1024;
+const PAIR_RESPONSE_BYTES_MAX: u64 = 16 * 1024;
+const PAIR_STREAMS_MAX: usize = 4;
 /// A relayed connection carries a full sync, so the relay's defaults (2 minutes, 128 KiB) are
 /// far too small; these bound what one circuit may cost the relay.
 const RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(3600);
@@ -74,7 +81,11 @@ impl Behaviour {
             sync: request_response::Behaviour::with_codec(
                 SyncCodec,
                 [(sync_protocol, request_response::ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(PULL_TIMEOUT),
+                request_response::Config::default()
+                    .with_request_timeout(PULL_TIMEOUT)
+                    // One pull each way in flight, and a couple of answers being served: a
+                    // peer cannot hold a hundred streams' buffers open on one connection.
+                    .with_max_concurrent_streams(SYNC_STREAMS_MAX),
             ),
             pair: pairing_behaviour(),
             relay_client,
@@ -94,11 +105,16 @@ impl Behaviour {
 
 /// The pairing protocol alone: what a joining device speaks before it is a member.
 pub fn pairing_behaviour() -> request_response::json::Behaviour<PairRequest, PairResponse> {
-    request_response::json::Behaviour::new(
+    request_response::json::Behaviour::with_codec(
+        request_response::json::codec::Codec::default()
+            .set_request_size_maximum(PAIR_REQUEST_BYTES_MAX)
+            .set_response_size_maximum(PAIR_RESPONSE_BYTES_MAX),
         [(
             StreamProtocol::new(pairing::PROTOCOL),
             request_response::ProtocolSupport::Full,
         )],
-        request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(30))
+            .with_max_concurrent_streams(PAIR_STREAMS_MAX),
     )
 }

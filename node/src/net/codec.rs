@@ -10,7 +10,7 @@ use std::io;
 use libp2p::StreamProtocol;
 use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tillmesh_protocol::sync::Message;
-use tillmesh_protocol::sync::wire::MESSAGE_BYTES_MAX;
+use tillmesh_protocol::sync::wire::{MESSAGE_BYTES_MAX, REQUEST_BYTES_MAX};
 
 #[derive(Debug, Clone, Default)]
 pub struct SyncCodec;
@@ -18,13 +18,13 @@ pub struct SyncCodec;
 /// A message as read off a stream: the message, or why the bytes are not one.
 pub type Framed = Result<Message, String>;
 
-async fn read_message<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Framed> {
+async fn read_message<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Framed> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MESSAGE_BYTES_MAX {
+    if len > max {
         return Ok(Err(format!(
-            "a sync message of {len} bytes, over the limit of {MESSAGE_BYTES_MAX}"
+            "a sync message of {len} bytes, over the limit of {max}"
         )));
     }
     let mut buf = vec![0; len];
@@ -50,7 +50,8 @@ impl libp2p::request_response::Codec for SyncCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Framed> {
-        read_message(io).await
+        // A request is a pull: far smaller than an answer may be.
+        read_message(io, REQUEST_BYTES_MAX).await
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -58,7 +59,7 @@ impl libp2p::request_response::Codec for SyncCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Framed> {
-        read_message(io).await
+        read_message(io, MESSAGE_BYTES_MAX).await
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
@@ -77,5 +78,31 @@ impl libp2p::request_response::Codec for SyncCodec {
         m: Framed,
     ) -> io::Result<()> {
         write_message(io, m).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::futures::io::Cursor;
+    use libp2p::request_response::Codec;
+
+    /// A request is a pull: one that says it is an answer's size (11 MB) is refused on its
+    /// length, before a buffer is made for it; an answer may be that large.
+    #[tokio::test]
+    async fn a_request_is_held_to_a_pulls_size() {
+        let protocol = StreamProtocol::new("/tillmesh/sync/1/test");
+        let len = 11_000_000u32;
+        assert!((len as usize) > REQUEST_BYTES_MAX && (len as usize) <= MESSAGE_BYTES_MAX);
+        let mut io = Cursor::new(len.to_be_bytes().to_vec());
+        let read = SyncCodec.read_request(&protocol, &mut io).await.unwrap();
+        assert!(read.unwrap_err().contains("over the limit"));
+        // As an answer the same length is allowed: the read then wants the bytes.
+        let mut io = Cursor::new(len.to_be_bytes().to_vec());
+        let read = SyncCodec.read_response(&protocol, &mut io).await;
+        assert!(
+            read.is_err(),
+            "the stream ends before the 11 MB it announced"
+        );
     }
 }

@@ -27,6 +27,10 @@ pub const VV_AUTHORS_MAX: usize = 65_536;
 pub const BATCH_ENTRIES_MAX: usize = 1024;
 /// Bytes of entries in one response (one entry larger than this is still sent alone).
 pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// The largest request a peer may send (a pull: its version vector and its limits). Read
+/// before the largest answer's allowance, so a peer cannot make us buffer an answer's worth
+/// of bytes by calling it a request.
+pub const REQUEST_BYTES_MAX: usize = VV_AUTHORS_MAX * 40 + 64;
 /// The largest message either side accepts.
 pub const MESSAGE_BYTES_MAX: usize =
     BATCH_BYTES_MAX + ENTRY_BYTES_MAX + BATCH_ENTRIES_MAX * 4 + VV_AUTHORS_MAX * 40 + 64;
