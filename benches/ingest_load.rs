@@ -55,12 +55,18 @@ fn sale_body(client: usize, i: usize) -> String {
 }
 
 /// `clients` connections ring up `total` sales between them; returns (wall time, latencies).
-async fn drive_http(addr: &str, clients: usize, total: usize) -> (Duration, Vec<Duration>) {
+async fn drive_http(
+    addr: &str,
+    token: &str,
+    clients: usize,
+    total: usize,
+) -> (Duration, Vec<Duration>) {
     let per_client = total / clients;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
         let addr = addr.to_owned();
+        let bearer = format!("Bearer {token}");
         tasks.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(&addr)
                 .await
@@ -75,6 +81,7 @@ async fn drive_http(addr: &str, clients: usize, total: usize) -> (Duration, Vec<
             for i in 0..per_client {
                 let req = hyper::Request::post("/v1/sales")
                     .header("host", &addr)
+                    .header("authorization", &bearer)
                     .header("content-type", "application/json")
                     .body(Full::new(Bytes::from(sale_body(c, i))))
                     .expect("request");
@@ -166,14 +173,15 @@ async fn main() -> anyhow::Result<()> {
             .await?;
     }
     let addr = node.api.base.trim_start_matches("http://").to_owned();
-    drive_http(&addr, clients, 2_000).await; // warm-up
+    let token = tillmesh_node::api::auth::read_token(&dir).expect("the node's API token");
+    drive_http(&addr, &token, clients, 2_000).await; // warm-up
     let pid = node.pid().unwrap_or(0);
     let cpu_before = cpu_us(pid);
-    let (wall, mut lat) = drive_http(&addr, clients, total).await;
+    let (wall, mut lat) = drive_http(&addr, &token, clients, total).await;
     let node_cpu_us_per_sale = (cpu_us(pid) - cpu_before) as f64 / lat.len() as f64;
     let mut concurrent = summary(clients, wall, &mut lat);
     concurrent["node_cpu_us_per_sale"] = json!(node_cpu_us_per_sale);
-    let (wall1, mut lat1) = drive_http(&addr, 1, 5_000).await;
+    let (wall1, mut lat1) = drive_http(&addr, &token, 1, 5_000).await;
     let single = summary(1, wall1, &mut lat1);
     let status = node.api.ok_get("/v1/status").await?;
     let store_bytes = std::fs::metadata(dir.join("tillmesh.redb"))?.len();

@@ -41,11 +41,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 async fn watch_sales(api: Api) -> mpsc::UnboundedReceiver<(String, Instant)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let url = format!("{}/v1/events", api.base);
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
-    let mut resp = client.get(&url).send().await.expect("event stream");
+    let mut resp = api.client().get(&url).send().await.expect("event stream");
     tokio::spawn(async move {
         let mut buf = String::new();
         while let Ok(Some(chunk)) = resp.chunk().await {

@@ -24,12 +24,30 @@ pub struct Api {
 }
 
 impl Api {
+    /// A client with no token: every route refuses it (tests of the API's guard).
     pub fn new(base: impl Into<String>) -> Self {
+        Api::with_token(base, None)
+    }
+
+    /// A client for the node whose folder is `dir`, with its token (`DIR/api.token`), as the
+    /// CLI sends it.
+    pub fn for_dir(base: impl Into<String>, dir: &Path) -> Self {
+        Api::with_token(base, tillmesh_node::api::auth::read_token(dir))
+    }
+
+    fn with_token(base: impl Into<String>, token: Option<String>) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(v) =
+            token.and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok())
+        {
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         // A wedged node fails the test instead of hanging CI.
         let http = reqwest::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(64)
             .timeout(Duration::from_secs(60))
+            .default_headers(headers)
             .build()
             .expect("http client");
         Api {
@@ -54,6 +72,11 @@ impl Api {
         let value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
         Ok((status, value))
+    }
+
+    /// The HTTP client, with this node's token: for streams and raw requests.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// Sends raw bytes as the body (malformed JSON and the like).
@@ -220,7 +243,7 @@ impl NodeProcess {
                 bail!("tillmesh run exited with {status} before serving");
             }
             if let Some((addr, _device)) = read_api_addr(dir) {
-                let api = Api::new(format!("http://{addr}"));
+                let api = Api::for_dir(format!("http://{addr}"), dir);
                 if api
                     .get("/v1/status")
                     .await
@@ -303,7 +326,8 @@ impl InProcessNode {
 
     pub async fn serve(repo: Repo) -> anyhow::Result<InProcessNode> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let api = Api::new(format!("http://{}", listener.local_addr()?));
+        tillmesh_node::api::auth::ensure_token(repo.dir())?;
+        let api = Api::for_dir(format!("http://{}", listener.local_addr()?), repo.dir());
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(tillmesh_node::server::run(
             repo.clone(),
@@ -450,7 +474,7 @@ where
 
 /// A client for the node whose `api.addr` is in `dir`, if it has written one.
 pub fn read_api(dir: &Path) -> Option<Api> {
-    read_api_addr(dir).map(|(addr, _)| Api::new(format!("http://{addr}")))
+    read_api_addr(dir).map(|(addr, _)| Api::for_dir(format!("http://{addr}"), dir))
 }
 
 /// Admits the device with key `secret` into `owner`'s mesh with `role` (as pairing would) and

@@ -548,10 +548,8 @@ async fn event_stream_carries_every_committed_change() {
     api.ok_post("/v1/products", &product("TEA-1", "Tea", 350, 40))
         .await
         .unwrap();
-    let resp = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
+    let resp = api
+        .client()
         .get(format!("{}/v1/events", api.base))
         .send()
         .await
@@ -619,4 +617,98 @@ async fn status_describes_the_device() {
     assert_eq!(s["documents"]["sale"], 1);
     assert_eq!(s["documents"]["product"], 1);
     assert_eq!(s["rejected"]["count"], 0);
+}
+
+/// No web page and no other program without the node's token can drive the API: a
+/// cross-origin `text/plain` POST (which a browser sends without asking), a rebound `Host`, a
+/// wrong token and a body that is not JSON are each refused with a clear JSON error, and
+/// nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_nodes_token_from_its_own_address_drives_the_api() {
+    let (tmp, node) = node().await;
+    let api = &node.api;
+    let before = entries(api).await;
+    let token = tillmesh_node::api::auth::read_token(&tmp.path().join("till")).unwrap();
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(tmp.path().join("till/api.token"))
+            .unwrap()
+            .permissions()
+            .mode()
+    };
+    assert_eq!(mode & 0o077, 0, "the token is the owner's alone");
+    let port = api.base.rsplit(':').next().unwrap().to_owned();
+    let admit = r#"{"device": "aa", "role": "admin", "name": "evil"}"#;
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("{}/v1/members", api.base);
+    let cases = [
+        (
+            "a page's cross-origin form post, no token",
+            plain
+                .post(&url)
+                .header("origin", "http://evil.example")
+                .header("content-type", "text/plain")
+                .body(admit),
+            403,
+            "forbidden_origin",
+        ),
+        (
+            "a name rebound to 127.0.0.1",
+            plain
+                .post(&url)
+                .header("host", format!("evil.example:{port}"))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(admit),
+            403,
+            "bad_host",
+        ),
+        (
+            "a wrong token",
+            plain
+                .post(&url)
+                .bearer_auth("0".repeat(64))
+                .header("content-type", "application/json")
+                .body(admit),
+            401,
+            "unauthorized",
+        ),
+        (
+            "no token",
+            plain.get(format!("{}/v1/status", api.base)),
+            401,
+            "unauthorized",
+        ),
+        (
+            "the token, but a text/plain body",
+            plain
+                .post(&url)
+                .bearer_auth(&token)
+                .header("content-type", "text/plain")
+                .body(admit),
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+    for (what, req, status, code) in cases {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{what}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{what}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.len() > 20),
+            "{what} says why: {body}"
+        );
+    }
+    assert_eq!(entries(api).await, before, "nothing was written");
+    // The CLI's way, and `localhost` at the same port, work.
+    let ok = plain
+        .get(format!("http://localhost:{port}/v1/status"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
 }

@@ -370,8 +370,10 @@ async fn sales_reach_quickbooks_exactly_once_and_quickbooks_wins_on_money() {
     .await;
     // The node's own API serves the bridge's status too.
     let (api, _) = tillmesh_node::cli::client::read_api_addr(&dir).unwrap();
+    let token = tillmesh_node::api::auth::read_token(&dir).unwrap();
     let on_api: Value = http
         .get(format!("http://{api}/v1/bridge"))
+        .bearer_auth(token)
         .send()
         .await
         .unwrap()

@@ -16,7 +16,7 @@ pub async fn run(
     network: Option<Network>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    run_with(repo, listener, network, None, shutdown).await
+    run_with(repo, listener, network, None, Vec::new(), shutdown).await
 }
 
 /// As [`run`], with more routes beside the node's own (the bridge's `GET /v1/bridge`).
@@ -25,12 +25,20 @@ pub async fn run_with(
     listener: TcpListener,
     network: Option<Network>,
     extra: Option<axum::Router>,
+    allow_origins: Vec<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Every route, the bridge's included, behind the node's token (see `api::auth`).
+    let token = api::auth::ensure_token(repo.dir())?;
+    let guard = api::auth::Guard::new(token, listener.local_addr()?, allow_origins);
     let mut app = api::router(repo, network);
     if let Some(extra) = extra {
         app = app.merge(extra);
     }
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        guard,
+        api::auth::guard,
+    ));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

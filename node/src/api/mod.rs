@@ -4,6 +4,7 @@
 //! `customers`, `node` (status, settings, the event stream). Every error is
 //! `{"error": {"code", "message"}}`; see `error`.
 
+pub mod auth;
 mod catalog;
 mod customers;
 pub mod error;
@@ -116,6 +117,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        // JSON only: a page's `text/plain` form post (which needs no preflight) is not a body.
+        let json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            });
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             ApiError::new(
                 e.status(),
@@ -125,6 +138,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         })?;
         let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
+        } else if json.as_deref() != Some("application/json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "the body must be JSON, sent as `Content-Type: application/json` (it came as {})",
+                    json.as_deref().unwrap_or("no type")
+                ),
+            ));
         } else {
             &bytes
         };

@@ -46,8 +46,15 @@ pub fn read_api_addr(data: &Path) -> Option<(String, String)> {
 }
 
 pub enum Client {
-    Http { base: String, http: reqwest::Client },
-    Local { repo: Repo },
+    Http {
+        base: String,
+        http: reqwest::Client,
+    },
+    /// No node serves the folder: the same router, called in this process (whoever can open
+    /// the store needs no token).
+    Local {
+        repo: Repo,
+    },
 }
 
 /// An API error answer, kept whole so the CLI can print its code and message.
@@ -65,7 +72,17 @@ impl Client {
         let addr_file = api_addr_path(data);
         if let Some((addr, device)) = read_api_addr(data) {
             let base = format!("http://{addr}");
-            let http = reqwest::Client::builder().no_proxy().build()?;
+            // Every request carries the node's token (see `api::auth`).
+            let mut headers = reqwest::header::HeaderMap::new();
+            if let Some(token) = api::auth::read_token(data)
+                && let Ok(v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            {
+                headers.insert(reqwest::header::AUTHORIZATION, v);
+            }
+            let http = reqwest::Client::builder()
+                .no_proxy()
+                .default_headers(headers)
+                .build()?;
             let probe = http
                 .get(format!("{base}/v1/status"))
                 .timeout(PROBE_TIMEOUT)

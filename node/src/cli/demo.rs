@@ -107,12 +107,22 @@ pub async fn run(keep: Option<PathBuf>, extra: Option<Extra>) -> anyhow::Result<
 
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
+    // As any program on the till calls it: with the node's token.
+    let token = crate::api::auth::ensure_token(repo.dir())?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::server::run(repo.clone(), listener, None, async {
         let _ = stopped.await;
     }));
     println!("   local API at {base}\n");
-    let http = reqwest::Client::builder().no_proxy().build()?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?,
+    );
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .default_headers(headers)
+        .build()?;
     let call = |method: reqwest::Method, path: &str, body: Value| {
         let req = http.request(method, format!("{base}{path}")).json(&body);
         async move {

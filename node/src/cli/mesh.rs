@@ -34,6 +34,10 @@ pub struct NetArgs {
     /// Relay for devices behind NAT that reserve a slot here (head office runs one).
     #[arg(long)]
     relay: bool,
+    /// Let the web page at this origin (`http://127.0.0.1:8080`) call the local API, with the
+    /// token (repeatable). Every other page's requests are refused.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origin: Vec<String>,
 }
 
 impl NetArgs {
@@ -193,6 +197,8 @@ pub async fn join(
         tillmesh_protocol::DeviceKey::from_secret(secret),
         keys,
     )?;
+    crate::api::auth::ensure_token(data)
+        .with_context(|| format!("writing the API token in {}", data.display()))?;
     let mut lines: Vec<String> = welcome.addrs.iter().map(|a| a.to_string()).collect();
     lines.insert(
         0,

@@ -81,7 +81,8 @@ enum Command {
     /// Run the node: replicate with peers and serve the local API until stopped (Ctrl-C or
     /// SIGTERM).
     Run {
-        /// Address of the local API; loopback only, since it has no authentication.
+        /// Address of the local API: loopback only (every request also needs the node's
+        /// token, `tillmesh api-token`).
         #[arg(long, default_value = DEFAULT_API)]
         api: SocketAddr,
         #[command(flatten)]
@@ -144,6 +145,9 @@ enum Command {
     /// Manage customers.
     #[command(subcommand)]
     Customer(shop::CustomerCmd),
+    /// Print this node's API token: send it as `Authorization: Bearer <token>` to its local
+    /// API (the CLI does by itself).
+    ApiToken,
     /// Show the mesh settings, or change them: `tillmesh settings --time-zone Europe/London`.
     Settings {
         /// The shop's time zone (IANA name): sales are booked on their local date there.
@@ -234,6 +238,8 @@ async fn dispatch(cli: Cli, demo_extra: Option<demo::Extra>) -> anyhow::Result<(
             let repo = Repo::init_with(&dir, &name, currency, &keys).await?;
             repo.execute(crate::repo::Command::SetTimeZone(time_zone))
                 .await?;
+            crate::api::auth::ensure_token(&dir)
+                .with_context(|| format!("writing the API token in {}", dir.display()))?;
             let id = repo.identity();
             out.show(&serde_json::json!({ "device_id": id.device_id, "mesh_id": id.mesh_id, "data": dir }), || {
                 format!(
@@ -248,6 +254,19 @@ async fn dispatch(cli: Cli, demo_extra: Option<demo::Extra>) -> anyhow::Result<(
             Ok(())
         }
         Command::Run { api, net } => run(data()?, api, net, &keys).await,
+        Command::ApiToken => {
+            let dir = data()?;
+            if !crate::store::store_path(&dir).exists() {
+                bail!(
+                    "{} holds no tillmesh store: run `tillmesh init` or `tillmesh join` there first",
+                    dir.display()
+                );
+            }
+            let token = crate::api::auth::ensure_token(&dir)
+                .with_context(|| format!("reading the API token in {}", dir.display()))?;
+            println!("{token}");
+            Ok(())
+        }
         Command::Invite { role, expires } => mesh::invite(&data()?, &role, &expires, &keys).await,
         Command::Join { name, invite } => mesh::join(&data()?, &name, &invite, out, &keys).await,
         Command::Members => mesh::members(&data()?, mesh::MembersAction::List, out, &keys).await,
@@ -382,6 +401,7 @@ pub async fn run_node(
         listener,
         Some(network),
         routes,
+        net.allow_origin.clone(),
         stopped(stop_rx),
     ));
     wait_for_stop_signal().await;

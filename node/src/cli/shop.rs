@@ -457,6 +457,7 @@ pub async fn dispatch(
         }
         Command::Init { .. }
         | Command::Run { .. }
+        | Command::ApiToken
         | Command::Demo { .. }
         | Command::Invite { .. }
         | Command::Join { .. }

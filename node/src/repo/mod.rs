@@ -559,6 +559,11 @@ impl Repo {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The folder the store lives in.
+    pub fn dir(&self) -> &std::path::Path {
+        self.inner.db.dir()
+    }
+
     /// Tests of the writer's panic guard: the next `n` local commands panic while staged.
     #[doc(hidden)]
     pub fn inject_command_panics(&self, n: u32) {
