@@ -431,6 +431,13 @@ fn time_zone_and_product_changes_from_the_command_line() {
         json(&["settings", "--data", d])["time_zone"],
         "America/Los_Angeles"
     );
+    // `init` made the API's token; `api-token` prints it.
+    assert_eq!(
+        ok(&["api-token", "--data", d]).trim(),
+        std::fs::read_to_string(dir.join("api.token"))
+            .unwrap()
+            .trim()
+    );
     let s = json(&["settings", "--data", d, "--time-zone", "Europe/London"]);
     assert_eq!(s["time_zone"], "Europe/London");
     let out = run(&["settings", "--data", d, "--time-zone", "Europe/Atlantis"]);
