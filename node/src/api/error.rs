@@ -61,6 +61,7 @@ impl From<WriteError> for ApiError {
             WriteError::NotAdmitted => (StatusCode::FORBIDDEN, "not_admitted"),
             WriteError::DiskFull => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
             WriteError::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_error"),
+            WriteError::Damaged(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_damaged"),
             WriteError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             WriteError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };

@@ -359,6 +359,9 @@ pub async fn run_node(
         format!("cannot listen on {api}; is another node using it? choose another with --api")
     })?;
     let addr = listener.local_addr()?;
+    // The API's token first: a node that cannot make it must not start without an API.
+    crate::api::auth::ensure_token(&data)
+        .with_context(|| format!("making the API token in {}", data.display()))?;
     let addr_file = api_addr_path(&data);
     client::write_api_addr(&data, &addr, &repo.identity().device_id.to_string())
         .with_context(|| format!("cannot write {}", addr_file.display()))?;

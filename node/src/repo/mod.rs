@@ -65,6 +65,10 @@ pub enum WriteError {
         "the store could not write ({0}), so nothing was written; try again, and check the disk if it persists"
     )]
     Storage(String),
+    /// The disk lost or changed what this device had acknowledged: the message says where
+    /// and what to do. Nothing is written until that is put right.
+    #[error("{0}")]
+    Damaged(String),
     #[error("internal error: {0}")]
     Internal(String),
     #[error(

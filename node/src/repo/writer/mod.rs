@@ -154,7 +154,7 @@ struct Staged {
 fn io_error(e: std::io::Error) -> WriteError {
     // A damaged log says what and where, and what to do.
     if e.kind() == std::io::ErrorKind::InvalidData {
-        return WriteError::Storage(e.to_string());
+        return WriteError::Damaged(e.to_string());
     }
     if store::is_disk_full(&redb::StorageError::Io(e)) {
         WriteError::DiskFull
@@ -166,7 +166,10 @@ fn io_error(e: std::io::Error) -> WriteError {
 fn is_fatal(e: &WriteError) -> bool {
     matches!(
         e,
-        WriteError::Storage(_) | WriteError::DiskFull | WriteError::Internal(_)
+        WriteError::Storage(_)
+            | WriteError::Damaged(_)
+            | WriteError::DiskFull
+            | WriteError::Internal(_)
     )
 }
 
