@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use tillmesh_bridge_qbo::bridge::client::QboError;
 use tillmesh_bridge_qbo::bridge::transport::TransportError;
 use tillmesh_bridge_qbo::bridge::{
     Bridge, Options, client::Qbo, connect, home_currency, state::State,
@@ -181,12 +182,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             if let Ok(settings) = repo.settings()
                 && settings.currency != home
             {
-                bail!(
-                    "QuickBooks company {} keeps its books in {home} and the mesh in {}: every amount would be booked in the wrong currency; connect to a {} company",
-                    conn.realm_id,
-                    settings.currency,
-                    settings.currency
-                );
+                return Err(QboError::Currency {
+                    qbo: home.to_string(),
+                    mesh: settings.currency.to_string(),
+                }
+                .into());
             }
             state.set_connection(&conn)?;
             state.set_tokens(&tokens)?;

@@ -177,15 +177,7 @@ impl Bridge {
         let till_total: Option<Money> = serde_json::from_value(view["total"].clone())
             .or_else(|_| serde_json::from_value(view["amount"].clone()))
             .ok();
-        let currency = match &till_total {
-            Some(m) => m.currency,
-            None => {
-                self.repo
-                    .settings()
-                    .map_err(|e| QboError::Unavailable(format!("reading the mesh settings: {e}")))?
-                    .currency
-            }
-        };
+        let currency = till_total.map_or(self.books().currency, |m| m.currency);
         if posted != before {
             self.state.set_posted(key, &posted)?;
         }
@@ -308,11 +300,7 @@ impl Bridge {
             .await?;
         let posted = self.state.posted(&key)?.unwrap_or(posted);
         let current: Option<Customer> = read(id)?;
-        let currency = self
-            .repo
-            .settings()
-            .map_err(|e| QboError::Unavailable(format!("reading the mesh settings: {e}")))?
-            .currency;
+        let currency = self.books().currency;
         self.write_ledger(
             id,
             current.as_ref().and_then(|c| c.0.ledger.as_ref()),

@@ -399,11 +399,8 @@ impl Bridge {
         self.settle_intents().await?;
         let waiting = work.len() + work.later;
         self.update(|s| s.outbox = waiting);
-        let currency = self
-            .repo
-            .settings()
-            .map_err(|e| QboError::Unavailable(format!("reading the mesh settings: {e}")))?
-            .currency;
+        // Read from the mesh settings by `check_books` at the start of this round.
+        let currency = self.books().currency;
 
         // Parties: those changed, and those the new transactions name.
         let fresh = |key: &str| -> Result<bool, QboError> { Ok(self.state.posted(key)?.is_none()) };
