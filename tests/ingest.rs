@@ -498,3 +498,144 @@ async fn a_panic_in_the_writer_fails_its_batch_and_the_node_goes_on() {
         "{rejected}"
     );
 }
+
+/// A panic outside any one job (while a batch's views are rebuilt) fails the whole batch with
+/// a clear error, not "shutting down"; each entry of that batch is then staged alone, so the
+/// innocent one is applied and only the one that panics is counted, and refused at the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_while_a_batch_is_finished_is_laid_at_the_right_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = InProcessNode::init(&tmp.path().join("a"), "Till A")
+        .await
+        .unwrap();
+    a.api
+        .ok_post("/v1/products", &product("TEA-1", "Tea", 350, 40))
+        .await
+        .unwrap();
+    let b = second_device(&tmp, &a.repo, "b", [6; 32]).await;
+    sync_one_way(&a.repo, &b.repo).await;
+    for _ in 0..2 {
+        b.api
+            .ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350))
+            .await
+            .unwrap();
+    }
+    let b_id = b.repo.identity().device_id;
+    let theirs = entries_of(&b.repo, &b_id);
+    let (good, bad) = (&theirs[theirs.len() - 2], &theirs[theirs.len() - 1]);
+    // Everything before the two sales, so both apply in order.
+    let before: Vec<_> = theirs[..theirs.len() - 2].to_vec();
+    for o in a.repo.ingest_many(before).await.unwrap() {
+        assert!(!matches!(o, IngestOutcome::Rejected { .. }), "{o:?}");
+    }
+    a.repo.inject_finish_panic(b_id, bad.entry.seq);
+
+    // Both in one batch: both fail, each with the reason.
+    let [first, second] = together(&a.repo, [good.clone(), bad.clone()]).await;
+    for e in [first.unwrap_err(), second.unwrap_err()] {
+        assert!(
+            e.to_string().contains("a bug stopped this write"),
+            "a clear error, not '{e}'"
+        );
+    }
+    // Sent together again, each goes alone: the innocent one is applied, the guilty one
+    // fails by itself and is counted.
+    let [first, second] = together(&a.repo, [good.clone(), bad.clone()]).await;
+    assert_eq!(first.unwrap(), IngestOutcome::Applied);
+    let e = second.unwrap_err();
+    assert!(e.to_string().contains("a bug stopped this write"), "{e}");
+    let e = a.repo.ingest(bad.clone()).await.unwrap_err();
+    assert!(e.to_string().contains("a bug stopped this write"), "{e}");
+    match a.repo.ingest(bad.clone()).await.unwrap() {
+        IngestOutcome::Rejected { reason } => {
+            assert!(reason.contains("crashed this node's writer"), "{reason}")
+        }
+        other => panic!("the third time it is refused, not {other:?}"),
+    }
+    a.api
+        .ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.api.all("/v1/sales").await.unwrap().len(),
+        2,
+        "B's innocent sale and A's own"
+    );
+}
+
+/// A panic after a batch reached the write-ahead log, before redb took it: its caller was
+/// told it failed, so it must never come back, neither when the writer reloads nor after a
+/// power cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_panicked_after_its_log_append_never_comes_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let a = InProcessNode::init(&dir, "Till A").await.unwrap();
+    let tea = a
+        .api
+        .ok_post("/v1/products", &product("TEA-1", "Tea", 350, 40))
+        .await
+        .unwrap();
+    a.repo.inject_panics_after_append(1);
+    let (st, e) = a
+        .api
+        .post("/v1/sales", &cash_sale("TEA-1", 1, 350))
+        .await
+        .unwrap();
+    assert!(st.is_server_error(), "{st} {e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a bug stopped this write"),
+        "{e}"
+    );
+    assert!(
+        a.api.all("/v1/sales").await.unwrap().is_empty(),
+        "the writer reloaded without the failed sale"
+    );
+    let sold = a
+        .api
+        .ok_post("/v1/sales", &cash_sale("TEA-1", 2, 700))
+        .await
+        .unwrap();
+    let repo = a.repo.clone();
+    a.shutdown().await;
+    repo.power_cut();
+    let a = InProcessNode::open(&dir).await.unwrap();
+    let sales = a.api.all("/v1/sales").await.unwrap();
+    assert_eq!(sales.len(), 1, "only the acknowledged sale: {sales:?}");
+    assert_eq!(sales[0]["id"], sold["id"]);
+    let tea = a
+        .api
+        .ok_get(&format!("/v1/products/{}", tea["id"].as_str().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(tea["stock"], 38, "{tea}");
+}
+
+/// Ingests entries so that the writer stages them in one batch, in this order.
+// The guard holds the writer's thread, not this task's: nothing here waits on it.
+#[allow(clippy::await_holding_lock)]
+async fn together<const N: usize>(
+    repo: &Repo,
+    entries: [SignedEntry; N],
+) -> [Result<IngestOutcome, tillmesh_node::repo::WriteError>; N] {
+    let hold = repo.hold_writer();
+    let mut tasks = Vec::new();
+    for (n, e) in entries.into_iter().enumerate() {
+        let r = repo.clone();
+        tasks.push(tokio::spawn(async move { r.ingest(e).await }));
+        // Each is sent before the next: the first is taken by the writer (which then waits),
+        // the rest queue behind it.
+        while repo.held_jobs() != Some(n) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    drop(hold);
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out.try_into().map_err(|_| ()).unwrap()
+}

@@ -310,15 +310,40 @@ pub struct DocEvent {
 }
 
 pub(crate) enum Job {
-    Command(Box<Serial>, oneshot::Sender<Result<Written, WriteError>>),
-    Prepared(
-        Box<prepare::Prepared>,
-        oneshot::Sender<Result<Written, WriteError>>,
-    ),
-    Ingest(
-        Box<SignedEntry>,
-        oneshot::Sender<Result<IngestOutcome, WriteError>>,
-    ),
+    Command(Box<Serial>, Answer<Written>),
+    Prepared(Box<prepare::Prepared>, Answer<Written>),
+    Ingest(Box<SignedEntry>, Answer<IngestOutcome>),
+}
+
+/// Where the writer answers a job. One dropped unanswered while the writer unwinds from a
+/// panic answers that a bug stopped the batch: the caller must hear "not written, try again",
+/// not "shutting down", since the writer goes on.
+pub(crate) struct Answer<T>(Option<oneshot::Sender<Result<T, WriteError>>>);
+
+impl<T> Answer<T> {
+    fn channel() -> (Answer<T>, oneshot::Receiver<Result<T, WriteError>>) {
+        let (tx, rx) = oneshot::channel();
+        (Answer(Some(tx)), rx)
+    }
+
+    /// Answers; a caller that stopped waiting is not an error.
+    pub(crate) fn send(mut self, result: Result<T, WriteError>) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+impl<T> Drop for Answer<T> {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(tx) = self.0.take()
+        {
+            let _ = tx.send(Err(WriteError::Internal(
+                "a bug stopped this write's batch; nothing of it was stored, the node reloaded and goes on; try again, and report it if it happens again".into(),
+            )));
+        }
+    }
 }
 
 /// A device's identity as everyone may see it.
@@ -585,6 +610,52 @@ impl Repo {
         }
     }
 
+    /// Tests of the writer's panic guard: every batch holding the entry `(author, seq)`
+    /// panics while its views are rebuilt, outside any one job.
+    #[doc(hidden)]
+    pub fn inject_finish_panic(&self, author: DeviceId, seq: u64) {
+        if let Ok(mut k) = self.inner.hooks.panic_finish.lock() {
+            *k = Some((author, seq));
+        }
+    }
+
+    /// Tests of batching: while the guard lives, the writer waits before gathering its next
+    /// batch, so every job sent meanwhile is staged in one.
+    #[doc(hidden)]
+    pub fn hold_writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner
+            .hooks
+            .hold
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tests of batching: whether the writer, held by [`Repo::hold_writer`], has taken one
+    /// job and how many more wait behind it.
+    #[doc(hidden)]
+    pub fn held_jobs(&self) -> Option<usize> {
+        let parked = self
+            .inner
+            .hooks
+            .parked
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let queued = self
+            .jobs()
+            .map(|j| j.max_capacity() - j.capacity())
+            .unwrap_or(0);
+        parked.then_some(queued)
+    }
+
+    /// Tests of the writer's panic guard: the next `n` batches panic after their log append,
+    /// before redb commits them.
+    #[doc(hidden)]
+    pub fn inject_panics_after_append(&self, n: u32) {
+        self.inner
+            .hooks
+            .panic_after_append
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// From now on, after every checkpoint, copies the store file to
     /// [`store::checkpoint_copy_path`]: the state a power cut would leave, for simulations.
     pub fn copy_at_checkpoints(&self) {
@@ -600,7 +671,7 @@ impl Repo {
 
     /// Runs a command; answers once its entry is durably committed.
     pub async fn execute(&self, command: Command) -> Result<Written, WriteError> {
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = Answer::channel();
         let job = match command {
             Command::InitSettings(s) => Job::Command(Box::new(Serial::InitSettings(s)), tx),
             Command::SetTaxRate { code, rate } => {
@@ -702,7 +773,7 @@ impl Repo {
 
     /// Verifies, applies and stores an entry from another device.
     pub async fn ingest(&self, entry: SignedEntry) -> Result<IngestOutcome, WriteError> {
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = Answer::channel();
         self.jobs()?
             .send(Job::Ingest(Box::new(entry), tx))
             .await
@@ -732,7 +803,7 @@ impl Repo {
         let jobs = self.jobs()?;
         let mut replies = Vec::with_capacity(entries.len());
         for entry in entries {
-            let (tx, rx) = oneshot::channel();
+            let (tx, rx) = Answer::channel();
             jobs.send(Job::Ingest(Box::new(entry), tx))
                 .await
                 .map_err(|_| WriteError::ShuttingDown)?;

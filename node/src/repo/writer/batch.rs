@@ -10,7 +10,7 @@ const PANICS_PER_ENTRY_MAX: u32 = 2;
 const PANICKED_ENTRIES_MAX: usize = 1024;
 
 /// What a panic said, for the caller's error.
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+pub(super) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| p.downcast_ref::<String>().cloned())
@@ -33,6 +33,13 @@ impl Writer {
     ) {
         self.hooks = hooks.clone();
         while let Some(first) = rx.blocking_recv() {
+            hooks
+                .parked
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            drop(hooks.hold.lock());
+            hooks
+                .parked
+                .store(false, std::sync::atomic::Ordering::SeqCst);
             let mut jobs = vec![first];
             while jobs.len() < BATCH_JOBS_MAX {
                 match rx.try_recv() {
@@ -40,7 +47,22 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.run_batch(jobs, &events);
+            // A suspect goes alone, in its place: the jobs before it make one batch, those
+            // after it the next.
+            let mut run = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                if self.is_suspect(&job) {
+                    if !run.is_empty() {
+                        self.run_batch(std::mem::take(&mut run), &events);
+                    }
+                    self.run_batch(vec![job], &events);
+                } else {
+                    run.push(job);
+                }
+            }
+            if !run.is_empty() {
+                self.run_batch(run, &events);
+            }
         }
         if hooks.power_cut.load(std::sync::atomic::Ordering::Relaxed) {
             // As if the power went: the log keeps what it synced, which must be everything
@@ -56,35 +78,90 @@ impl Writer {
         }
     }
 
+    fn is_suspect(&self, job: &Job) -> bool {
+        matches!(job, Job::Ingest(e, _) if self.suspects.contains(&(e.entry.author, e.entry.seq)))
+    }
+
     pub(super) fn run_batch(&mut self, jobs: Vec<Job>, events: &Outlets) {
         // A panic in a job is caught around the job (its caller hears why); this catches one
-        // anywhere else in the batch, whose callers then hear the writer stopped. Either way
-        // the batch is dropped whole, the writer reloads, and the next batch goes on.
+        // anywhere else in the batch (rebuilding views, committing), whose callers hear it
+        // from their `Answer` as it unwinds. Either way the batch is dropped whole, the log
+        // is cut back (see `stage_batch`), the writer reloads, and the next batch goes on.
+        let lone = jobs.len() == 1;
+        let entries: Vec<(DeviceId, u64)> = jobs
+            .iter()
+            .filter_map(|j| match j {
+                Job::Ingest(e, _) => Some((e.entry.author, e.entry.seq)),
+                _ => None,
+            })
+            .collect();
         let staged =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.stage_batch(jobs)));
         let staged = match staged {
             Ok(s) => s,
             Err(p) => {
                 tracing::error!(panic = %panic_message(&*p), "a write batch panicked; nothing of it was stored; reloading");
-                self.needs_recovery = true;
+                self.finish_panics = false;
+                if lone && let [key] = entries[..] {
+                    // Alone in its batch, so the panic was its own.
+                    self.count_panic(key);
+                } else {
+                    if self.suspects.len() + entries.len() > PANICKED_ENTRIES_MAX {
+                        self.suspects.clear();
+                    }
+                    self.suspects.extend(entries);
+                }
+                // redb skips the transaction's abort while unwinding and stays usable (it leaks
+                // the pages until the next open repairs them), so the handle is kept.
                 self.recover();
                 return;
             }
         };
         match staged {
-            Ok((replies, finished)) => answer(replies, &finished, events),
+            Ok((replies, finished)) => {
+                answer(replies, &finished, events);
+                self.checkpoint_if_due();
+            }
             Err((replies, err)) => {
                 tracing::warn!(error = %err, "write batch failed; nothing of it was stored");
                 for r in replies {
                     match r {
-                        Reply::Command(tx, _) => {
-                            let _ = tx.send(Err(err.clone()));
-                        }
-                        Reply::Ingest(tx, _) => {
-                            let _ = tx.send(Err(err.clone()));
-                        }
+                        Reply::Command(tx, _) => tx.send(Err(err.clone())),
+                        Reply::Ingest(tx, _) => tx.send(Err(err.clone())),
                     }
                 }
+                self.recover();
+            }
+        }
+    }
+
+    fn count_panic(&mut self, key: (DeviceId, u64)) {
+        if self.panicked.len() >= PANICKED_ENTRIES_MAX {
+            self.panicked.clear();
+        }
+        *self.panicked.entry(key).or_default() += 1;
+    }
+
+    /// Makes redb durable and empties the log when due. Runs after the batch was answered:
+    /// the batch is durable in the log already, so neither a failure nor a panic here may
+    /// tell its callers otherwise; either only delays the next checkpoint.
+    fn checkpoint_if_due(&mut self) {
+        if self.last_checkpoint.elapsed() < self.checkpoint_interval
+            && self.wal.len() < WAL_BYTES_MAX
+        {
+            return;
+        }
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.checkpoint()));
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "checkpoint failed; the write-ahead log keeps every write meanwhile");
+                if self.redb_failed {
+                    self.recover();
+                }
+            }
+            Err(p) => {
+                tracing::error!(panic = %panic_message(&*p), "a checkpoint panicked; the write-ahead log keeps every write; reloading");
                 self.recover();
             }
         }
@@ -117,6 +194,7 @@ impl Writer {
             }
         }
         self.wal_batch.clear();
+        self.finish_panics = false;
         let begun = self.db().and_then(|db| {
             let mut tx = db.begin_write()?;
             // Durability comes from the write-ahead log; see `store::wal`.
@@ -153,30 +231,31 @@ impl Writer {
         // Durable first: once the log has the batch, a crash cannot lose it. A failed append
         // leaves the log as it was and the transaction is dropped, so nothing of the batch exists.
         // The callers of a failed batch hear "not written", so the log must never bring it
-        // back: `recover` cuts it back to here before it reads the log again.
-        let wal_before = self.wal.len();
+        // back: until redb has committed it, `recover` cuts the log back to here before it
+        // reads it again, whether the batch failed by an error or by a panic.
+        self.wal_cut = Some(self.wal.len());
         if let Err(e) = self.wal.append(self.wal_batch.iter().map(Vec::as_slice)) {
-            self.wal_cut = Some(wal_before);
             return Err(fail(replies, jobs, io_error(e)));
+        }
+        let injected = self
+            .hooks
+            .panic_after_append
+            .fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if injected {
+            panic!("injected panic between the log append and the commit");
         }
         if let Err(e) = tx.commit() {
             self.redb_failed = true;
-            self.wal_cut = Some(wal_before);
             return Err(fail(replies, jobs, e.into()));
         }
+        self.wal_cut = None;
         self.publish_membership();
         self.cache.trim();
-        if self.last_checkpoint.elapsed() >= self.checkpoint_interval
-            || self.wal.len() >= WAL_BYTES_MAX
-        {
-            // The batch is durable in the log already; a failed checkpoint only delays the next.
-            if let Err(e) = self.checkpoint() {
-                tracing::warn!(error = %e, "checkpoint failed; the write-ahead log keeps every write meanwhile");
-                if self.redb_failed {
-                    self.recover();
-                }
-            }
-        }
         Ok((replies, views))
     }
 
@@ -232,11 +311,11 @@ impl Writer {
                     }
                     self.stage_ingest(t, *e, touched, false)
                 }));
+                if hooks.panic_finish.lock().is_ok_and(|k| *k == Some(key)) {
+                    self.finish_panics = true;
+                }
                 let staged = staged.unwrap_or_else(|p| {
-                    if self.panicked.len() >= PANICKED_ENTRIES_MAX {
-                        self.panicked.clear();
-                    }
-                    *self.panicked.entry(key).or_default() += 1;
+                    self.count_panic(key);
                     Err(panicked_error(&*p))
                 });
                 Reply::Ingest(tx, staged)
@@ -296,6 +375,9 @@ impl Writer {
                 views.insert(*id, Arc::new(json));
             }
             self.cache.maybe_compact(t, id)?;
+        }
+        if self.finish_panics {
+            panic!("injected panic while rebuilding a batch's views");
         }
         let mut stock_only = Vec::new();
         for (p, delta) in moves.into_iter().filter(|(_, d)| *d != 0) {

@@ -37,8 +37,8 @@ use super::docs::DocCache;
 use super::prepare::{Device, Prepared};
 use super::requests::*;
 use super::{
-    DocEvent, IngestOutcome, Job, MemberCommand, Origin, Serial, WriteError, Written, new_doc_id,
-    now_ms,
+    Answer, DocEvent, IngestOutcome, Job, MemberCommand, Origin, Serial, WriteError, Written,
+    new_doc_id, now_ms,
 };
 use crate::store::tables::{
     HEADS, MEMBER_OPS, META, QUARANTINE, SKUS, Sealed, Tables, VIEWS, meta_key, rejected_record,
@@ -76,6 +76,16 @@ pub(crate) struct CrashHooks {
     pub panic_commands: std::sync::atomic::AtomicU32,
     /// An entry `(author, seq)` whose staging panics every time (the same tests).
     pub panic_ingest: std::sync::Mutex<Option<(DeviceId, u64)>>,
+    /// An entry `(author, seq)` whose batch panics after staging, while its views are
+    /// rebuilt, every time (a panic no job's guard sees).
+    pub panic_finish: std::sync::Mutex<Option<(DeviceId, u64)>>,
+    /// Batches still to panic after their log append and before redb has them.
+    pub panic_after_append: std::sync::atomic::AtomicU32,
+    /// Held by a test to make the writer wait before it gathers a batch, so that jobs sent
+    /// meanwhile are staged together.
+    pub hold: std::sync::Mutex<()>,
+    /// The writer holds a job and waits on `hold`.
+    pub parked: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) struct Writer {
@@ -83,6 +93,11 @@ pub(crate) struct Writer {
     /// Entries whose staging panicked, and how often: refused at the limit, so one bad entry
     /// cannot stop every batch it arrives in.
     panicked: HashMap<(DeviceId, u64), u32>,
+    /// Entries that were in a batch that panicked outside any one job: each is staged in a
+    /// batch of its own from now on, so a panic can be laid at its door and no other's.
+    suspects: HashSet<(DeviceId, u64)>,
+    /// The batch being staged holds the entry of `CrashHooks::panic_finish`.
+    finish_panics: bool,
     store: Arc<store::Shared>,
     id: Identity,
     settings_id: DocId,
@@ -120,12 +135,9 @@ pub(crate) struct Writer {
 }
 
 enum Reply {
-    Command(
-        tokio::sync::oneshot::Sender<Result<Written, WriteError>>,
-        Result<Staged, WriteError>,
-    ),
+    Command(Answer<Written>, Result<Staged, WriteError>),
     Ingest(
-        tokio::sync::oneshot::Sender<Result<IngestOutcome, WriteError>>,
+        Answer<IngestOutcome>,
         Result<(IngestOutcome, Option<Staged>), WriteError>,
     ),
 }
@@ -186,6 +198,8 @@ impl Writer {
         let mut w = Writer {
             hooks: Arc::default(),
             panicked: HashMap::new(),
+            suspects: HashSet::new(),
+            finish_panics: false,
             store,
             id,
             settings_id,
@@ -289,7 +303,25 @@ impl Writer {
     /// disk and applied again.
     fn recover(&mut self) {
         self.wal_batch.clear();
-        let recovered = (|| -> Result<(), WriteError> {
+        self.finish_panics = false;
+        // A panic here (replaying an entry, say) must not stop the writer either: writes are
+        // refused until a later recovery succeeds.
+        let recovered =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.try_recover()))
+                .unwrap_or_else(|p| {
+                    Err(WriteError::Internal(format!(
+                        "recovery panicked: {}",
+                        batch::panic_message(&*p)
+                    )))
+                });
+        self.needs_recovery = recovered.is_err();
+        if let Err(e) = recovered {
+            tracing::error!(error = %e, "recovering the store failed; writes are refused until it succeeds");
+        }
+    }
+
+    fn try_recover(&mut self) -> Result<(), WriteError> {
+        {
             if let Some(cut) = self.wal_cut {
                 self.wal.truncate_to(cut).map_err(io_error)?;
                 self.wal_cut = None;
@@ -306,10 +338,6 @@ impl Writer {
                 Wal::open(self.store.dir(), self.store.sealer()).map_err(io_error)?;
             self.wal = wal;
             self.replay(records)
-        })();
-        self.needs_recovery = recovered.is_err();
-        if let Err(e) = recovered {
-            tracing::error!(error = %e, "recovering the store failed; writes are refused until it succeeds");
         }
     }
 
@@ -525,7 +553,7 @@ fn answer(replies: Vec<Reply>, finished: &Finished, outlets: &Outlets) {
     for r in replies {
         match r {
             Reply::Command(tx, result) => {
-                let _ = tx.send(result.map(|s| Written {
+                tx.send(result.map(|s| Written {
                     doc_id: s.primary,
                     doc: view(&s.primary),
                     author: s.author,
@@ -533,7 +561,7 @@ fn answer(replies: Vec<Reply>, finished: &Finished, outlets: &Outlets) {
                 }));
             }
             Reply::Ingest(tx, result) => {
-                let _ = tx.send(result.map(|(outcome, _)| outcome));
+                tx.send(result.map(|(outcome, _)| outcome));
             }
         }
     }
