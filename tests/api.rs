@@ -712,3 +712,115 @@ async fn only_the_nodes_token_from_its_own_address_drives_the_api() {
         .unwrap();
     assert_eq!(ok.status().as_u16(), 200);
 }
+
+/// A page on an allowed origin can use the API from a browser: its preflight is answered
+/// (without a token, as browsers send none), and answers carry `Access-Control-Allow-Origin`.
+/// Any other origin's preflight is refused. `GET /v1/hello` proves the node holds the token
+/// without showing it, bound to its own address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_origin_gets_cors_and_hello_proves_the_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tillmesh_node::Repo::init(
+        &tmp.path().join("till"),
+        "Till 1",
+        tillmesh_protocol::Currency::USD,
+    )
+    .await
+    .unwrap();
+    let dir = repo.dir().to_owned();
+    tillmesh_node::api::auth::ensure_token(&dir).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(tillmesh_node::server::run_with(
+        repo,
+        listener,
+        None,
+        None,
+        vec!["http://console.example".into()],
+        std::future::pending(),
+    ));
+    // As `init` does; the server uses the same token.
+    let token = tillmesh_node::api::auth::ensure_token(&dir).unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = format!("http://{addr}");
+    let preflight = |origin: &'static str| {
+        http.request(reqwest::Method::OPTIONS, format!("{base}/v1/sales"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    let ok = preflight("http://console.example").await.unwrap();
+    assert_eq!(ok.status(), StatusCode::NO_CONTENT);
+    let h = ok.headers();
+    assert_eq!(h["access-control-allow-origin"], "http://console.example");
+    assert!(
+        h["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("authorization"),
+        "{h:?}"
+    );
+    assert!(
+        h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    let refused = preflight("http://evil.example").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    let real = http
+        .get(format!("{base}/v1/status"))
+        .header("origin", "http://console.example")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(real.status(), StatusCode::OK);
+    assert_eq!(
+        real.headers()["access-control-allow-origin"],
+        "http://console.example"
+    );
+
+    // Hello: no token needed, and the answer is the HMAC only the token's holder can make.
+    let nonce = "0123456789abcdef0123456789abcdef";
+    let hello: Value = http
+        .get(format!("{base}/v1/hello?nonce={nonce}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let expected = tillmesh_node::api::auth::hello_proof(&token, &addr.to_string(), nonce);
+    assert_eq!(hello["proof"], expected.as_str());
+    assert!(
+        !hello.to_string().contains(&token),
+        "it never shows the token"
+    );
+    let other_addr = tillmesh_node::api::auth::hello_proof(&token, "127.0.0.1:1", nonce);
+    assert_ne!(expected, other_addr, "the proof names the address");
+    let bad = http
+        .get(format!("{base}/v1/hello?nonce=zz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    // A rebound name gets no proof either.
+    let rebound = http
+        .get(format!("{base}/v1/hello?nonce={nonce}"))
+        .header("host", format!("evil.example:{}", addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), StatusCode::FORBIDDEN);
+}

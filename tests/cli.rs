@@ -397,6 +397,96 @@ async fn a_stale_address_file_never_reaches_another_node() {
     drop(node_b);
 }
 
+/// After a crash leaves `api.addr` behind, any program may hold that port. The CLI must not
+/// hand it the folder's API token: it asks the API to prove it holds the token first, and a
+/// program that cannot (even one that echoes the right device id) never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_its_token_only_to_its_own_node() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    NodeProcess::init(BIN.as_ref(), &a, "Till A").unwrap();
+    let a_id = json(&["status", "--data", a.to_str().unwrap()])["device"]["id"].clone();
+    let token = tillmesh_node::api::auth::read_token(&a).unwrap();
+    // The program on the stale port: answers every request as A's node would, and keeps what
+    // it was sent.
+    let squatter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = squatter.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let kept = seen.clone();
+    let answer =
+        serde_json::json!({ "device": { "id": a_id }, "proof": "00", "address": addr.to_string() })
+            .to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = squatter.accept().await {
+            let mut buf = vec![0u8; 64 * 1024];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            kept.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+            let _ = s.write_all(reply.as_bytes()).await;
+        }
+    });
+    std::fs::write(
+        a.join("api.addr"),
+        format!("{addr} {}\n", a_id.as_str().unwrap()),
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking({
+        let a = a.clone();
+        move || json(&["status", "--data", a.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(status["device"]["id"], a_id, "A's own store answered");
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.contains("/v1/hello?nonce="),
+        "the CLI asked for proof: {seen}"
+    );
+    assert!(
+        !seen.contains(&token),
+        "the token never went to the program on the port: {seen}"
+    );
+}
+
+/// A token file others may read is refused, not used: `run` stops and says how to fix it.
+#[test]
+fn a_token_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    NodeProcess::init(BIN.as_ref(), &a, "Till A").unwrap();
+    let file = a.join("api.token");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let before = std::fs::read(&file).unwrap();
+    let o = run(&[
+        "run",
+        "--data",
+        a.to_str().unwrap(),
+        "--api",
+        "127.0.0.1:0",
+        "--no-mdns",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ]);
+    assert!(!o.status.success(), "it must not start");
+    let err = stderr(&o);
+    assert!(
+        err.contains("can be read by other users") && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "the token is left as it was"
+    );
+}
+
 /// The shop's time zone is set at `init` (or later with `settings`), checked against the time
 /// zone database first; `product set` changes a product by its SKU.
 #[test]

@@ -356,11 +356,17 @@ async fn sales_reach_quickbooks_exactly_once_and_quickbooks_wins_on_money() {
     .await;
     // QuickBooks notifies the bridge of changes; a forged notification is refused.
     let status = bridge_status;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let token = tillmesh_node::api::auth::read_token(&dir).unwrap();
     wait_until("the bridge's endpoint", || async {
         match status(&dir)["http"].as_str() {
             Some(addr) => http
                 .get(format!("http://{addr}/v1/bridge"))
+                .bearer_auth(&token)
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success()),
@@ -368,9 +374,52 @@ async fn sales_reach_quickbooks_exactly_once_and_quickbooks_wins_on_money() {
         }
     })
     .await;
+    // It faces the internet for QuickBooks' webhooks: a person's pages need the node's token,
+    // as a header or as the cookie a sign-in link sets.
+    let endpoint = format!("http://{}", status(&dir)["http"].as_str().unwrap());
+    for path in ["/v1/bridge", "/connect", "/connect/start"] {
+        let r = http.get(format!("{endpoint}{path}")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{path} without the token");
+        assert!(r.text().await.unwrap().contains("tillmesh api-token"));
+    }
+    let wrong = http
+        .get(format!("{endpoint}/connect?token={}", "0".repeat(64)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401, "a wrong sign-in link");
+    let link = http
+        .get(format!("{endpoint}/connect?token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        link.status().as_u16(),
+        303,
+        "the link drops the token from the address"
+    );
+    assert_eq!(link.headers()["location"], "/connect");
+    let cookie = link.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let page = http
+        .get(format!("{endpoint}/connect"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains("Connected to QuickBooks")
+    );
     // The node's own API serves the bridge's status too.
     let (api, _) = tillmesh_node::cli::client::read_api_addr(&dir).unwrap();
-    let token = tillmesh_node::api::auth::read_token(&dir).unwrap();
     let on_api: Value = http
         .get(format!("http://{api}/v1/bridge"))
         .bearer_auth(token)

@@ -75,7 +75,8 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:7420")]
         api: SocketAddr,
         /// The bridge's own endpoint: `POST /webhooks` (put it behind the public URL Intuit
-        /// notifies), `GET /connect` and `GET /v1/bridge` (also on `--api`).
+        /// notifies), `GET /connect` and `GET /v1/bridge` (also on `--api`); all but the
+        /// webhook and the OAuth redirect need the node's API token.
         #[arg(long, default_value = "127.0.0.1:7441")]
         http: SocketAddr,
         /// Trust this CA (PEM) beside the platform's roots, instead of the one given to

@@ -4,14 +4,22 @@
 //!   constant time before anything is done;
 //! - `GET /connect`: a page to connect (or reconnect) to QuickBooks, starting the OAuth flow
 //!   whose redirect comes back to `GET /connect/callback`.
+//!
+//! The endpoint faces the internet (QuickBooks must reach `/webhooks`), so everything but the
+//! webhook and the OAuth redirect needs the node's API token: `Authorization: Bearer`, or the
+//! session cookie (HttpOnly, SameSite=Strict) that `GET /connect?token=<token>` sets once and
+//! then drops from the address bar. The redirect needs none: its `state` was handed out only to
+//! a signed-in person, and a company other than the bridge's is refused.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use tillmesh_node::api::auth;
 
 use super::Bridge;
 use super::connect::{self, App};
@@ -26,13 +34,19 @@ pub(super) struct Pending(std::sync::Mutex<Vec<(String, String, Instant)>>);
 
 impl Bridge {
     pub fn http(self: Arc<Self>) -> axum::Router {
-        axum::Router::new()
+        let people = axum::Router::new()
             .route("/v1/bridge", get(status))
-            .route("/webhooks", post(webhook))
             .route("/", get(page))
             .route("/connect", get(page))
             .route("/connect/start", get(start))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                signed_in,
+            ));
+        axum::Router::new()
+            .route("/webhooks", post(webhook))
             .route("/connect/callback", get(callback))
+            .merge(people)
             .with_state(self)
     }
 
@@ -66,6 +80,44 @@ impl Bridge {
             _ => false,
         }
     }
+}
+
+/// Lets through a request that presents the node's token; turns a sign-in link
+/// (`?token=<token>`) into the session cookie and the same page without the token in its
+/// address; refuses anything else, saying how to sign in.
+async fn signed_in(State(b): State<Arc<Bridge>>, req: Request, next: Next) -> Response {
+    let Some(token) = auth::read_token(b.repo.dir()) else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node has no API token yet; start it with `tillmesh-bridge run`, which makes one",
+        )
+            .into_response();
+    };
+    let holds = |given: &str| auth::same(given.as_bytes(), token.as_bytes());
+    if auth::presented(req.headers()).is_some_and(holds) {
+        return next.run(req).await;
+    }
+    let link = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="));
+    if link.is_some_and(holds) {
+        let mut r = Redirect::to(req.uri().path()).into_response();
+        if let Ok(v) = HeaderValue::from_str(&auth::session_cookie(&token)) {
+            r.headers_mut().insert(header::SET_COOKIE, v);
+        }
+        return r;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        Html(format!(
+            "<p>Sign in first: open <code>/connect?token=TOKEN</code>, with the token that <code>tillmesh api-token --data {}</code> prints on the bridge's machine.</p>",
+            escape(&b.repo.dir().display().to_string())
+        )),
+    )
+        .into_response()
 }
 
 async fn status(State(b): State<Arc<Bridge>>) -> axum::Json<super::Status> {

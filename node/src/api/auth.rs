@@ -11,6 +11,15 @@
 //! and a body must be `application/json` (the body reader checks it). A browser console later
 //! gets a session cookie (HttpOnly, SameSite=Strict, from a one-time login link) checked here
 //! in place of the header, under the same Host and Origin checks.
+//!
+//! One route needs no token: `GET /v1/hello?nonce=N` answers
+//! `HMAC-SHA256(token, "tillmesh-api-hello" ‖ address ‖ N)`. The CLI asks it before it sends the
+//! token anywhere: after a crash, `api.addr` may name a port some other program now holds, and
+//! only the folder's own node can answer for its own address. The address in the proof keeps
+//! a program on the old port from relaying the question to the node wherever it now listens.
+//!
+//! A page of an allowed origin may call the API from a browser: preflights (`OPTIONS`) are
+//! answered for those origins only, and their responses carry `Access-Control-Allow-Origin`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -18,49 +27,126 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 
 pub const TOKEN_FILE: &str = "api.token";
+/// The one route that needs no token (see the module's doc).
+pub const HELLO_PATH: &str = "/v1/hello";
+/// The cookie a login link sets in place of the header (HttpOnly, SameSite=Strict).
+pub const SESSION_COOKIE: &str = "tillmesh_session";
+/// How long a browser keeps a preflight's answer.
+const PREFLIGHT_MAX_AGE_S: u32 = 600;
+
+/// Why the node's token cannot be made or used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error(
+        "{path} can be read by other users of this machine (mode {mode:o}), so any of them could drive this node; \
+         run `chmod 600 {path}` (or delete it to make a new token), then start again"
+    )]
+    Exposed { path: String, mode: u32 },
+    #[error(
+        "could not make the API token {path}: {source}; check that the data folder is writable"
+    )]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<TokenError> for std::io::Error {
+    fn from(e: TokenError) -> std::io::Error {
+        let kind = match &e {
+            TokenError::Exposed { .. } => std::io::ErrorKind::PermissionDenied,
+            TokenError::Io { source, .. } => source.kind(),
+        };
+        std::io::Error::new(kind, e)
+    }
+}
 
 pub fn token_path(dir: &Path) -> PathBuf {
     dir.join(TOKEN_FILE)
 }
 
-/// The node's API token, made (owner-only) if the folder has none yet.
-pub fn ensure_token(dir: &Path) -> std::io::Result<String> {
+/// The node's API token, made (owner-only) if the folder has none yet. One that others
+/// may read is refused, not used: it would hand the till to every account on the machine.
+pub fn ensure_token(dir: &Path) -> Result<String, TokenError> {
     let path = token_path(dir);
+    let io = |source| TokenError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     if let Some(t) = read_token(dir) {
+        check_private(&path)?;
         return Ok(t);
     }
-    let token: String = crate::store::seal::random::<32>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    // Written whole under another name, then linked into place: a reader never sees half a
-    // token, and of two processes making one at once, the first link wins.
-    let tmp = dir.join(format!("{TOKEN_FILE}.{}", std::process::id()));
+    let token = hex(&crate::store::seal::random::<32>());
+    // Written whole under a fresh, unguessable name (never one someone else made first),
+    // then linked into place: a reader never sees half a token, and of two processes making
+    // one at once, the first link wins.
+    let tmp = dir.join(format!(
+        "{TOKEN_FILE}.{}.tmp",
+        hex(&crate::store::seal::random::<8>())
+    ));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut f = options.open(&tmp)?;
-    f.write_all(token.as_bytes())?;
-    f.sync_all()?;
-    drop(f);
+    let written = options.open(&tmp).and_then(|mut f| {
+        f.write_all(token.as_bytes())?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
     let linked = std::fs::hard_link(&tmp, &path);
     let _ = std::fs::remove_file(&tmp);
     match linked {
         Ok(()) => Ok(token),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_token(dir).ok_or(e),
-        Err(e) => Err(e),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            check_private(&path)?;
+            read_token(dir).ok_or_else(|| io(e))
+        }
+        Err(e) => Err(io(e)),
     }
+}
+
+#[cfg(unix)]
+fn check_private(path: &Path) -> Result<(), TokenError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|source| TokenError::Io {
+            path: path.display().to_string(),
+            source,
+        })?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(TokenError::Exposed {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private(_: &Path) -> Result<(), TokenError> {
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The token in `DIR/api.token`, if there is one.
@@ -71,12 +157,54 @@ pub fn read_token(dir: &Path) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
+/// What only the holder of `token` can answer to `GET /v1/hello?nonce=` at `addr`.
+pub fn hello_proof(token: &str, addr: &str, nonce: &str) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac =
+        <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(token.as_bytes()).expect("any key");
+    mac.update(b"tillmesh-api-hello\0");
+    mac.update(addr.as_bytes());
+    mac.update(b"\0");
+    mac.update(nonce.as_bytes());
+    hex(&mac.finalize().into_bytes())
+}
+
+/// A fresh question for `GET /v1/hello`.
+pub fn hello_nonce() -> String {
+    hex(&crate::store::seal::random::<16>())
+}
+
+/// The token a request presents: the `Authorization: Bearer` header, or the session cookie.
+pub fn presented(headers: &HeaderMap) -> Option<&str> {
+    if let Some(b) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return Some(b.trim());
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+}
+
+/// `Set-Cookie` for a browser session holding `token`: never sent by a page of another site,
+/// never readable by script.
+pub fn session_cookie(token: &str) -> String {
+    format!("{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/")
+}
+
 /// What a request must show.
 #[derive(Clone)]
 pub struct Guard(Arc<GuardInner>);
 
 struct GuardInner {
     token: String,
+    /// The address the API is bound to, as the hello proof names it.
+    bound: String,
     /// `Host` values that name this API: its address, and `localhost` at its port.
     hosts: Vec<String>,
     origins: Vec<String>,
@@ -91,6 +219,7 @@ impl Guard {
         }
         Guard(Arc::new(GuardInner {
             token,
+            bound: bound.to_string(),
             hosts,
             origins: origins
                 .into_iter()
@@ -99,7 +228,13 @@ impl Guard {
         }))
     }
 
-    fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    fn allows(&self, origin: &str) -> bool {
+        let o = origin.trim_end_matches('/').to_ascii_lowercase();
+        self.0.origins.contains(&o)
+    }
+
+    /// Host and Origin: who is asking, before what they present.
+    fn check_caller(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
         let host = text(header::HOST).unwrap_or("");
         if !self.0.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
@@ -112,22 +247,24 @@ impl Guard {
                 ),
             ));
         }
-        if let Some(origin) = text(header::ORIGIN) {
-            let o = origin.trim_end_matches('/').to_ascii_lowercase();
-            if !self.0.origins.contains(&o) {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden_origin",
-                    format!(
-                        "requests from the web page at {origin} are refused; allow a page you trust with `tillmesh run --allow-origin {origin}`"
-                    ),
-                ));
-            }
+        if let Some(origin) = text(header::ORIGIN)
+            && !self.allows(origin)
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_origin",
+                format!(
+                    "requests from the web page at {origin} are refused; allow a page you trust with `tillmesh run --allow-origin {origin}`"
+                ),
+            ));
         }
-        let given = text(header::AUTHORIZATION)
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !same(given.trim().as_bytes(), self.0.token.as_bytes()) {
+        Ok(())
+    }
+
+    fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        self.check_caller(headers)?;
+        let given = presented(headers).unwrap_or("");
+        if !same(given.as_bytes(), self.0.token.as_bytes()) {
             let what = if given.is_empty() {
                 "no token"
             } else {
@@ -146,13 +283,76 @@ impl Guard {
 }
 
 /// Equal in time that does not depend on where they differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
-    match g.check(req.headers()) {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut response = if req.method() == Method::OPTIONS && origin.is_some() {
+        // A browser's preflight carries no token: it asks whether the real request may follow.
+        match g.check_caller(req.headers()) {
+            Ok(()) => preflight(),
+            Err(e) => e.into_response(),
+        }
+    } else if req.method() == Method::GET && req.uri().path() == HELLO_PATH {
+        match g.check_caller(req.headers()) {
+            Ok(()) => g.hello(req.uri().query().unwrap_or("")),
+            Err(e) => e.into_response(),
+        }
+    } else {
+        match g.check(req.headers()) {
+            Ok(()) => next.run(req).await,
+            Err(e) => e.into_response(),
+        }
+    };
+    // An allowed origin may read every answer, a refusal too (so its page can say why);
+    // no other origin may read any.
+    if let Some(o) = origin.filter(|o| o.to_str().is_ok_and(|o| g.allows(o))) {
+        let h = response.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        h.append(header::VARY, HeaderValue::from_static("origin"));
+    }
+    response
+}
+
+fn preflight() -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, PUT, PATCH"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from(PREFLIGHT_MAX_AGE_S),
+    );
+    r
+}
+
+impl Guard {
+    fn hello(&self, query: &str) -> Response {
+        let nonce = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("nonce="))
+            .unwrap_or("");
+        // A nonce is the asker's random hex: anything else is not a question worth signing.
+        if nonce.len() < 16 || nonce.len() > 128 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_nonce",
+                "GET /v1/hello needs ?nonce= with 16 to 128 hex digits",
+            )
+            .into_response();
+        }
+        axum::Json(serde_json::json!({
+            "address": self.0.bound,
+            "proof": hello_proof(&self.0.token, &self.0.bound, nonce),
+        }))
+        .into_response()
     }
 }

@@ -45,6 +45,26 @@ pub fn read_api_addr(data: &Path) -> Option<(String, String)> {
     Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
 }
 
+/// Whether the API at `base` answers the hello question as only the holder of `token`, bound
+/// to `addr`, can (see `api::auth`).
+async fn proves_token(http: &reqwest::Client, base: &str, addr: &str, token: &str) -> bool {
+    let nonce = api::auth::hello_nonce();
+    let answer = http
+        .get(format!("{base}{}?nonce={nonce}", api::auth::HELLO_PATH))
+        .timeout(PROBE_TIMEOUT)
+        .send()
+        .await;
+    let proof = match answer {
+        Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
+        _ => None,
+    };
+    let expected = api::auth::hello_proof(token, addr, &nonce);
+    proof
+        .as_ref()
+        .and_then(|p| p["proof"].as_str())
+        .is_some_and(|p| api::auth::same(p.as_bytes(), expected.as_bytes()))
+}
+
 pub enum Client {
     Http {
         base: String,
@@ -70,31 +90,36 @@ impl Client {
     /// Connects to the node serving `data`, or opens its store when no node runs.
     pub async fn connect(data: &Path, keys: &KeySource) -> anyhow::Result<Client> {
         let addr_file = api_addr_path(data);
-        if let Some((addr, device)) = read_api_addr(data) {
+        if let Some((addr, device)) = read_api_addr(data)
+            && let Some(token) = api::auth::read_token(data)
+        {
             let base = format!("http://{addr}");
-            // Every request carries the node's token (see `api::auth`).
-            let mut headers = reqwest::header::HeaderMap::new();
-            if let Some(token) = api::auth::read_token(data)
-                && let Ok(v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-            {
-                headers.insert(reqwest::header::AUTHORIZATION, v);
-            }
-            let http = reqwest::Client::builder()
-                .no_proxy()
-                .default_headers(headers)
-                .build()?;
-            let probe = http
-                .get(format!("{base}/v1/status"))
-                .timeout(PROBE_TIMEOUT)
-                .send()
-                .await;
-            let status: Option<Value> = match probe {
-                Ok(r) if r.status().is_success() => r.json().await.ok(),
-                _ => None,
-            };
-            // Only this folder's own node: another may have taken the port since.
-            if status.is_some_and(|s| s["device"]["id"].as_str() == Some(device.as_str())) {
-                return Ok(Client::Http { base, http });
+            let bare = reqwest::Client::builder().no_proxy().build()?;
+            // The token goes only to a node that proves it holds it, at this very address:
+            // after a crash, another program may hold the port `api.addr` names.
+            if proves_token(&bare, &base, &addr, &token).await {
+                let mut headers = reqwest::header::HeaderMap::new();
+                if let Ok(v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
+                    headers.insert(reqwest::header::AUTHORIZATION, v);
+                }
+                let http = reqwest::Client::builder()
+                    .no_proxy()
+                    .default_headers(headers)
+                    .build()?;
+                let status: Option<Value> = match http
+                    .get(format!("{base}/v1/status"))
+                    .timeout(PROBE_TIMEOUT)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => r.json().await.ok(),
+                    _ => None,
+                };
+                // This folder's own node, not another of the same mesh's (they share no token,
+                // but a restored copy of the folder would).
+                if status.is_some_and(|s| s["device"]["id"].as_str() == Some(device.as_str())) {
+                    return Ok(Client::Http { base, http });
+                }
             }
         }
         match Repo::open_with(data, keys) {
