@@ -28,7 +28,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::discovery::{self, Discovery, Found};
 use super::pairing::{Inviter, PairRequest, PairResponse, Refusal};
-use super::targets::{TARGET_ADDRS_MAX, Target, Targets};
+use super::targets::{Standing, TARGET_ADDRS_MAX, Target, Targets};
 use super::{Command, FoundBy, NetConfig, NetError, NetStatus, PeerStatus};
 use crate::replication;
 use crate::repo::{Command as RepoCommand, MemberCommand, Repo};
@@ -138,6 +138,20 @@ pub fn peer_of_device(device: &DeviceId) -> Option<PeerId> {
 }
 
 /// The device behind a PeerId, if it is an ed25519 key (every tillmesh device's is).
+/// How a dial target stands when the set is full (see `targets`). Before this node knows the
+/// members (it is joining), every find may be one.
+fn standing(admitted: bool, members: &HashSet<PeerId>) -> impl Fn(&Target) -> Standing + '_ {
+    move |t| {
+        if t.found_by == FoundBy::Address {
+            Standing::Configured
+        } else if t.peer.is_some_and(|p| !admitted || members.contains(&p)) {
+            Standing::Member
+        } else {
+            Standing::Stranger
+        }
+    }
+}
+
 pub fn device_of_peer(peer: &PeerId) -> Option<DeviceId> {
     let key = libp2p::identity::PublicKey::try_decode_protobuf(peer.as_ref().digest()).ok()?;
     Some(DeviceId(key.try_into_ed25519().ok()?.to_bytes()))
@@ -237,11 +251,15 @@ impl Driver {
         for addr in &config.peers {
             let peer = peer_of(addr);
             let key = peer.map_or_else(|| addr.to_string(), |p| p.to_string());
-            if let Some(t) = targets.get_or_add(key, || {
-                let mut t = Target::new(peer, FoundBy::Address, DIAL_BACKOFF_MIN);
-                t.next_dial = now;
-                t
-            }) {
+            if let Some(t) = targets.get_or_add(
+                key,
+                || {
+                    let mut t = Target::new(peer, FoundBy::Address, DIAL_BACKOFF_MIN);
+                    t.next_dial = now;
+                    t
+                },
+                |_| Standing::Configured,
+            ) {
                 t.addrs.push(without_peer(addr));
             }
         }
@@ -930,14 +948,16 @@ impl Driver {
             p.found_by = FoundBy::Mdns;
         }
         let key = found.peer.to_string();
-        let Some(target) = self.targets.get_or_add(key, || {
-            Target::new(Some(found.peer), FoundBy::Mdns, DIAL_BACKOFF_MIN)
-        }) else {
-            // Full: a LAN cannot grow the dial targets past their limit.
+        let standing = standing(self.admitted, &self.members);
+        let Some(target) = self.targets.get_or_add(
+            key,
+            || Target::new(Some(found.peer), FoundBy::Mdns, DIAL_BACKOFF_MIN),
+            standing,
+        ) else {
+            // Full of targets standing as high: a LAN cannot grow the set past its limit.
             return;
         };
-        target.addrs = found.addrs;
-        target.addrs.truncate(TARGET_ADDRS_MAX);
+        target.found_at(found.addrs);
         target.next_dial = Instant::now();
         self.dial_due();
     }
@@ -1004,14 +1024,18 @@ impl Driver {
             FoundBy::Gossip
         };
         let key = source.to_string();
-        let Some(t) = self.targets.get_or_add(key, || {
-            Target::new(Some(source), found_by, DIAL_BACKOFF_MIN)
-        }) else {
+        let standing = standing(self.admitted, &self.members);
+        let Some(t) = self.targets.get_or_add(
+            key,
+            || Target::new(Some(source), found_by, DIAL_BACKOFF_MIN),
+            standing,
+        ) else {
             return true; // Still worth forwarding; we just keep no more dial targets.
         };
-        // The latest announcement is the truth: addresses it no longer lists are gone.
-        if matches!(t.found_by, FoundBy::Relay | FoundBy::Gossip) {
-            t.addrs = addrs;
+        // The latest announcement is the truth: addresses it no longer lists are gone. An
+        // mDNS find is fresher than a peer's word, and the user's addresses stay.
+        if t.found_by != FoundBy::Mdns {
+            t.found_at(addrs);
         }
         true
     }
@@ -1111,6 +1135,7 @@ impl Driver {
             s.peers = peers;
             s.pairing_open = self.inviter.is_open(Instant::now());
             s.refused_connections = self.refused_connections;
+            s.dial_targets = self.targets.len();
         }
     }
 }

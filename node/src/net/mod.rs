@@ -113,6 +113,8 @@ pub struct NetStatus {
     pub pairing_open: bool,
     /// Connections closed because the peer is not a member of the mesh.
     pub refused_connections: u64,
+    /// Peers and addresses this node keeps trying to reach (at most 256, see `targets`).
+    pub dial_targets: usize,
     pub peers: Vec<PeerStatus>,
 }
 
