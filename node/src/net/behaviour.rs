@@ -9,6 +9,7 @@ use libp2p::{StreamProtocol, autonat, dcutr, gossipsub, identify, ping, relay, r
 use tillmesh_protocol::sync::wire::MESSAGE_BYTES_MAX;
 
 use super::codec::SyncCodec;
+use super::gate::{MembersOnly, SharedGate};
 use super::pairing::{self, PairRequest, PairResponse};
 
 /// A pull streams at most one batch; a slow disk on the other side gets this long.
@@ -30,8 +31,9 @@ const RELAY_CIRCUIT_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
 pub struct Behaviour {
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
-    pub gossipsub: gossipsub::Behaviour,
-    pub sync: request_response::Behaviour<SyncCodec>,
+    /// Members only (see `gate`): a guest's connection has no handler for these.
+    pub gossipsub: MembersOnly<gossipsub::Behaviour>,
+    pub sync: MembersOnly<request_response::Behaviour<SyncCodec>>,
     /// Open to devices that are not members yet: only while an invite is open.
     pub pair: request_response::json::Behaviour<PairRequest, PairResponse>,
     pub relay_client: relay::client::Behaviour,
@@ -41,11 +43,12 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
-    pub fn new(
+    pub(super) fn new(
         key: &Keypair,
         relay_client: relay::client::Behaviour,
         sync_protocol: StreamProtocol,
         relay_server: bool,
+        gate: SharedGate,
     ) -> Result<Behaviour, String> {
         let peer_id = key.public().to_peer_id();
         let gossip_config = gossipsub::ConfigBuilder::default()
@@ -77,15 +80,18 @@ impl Behaviour {
                     .with_push_listen_addr_updates(true),
             ),
             ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
-            gossipsub,
-            sync: request_response::Behaviour::with_codec(
-                SyncCodec,
-                [(sync_protocol, request_response::ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(PULL_TIMEOUT)
-                    // One pull each way in flight, and a couple of answers being served: a
-                    // peer cannot hold a hundred streams' buffers open on one connection.
-                    .with_max_concurrent_streams(SYNC_STREAMS_MAX),
+            gossipsub: MembersOnly::new(gossipsub, gate.clone()),
+            sync: MembersOnly::new(
+                request_response::Behaviour::with_codec(
+                    SyncCodec,
+                    [(sync_protocol, request_response::ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(PULL_TIMEOUT)
+                        // One pull each way in flight, and a couple of answers being served: a
+                        // peer cannot hold a hundred streams' buffers open on one connection.
+                        .with_max_concurrent_streams(SYNC_STREAMS_MAX),
+                ),
+                gate,
             ),
             pair: pairing_behaviour(),
             relay_client,

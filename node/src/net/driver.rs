@@ -4,7 +4,7 @@
 //! (the core's parking relies on that order); serving a pull reads the store on a blocking
 //! thread and hands the answer back. The loop only moves messages and keeps the peer table.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +27,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::discovery::{self, Discovery, Found};
+use super::gate::{self, Admission, Gate, SharedGate};
 use super::pairing::{Inviter, PairRequest, PairResponse, Refusal};
 use super::targets::{Standing, TARGET_ADDRS_MAX, Target, Targets};
 use super::{Command, FoundBy, NetConfig, NetError, NetStatus, PeerStatus};
@@ -48,10 +49,6 @@ const APPLY_QUEUED_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Pulls from one peer being answered at once; more fail (the asker backs off).
 const SERVES_PER_PEER_MAX: usize = 2;
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
-/// A device that is not a member, connected to pair, is disconnected after this long.
-const GUEST_TTL: Duration = Duration::from_secs(60);
-/// Devices that are not members connected at once to pair; more are turned away.
-const GUESTS_MAX: usize = 16;
 
 struct Applied {
     bytes: usize,
@@ -91,7 +88,6 @@ pub(super) struct Driver {
     announce_topic: gossipsub::IdentTopic,
     peers: BTreeMap<PeerId, PeerInfo>,
     targets: Targets,
-    banned: HashMap<PeerId, Instant>,
     reserved_on: Vec<PeerId>,
     /// The pull in flight to each peer: answers to anything else are stale and ignored.
     pulls: HashMap<PeerId, request_response::OutboundRequestId>,
@@ -112,17 +108,10 @@ pub(super) struct Driver {
     reachability: &'static str,
     last_announce: Option<Instant>,
     relay: bool,
-    // The connection gate.
     membership: watch::Receiver<Arc<Membership>>,
-    /// PeerIds of the active members; everyone else is turned away (or is a guest).
-    members: HashSet<PeerId>,
-    /// Whether this device's own admission is held. Until then it is bootstrapping: it talks
-    /// to any peer of its mesh, since it cannot tell members yet, and trusts only what entries
-    /// prove (every entry is checked against the membership from the owner down).
-    admitted: bool,
-    /// Non-members connected while an invite is open, and since when: they may only pair.
-    guests: HashMap<PeerId, Instant>,
-    refused_connections: u64,
+    /// Who may do what: shared with the swarm's protocols, which consult it as each
+    /// connection is established.
+    gate: SharedGate,
     inviter: Inviter,
     commands: mpsc::Receiver<Command>,
     /// Pairing answers that waited for the new device's admission to commit.
@@ -140,11 +129,11 @@ pub fn peer_of_device(device: &DeviceId) -> Option<PeerId> {
 /// The device behind a PeerId, if it is an ed25519 key (every tillmesh device's is).
 /// How a dial target stands when the set is full (see `targets`). Before this node knows the
 /// members (it is joining), every find may be one.
-fn standing(admitted: bool, members: &HashSet<PeerId>) -> impl Fn(&Target) -> Standing + '_ {
+fn standing(gate: &Gate) -> impl Fn(&Target) -> Standing + '_ {
     move |t| {
         if t.found_by == FoundBy::Address {
             Standing::Configured
-        } else if t.peer.is_some_and(|p| !admitted || members.contains(&p)) {
+        } else if t.peer.is_some_and(|p| gate.allowed(&p)) {
             Standing::Member
         } else {
             Standing::Stranger
@@ -209,6 +198,7 @@ impl Driver {
             .map_err(|e| NetError::Start(e.to_string()))?;
         let relay_server = config.relay;
         let sync_protocol = protocol.clone();
+        let gate = SharedGate::default();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
             .with_tcp(
@@ -221,7 +211,7 @@ impl Driver {
             .with_relay_client(noise::Config::new, yamux::Config::default)
             .map_err(|e| NetError::Start(e.to_string()))?
             .with_behaviour(|key, relay_client| {
-                Behaviour::new(key, relay_client, sync_protocol, relay_server)
+                Behaviour::new(key, relay_client, sync_protocol, relay_server, gate.clone())
                     .map_err(Box::<dyn std::error::Error + Send + std::marker::Sync>::from)
             })
             .map_err(|e| NetError::Start(e.to_string()))?
@@ -293,7 +283,6 @@ impl Driver {
             announce_topic,
             peers: BTreeMap::new(),
             targets,
-            banned: HashMap::new(),
             reserved_on: Vec::new(),
             pulls: HashMap::new(),
             serving: Arc::default(),
@@ -312,10 +301,7 @@ impl Driver {
             last_announce: None,
             relay: config.relay,
             membership,
-            members: HashSet::new(),
-            admitted: false,
-            guests: HashMap::new(),
-            refused_connections: 0,
+            gate,
             inviter: Inviter::default(),
             commands,
             paired_tx,
@@ -331,24 +317,21 @@ impl Driver {
     fn on_membership(&mut self) {
         let m = self.membership.borrow_and_update().clone();
         let local = *self.swarm.local_peer_id();
-        self.members = m
+        let members = m
             .members()
             .filter(|(id, _)| m.is_active(id))
             .filter_map(|(id, _)| peer_of_device(id))
             .collect();
         // Revoked or quarantined counts as admitted too: such a device trusts nobody anew.
-        self.admitted = device_of_peer(&local).is_some_and(|d| m.get(&d).is_some());
-        // A device once turned away as a guest gets gossip again once it is a member.
-        let members: Vec<PeerId> = self.members.iter().copied().collect();
-        for peer in &members {
-            self.swarm
-                .behaviour_mut()
-                .gossipsub
-                .remove_blacklisted_peer(peer);
-        }
+        let admitted = device_of_peer(&local).is_some_and(|d| m.get(&d).is_some());
+        gate::lock(&self.gate).set_members(members, admitted);
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for peer in connected {
-            if !self.allowed(&peer) && !self.guests.contains_key(&peer) {
+            let stays = {
+                let g = gate::lock(&self.gate);
+                g.allowed(&peer) || g.is_guest(&peer)
+            };
+            if !stays {
                 tracing::warn!(%peer, "disconnecting a device that is not (or no longer) a member");
                 self.sync.disconnected(&peer);
                 let _ = self.swarm.disconnect_peer_id(peer);
@@ -356,21 +339,16 @@ impl Driver {
         }
     }
 
-    /// Whether `peer` may sync with this node.
+    /// Whether `peer` may sync with this node (see `Gate::allowed`).
     fn allowed(&self, peer: &PeerId) -> bool {
-        !self.admitted || self.members.contains(peer)
-    }
-
-    /// Whether this node answers `peer`'s pulls: only once it knows who the members are, since
-    /// a device bootstrapping its membership cannot tell who may read.
-    fn serves(&self, peer: &PeerId) -> bool {
-        self.admitted && self.members.contains(peer)
+        gate::lock(&self.gate).allowed(peer)
     }
 
     fn on_command(&mut self, command: Command) {
         match command {
             Command::OpenInvite { role, ttl, reply } => {
                 let opened = self.inviter.open(role, ttl, Instant::now());
+                gate::lock(&self.gate).welcome_guests_until(self.inviter.guests_until());
                 if let Some(d) = &mut self.discovery
                     && let Err(e) = d.advertise_pairing(true)
                 {
@@ -562,7 +540,7 @@ impl Driver {
 
     fn ban(&mut self, peer: PeerId, reason: &str) {
         tracing::warn!(%peer, %reason, "disconnecting a misbehaving peer");
-        self.banned.insert(peer, Instant::now() + BAN);
+        gate::lock(&self.gate).ban(peer, Instant::now() + BAN);
         self.sync.disconnected(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
     }
@@ -609,7 +587,7 @@ impl Driver {
                     info.connections.remove(&connection_id);
                 }
                 if num_established == 0 {
-                    self.guests.remove(&peer_id);
+                    gate::lock(&self.gate).guest_left(&peer_id);
                     self.peers.remove(&peer_id);
                     self.sync.disconnected(&peer_id);
                     self.pulls.remove(&peer_id);
@@ -630,27 +608,23 @@ impl Driver {
     }
 
     fn on_connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: &ConnectedPoint) {
-        if self
-            .banned
-            .get(&peer)
-            .is_some_and(|until| *until > Instant::now())
-        {
-            let _ = self.swarm.close_connection(id);
-            return;
-        }
-        if !self.allowed(&peer) {
-            if self.inviter.accepts_guests(Instant::now()) && self.guests.len() < GUESTS_MAX {
-                // It may have come to pair; it gets nothing else (gossip included), and not
-                // for long.
-                self.guests.entry(peer).or_insert_with(Instant::now);
-                self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
-            } else {
-                self.refused_connections += 1;
-                tracing::info!(%peer, "refused a connection from a device that is not a member");
+        // The gate judged this connection as it was established (see `gate`); a refused one
+        // never gets here. It is judged again in case the membership changed meanwhile.
+        let now = Instant::now();
+        let mut g = gate::lock(&self.gate);
+        match g.judge(&peer, now) {
+            Admission::Member => {}
+            // It may have come to pair; it has no sync or gossip handler, and not for long.
+            Admission::Guest => g.guest_arrived(peer, now),
+            Admission::Refused(why) => {
+                g.refused += 1;
+                drop(g);
+                tracing::info!(%peer, why, "closed a connection the gate refuses");
                 let _ = self.swarm.close_connection(id);
                 return;
             }
         }
+        drop(g);
         // A relayed connection we accepted shows the circuit only in our own address.
         let (address, transport) = match endpoint {
             ConnectedPoint::Dialer { address, .. } => (address.clone(), transport_of(address)),
@@ -765,12 +739,16 @@ impl Driver {
                     request_response::Message::Request {
                         request, channel, ..
                     } => {
-                        if !self.allowed(&peer) {
-                            self.refused_connections += 1;
+                        let (allowed, serves) = {
+                            let g = gate::lock(&self.gate);
+                            (g.allowed(&peer), g.serves(&peer))
+                        };
+                        if !allowed {
+                            gate::lock(&self.gate).refused += 1;
                             let _ = self.swarm.disconnect_peer_id(peer);
                             return;
                         }
-                        if !self.serves(&peer) {
+                        if !serves {
                             // Dropping the channel fails the pull; the peer retries later.
                             return;
                         }
@@ -856,19 +834,10 @@ impl Driver {
         {
             tracing::warn!(error = %e, "cannot withdraw the invite from mDNS");
         }
-        let expired: Vec<PeerId> = self
-            .guests
-            .iter()
-            .filter(|(p, since)| {
-                !self.members.contains(p) && now.duration_since(**since) > GUEST_TTL
-            })
-            .map(|(p, _)| *p)
-            .collect();
+        let expired = gate::lock(&self.gate).expire_guests(now);
         for peer in expired {
-            self.guests.remove(&peer);
             let _ = self.swarm.disconnect_peer_id(peer);
         }
-        self.guests.retain(|p, _| !self.members.contains(p));
     }
 
     /// Reads the answer to a pull off the loop, and refuses anything but a pull.
@@ -948,17 +917,19 @@ impl Driver {
             p.found_by = FoundBy::Mdns;
         }
         let key = found.peer.to_string();
-        let standing = standing(self.admitted, &self.members);
-        let Some(target) = self.targets.get_or_add(
-            key,
-            || Target::new(Some(found.peer), FoundBy::Mdns, DIAL_BACKOFF_MIN),
-            standing,
-        ) else {
-            // Full of targets standing as high: a LAN cannot grow the set past its limit.
-            return;
-        };
-        target.found_at(found.addrs);
-        target.next_dial = Instant::now();
+        {
+            let g = gate::lock(&self.gate);
+            let Some(target) = self.targets.get_or_add(
+                key,
+                || Target::new(Some(found.peer), FoundBy::Mdns, DIAL_BACKOFF_MIN),
+                standing(&g),
+            ) else {
+                // Full of targets standing as high: a LAN cannot grow the set past its limit.
+                return;
+            };
+            target.found_at(found.addrs);
+            target.next_dial = Instant::now();
+        }
         self.dial_due();
     }
 
@@ -1024,11 +995,11 @@ impl Driver {
             FoundBy::Gossip
         };
         let key = source.to_string();
-        let standing = standing(self.admitted, &self.members);
+        let g = gate::lock(&self.gate);
         let Some(t) = self.targets.get_or_add(
             key,
             || Target::new(Some(source), found_by, DIAL_BACKOFF_MIN),
-            standing,
+            standing(&g),
         ) else {
             return true; // Still worth forwarding; we just keep no more dial targets.
         };
@@ -1042,7 +1013,7 @@ impl Driver {
 
     fn dial_due(&mut self) {
         let now = Instant::now();
-        self.banned.retain(|_, until| *until > now);
+        gate::lock(&self.gate).expire_bans(now);
         let mut dials = Vec::new();
         let connected = |p: &PeerId| self.swarm.is_connected(p);
         self.targets.forget_failing(connected);
@@ -1051,7 +1022,7 @@ impl Driver {
                 continue;
             }
             if let Some(p) = t.peer
-                && (self.swarm.is_connected(&p) || self.banned.contains_key(&p))
+                && (self.swarm.is_connected(&p) || gate::lock(&self.gate).is_banned(&p, now))
             {
                 t.failures = 0;
                 continue;
@@ -1134,7 +1105,7 @@ impl Driver {
             s.parked = self.sync.parked();
             s.peers = peers;
             s.pairing_open = self.inviter.is_open(Instant::now());
-            s.refused_connections = self.refused_connections;
+            s.refused_connections = gate::lock(&self.gate).refused;
             s.dial_targets = self.targets.len();
         }
     }

@@ -13,6 +13,7 @@ pub mod behaviour;
 pub mod codec;
 pub mod discovery;
 mod driver;
+mod gate;
 pub mod invite;
 pub mod join;
 pub mod pairing;

@@ -215,6 +215,11 @@ impl Inviter {
         }
     }
 
+    /// Until when devices that are not members may connect, to pair and nothing else.
+    pub fn guests_until(&self) -> Option<Instant> {
+        self.guests_until
+    }
+
     /// Whether devices that are not members may connect, to pair and nothing else.
     pub fn accepts_guests(&self, now: Instant) -> bool {
         self.guests_until.is_some_and(|t| now < t)
