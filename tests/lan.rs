@@ -350,3 +350,128 @@ fn shops_that_reach_only_the_relay_sync_through_it() -> anyhow::Result<()> {
     let _ = tillmesh(BIN.as_ref(), &["--version"]);
     Ok(())
 }
+
+/// A LAN neighbour advertising the mesh's tag under 10,000 made-up peer ids (from its own
+/// namespace, with real mDNS) cannot grow a till's dial targets past 256, nor its memory past
+/// a bound, nor keep it from finding and syncing with the shop's other till, which it meets
+/// only by mDNS after the flood has filled its targets.
+#[test]
+fn a_lan_flood_of_made_up_peers_is_held_to_the_limit() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    const FLOOD: usize = 10_000;
+    let lan = Lan::create(&tag("flood"), 79, 3)?;
+    let root = tempfile::tempdir()?;
+    let dirs: Vec<_> = (0..2)
+        .map(|i| root.path().join(format!("till-{i}")))
+        .collect();
+    tillmesh_in(
+        &lan.hosts[0],
+        &[
+            "init",
+            "--data",
+            &dirs[0].to_string_lossy(),
+            "--name",
+            "Till 0",
+        ],
+    )?;
+    let a = NsNode::start(&lan.hosts[0], BIN.as_ref(), &dirs[0], &[])?;
+    lan.hosts[0].block_on(a.api.ok_post(
+        "/v1/products",
+        &product("TEA-1", "Green tea", 350, 1_000_000),
+    ))?;
+    let (_, code) = invite_in(&lan.hosts[0], &dirs[0])?;
+    join_in(&lan.hosts[1], &dirs[1], "Till 1", &code)?;
+    std::fs::remove_file(dirs[1].join("peers"))?;
+    let mesh: tillmesh_protocol::MeshId = lan.hosts[0].block_on(status(&a.api))["mesh_id"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()?;
+    let tag = tillmesh_node::net::discovery::mesh_tag(&mesh);
+    let rss_before = a.rss_kib().unwrap_or(0);
+
+    // The neighbour: one mDNS responder, 10,000 services with the mesh's tag, each a peer id
+    // no member holds, at a port where nothing listens.
+    let (flood_tx, flood_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let neighbour = &lan.hosts[2];
+        let host = format!("{}.local.", "neighbour");
+        let ip = lan.addr(2);
+        let flooder = s.spawn(move || -> anyhow::Result<()> {
+            neighbour.block_on(async move {
+                let daemon = mdns_sd::ServiceDaemon::new()?;
+                daemon
+                    .disable_interface(vec![mdns_sd::IfKind::IPv6, mdns_sd::IfKind::LoopbackV4])?;
+                for _ in 0..FLOOD {
+                    let peer = libp2p::PeerId::random().to_base58();
+                    let info = mdns_sd::ServiceInfo::new(
+                        "_tillmesh._udp.local.",
+                        &peer,
+                        &host,
+                        ip.as_str(),
+                        9,
+                        &[("mesh", tag.as_str()), ("peer", peer.as_str())][..],
+                    )?;
+                    // The responder's queue holds 100 commands: wait for room.
+                    loop {
+                        match daemon.register(info.clone()) {
+                            Err(mdns_sd::Error::Again) => {
+                                tokio::time::sleep(Duration::from_millis(2)).await
+                            }
+                            other => break other?,
+                        }
+                    }
+                }
+                // Advertising until the test is done with the till.
+                let _ = flood_rx.recv();
+                let _ = daemon.shutdown();
+                anyhow::Ok(())
+            })
+        });
+        let result = (|| -> anyhow::Result<()> {
+            // The flood reaches the till and fills its targets, no further.
+            let targets = lan.hosts[0].block_on(async {
+                let deadline = Instant::now() + TIMEOUT;
+                let mut most = 0;
+                loop {
+                    let n = status(&a.api).await["network"]["dial_targets"]
+                        .as_u64()
+                        .unwrap_or(0);
+                    most = most.max(n);
+                    assert!(n <= 256, "dial targets past the limit: {n}");
+                    if most >= 200 || Instant::now() > deadline {
+                        return most;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
+            assert!(
+                targets >= 200,
+                "the flood reached the till: {targets} targets"
+            );
+            // The shop's other till comes up now, found only by mDNS, and they sync.
+            let b = NsNode::start(&lan.hosts[1], BIN.as_ref(), &dirs[1], &[])?;
+            let all = [(&lan.hosts[0], &a.api), (&lan.hosts[1], &b.api)];
+            wait_converged(&all, "the catalogue, through the flood")?;
+            let sold = sell(&lan.hosts[1], &b.api, 20, 2)?;
+            wait_converged(&all, "sales, through the flood")?;
+            assert_eq!(sale_ids(&lan.hosts[0], &a.api)?, sold.into_iter().collect());
+            let s = lan.hosts[0].block_on(status(&a.api));
+            let targets = s["network"]["dial_targets"].as_u64().unwrap_or(0);
+            assert!(targets <= 256, "{targets}");
+            let rss_after = a.rss_kib().unwrap_or(0);
+            let growth_mib = rss_after.saturating_sub(rss_before) / 1024;
+            eprintln!(
+                "flood of {FLOOD} advertised peers: dial targets {targets}, RSS {} MiB -> {} MiB (+{growth_mib} MiB)",
+                rss_before / 1024,
+                rss_after / 1024
+            );
+            assert!(growth_mib < 64, "RSS grew by {growth_mib} MiB");
+            Ok(())
+        })();
+        let _ = flood_tx.send(());
+        flooder.join().expect("the flooder")?;
+        result
+    })
+}

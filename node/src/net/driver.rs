@@ -597,14 +597,30 @@ impl Driver {
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                if let libp2p::swarm::DialError::Denied { cause } = &error {
+                    self.on_denied(peer_id, cause);
+                }
                 tracing::debug!(peer = ?peer_id, %error, "dial failed");
             }
+            SwarmEvent::IncomingConnectionError {
+                error: libp2p::swarm::ListenError::Denied { cause },
+                peer_id,
+                ..
+            } => self.on_denied(peer_id, &cause),
             // Frequent (every pushed entry): their effect on status waits for the next tick.
             SwarmEvent::Behaviour(event) => return self.on_behaviour(event),
             _ => return,
         }
         // Status readers see connections come and go at once, not at the next tick.
         self.publish_status();
+    }
+
+    /// A connection the gate refused as it was established: counted for the status.
+    fn on_denied(&mut self, peer: Option<PeerId>, cause: &libp2p::swarm::ConnectionDenied) {
+        if let Some(why) = cause.downcast_ref::<gate::Refused>() {
+            gate::lock(&self.gate).refused += 1;
+            tracing::info!(peer = ?peer, why = why.0, "refused a connection");
+        }
     }
 
     fn on_connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: &ConnectedPoint) {
