@@ -231,14 +231,7 @@ impl NsNode {
 
     /// The node's resident memory now, in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
+        crate::testkit::rss_kib(self.pid()?)
     }
 
     pub fn kill9(&mut self) {

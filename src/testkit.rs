@@ -299,6 +299,25 @@ impl NodeProcess {
     }
 }
 
+impl NodeProcess {
+    /// The node's resident memory now, in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        rss_kib(self.child.as_ref()?.id())
+    }
+}
+
+/// A process's resident memory now, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill9();

@@ -325,3 +325,102 @@ async fn misbehaving_peers_are_disconnected_and_their_entries_refused() -> anyho
     );
     Ok(())
 }
+
+/// Reads one length-prefixed sync message off an answer, as the node frames them.
+fn framed_answer(bytes: &[u8]) -> anyhow::Result<Message> {
+    anyhow::ensure!(bytes.len() >= 4, "an answer of {} bytes", bytes.len());
+    Ok(Message::decode(&bytes[4..])?)
+}
+
+/// A member opening 100 sync streams at once, each announcing 11 MB (a pull may be at most
+/// `REQUEST_BYTES_MAX`, 2.6 MB) and sending 1 MiB of it, then another opening 100 streams of
+/// the most a pull may be, filled with garbage: the node reads at most 8 streams of one
+/// connection (and yamux holds at most 64), refuses the first on its length before reading
+/// it, reads the second's bytes as they come and refuses them, and bans both. Its memory
+/// stays bounded (the figure is printed), and it goes on selling and answering an honest
+/// member's pull. A device that is not a member gets no stream at all (see the test above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_streams_of_eleven_megabytes_cost_the_node_little() -> anyhow::Result<()> {
+    use tillmesh_protocol::sync::wire::REQUEST_BYTES_MAX;
+    let dir = tempfile::tempdir()?;
+    NodeProcess::init(BIN.as_ref(), dir.path(), "Till")?;
+    let node = NodeProcess::start(BIN.as_ref(), dir.path()).await?;
+    node.api
+        .ok_post("/v1/products", &product("TEA-1", "Green tea", 350, 1000))
+        .await?;
+    let (addr, mesh) = node_addr(&node.api).await?;
+    let tag = mesh_tag(&mesh);
+    let rss_before = node.rss_kib().unwrap_or(0);
+    let mut rss_most = rss_before;
+    let rounds = [
+        (11_000_000u32, 1usize << 20, "11 MB announced, 1 MiB sent"),
+        (
+            REQUEST_BYTES_MAX as u32,
+            REQUEST_BYTES_MAX,
+            "a pull's most, all sent, garbage",
+        ),
+    ];
+    for (announced, sent, what) in rounds {
+        let mut evil = member_attacker(&node.api, &tag).await?;
+        let peer = connect(&mut evil, &addr).await?;
+        for _ in 0..100 {
+            let mut req = announced.to_be_bytes().to_vec();
+            req.resize(4 + sent, 0xAB);
+            evil.behaviour_mut().sync.send_request(&peer, req);
+        }
+        // Measured while the streams are open, until the node throws the peer out.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while evil.is_connected(&peer) {
+            let tick = tokio::time::Instant::now() + Duration::from_millis(20);
+            let _ = tokio::time::timeout_at(tick.min(deadline), evil.select_next_some()).await;
+            rss_most = rss_most.max(node.rss_kib().unwrap_or(0));
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: the peer was never thrown out"
+            );
+        }
+        eprintln!("{what}: at most {} MiB", rss_most / 1024);
+    }
+    let growth_mib = rss_most.saturating_sub(rss_before) / 1024;
+    eprintln!(
+        "200 streams of up to 11 MB from two members: node RSS {} MiB, at most {} MiB (+{growth_mib} MiB)",
+        rss_before / 1024,
+        rss_most / 1024
+    );
+    // What one connection may make the node hold: 8 sync streams of at most a pull's size
+    // (2.6 MB each, 21 MB) and 64 yamux streams' unread 256 KiB (16 MiB).
+    assert!(growth_mib < 64, "RSS grew by {growth_mib} MiB");
+
+    // The node goes on: it sells, and an honest member's pull is answered with its entries.
+    still_serving(&node.api).await?;
+    let mut honest = member_attacker(&node.api, &tag).await?;
+    let peer = connect(&mut honest, &addr).await?;
+    let pull = Message::Pull {
+        have: tillmesh_protocol::VersionVector::default(),
+        entries_max: 100,
+        bytes_max: 1 << 20,
+    }
+    .encode();
+    let mut framed = (pull.len() as u32).to_be_bytes().to_vec();
+    framed.extend(pull);
+    honest.behaviour_mut().sync.send_request(&peer, framed);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let answer = loop {
+        if let SwarmEvent::Behaviour(AttackerEvent::Sync(request_response::Event::Message {
+            message: request_response::Message::Response { response, .. },
+            ..
+        })) = tokio::time::timeout_at(deadline, honest.select_next_some()).await?
+        {
+            break framed_answer(&response)?;
+        }
+    };
+    match answer {
+        Message::Entries { entries, .. } => assert!(
+            entries.len() >= 3,
+            "settings, the product, the sales: {}",
+            entries.len()
+        ),
+        other => anyhow::bail!("a pull answered with {other:?}"),
+    }
+    Ok(())
+}

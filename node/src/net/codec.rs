@@ -1,7 +1,8 @@
 //! The request-response codec of the sync protocol: one length-prefixed [`Message`] each way.
 //!
-//! Length first, checked against [`MESSAGE_BYTES_MAX`] before anything is read, so a peer
-//! cannot make us allocate more than one message. Bytes that are not a sync message are read
+//! Length first, checked against [`MESSAGE_BYTES_MAX`] (a request against the far smaller
+//! `REQUEST_BYTES_MAX`) before anything is read, and the buffer grows only as bytes arrive, so
+//! a peer cannot make us allocate more than one message, nor more than it sent. Bytes that are not a sync message are read
 //! as [`Framed::Err`] rather than failing the stream: libp2p drops a failed inbound stream
 //! without telling the behaviour, and the driver must see the misbehaviour to act on it.
 
@@ -15,6 +16,9 @@ use tillmesh_protocol::sync::wire::{MESSAGE_BYTES_MAX, REQUEST_BYTES_MAX};
 #[derive(Debug, Clone, Default)]
 pub struct SyncCodec;
 
+/// What a read reserves before the bytes arrive.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
 /// A message as read off a stream: the message, or why the bytes are not one.
 pub type Framed = Result<Message, String>;
 
@@ -27,8 +31,22 @@ async fn read_message<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io
             "a sync message of {len} bytes, over the limit of {max}"
         )));
     }
-    let mut buf = vec![0; len];
-    io.read_exact(&mut buf).await?;
+    // Grown as the bytes arrive, not made whole from the length: a peer that announces the
+    // most it may and then sends little costs us what it sent.
+    // It doubles as it fills, but never past the length announced.
+    let mut buf: Vec<u8> = Vec::new();
+    while buf.len() < len {
+        let filled = buf.len();
+        if filled == buf.capacity() {
+            buf.reserve_exact(filled.max(READ_CHUNK_BYTES).min(len - filled));
+        }
+        buf.resize(buf.capacity().min(len), 0);
+        let n = io.read(&mut buf[filled..]).await?;
+        buf.truncate(filled + n);
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
     Ok(Message::decode(&buf).map_err(|e| format!("a malformed sync message: {e}")))
 }
 

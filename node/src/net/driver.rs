@@ -119,6 +119,18 @@ pub(super) struct Driver {
     paired_rx: mpsc::UnboundedReceiver<(ResponseChannel<PairResponse>, PairResponse)>,
 }
 
+/// Streams one connection may hold open at once. yamux buffers up to 256 KiB for each
+/// stream before anyone reads it, so this bounds what one peer's connection can make us hold
+/// (16 MiB) where the default (512) would allow 128 MiB. Sync takes 8, pairing 4; gossip,
+/// identify, ping, relay and hole punching a few each.
+const STREAMS_PER_CONNECTION_MAX: usize = 64;
+
+fn muxer() -> yamux::Config {
+    let mut c = yamux::Config::default();
+    c.set_max_num_streams(STREAMS_PER_CONNECTION_MAX);
+    c
+}
+
 /// The PeerId of a device: its libp2p identity is its device key.
 pub fn peer_of_device(device: &DeviceId) -> Option<PeerId> {
     libp2p::identity::ed25519::PublicKey::try_from_bytes(device.as_bytes())
@@ -204,11 +216,11 @@ impl Driver {
             .with_tcp(
                 tcp::Config::default().nodelay(true),
                 noise::Config::new,
-                yamux::Config::default,
+                muxer,
             )
             .map_err(|e| NetError::Start(e.to_string()))?
             .with_quic()
-            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .with_relay_client(noise::Config::new, muxer)
             .map_err(|e| NetError::Start(e.to_string()))?
             .with_behaviour(|key, relay_client| {
                 Behaviour::new(key, relay_client, sync_protocol, relay_server, gate.clone())
