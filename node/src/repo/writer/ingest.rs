@@ -1,6 +1,8 @@
-//! Entries from other devices: verified, then checked (chain, membership and role, ledger,
-//! schema) before they touch a document; refused ones are kept aside with the reason.
+//! Entries from other devices: each check of [`checks`](super::checks) in turn, then the
+//! apply, whose result is checked again (ledger, schema); an entry halted anywhere changes no
+//! document, and a refused one is kept aside with the reason.
 
+use super::checks::{Halt, check_remote, parse_changes};
 use super::*;
 
 impl Writer {
@@ -15,163 +17,107 @@ impl Writer {
         touched: &mut BTreeSet<DocId>,
         from_log: bool,
     ) -> Result<(IngestOutcome, Option<Staged>), WriteError> {
-        let (author, seq) = (entry.entry.author, entry.entry.seq);
+        match self.ingest_steps(t, &entry, touched, from_log) {
+            Ok(staged) => Ok(staged),
+            Err(Halt::Outcome(outcome)) => Ok((outcome, None)),
+            Err(Halt::Forged(reason)) => {
+                self.keep_aside(t, &entry, &reason)?;
+                Ok((IngestOutcome::Forged { reason }, None))
+            }
+            Err(Halt::Refuse(reason)) => self.reject(t, &entry, reason),
+            // The store, not the entry, failed: the batch fails and the entry can come again.
+            Err(Halt::Store(e)) => Err(e),
+        }
+    }
+
+    /// The checks in order (each in `checks`, each able to halt the entry), then the apply.
+    fn ingest_steps(
+        &mut self,
+        t: &mut Tables<'_>,
+        entry: &SignedEntry,
+        touched: &mut BTreeSet<DocId>,
+        from_log: bool,
+    ) -> Result<(IngestOutcome, Option<Staged>), Halt> {
         let (have, tip) = t
             .heads
-            .get(author.as_bytes())?
+            .get(entry.entry.author.as_bytes())?
             .map(|v| v.value())
             .unwrap_or((0, [0; 32]));
-        // A byte-identical copy of a stored entry is a duplicate whatever its signature: the
-        // stored one was verified. Checked first, because peers send copies often (a push from
-        // each of them, then pulls) and verifying costs more than looking up.
-        let stored_same = seq <= have
-            && t.entries
-                .get((author.as_bytes(), seq))?
-                .is_some_and(|v| v.value() == entry.encoded());
-        if stored_same {
-            return Ok((IngestOutcome::Duplicate, None));
-        }
-        if !from_log && let Err(e) = entry.verify(&self.id.mesh_id) {
-            let reason = e.to_string();
-            self.keep_aside(t, &entry, &reason)?;
-            return Ok((IngestOutcome::Forged { reason }, None));
-        }
-        if self.quarantined.contains(&author) {
-            return self.reject(
-                t,
-                &entry,
-                format!(
-                    "device {author} is quarantined: it signed two different entries at one position of its log; an admin should revoke it"
-                ),
-            );
-        }
-        if seq <= have {
-            let stored = t
-                .entries
-                .get((author.as_bytes(), seq))?
-                .map(|v| EntryHash::of(v.value()))
-                .unwrap_or(EntryHash::ZERO);
-            let reason = format!(
-                "fork: device {author} signed two different entries {seq}; it is quarantined"
-            );
-            self.quarantine(t, author, seq, stored, entry.hash())?;
-            return self.reject(t, &entry, reason);
-        }
-        if seq > have + 1 {
-            return Ok((IngestOutcome::Gap { have }, None));
-        }
-        if entry.entry.prev != EntryHash(tip) {
-            // Signed by its author, yet it names another entry `have` than the one held: the
-            // author signed two, which proves a fork as surely as seeing both.
-            let reason = format!(
-                "broken hash chain: entry {seq} does not follow entry {have} of device {author} (a fork: the device is quarantined)"
-            );
-            self.quarantine(t, author, have, EntryHash(tip), entry.entry.prev)?;
-            return self.reject(t, &entry, reason);
-        }
+        self.check_new(t, entry, have, from_log)?;
+        self.check_author(entry)?;
+        self.check_chain(t, entry, have, EntryHash(tip))?;
         if let Some(op) = entry.member_op() {
-            // Kept unless it is wrong whatever else arrives: whether it counts (its author may
-            // be revoked before it, its target admitted by another admin, two admins may revoke
-            // each other) is for `Membership::compute`, and every node must hold the same
-            // operations to decide alike.
-            return match self.membership.admissible_op(author, seq, op) {
-                Err(AccessError::NotMember(_)) => Ok((
-                    IngestOutcome::Deferred {
-                        reason: AccessError::NotMember(author).to_string(),
-                    },
-                    None,
-                )),
-                Err(e) => self.reject(t, &entry, e.to_string()),
-                Ok(()) => {
-                    store_entry(t, &entry)?;
-                    self.wal_batch.push(entry.encoded().to_vec());
-                    self.record_member_op(t, &entry)?;
-                    if author == self.id.device_id {
-                        self.head = (seq, entry.hash());
-                    }
-                    Ok((
-                        IngestOutcome::Applied,
-                        Some(Staged {
-                            primary: self.settings_id,
-                            docs: Vec::new(),
-                            author,
-                            seq,
-                            own: None,
-                        }),
-                    ))
+            return self.stage_member_op(t, entry, op);
+        }
+        let role = self.check_role(entry)?;
+        let parsed = parse_changes(entry)?;
+        self.apply_docs(t, entry, parsed, role)?;
+        Ok(self.store_applied(t, entry, touched)?)
+    }
+
+    /// A membership operation: kept unless it is wrong whatever else arrives. Whether it
+    /// counts (its author may be revoked before it, its target admitted by another admin, two
+    /// admins may revoke each other) is for `Membership::compute`, and every node must hold
+    /// the same operations to decide alike.
+    fn stage_member_op(
+        &mut self,
+        t: &mut Tables<'_>,
+        entry: &SignedEntry,
+        op: &MemberOp,
+    ) -> Result<(IngestOutcome, Option<Staged>), Halt> {
+        let (author, seq) = (entry.entry.author, entry.entry.seq);
+        match self.membership.admissible_op(author, seq, op) {
+            Err(AccessError::NotMember(_)) => Err(Halt::Outcome(IngestOutcome::Deferred {
+                reason: AccessError::NotMember(author).to_string(),
+            })),
+            Err(e) => Err(Halt::Refuse(e.to_string())),
+            Ok(()) => {
+                store_entry(t, entry)?;
+                self.wal_batch.push(entry.encoded().to_vec());
+                self.record_member_op(t, entry)?;
+                if author == self.id.device_id {
+                    self.head = (seq, entry.hash());
                 }
-            };
-        }
-        let role = match self.membership.role_at(author, seq) {
-            Ok(role) => role,
-            // Its admission may still be on its way: it waits, as an entry with missing
-            // dependencies does.
-            Err(e @ AccessError::NotMember(_)) => {
-                return Ok((
-                    IngestOutcome::Deferred {
-                        reason: e.to_string(),
-                    },
-                    None,
-                ));
+                Ok((
+                    IngestOutcome::Applied,
+                    Some(Staged {
+                        primary: self.settings_id,
+                        docs: Vec::new(),
+                        author,
+                        seq,
+                        own: None,
+                    }),
+                ))
             }
-            Err(e) => return self.reject(t, &entry, e.to_string()),
-        };
-        if let Some(dc) = entry.docs().iter().find(|d| !role.may_write(d.doc_type)) {
-            let reason = AccessError::DocType {
-                device: author,
-                role,
-                doc_type: dc.doc_type,
-            }
-            .to_string();
-            return self.reject(t, &entry, reason);
         }
-        let mut parsed = Vec::with_capacity(entry.docs().len());
-        for dc in entry.docs() {
-            let mut changes = Vec::with_capacity(dc.changes.len());
-            for (n, bytes) in dc.changes.iter().enumerate() {
-                match Change::from_bytes(bytes.clone()) {
-                    Ok(c) => changes.push(c),
-                    Err(e) => {
-                        return self.reject(
-                            t,
-                            &entry,
-                            format!(
-                                "document {}: change {n} is not an Automerge change: {e}",
-                                dc.doc_id
-                            ),
-                        );
-                    }
-                }
-            }
-            parsed.push(changes);
-        }
-        // Apply to the cached documents (new ones aside); on any refusal, evict what was touched
-        // so the next load reads the transaction's state from before this entry.
+    }
+
+    /// Applies each document's changes to the cached documents (new ones held aside until all
+    /// are checked) and checks each result; on any halt, evicts what was touched so the next
+    /// load reads the transaction's state from before this entry.
+    fn apply_docs(
+        &mut self,
+        t: &mut Tables<'_>,
+        entry: &SignedEntry,
+        parsed: Vec<Vec<Change>>,
+        role: Role,
+    ) -> Result<(), Halt> {
         let mut fresh: HashMap<DocId, (AutoCommit, Option<Json>)> = HashMap::new();
-        let mut refusal = None;
         for (dc, changes) in entry.docs().iter().zip(parsed) {
-            if let Err(reason) = self.apply_remote(
+            let applied = self.apply_remote(
                 t,
                 dc.doc_id,
                 dc.doc_type,
                 changes,
                 &mut fresh,
-                (author, role),
-            ) {
-                refusal = Some(reason);
-                break;
+                (entry.entry.author, role),
+            );
+            if let Err(halt) = applied {
+                for dc in entry.docs() {
+                    self.cache.evict(&dc.doc_id);
+                }
+                return Err(halt);
             }
-        }
-        if let Some(refusal) = refusal {
-            for dc in entry.docs() {
-                self.cache.evict(&dc.doc_id);
-            }
-            return match refusal {
-                Refusal::Reject(reason) => self.reject(t, &entry, reason),
-                Refusal::Defer(reason) => Ok((IngestOutcome::Deferred { reason }, None)),
-                // The store, not the entry, failed: the batch fails and the entry can come again.
-                Refusal::Fail(e) => Err(e),
-            };
         }
         for dc in entry.docs() {
             let mut changes = dc.changes.iter();
@@ -183,9 +129,21 @@ impl Writer {
             for c in changes {
                 self.cache.record_change(t, &dc.doc_id, c)?;
             }
-            touched.insert(dc.doc_id);
         }
-        store_entry(t, &entry)?;
+        Ok(())
+    }
+
+    /// Stores an applied entry, and what it changes of the writer's own state: the settings
+    /// later entries are judged by, and this device's own head and receipt counter.
+    fn store_applied(
+        &mut self,
+        t: &mut Tables<'_>,
+        entry: &SignedEntry,
+        touched: &mut BTreeSet<DocId>,
+    ) -> Result<(IngestOutcome, Option<Staged>), WriteError> {
+        let (author, seq) = (entry.entry.author, entry.entry.seq);
+        touched.extend(entry.docs().iter().map(|d| d.doc_id));
+        store_entry(t, entry)?;
         self.wal_batch.push(entry.encoded().to_vec());
         if entry.docs().iter().any(|d| d.doc_id == self.settings_id) {
             // Later entries of this batch (a product with a new tax code) are checked against
@@ -247,14 +205,14 @@ impl Writer {
         changes: Vec<Change>,
         fresh: &mut HashMap<DocId, (AutoCommit, Option<Json>)>,
         (author, role): (DeviceId, Role),
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), Halt> {
         let actor = self.cache.actor().clone();
         let settings = self.settings.clone();
-        let existing = self.cache.get(t, &id).map_err(Refusal::Fail)?;
+        let existing = self.cache.get(t, &id).map_err(Halt::Store)?;
         let (doc, before, ledger_before, existed) = match existing {
             Some(c) => {
                 if c.record.doc_type != doc_type.code() {
-                    return Err(Refusal::Reject(format!(
+                    return Err(Halt::Refuse(format!(
                         "document {id} is a {}, not a {doc_type}",
                         DocType::from_code(c.record.doc_type)
                             .map(|t| t.name())
@@ -294,12 +252,12 @@ impl Writer {
         let concurrent = existed && seen != heads_before;
         let entry_changes = concurrent.then(|| changes.clone());
         doc.apply_changes(changes)
-            .map_err(|e| Refusal::Reject(format!("document {id}: {e}")))?;
+            .map_err(|e| Halt::Refuse(format!("document {id}: {e}")))?;
         let missing = doc.get_missing_deps(&[]);
         if !missing.is_empty() {
             // It builds on another device's changes not held here. Applying it now would let it
             // slip in unchecked when those arrive; it waits for them instead.
-            return Err(Refusal::Defer(format!(
+            return Err(Halt::defer(format!(
                 "document {id}: builds on {} change(s) from other devices not held yet; send their entries first",
                 missing.len()
             )));
@@ -309,7 +267,7 @@ impl Writer {
         if let Some(found) = view.get("type").and_then(Json::as_str)
             && found != doc_type.name()
         {
-            return Err(Refusal::Reject(format!(
+            return Err(Halt::Refuse(format!(
                 "document {id} says it is a {found}, but the entry files it as a {doc_type}"
             )));
         }
@@ -317,8 +275,8 @@ impl Writer {
             // Judged against default settings, a lawful entry could be refused here and
             // accepted everywhere else; it waits until the settings arrive (they come first:
             // the owner's first entry).
-            return Err(Refusal::Defer(
-                "the mesh settings have not arrived yet; send the owner's first entry first".into(),
+            return Err(Halt::defer(
+                "the mesh settings have not arrived yet; send the owner's first entry first",
             ));
         }
         match entry_changes {
@@ -330,14 +288,14 @@ impl Writer {
             Some(changes) => {
                 let mut as_seen = doc
                     .fork_at(&seen)
-                    .map_err(|e| Refusal::Reject(format!("document {id}: {e}")))?;
+                    .map_err(|e| Halt::Refuse(format!("document {id}: {e}")))?;
                 let seen_view = docmap::read_json(&as_seen);
                 as_seen
                     .apply_changes(changes)
-                    .map_err(|e| Refusal::Reject(format!("document {id}: {e}")))?;
+                    .map_err(|e| Halt::Refuse(format!("document {id}: {e}")))?;
                 let after = docmap::read_json(&as_seen);
                 if ledger_of(&seen_view) != ledger_of(&after) && !role.may_write_ledger() {
-                    return Err(Refusal::Reject(
+                    return Err(Halt::Refuse(
                         AccessError::Ledger {
                             device: author,
                             role,
@@ -349,7 +307,7 @@ impl Writer {
             }
             None => {
                 if ledger_before.as_ref() != ledger_of(&view) && !role.may_write_ledger() {
-                    return Err(Refusal::Reject(
+                    return Err(Halt::Refuse(
                         AccessError::Ledger {
                             device: author,
                             role,
@@ -360,7 +318,7 @@ impl Writer {
                 check_remote(doc_type, &view, &settings, before.as_ref())
             }
         }
-        .map_err(|e| Refusal::Reject(format!("{doc_type} {id}: {e}")))?;
+        .map_err(|e| Halt::Refuse(format!("{doc_type} {id}: {e}")))?;
         match fresh.get_mut(&id) {
             Some(f) => f.1 = Some(view),
             None => {
@@ -417,55 +375,5 @@ impl Writer {
         t.meta
             .insert(meta_key::REJECTED_SEQ, &self.rejected_seq.to_be_bytes()[..])?;
         Ok(())
-    }
-}
-
-/// Why an ingested entry is not applied now.
-enum Refusal {
-    /// Bad: kept aside with the reason, never applied.
-    Reject(String),
-    /// Good as far as can be told, but it builds on changes not held yet: not stored, and not
-    /// held against its author; it is accepted when sent again after them.
-    Defer(String),
-    /// Reading the store failed: nothing is said about the entry.
-    Fail(WriteError),
-}
-
-/// The schema rules an ingested document must keep.
-fn check_remote(
-    doc_type: DocType,
-    doc: &Json,
-    settings: &Settings,
-    before: Option<&Json>,
-) -> Result<(), String> {
-    fn check<T: Document>(doc: &Json, settings: &Settings) -> Result<T, String> {
-        let v = docmap::from_view::<T>(doc).map_err(|e| e.to_string())?;
-        v.validate(settings).map_err(|e| e.to_string())?;
-        Ok(v)
-    }
-    fn earlier<T: Document>(before: Option<&Json>) -> Option<T> {
-        before.and_then(|b| docmap::from_view::<T>(b).ok())
-    }
-    match doc_type {
-        DocType::Settings => check::<Settings>(doc, settings).map(drop),
-        DocType::Product => check::<Product>(doc, settings).map(drop),
-        DocType::Sale => {
-            let after = check::<Sale>(doc, settings)?;
-            earlier::<Sale>(before).map_or(Ok(()), |b| {
-                b.check_update(&after).map_err(|e| e.to_string())
-            })
-        }
-        DocType::Refund => {
-            let after = check::<Refund>(doc, settings)?;
-            earlier::<Refund>(before).map_or(Ok(()), |b| {
-                b.check_update(&after).map_err(|e| e.to_string())
-            })
-        }
-        DocType::Customer => check::<Customer>(doc, settings).map(drop),
-        DocType::Vendor => check::<Vendor>(doc, settings).map(drop),
-        DocType::Invoice => check::<Invoice>(doc, settings).map(drop),
-        DocType::Payment => check::<Payment>(doc, settings).map(drop),
-        DocType::Expense => check::<Expense>(doc, settings).map(drop),
-        DocType::StockAdjustment => check::<StockAdjustment>(doc, settings).map(drop),
     }
 }

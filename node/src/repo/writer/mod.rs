@@ -9,9 +9,11 @@
 //!   recovery, and what the batches share;
 //! - [`batch`]: the loop, one transaction per batch, the panic guard, views and stock;
 //! - [`commands`]: this device's own commands;
-//! - [`ingest`]: entries from other devices, and the checks each must pass.
+//! - [`ingest`]: entries from other devices: the checks in order, then the apply;
+//! - [`checks`]: each check an entry from another device must pass, one step each.
 
 mod batch;
+mod checks;
 mod commands;
 mod ingest;
 
