@@ -138,7 +138,6 @@ pub fn peer_of_device(device: &DeviceId) -> Option<PeerId> {
         .map(|k| libp2p::identity::PublicKey::from(k).to_peer_id())
 }
 
-/// The device behind a PeerId, if it is an ed25519 key (every tillmesh device's is).
 /// How a dial target stands when the set is full (see `targets`). Before this node knows the
 /// members (it is joining), every find may be one.
 fn standing(gate: &Gate) -> impl Fn(&Target) -> Standing + '_ {
@@ -153,6 +152,7 @@ fn standing(gate: &Gate) -> impl Fn(&Target) -> Standing + '_ {
     }
 }
 
+/// The device behind a PeerId, if it is an ed25519 key (every tillmesh device's is).
 pub fn device_of_peer(peer: &PeerId) -> Option<DeviceId> {
     let key = libp2p::identity::PublicKey::try_decode_protobuf(peer.as_ref().digest()).ok()?;
     Some(DeviceId(key.try_into_ed25519().ok()?.to_bytes()))
