@@ -211,3 +211,79 @@ async fn a_till_killed_mid_stream_loses_no_acknowledged_sale_and_converges() -> 
     assert_eq!(sale_ids(apis[0]).await?, sale_ids(apis[1]).await?);
     Ok(())
 }
+
+/// Two tills apart (no route between them): the owner voids a sale of 3 while the other till
+/// refunds 1 of them. Reconnected, both hold the same sale, the same stock (every unit back
+/// once: 1 by the refund, 2 by the void) and list the race as a conflict with what each did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_void_and_a_refund_made_apart_restock_once_everywhere() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let mut nodes = shop(root.path(), 2, &LOOPBACK_NET).await?;
+    let opening = stock(&nodes[0].api).await?.as_i64().unwrap_or_default();
+    let sale = nodes[0]
+        .api
+        .ok_post("/v1/sales", &cash_sale("TEA-1", 3, 1050))
+        .await?;
+    let sale_id = sale["id"].as_str().unwrap_or_default().to_owned();
+    {
+        let apis: Vec<&Api> = nodes.iter().map(|n| &n.api).collect();
+        wait_converged(&apis, 0, CONVERGE_TIMEOUT).await?;
+    }
+    // Apart: the till comes back with nothing to dial, on a port the owner never learned.
+    let till_dir = root.path().join("till-1");
+    nodes[1].stop()?;
+    std::fs::rename(till_dir.join("peers"), till_dir.join("peers.aside"))?;
+    nodes[1] = NodeProcess::spawn(BIN.as_ref(), &till_dir, &LOOPBACK_NET, &[]).await?;
+    nodes[0]
+        .api
+        .ok_post(
+            &format!("/v1/sales/{sale_id}/void"),
+            &serde_json::json!({ "reason": "rung on the wrong till" }),
+        )
+        .await?;
+    nodes[1]
+        .api
+        .ok_post(
+            &format!("/v1/sales/{sale_id}/refund"),
+            &serde_json::json!({ "lines": [{ "line": 0, "qty": 1 }], "reason": "one was cracked" }),
+        )
+        .await?;
+    assert_eq!(stock(&nodes[0].api).await?, opening, "the void alone");
+    assert_eq!(stock(&nodes[1].api).await?, opening - 2, "the refund alone");
+
+    // Together again.
+    nodes[1].stop()?;
+    std::fs::rename(till_dir.join("peers.aside"), till_dir.join("peers"))?;
+    nodes[1] = NodeProcess::start(BIN.as_ref(), &till_dir).await?;
+    let apis: Vec<&Api> = nodes.iter().map(|n| &n.api).collect();
+    wait_converged(&apis, 0, CONVERGE_TIMEOUT).await?;
+    let mut seen = Vec::new();
+    for api in &apis {
+        let s = api.ok_get(&format!("/v1/sales/{sale_id}")).await?;
+        assert_eq!(s["status"], "voided", "{s}");
+        assert_eq!(s["refunds"].as_array().map(Vec::len), Some(1), "{s}");
+        assert_eq!(
+            stock(api).await?,
+            opening,
+            "every unit back once: 1 by the refund, 2 by the void"
+        );
+        let conflicts = api.ok_get("/v1/conflicts").await?;
+        let race: Vec<&Value> = conflicts["conflicts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["kind"] == "void_and_refund")
+            .collect();
+        assert_eq!(race.len(), 1, "{conflicts}");
+        assert_eq!(race[0]["sale_id"], sale_id.as_str());
+        assert!(race[0]["void"]["by"].is_string(), "{}", race[0]);
+        assert_eq!(race[0]["refunds"][0]["lines"][0]["qty"], 1, "{}", race[0]);
+        assert!(race[0]["refunds"][0]["by"].is_string(), "{}", race[0]);
+        seen.push((s, race[0].clone()));
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "both tills show the same sale and the same conflict"
+    );
+    Ok(())
+}

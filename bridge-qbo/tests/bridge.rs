@@ -1886,3 +1886,111 @@ async fn a_bridge_refuses_plain_http_and_a_bad_ca() {
         "{err}"
     );
 }
+
+/// Every entry `from` holds that `to` lacks, in order, as a pull would give them.
+async fn copy_entries(from: &Repo, to: &Repo) {
+    let theirs = from.version_vector().unwrap();
+    for (author, range) in to.version_vector().unwrap().missing_from(&theirs) {
+        for seq in range {
+            let bytes = from.entry(&author, seq).unwrap().unwrap();
+            let entry = tillmesh_protocol::SignedEntry::decode(&bytes).unwrap();
+            to.ingest(entry).await.unwrap();
+        }
+    }
+}
+
+/// The owner voids a sale of 2 while another till, apart, refunds 1 of them. QuickBooks gets
+/// the money once: the receipt stands, the refund stands, and the void takes back only the
+/// rest (a refund receipt for the unit no refund took), so the sale nets to zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_void_and_a_refund_made_apart_move_the_money_once() {
+    let Shop {
+        _tmp,
+        books,
+        owner,
+        dir,
+        ..
+    } = shop(Settings::default()).await;
+    sell(&owner, 2).await;
+    let (id, sale) = owner
+        .list(DocType::Sale, None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(id, v)| (id, tillmesh_node::repo::typed::<Sale>(&id, v).unwrap()))
+        .find(|(_, s)| s.lines[0].qty == 2)
+        .unwrap();
+    // Another till, admitted by the owner, holding what the owner holds, then apart.
+    let key = tillmesh_protocol::DeviceKey::from_secret([42; 32]);
+    owner
+        .execute(Command::Member(tillmesh_node::repo::MemberCommand::Add {
+            device: key.device_id(),
+            role: tillmesh_protocol::Role::Till,
+            name: "Till B".into(),
+        }))
+        .await
+        .unwrap();
+    let other_dir = _tmp.path().join("till-b");
+    let other = Repo::join_with_key(&other_dir, "Till B", owner.identity().root_id, key).unwrap();
+    copy_entries(&owner, &other).await;
+    owner
+        .execute(Command::Void {
+            sale_id: id,
+            request: serde_json::from_value(json!({"reason": "wrong customer"})).unwrap(),
+        })
+        .await
+        .unwrap();
+    other
+        .execute(Command::Refund {
+            sale_id: id,
+            request: serde_json::from_value(json!({"lines": [{"line": 0, "qty": 1}]})).unwrap(),
+        })
+        .await
+        .unwrap();
+    copy_entries(&other, &owner).await;
+    let merged: Sale = tillmesh_node::repo::typed(&id, owner.view(&id).unwrap().unwrap()).unwrap();
+    assert!(merged.voided_and_refunded(), "{merged:?}");
+
+    let _bridge = spawn_bridge(&dir);
+    let number = sale.receipt_number.clone();
+    wait_until(
+        "the sale, its refund and the rest of the void in QuickBooks",
+        || async {
+            books.receipts().await.len() == 2 && books.all("RefundReceipt").await.len() == 2
+        },
+    )
+    .await;
+    let receipt = books
+        .receipts()
+        .await
+        .into_iter()
+        .find(|r| r["DocNumber"] == number.as_str())
+        .unwrap();
+    let refunds = books.all("RefundReceipt").await;
+    let total = |r: &Value| minor_of(&r["TotalAmt"], Currency::USD);
+    let refund = refunds
+        .iter()
+        .find(|r| !note_id(r, "tillmesh refund ").is_empty())
+        .unwrap();
+    let rest = refunds
+        .iter()
+        .find(|r| r["DocNumber"] == format!("{number}-V").as_str())
+        .unwrap_or_else(|| panic!("no correction for the rest: {refunds:?}"));
+    assert_eq!(
+        total(&receipt),
+        sale.total.amount_minor,
+        "the receipt stands: {receipt}"
+    );
+    assert_eq!(
+        total(refund) + total(rest),
+        sale.total.amount_minor,
+        "the refund and the rest of the void give back the sale once: {refund} {rest}"
+    );
+    assert_eq!(rest["Line"][0]["SalesItemLineDetail"]["Qty"], 1, "{rest}");
+    assert!(
+        bridge_status(&dir)["failures"]
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "{}",
+        bridge_status(&dir)
+    );
+}

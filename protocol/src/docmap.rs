@@ -167,7 +167,10 @@ pub fn update<T: Document>(
 /// product and a quantity move nothing.
 pub fn stock_moves(doc_type: DocType, view: &Json) -> Vec<(DocId, i64)> {
     let (sign, qty_key) = match doc_type {
-        DocType::Sale if view.get("status").and_then(Json::as_str) != Some("voided") => (-1, "qty"),
+        DocType::Sale if view.get("status").and_then(Json::as_str) == Some("voided") => {
+            return voided_sale_moves(view);
+        }
+        DocType::Sale => (-1, "qty"),
         DocType::Refund if view.get("restock").and_then(Json::as_bool) == Some(true) => (1, "qty"),
         DocType::StockAdjustment => (1, "delta"),
         _ => return Vec::new(),
@@ -182,6 +185,36 @@ pub fn stock_moves(doc_type: DocType, view: &Json) -> Vec<(DocId, i64)> {
         .filter_map(|l| {
             let product = l.get("product_id")?.as_str()?.parse().ok()?;
             Some((product, sign * l.get(qty_key)?.as_i64()?))
+        })
+        .collect()
+}
+
+/// A voided sale keeps moved only what its refunds took back (see [`Sale::stock_moves`]).
+fn voided_sale_moves(view: &Json) -> Vec<(DocId, i64)> {
+    let items = |v: &Json, key: &str| -> Vec<Json> {
+        v.get(key)
+            .and_then(Json::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let lines = items(view, "lines");
+    let mut refunded = vec![0i64; lines.len()];
+    for r in items(view, "refunds") {
+        for l in items(&r, "lines") {
+            let at = l.get("line").and_then(Json::as_u64);
+            let qty = l.get("qty").and_then(Json::as_i64).unwrap_or(0);
+            if let Some(q) = at.and_then(|i| refunded.get_mut(usize::try_from(i).ok()?)) {
+                *q = q.saturating_add(qty);
+            }
+        }
+    }
+    lines
+        .iter()
+        .zip(refunded)
+        .filter(|(_, q)| *q > 0)
+        .filter_map(|(l, q)| {
+            let product = l.get("product_id")?.as_str()?.parse().ok()?;
+            Some((product, -q.min(l.get("qty")?.as_i64()?)))
         })
         .collect()
 }

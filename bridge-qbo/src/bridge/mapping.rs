@@ -319,24 +319,35 @@ impl Bridge {
         &self,
         id: DocId,
         sale: &Sale,
-    ) -> Result<Create, QboError> {
+    ) -> Result<Option<Create>, QboError> {
+        // What no refund took back: a sale voided on one till while another refunded part of
+        // it keeps the refund, and the void returns only the rest. Nothing left, nothing to do.
         let mut lines = Vec::new();
-        for l in &sale.lines {
+        let mut tax_minor = 0i64;
+        for (i, l) in sale.lines.iter().enumerate() {
+            let (qty, net_minor, line_tax_minor) = sale.unrefunded(i);
+            if qty <= 0 {
+                continue;
+            }
+            tax_minor = tax_minor.saturating_add(line_tax_minor);
             lines.push(json!({
-                "Amount": self.amount(l.net_minor),
+                "Amount": self.amount(net_minor),
                 "Description": l.name,
                 "DetailType": "SalesItemLineDetail",
                 "SalesItemLineDetail": {
                     "ItemRef": {"value": self.item_id(&l.sku)?},
-                    "Qty": l.qty,
+                    "Qty": qty,
                     "UnitPrice": self.amount(l.unit_price_minor),
                     "TaxCodeRef": {"value": if l.tax_minor != 0 { "TAX" } else { "NON" }},
                 },
             }));
         }
+        if lines.is_empty() {
+            return Ok(None);
+        }
         let number = last_chars(&format!("{}-V", sale.receipt_number), DOC_NUMBER_CHARS_MAX);
         let note = format!("tillmesh void of sale {id}");
-        Ok(Create {
+        Ok(Some(Create {
             key: format!("void/{id}"),
             entity: "RefundReceipt".into(),
             body: json!({
@@ -344,7 +355,7 @@ impl Bridge {
                 "TxnDate": self.date(sale.void.as_ref().map_or(sale.created_at_ms, |v| v.at_ms)),
                 "PrivateNote": note,
                 "Line": lines,
-                "TxnTaxDetail": {"TotalTax": self.amount(sale.tax.amount_minor)},
+                "TxnTaxDetail": {"TotalTax": self.amount(tax_minor)},
                 "DepositToAccountRef": {"value": self.account("Bank").await?},
             }),
             find: Find::Note {
@@ -353,7 +364,7 @@ impl Bridge {
                 note,
             },
             covers: Vec::new(),
-        })
+        }))
     }
 
     /// The name a party goes to QuickBooks under: its own, unless another record was found

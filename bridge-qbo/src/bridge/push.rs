@@ -552,12 +552,14 @@ impl Bridge {
         }
         self.create_noting(creates, round).await?;
 
-        // A sale voided after its summary went: a refund receipt takes it back out.
+        // A sale voided after its summary went, or voided on one till while another refunded
+        // part of it: its receipt stays, and a refund receipt takes back out what no refund
+        // did, so the money moves once.
         let mut corrections = Vec::new();
         for (id, s) in &work.sales {
             if s.status == SaleStatus::Voided
                 && let Some(mut p) = self.state.posted(&id.to_string())?
-                && p.summary.is_some()
+                && (p.summary.is_some() || !s.refunds.is_empty())
                 && !p.voided
                 && !p.qbo_id.is_empty()
             {
@@ -567,7 +569,14 @@ impl Bridge {
                     self.state.set_posted(&id.to_string(), &p)?;
                     continue;
                 }
-                corrections.push(self.void_correction_create(*id, s).await?);
+                match self.void_correction_create(*id, s).await? {
+                    Some(c) => corrections.push(c),
+                    // Refunded whole already: the void moves nothing more.
+                    None => {
+                        p.voided = true;
+                        self.state.set_posted(&id.to_string(), &p)?;
+                    }
+                }
             }
         }
         for (c, outcome) in self.create_all(corrections).await? {
@@ -605,7 +614,10 @@ impl Bridge {
                 }
                 continue;
             }
-            if s.status == SaleStatus::Voided && !posted.voided {
+            if s.status == SaleStatus::Voided && !posted.voided && !s.refunds.is_empty() {
+                // Its correction above did not settle yet.
+                round.unfinished.insert(*id);
+            } else if s.status == SaleStatus::Voided && !posted.voided {
                 // The void's record is stored before `link` reads it back for the ledger.
                 match self.void_receipt(&id.to_string(), posted).await {
                     Ok(_) => round.made += 1,
