@@ -144,6 +144,19 @@ pub fn read<T: Document>(doc: &AutoCommit) -> Result<T, DocError> {
     from_view(&read_json(doc))
 }
 
+/// Parses one Automerge change from a peer's bytes. Automerge 0.12 panics on some malformed
+/// changes (an op counter past `u32::MAX` unwraps a failed conversion; found by the `entry`
+/// fuzz target): here that is an error like any other, so one bad change is refused at once
+/// instead of crashing the writer's batch.
+pub fn parse_change(bytes: &[u8]) -> Result<automerge::Change, String> {
+    let parsed = std::panic::catch_unwind(|| automerge::Change::from_bytes(bytes.to_vec()));
+    match parsed {
+        Ok(Ok(change)) => Ok(change),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("Automerge's parser gave up on it (a malformed change)".into()),
+    }
+}
+
 /// The whole document as JSON (counters as their current value).
 pub fn read_json(doc: &AutoCommit) -> Json {
     serde_json::to_value(AutoSerde::from(doc)).unwrap_or(Json::Null)

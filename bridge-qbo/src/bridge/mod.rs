@@ -22,6 +22,56 @@ mod push;
 pub mod state;
 pub mod transport;
 
+/// The bridge's readers of QuickBooks' JSON, gathered for the fuzz target (`fuzz/`): whatever
+/// QuickBooks (or something posing as it) answers, reading it must not panic.
+#[doc(hidden)]
+pub mod fuzzing {
+    use serde_json::Value;
+    use tillmesh_protocol::Currency;
+
+    /// Reads `bytes` as QuickBooks JSON the way the bridge does: every object in it (an
+    /// answer wraps its entities: `{"Customer": {...}}`, `QueryResponse`, `CDCResponse`) as a
+    /// row, its amounts in currencies of 0, 2 and 3 decimals, its dates, and the edited fields
+    /// of every entity the bridge pulls.
+    pub fn read_qbo(bytes: &[u8]) {
+        let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
+            return;
+        };
+        let currencies: Vec<Currency> = ["JPY", "USD", "KWD"]
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        let mut rows = vec![(&v, 0usize)];
+        while let Some((row, depth)) = rows.pop() {
+            // Deep enough for every answer's shape; a hostile nesting costs no more.
+            if depth < 6 {
+                match row {
+                    Value::Object(m) => rows.extend(m.values().map(|c| (c, depth + 1))),
+                    Value::Array(a) => rows.extend(a.iter().map(|c| (c, depth + 1))),
+                    _ => {}
+                }
+            }
+            if !row.is_object() {
+                continue;
+            }
+            for &c in &currencies {
+                for key in ["TotalAmt", "Balance", "UnitPrice", "Amount", "TotalTax"] {
+                    let _ = super::amounts::from_qbo(&row[key], c);
+                    let _ = super::amounts::from_qbo_nearest(&row[key], c);
+                }
+                for entity in ["Customer", "Vendor", "Item", "Purchase", "SalesReceipt"] {
+                    let _ = super::edits::fields_of(entity, row, c);
+                }
+            }
+            for key in ["time", "TxnDate", "LastUpdatedTime", "CreateTime"] {
+                if let Some(t) = row[key].as_str() {
+                    let _ = super::dates::parse(t);
+                }
+            }
+        }
+    }
+}
+
 pub use push::ROUND_TRANSACTIONS_MAX;
 
 use std::sync::Arc;

@@ -237,11 +237,23 @@ fn batch_end_at(bytes: &[u8], at: usize, sealer: &Sealer) -> bool {
 }
 
 /// What a log holds: the entries of its whole batches, where they end, and the first damage.
-struct Batches {
-    records: Vec<Vec<u8>>,
+#[doc(hidden)]
+pub struct Batches {
+    pub records: Vec<Vec<u8>>,
     /// Bytes to keep: the end of the last whole batch.
-    keep: usize,
-    damaged: Option<(usize, &'static str)>,
+    pub keep: usize,
+    pub damaged: Option<(usize, &'static str)>,
+}
+
+/// The storage key the fuzz target (`fuzz/`) seals its log with.
+#[doc(hidden)]
+pub const FUZZ_KEY: [u8; 32] = [0x5a; 32];
+
+/// Reads a log's bytes as `Wal::open` does, for the fuzz target: whatever the disk gives back,
+/// reading it must not panic.
+#[doc(hidden)]
+pub fn read_for_fuzzing(bytes: &[u8], sealer: &Sealer) -> Batches {
+    read_batches(bytes, sealer)
 }
 
 fn read_batches(bytes: &[u8], sealer: &Sealer) -> Batches {

@@ -152,7 +152,7 @@ pub(super) fn parse_changes(entry: &SignedEntry) -> Result<Vec<Vec<Change>>, Hal
     for dc in entry.docs() {
         let mut changes = Vec::with_capacity(dc.changes.len());
         for (n, bytes) in dc.changes.iter().enumerate() {
-            match Change::from_bytes(bytes.clone()) {
+            match docmap::parse_change(bytes) {
                 Ok(c) => changes.push(c),
                 Err(e) => {
                     return Err(Halt::Refuse(format!(
