@@ -83,7 +83,9 @@ pub fn from_qbo_nearest(v: &Value, currency: Currency) -> Option<i64> {
         None => (false, text.as_str()),
     };
     let (whole, frac) = digits.split_once('.')?;
-    if frac.len() <= exp {
+    // Digits only: a split below must fall between characters (found by the `qbo_json` fuzz
+    // target: "-0.9ĐĐ" split inside a letter and panicked).
+    if frac.len() <= exp || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let (kept, dropped) = frac.split_at(exp);
@@ -101,6 +103,17 @@ mod tests {
 
     fn c(code: &str) -> Currency {
         code.parse().unwrap()
+    }
+
+    /// Inputs the `qbo_json` fuzz target once crashed on.
+    #[test]
+    fn an_amount_that_is_not_digits_is_no_amount() {
+        for cur in ["JPY", "USD", "KWD"] {
+            for text in ["-0.9ĐĐ", "1.ĐĐĐĐ", "2.5é", "0.12345Đ"] {
+                assert_eq!(from_qbo_nearest(&json!(text), c(cur)), None, "{cur} {text}");
+            }
+        }
+        assert_eq!(from_qbo_nearest(&json!("2.125"), c("USD")), Some(213));
     }
 
     #[test]
