@@ -405,6 +405,10 @@ async fn sales_reach_quickbooks_exactly_once_and_quickbooks_wins_on_money() {
         "{cookie}"
     );
     let session = cookie.split(';').next().unwrap().to_owned();
+    assert!(
+        !cookie.contains(&token),
+        "the cookie opens the bridge's pages, and shows nothing of the token: {cookie}"
+    );
     let page = http
         .get(format!("{endpoint}/connect"))
         .header("cookie", &session)
@@ -418,8 +422,16 @@ async fn sales_reach_quickbooks_exactly_once_and_quickbooks_wins_on_money() {
             .unwrap()
             .contains("Connected to QuickBooks")
     );
-    // The node's own API serves the bridge's status too.
+    // The node's own API serves the bridge's status too, to the token, never to the cookie
+    // (a browser sends it to every port of the host).
     let (api, _) = tillmesh_node::cli::client::read_api_addr(&dir).unwrap();
+    let by_cookie = http
+        .get(format!("http://{api}/v1/bridge"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_cookie.status().as_u16(), 401);
     let on_api: Value = http
         .get(format!("http://{api}/v1/bridge"))
         .bearer_auth(token)

@@ -8,7 +8,8 @@
 //! The endpoint faces the internet (QuickBooks must reach `/webhooks`), so everything but the
 //! webhook and the OAuth redirect needs the node's API token: `Authorization: Bearer`, or the
 //! session cookie (HttpOnly, SameSite=Strict) that `GET /connect?token=<token>` sets once and
-//! then drops from the address bar. The redirect needs none: its `state` was handed out only to
+//! then drops from the address bar. The cookie holds an HMAC of the token for these pages, not
+//! the token: a browser sends it to every port of the host, and it opens nothing else. The redirect needs none: its `state` was handed out only to
 //! a signed-in person, and a company other than the bridge's is refused.
 
 use std::sync::Arc;
@@ -24,6 +25,8 @@ use tillmesh_node::api::auth;
 use super::Bridge;
 use super::connect::{self, App};
 
+/// What the bridge's session cookie opens: its own pages, nothing of the node's API.
+const SESSION_PURPOSE: &str = "bridge";
 /// Authorizations started from the page and not yet come back; the oldest go first.
 const PENDING_MAX: usize = 8;
 const PENDING_TTL: Duration = Duration::from_secs(600);
@@ -94,7 +97,11 @@ async fn signed_in(State(b): State<Arc<Bridge>>, req: Request, next: Next) -> Re
             .into_response();
     };
     let holds = |given: &str| auth::same(given.as_bytes(), token.as_bytes());
-    if auth::presented(req.headers()).is_some_and(holds) {
+    let session = auth::session_value(&token, SESSION_PURPOSE);
+    let in_session = |given: &str| auth::same(given.as_bytes(), session.as_bytes());
+    if auth::presented(req.headers()).is_some_and(holds)
+        || auth::session_presented(req.headers()).is_some_and(in_session)
+    {
         return next.run(req).await;
     }
     let link = req
@@ -105,7 +112,7 @@ async fn signed_in(State(b): State<Arc<Bridge>>, req: Request, next: Next) -> Re
         .find_map(|kv| kv.strip_prefix("token="));
     if link.is_some_and(holds) {
         let mut r = Redirect::to(req.uri().path()).into_response();
-        if let Ok(v) = HeaderValue::from_str(&auth::session_cookie(&token)) {
+        if let Ok(v) = HeaderValue::from_str(&auth::session_cookie(&session)) {
             r.headers_mut().insert(header::SET_COOKIE, v);
         }
         return r;

@@ -36,7 +36,9 @@ use super::error::ApiError;
 pub const TOKEN_FILE: &str = "api.token";
 /// The one route that needs no token (see the module's doc).
 pub const HELLO_PATH: &str = "/v1/hello";
-/// The cookie a login link sets in place of the header (HttpOnly, SameSite=Strict).
+/// The cookie a sign-in link sets (HttpOnly, SameSite=Strict). It holds a session value
+/// derived from the token for one purpose ([`session_value`]), never the token itself: a
+/// browser sends a cookie to every port of its host, so it must open nothing but its own door.
 pub const SESSION_COOKIE: &str = "tillmesh_session";
 /// How long a browser keeps a preflight's answer.
 const PREFLIGHT_MAX_AGE_S: u32 = 600;
@@ -174,15 +176,17 @@ pub fn hello_nonce() -> String {
     hex(&crate::store::seal::random::<16>())
 }
 
-/// The token a request presents: the `Authorization: Bearer` header, or the session cookie.
+/// The token a request presents in `Authorization: Bearer`.
 pub fn presented(headers: &HeaderMap) -> Option<&str> {
-    if let Some(b) = headers
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-    {
-        return Some(b.trim());
-    }
+        .map(str::trim)
+}
+
+/// The session cookie's value, if the request carries one.
+pub fn session_presented(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -191,10 +195,21 @@ pub fn presented(headers: &HeaderMap) -> Option<&str> {
         .find_map(|c| c.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
 }
 
-/// `Set-Cookie` for a browser session holding `token`: never sent by a page of another site,
-/// never readable by script.
-pub fn session_cookie(token: &str) -> String {
-    format!("{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/")
+/// A session's cookie value for `purpose` (the bridge's pages, later the console): an HMAC
+/// under the token, so the cookie opens that door only, and shows nothing of the token.
+pub fn session_value(token: &str, purpose: &str) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac =
+        <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(token.as_bytes()).expect("any key");
+    mac.update(b"tillmesh-session\0");
+    mac.update(purpose.as_bytes());
+    hex(&mac.finalize().into_bytes())
+}
+
+/// `Set-Cookie` for a browser session of `value`: never sent by a page of another site, never
+/// readable by script.
+pub fn session_cookie(value: &str) -> String {
+    format!("{SESSION_COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/")
 }
 
 /// What a request must show.

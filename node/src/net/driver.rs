@@ -336,7 +336,11 @@ impl Driver {
             .collect();
         // Revoked or quarantined counts as admitted too: such a device trusts nobody anew.
         let admitted = device_of_peer(&local).is_some_and(|d| m.get(&d).is_some());
-        gate::lock(&self.gate).set_members(members, admitted);
+        let became = gate::lock(&self.gate).set_members(members, admitted);
+        for peer in became {
+            // Connected as a guest, it has no sync or gossip handler: it comes back as a member.
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for peer in connected {
             let stays = {

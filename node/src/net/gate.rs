@@ -61,11 +61,20 @@ pub(super) fn lock(g: &SharedGate) -> std::sync::MutexGuard<'_, Gate> {
 }
 
 impl Gate {
-    pub fn set_members(&mut self, members: HashSet<PeerId>, admitted: bool) {
+    /// Returns the guests that are members now: their connections have no sync or gossip
+    /// handler, so the caller closes them and they come back as members.
+    pub fn set_members(&mut self, members: HashSet<PeerId>, admitted: bool) -> Vec<PeerId> {
         self.members = members;
         self.admitted = admitted;
         let members = &self.members;
+        let became: Vec<PeerId> = self
+            .guests
+            .keys()
+            .filter(|p| members.contains(*p))
+            .copied()
+            .collect();
         self.guests.retain(|p, _| !members.contains(p));
+        became
     }
 
     /// Whether `peer` may sync with this node.
@@ -148,6 +157,10 @@ pub struct MembersOnly<B> {
     /// Connections given no handler here (guests'): `inner` never hears of them, so it never
     /// addresses them.
     shut: HashSet<ConnectionId>,
+    /// Connections per peer that `inner` knows of: the counts it is told are these, not the
+    /// swarm's, which include the hidden ones (a peer may hold a guest's connection and a
+    /// member's at once while its membership changes).
+    open: HashMap<PeerId, usize>,
 }
 
 impl<B> MembersOnly<B> {
@@ -156,6 +169,7 @@ impl<B> MembersOnly<B> {
             inner,
             gate,
             shut: HashSet::new(),
+            open: HashMap::new(),
         }
     }
 
@@ -259,21 +273,42 @@ impl<B: NetworkBehaviour> NetworkBehaviour for MembersOnly<B> {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
-        let connection = match &event {
-            FromSwarm::ConnectionEstablished(e) => Some(e.connection_id),
-            FromSwarm::ConnectionClosed(e) => Some(e.connection_id),
-            FromSwarm::AddressChange(e) => Some(e.connection_id),
-            _ => None,
-        };
-        if let Some(c) = connection
-            && self.shut.contains(&c)
-        {
-            if matches!(event, FromSwarm::ConnectionClosed(_)) {
-                self.shut.remove(&c);
+        match event {
+            FromSwarm::ConnectionEstablished(e) if self.shut.contains(&e.connection_id) => {}
+            FromSwarm::ConnectionClosed(e) if self.shut.remove(&e.connection_id) => {}
+            FromSwarm::AddressChange(e) if self.shut.contains(&e.connection_id) => {}
+            // A connection denied by another protocol after this one let it through.
+            FromSwarm::DialFailure(e) => {
+                self.shut.remove(&e.connection_id);
+                self.inner.on_swarm_event(FromSwarm::DialFailure(e));
             }
-            return;
+            FromSwarm::ListenFailure(e) => {
+                self.shut.remove(&e.connection_id);
+                self.inner.on_swarm_event(FromSwarm::ListenFailure(e));
+            }
+            FromSwarm::ConnectionEstablished(mut e) => {
+                let open = self.open.entry(e.peer_id).or_default();
+                e.other_established = *open;
+                *open += 1;
+                self.inner
+                    .on_swarm_event(FromSwarm::ConnectionEstablished(e));
+            }
+            FromSwarm::ConnectionClosed(mut e) => {
+                let remaining = match self.open.get_mut(&e.peer_id) {
+                    Some(n) => {
+                        *n = n.saturating_sub(1);
+                        *n
+                    }
+                    None => 0,
+                };
+                if remaining == 0 {
+                    self.open.remove(&e.peer_id);
+                }
+                e.remaining_established = remaining;
+                self.inner.on_swarm_event(FromSwarm::ConnectionClosed(e));
+            }
+            other => self.inner.on_swarm_event(other),
         }
-        self.inner.on_swarm_event(event);
     }
 
     fn on_connection_handler_event(
@@ -330,6 +365,12 @@ mod tests {
             g.judge(&member, now + Duration::from_secs(2)),
             Admission::Member
         );
+        // A guest admitted while connected is handed back, to be reconnected as a member.
+        let joined = PeerId::random();
+        g.guest_arrived(joined, now);
+        let became = g.set_members([member, joined].into(), true);
+        assert_eq!(became, vec![joined]);
+        assert!(!g.is_guest(&joined));
         // A device still joining cannot tell members yet: it talks to anyone of its mesh.
         let mut joining = Gate::default();
         joining.set_members(HashSet::new(), false);

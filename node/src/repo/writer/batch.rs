@@ -119,8 +119,20 @@ impl Writer {
         };
         match staged {
             Ok((replies, finished)) => {
+                // Committed: whatever happens below, its callers hear it was written (a retry
+                // of a write told "failed" would be written twice).
+                let tidied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.publish_membership();
+                    self.cache.trim();
+                }));
                 answer(replies, &finished, events);
-                self.checkpoint_if_due();
+                match tidied {
+                    Ok(()) => self.checkpoint_if_due(),
+                    Err(p) => {
+                        tracing::error!(panic = %panic_message(&*p), "a panic after a commit; the batch is stored; reloading");
+                        self.recover();
+                    }
+                }
             }
             Err((replies, err)) => {
                 tracing::warn!(error = %err, "write batch failed; nothing of it was stored");
@@ -254,8 +266,6 @@ impl Writer {
             return Err(fail(replies, jobs, e.into()));
         }
         self.wal_cut = None;
-        self.publish_membership();
-        self.cache.trim();
         Ok((replies, views))
     }
 
