@@ -336,11 +336,9 @@ impl Driver {
             .collect();
         // Revoked or quarantined counts as admitted too: such a device trusts nobody anew.
         let admitted = device_of_peer(&local).is_some_and(|d| m.get(&d).is_some());
-        let became = gate::lock(&self.gate).set_members(members, admitted);
-        for peer in became {
-            // Connected as a guest, it has no sync or gossip handler: it comes back as a member.
-            let _ = self.swarm.disconnect_peer_id(peer);
-        }
+        // A guest admitted while connected keeps its pairing connection (its welcome is
+        // answered on it after the admission commits); it syncs on its next connection.
+        gate::lock(&self.gate).set_members(members, admitted);
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for peer in connected {
             let stays = {

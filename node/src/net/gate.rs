@@ -61,20 +61,11 @@ pub(super) fn lock(g: &SharedGate) -> std::sync::MutexGuard<'_, Gate> {
 }
 
 impl Gate {
-    /// Returns the guests that are members now: their connections have no sync or gossip
-    /// handler, so the caller closes them and they come back as members.
-    pub fn set_members(&mut self, members: HashSet<PeerId>, admitted: bool) -> Vec<PeerId> {
+    pub fn set_members(&mut self, members: HashSet<PeerId>, admitted: bool) {
         self.members = members;
         self.admitted = admitted;
         let members = &self.members;
-        let became: Vec<PeerId> = self
-            .guests
-            .keys()
-            .filter(|p| members.contains(*p))
-            .copied()
-            .collect();
         self.guests.retain(|p, _| !members.contains(p));
-        became
     }
 
     /// Whether `peer` may sync with this node.
@@ -365,11 +356,10 @@ mod tests {
             g.judge(&member, now + Duration::from_secs(2)),
             Admission::Member
         );
-        // A guest admitted while connected is handed back, to be reconnected as a member.
+        // A guest admitted is a guest no more.
         let joined = PeerId::random();
         g.guest_arrived(joined, now);
-        let became = g.set_members([member, joined].into(), true);
-        assert_eq!(became, vec![joined]);
+        g.set_members([member, joined].into(), true);
         assert!(!g.is_guest(&joined));
         // A device still joining cannot tell members yet: it talks to anyone of its mesh.
         let mut joining = Gate::default();
