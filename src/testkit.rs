@@ -302,7 +302,7 @@ impl NodeProcess {
 impl NodeProcess {
     /// The node's resident memory now, in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
-        rss_kib(self.child.as_ref()?.id())
+        rss_kib(self.pid()?)
     }
 }
 

@@ -40,7 +40,8 @@ fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], IdParseError> {
     Ok(out)
 }
 
-pub(crate) fn to_hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes`, as ids are written.
+pub fn to_hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()

@@ -43,7 +43,7 @@ impl Bridge {
             .route("/connect", get(page))
             .route("/connect/start", get(start))
             .route_layer(axum::middleware::from_fn_with_state(
-                self.clone(),
+                Arc::new(SignIn::of(&self)),
                 signed_in,
             ));
         axum::Router::new()
@@ -85,11 +85,36 @@ impl Bridge {
     }
 }
 
-/// Lets through a request that presents the node's token; turns a sign-in link
-/// (`?token=<token>`) into the session cookie and the same page without the token in its
-/// address; refuses anything else, saying how to sign in.
-async fn signed_in(State(b): State<Arc<Bridge>>, req: Request, next: Next) -> Response {
-    let Some(token) = auth::read_token(b.repo.dir()) else {
+/// What a person signs in with, read once when the endpoint is built: `tillmesh run` makes
+/// the token before the bridge starts, so no request reads the disk for it.
+struct SignIn {
+    token: Option<String>,
+    /// The cookie's value: an HMAC of the token for these pages only.
+    session: String,
+    /// The data folder, for the message that says how to sign in.
+    dir: String,
+}
+
+impl SignIn {
+    fn of(b: &Bridge) -> SignIn {
+        let token = auth::read_token(b.repo.dir());
+        let session = token
+            .as_deref()
+            .map(|t| auth::session_value(t, SESSION_PURPOSE))
+            .unwrap_or_default();
+        SignIn {
+            token,
+            session,
+            dir: b.repo.dir().display().to_string(),
+        }
+    }
+}
+
+/// Lets through a request that presents the node's token or the session cookie; turns a
+/// sign-in link (`?token=<token>`) into the session cookie and the same page without the
+/// token in its address; refuses anything else, saying how to sign in.
+async fn signed_in(State(s): State<Arc<SignIn>>, req: Request, next: Next) -> Response {
+    let Some(token) = s.token.as_deref() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "this node has no API token yet; start it with `tillmesh-bridge run`, which makes one",
@@ -97,8 +122,7 @@ async fn signed_in(State(b): State<Arc<Bridge>>, req: Request, next: Next) -> Re
             .into_response();
     };
     let holds = |given: &str| auth::same(given.as_bytes(), token.as_bytes());
-    let session = auth::session_value(&token, SESSION_PURPOSE);
-    let in_session = |given: &str| auth::same(given.as_bytes(), session.as_bytes());
+    let in_session = |given: &str| auth::same(given.as_bytes(), s.session.as_bytes());
     if auth::presented(req.headers()).is_some_and(holds)
         || auth::session_presented(req.headers()).is_some_and(in_session)
     {
@@ -112,7 +136,7 @@ async fn signed_in(State(b): State<Arc<Bridge>>, req: Request, next: Next) -> Re
         .find_map(|kv| kv.strip_prefix("token="));
     if link.is_some_and(holds) {
         let mut r = Redirect::to(req.uri().path()).into_response();
-        if let Ok(v) = HeaderValue::from_str(&auth::session_cookie(&session)) {
+        if let Ok(v) = HeaderValue::from_str(&auth::session_cookie(&s.session)) {
             r.headers_mut().insert(header::SET_COOKIE, v);
         }
         return r;
@@ -121,7 +145,7 @@ async fn signed_in(State(b): State<Arc<Bridge>>, req: Request, next: Next) -> Re
         StatusCode::UNAUTHORIZED,
         Html(format!(
             "<p>Sign in first: open <code>/connect?token=TOKEN</code>, with the token that <code>tillmesh api-token --data {}</code> prints on the bridge's machine.</p>",
-            escape(&b.repo.dir().display().to_string())
+            escape(&s.dir)
         )),
     )
         .into_response()

@@ -31,6 +31,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use tillmesh_protocol::ids::to_hex;
+
 use super::error::ApiError;
 
 pub const TOKEN_FILE: &str = "api.token";
@@ -87,13 +89,13 @@ pub fn ensure_token(dir: &Path) -> Result<String, TokenError> {
         check_private(&path)?;
         return Ok(t);
     }
-    let token = hex(&crate::store::seal::random::<32>());
+    let token = to_hex(&crate::store::seal::random::<32>());
     // Written whole under a fresh, unguessable name (never one someone else made first),
     // then linked into place: a reader never sees half a token, and of two processes making
     // one at once, the first link wins.
     let tmp = dir.join(format!(
         "{TOKEN_FILE}.{}.tmp",
-        hex(&crate::store::seal::random::<8>())
+        to_hex(&crate::store::seal::random::<8>())
     ));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -147,10 +149,6 @@ fn check_private(_: &Path) -> Result<(), TokenError> {
     Ok(())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The token in `DIR/api.token`, if there is one.
 pub fn read_token(dir: &Path) -> Option<String> {
     std::fs::read_to_string(token_path(dir))
@@ -168,12 +166,12 @@ pub fn hello_proof(token: &str, addr: &str, nonce: &str) -> String {
     mac.update(addr.as_bytes());
     mac.update(b"\0");
     mac.update(nonce.as_bytes());
-    hex(&mac.finalize().into_bytes())
+    to_hex(&mac.finalize().into_bytes())
 }
 
 /// A fresh question for `GET /v1/hello`.
 pub fn hello_nonce() -> String {
-    hex(&crate::store::seal::random::<16>())
+    to_hex(&crate::store::seal::random::<16>())
 }
 
 /// The token a request presents in `Authorization: Bearer`.
@@ -203,7 +201,7 @@ pub fn session_value(token: &str, purpose: &str) -> String {
         <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(token.as_bytes()).expect("any key");
     mac.update(b"tillmesh-session\0");
     mac.update(purpose.as_bytes());
-    hex(&mac.finalize().into_bytes())
+    to_hex(&mac.finalize().into_bytes())
 }
 
 /// `Set-Cookie` for a browser session of `value`: never sent by a page of another site, never
