@@ -194,14 +194,16 @@ fn forged_entry(mesh: &MeshId, n: u64) -> SignedEntry {
     SignedEntry::decode(&bytes).expect("still well-formed")
 }
 
-async fn still_serving(api: &tillmesh::testkit::Api) -> anyhow::Result<Value> {
-    api.ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350))
-        .await?;
-    api.ok_get("/v1/status").await
+/// A running node with a product, and how a peer reaches it.
+struct Till {
+    _dir: tempfile::TempDir,
+    node: NodeProcess,
+    addr: Multiaddr,
+    mesh: MeshId,
+    tag: String,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn misbehaving_peers_are_disconnected_and_their_entries_refused() -> anyhow::Result<()> {
+async fn till() -> anyhow::Result<Till> {
     let dir = tempfile::tempdir()?;
     NodeProcess::init(BIN.as_ref(), dir.path(), "Till")?;
     let node = NodeProcess::start(BIN.as_ref(), dir.path()).await?;
@@ -210,6 +212,30 @@ async fn misbehaving_peers_are_disconnected_and_their_entries_refused() -> anyho
         .await?;
     let (addr, mesh) = node_addr(&node.api).await?;
     let tag = mesh_tag(&mesh);
+    Ok(Till {
+        _dir: dir,
+        node,
+        addr,
+        mesh,
+        tag,
+    })
+}
+
+async fn still_serving(api: &tillmesh::testkit::Api) -> anyhow::Result<Value> {
+    api.ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350))
+        .await?;
+    api.ok_get("/v1/status").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_peers_are_disconnected_and_their_entries_refused() -> anyhow::Result<()> {
+    let Till {
+        _dir,
+        node,
+        addr,
+        mesh,
+        tag,
+    } = till().await?;
 
     // 1. Garbage where a pull belongs.
     let mut evil = member_attacker(&node.api, &tag).await?;
@@ -353,14 +379,13 @@ fn framed_answer(bytes: &[u8]) -> anyhow::Result<Message> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_streams_of_eleven_megabytes_cost_the_node_little() -> anyhow::Result<()> {
     use tillmesh_protocol::sync::wire::REQUEST_BYTES_MAX;
-    let dir = tempfile::tempdir()?;
-    NodeProcess::init(BIN.as_ref(), dir.path(), "Till")?;
-    let node = NodeProcess::start(BIN.as_ref(), dir.path()).await?;
-    node.api
-        .ok_post("/v1/products", &product("TEA-1", "Green tea", 350, 1000))
-        .await?;
-    let (addr, mesh) = node_addr(&node.api).await?;
-    let tag = mesh_tag(&mesh);
+    let Till {
+        _dir,
+        node,
+        addr,
+        mesh: _,
+        tag,
+    } = till().await?;
     let rss_before = node.rss_kib().unwrap_or(0);
     let mut rss_most = rss_before;
     let rounds = [

@@ -441,14 +441,7 @@ async fn a_panic_in_the_writer_fails_its_batch_and_the_node_goes_on() {
         .post("/v1/sales", &cash_sale("TEA-1", 1, 350))
         .await
         .unwrap();
-    assert!(st.is_server_error(), "{st} {e}");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("a bug stopped this write"),
-        "{e}"
-    );
+    assert_bug(st.is_server_error(), &e["error"]["message"].to_string());
     a.api
         .ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350))
         .await
@@ -472,10 +465,7 @@ async fn a_panic_in_the_writer_fails_its_batch_and_the_node_goes_on() {
     a.repo.inject_ingest_panic(b_id, bad.entry.seq);
     for attempt in 1..=2 {
         let e = a.repo.ingest(bad.clone()).await.unwrap_err();
-        assert!(
-            e.to_string().contains("a bug stopped this write"),
-            "{attempt}: {e}"
-        );
+        assert_bug(true, &format!("{attempt}: {e}"));
     }
     match a.repo.ingest(bad.clone()).await.unwrap() {
         IngestOutcome::Rejected { reason } => {
@@ -533,19 +523,16 @@ async fn a_panic_while_a_batch_is_finished_is_laid_at_the_right_entry() {
     // Both in one batch: both fail, each with the reason.
     let [first, second] = together(&a.repo, [good.clone(), bad.clone()]).await;
     for e in [first.unwrap_err(), second.unwrap_err()] {
-        assert!(
-            e.to_string().contains("a bug stopped this write"),
-            "a clear error, not '{e}'"
-        );
+        assert_bug(true, &e.to_string());
     }
     // Sent together again, each goes alone: the innocent one is applied, the guilty one
     // fails by itself and is counted.
     let [first, second] = together(&a.repo, [good.clone(), bad.clone()]).await;
     assert_eq!(first.unwrap(), IngestOutcome::Applied);
     let e = second.unwrap_err();
-    assert!(e.to_string().contains("a bug stopped this write"), "{e}");
+    assert_bug(true, &e.to_string());
     let e = a.repo.ingest(bad.clone()).await.unwrap_err();
-    assert!(e.to_string().contains("a bug stopped this write"), "{e}");
+    assert_bug(true, &e.to_string());
     match a.repo.ingest(bad.clone()).await.unwrap() {
         IngestOutcome::Rejected { reason } => {
             assert!(reason.contains("crashed this node's writer"), "{reason}")
@@ -582,14 +569,7 @@ async fn a_batch_that_panicked_after_its_log_append_never_comes_back() {
         .post("/v1/sales", &cash_sale("TEA-1", 1, 350))
         .await
         .unwrap();
-    assert!(st.is_server_error(), "{st} {e}");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("a bug stopped this write"),
-        "{e}"
-    );
+    assert_bug(st.is_server_error(), &e["error"]["message"].to_string());
     assert!(
         a.api.all("/v1/sales").await.unwrap().is_empty(),
         "the writer reloaded without the failed sale"
@@ -638,4 +618,13 @@ async fn together<const N: usize>(
         out.push(t.await.unwrap());
     }
     out.try_into().map_err(|_| ()).unwrap()
+}
+
+/// A write failed because a bug panicked in the writer, and it says so.
+fn assert_bug(failed: bool, message: &str) {
+    assert!(failed, "the write must fail: {message}");
+    assert!(
+        message.contains("a bug stopped this write"),
+        "a clear error, not '{message}'"
+    );
 }

@@ -77,6 +77,21 @@ fn join_in(ns: &Netns, dir: &Path, name: &str, invite: &str) -> anyhow::Result<(
     .map(drop)
 }
 
+/// A new mesh in `dir`, its owner running in `ns` with the default network flags (mDNS on,
+/// every interface: here only the namespace's own), and a product with plenty of stock.
+fn owner_with_tea(ns: &Netns, dir: &Path) -> anyhow::Result<NsNode> {
+    tillmesh_in(
+        ns,
+        &["init", "--data", &dir.to_string_lossy(), "--name", "Till 0"],
+    )?;
+    let node = NsNode::start(ns, BIN.as_ref(), dir, &[])?;
+    ns.block_on(node.api.ok_post(
+        "/v1/products",
+        &product("TEA-1", "Green tea", 350, 1_000_000),
+    ))?;
+    Ok(node)
+}
+
 async fn status(api: &Api) -> Value {
     api.ok_get("/v1/status").await.unwrap_or(Value::Null)
 }
@@ -147,22 +162,7 @@ fn shop_lan_tills_find_each_other_by_mdns_and_a_cut_till_catches_up() -> anyhow:
     let dirs: Vec<_> = (0..3)
         .map(|i| root.path().join(format!("till-{i}")))
         .collect();
-    tillmesh_in(
-        &lan.hosts[0],
-        &[
-            "init",
-            "--data",
-            &dirs[0].to_string_lossy(),
-            "--name",
-            "Till 0",
-        ],
-    )?;
-    // Default network flags: mDNS on, every interface (here: only the namespace's own).
-    let mut nodes = vec![NsNode::start(&lan.hosts[0], BIN.as_ref(), &dirs[0], &[])?];
-    lan.hosts[0].block_on(nodes[0].api.ok_post(
-        "/v1/products",
-        &product("TEA-1", "Green tea", 350, 1_000_000),
-    ))?;
+    let mut nodes = vec![owner_with_tea(&lan.hosts[0], &dirs[0])?];
     for (i, dir) in dirs.iter().enumerate().skip(1) {
         // The short code alone: mDNS finds the inviting till.
         let (_, code) = invite_in(&lan.hosts[0], &dirs[0])?;
@@ -366,21 +366,7 @@ fn a_lan_flood_of_made_up_peers_is_held_to_the_limit() -> anyhow::Result<()> {
     let dirs: Vec<_> = (0..2)
         .map(|i| root.path().join(format!("till-{i}")))
         .collect();
-    tillmesh_in(
-        &lan.hosts[0],
-        &[
-            "init",
-            "--data",
-            &dirs[0].to_string_lossy(),
-            "--name",
-            "Till 0",
-        ],
-    )?;
-    let a = NsNode::start(&lan.hosts[0], BIN.as_ref(), &dirs[0], &[])?;
-    lan.hosts[0].block_on(a.api.ok_post(
-        "/v1/products",
-        &product("TEA-1", "Green tea", 350, 1_000_000),
-    ))?;
+    let a = owner_with_tea(&lan.hosts[0], &dirs[0])?;
     let (_, code) = invite_in(&lan.hosts[0], &dirs[0])?;
     join_in(&lan.hosts[1], &dirs[1], "Till 1", &code)?;
     std::fs::remove_file(dirs[1].join("peers"))?;
