@@ -522,9 +522,8 @@ pub(super) fn posted_from(
         tax_minor: minor(&made["TxnTaxDetail"]["TotalTax"]),
         balance_minor: minor(&made["Balance"])
             .filter(|_| matches!(c.entity.as_str(), "Customer" | "Vendor" | "Invoice")),
-        voided: false,
-        summary: None,
         fields: super::edits::fields_of(&c.entity, made, currency),
+        ..Posted::default()
     })
 }
 

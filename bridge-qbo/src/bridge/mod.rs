@@ -142,6 +142,10 @@ pub struct Status {
     /// QuickBooks figures that overrode a till's, ever (kept in `bridge.redb`); `GET
     /// /v1/conflicts` on any node lists the sales they concern.
     pub conflicts: u64,
+    /// Refunds made on one till while another voided the sale, which reached the bridge after
+    /// the void went to QBO: booked by the void, so not posted again (each is a conflict for
+    /// review in `GET /v1/conflicts`, kind `void_and_refund`).
+    pub refunds_covered_by_voids: u64,
     /// Where the bridge's own HTTP endpoint listens (status, webhooks, connect page).
     pub http: Option<String>,
     pub webhooks_verified: u64,

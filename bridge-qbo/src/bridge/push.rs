@@ -312,6 +312,8 @@ impl Bridge {
         let needed = |key: &str, ledger: Option<&Ledger>| -> Result<bool, QboError> {
             Ok(match self.state.posted(key)? {
                 None => true,
+                // Decided with nothing sent: a refund a void covered.
+                Some(done) if done.covered_by_void_of.is_some() => false,
                 Some(done) => {
                     ledger.and_then(|l| l.qbo_id.as_deref()) != Some(done.qbo_id.as_str())
                 }
@@ -538,6 +540,9 @@ impl Bridge {
             }
         }
         for (id, r) in &work.refunds {
+            if self.covered_by_void(*id, r)? {
+                continue;
+            }
             if self.ready(*id, refund_refs(r), round)? {
                 creates.push(self.refund_create(*id, r).await?);
             }
@@ -559,7 +564,6 @@ impl Bridge {
         for (id, s) in &work.sales {
             if s.status == SaleStatus::Voided
                 && let Some(mut p) = self.state.posted(&id.to_string())?
-                && (p.summary.is_some() || !s.refunds.is_empty())
                 && !p.voided
                 && !p.qbo_id.is_empty()
             {
@@ -569,7 +573,14 @@ impl Bridge {
                     self.state.set_posted(&id.to_string(), &p)?;
                     continue;
                 }
-                match self.void_correction_create(*id, s).await? {
+                let Some(s) = self.void_basis(*id, round)? else {
+                    continue;
+                };
+                if p.summary.is_none() && s.refunds.is_empty() {
+                    // A whole void of its own receipt, below.
+                    continue;
+                }
+                match self.void_correction_create(*id, &s).await? {
                     Some(c) => corrections.push(c),
                     // Refunded whole already: the void moves nothing more.
                     None => {
@@ -614,10 +625,15 @@ impl Bridge {
                 }
                 continue;
             }
-            if s.status == SaleStatus::Voided && !posted.voided && !s.refunds.is_empty() {
-                // Its correction above did not settle yet.
+            let whole_void = s.status == SaleStatus::Voided
+                && !posted.voided
+                && self
+                    .void_basis(*id, round)?
+                    .is_some_and(|now| now.refunds.is_empty());
+            if s.status == SaleStatus::Voided && !posted.voided && !whole_void {
+                // Its correction above did not settle yet, or waits for its refunds.
                 round.unfinished.insert(*id);
-            } else if s.status == SaleStatus::Voided && !posted.voided {
+            } else if whole_void {
                 // The void's record is stored before `link` reads it back for the ledger.
                 match self.void_receipt(&id.to_string(), posted).await {
                     Ok(_) => round.made += 1,
@@ -762,7 +778,9 @@ impl Bridge {
                 round.later.insert(*id);
                 continue;
             }
-            if s.status == SaleStatus::Voided {
+            // Voided with refunds: its receipt goes in the summary like any other, since the
+            // refunds are booked, and the void then takes back only the rest.
+            if s.status == SaleStatus::Voided && s.refunds.is_empty() {
                 self.state.set_posted(
                     &id.to_string(),
                     &Posted {
@@ -786,6 +804,47 @@ impl Bridge {
             }
         }
         Ok(())
+    }
+
+    /// The sale as the mesh holds it now, to decide how its void goes to QBO, or `None` while
+    /// a refund of it is not in QBO yet. A void is booked once, against exactly the refunds
+    /// posted when it goes: a whole void when there are none, else the rest no refund took.
+    /// A refund that comes after it is covered by it (`covered_by_void`), never booked again.
+    fn void_basis(&self, id: DocId, round: &mut Round) -> Result<Option<Sale>, QboError> {
+        // Read again, not from the round's list: a refund may have arrived since.
+        let Some(sale) = self.repo.get::<Sale>(&id).map_err(store)? else {
+            return Ok(None);
+        };
+        for r in &sale.refunds {
+            if self.state.posted(&r.refund_id.to_string())?.is_none() {
+                round.unfinished.insert(id);
+                return Ok(None);
+            }
+        }
+        Ok(Some(sale))
+    }
+
+    /// Whether a refund's sale was voided in QBO before the refund reached the bridge: the
+    /// void gave back what the refund did, so the refund is recorded as covered and not
+    /// posted (the mesh lists the sale as a void-and-refund conflict for review).
+    fn covered_by_void(&self, id: DocId, refund: &Refund) -> Result<bool, QboError> {
+        let sale_key = refund.sale_id.to_string();
+        if self.state.posted(&id.to_string())?.is_some()
+            || !self.state.posted(&sale_key)?.is_some_and(|p| p.voided)
+        {
+            return Ok(false);
+        }
+        tracing::warn!(refund = %id, sale = %sale_key, "a refund arrived after its sale's void went to QuickBooks: the void gave that money back already, so the refund is not posted again");
+        self.state.set_posted(
+            &id.to_string(),
+            &Posted {
+                entity: "RefundReceipt".into(),
+                covered_by_void_of: Some(sale_key),
+                ..Posted::default()
+            },
+        )?;
+        self.update(|s| s.refunds_covered_by_voids += 1);
+        Ok(true)
     }
 
     async fn void_receipt(&self, key: &str, mut posted: Posted) -> Result<Posted, QboError> {

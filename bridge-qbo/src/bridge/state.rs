@@ -77,6 +77,11 @@ pub struct Posted {
     /// its summary is recorded with it and an empty `qbo_id`: nothing of it is in QBO.
     #[serde(default)]
     pub summary: Option<String>,
+    /// A refund that reached the bridge after its sale's void went to QBO: the void already
+    /// gave all of the sale's money back (or the rest no refund then took), so the refund is
+    /// not booked again. Names the sale; `qbo_id` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covered_by_void_of: Option<String>,
     /// For customers, vendors and items: their edited fields as the mesh and QuickBooks last
     /// agreed (see `edits`), the base of the three-way merge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
