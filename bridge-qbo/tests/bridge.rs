@@ -1963,11 +1963,11 @@ async fn a_void_and_a_refund_made_apart_move_the_money_once() {
     let Shop {
         books, owner, dir, ..
     } = &shop;
-    copy_entries(&other, &owner).await;
+    copy_entries(&other, owner).await;
     let merged: Sale = tillmesh_node::repo::typed(&id, owner.view(&id).unwrap().unwrap()).unwrap();
     assert!(merged.voided_and_refunded(), "{merged:?}");
 
-    let _bridge = spawn_bridge(&dir);
+    let _bridge = spawn_bridge(dir);
     let number = sale.receipt_number.clone();
     wait_until(
         "the sale, its refund and the rest of the void in QuickBooks",
@@ -2004,11 +2004,11 @@ async fn a_void_and_a_refund_made_apart_move_the_money_once() {
     );
     assert_eq!(rest["Line"][0]["SalesItemLineDetail"]["Qty"], 1, "{rest}");
     assert!(
-        bridge_status(&dir)["failures"]
+        bridge_status(dir)["failures"]
             .as_array()
             .is_some_and(Vec::is_empty),
         "{}",
-        bridge_status(&dir)
+        bridge_status(dir)
     );
 }
 

@@ -348,12 +348,8 @@ mod tests {
             entity: entity.into(),
             qbo_id: qbo_id.into(),
             sync_token: "0".into(),
-            total_minor: None,
-            tax_minor: None,
-            balance_minor: None,
-            voided: false,
             summary: summary.map(Into::into),
-            fields: None,
+            ..Posted::default()
         }
     }
 
