@@ -12,7 +12,8 @@ use crate::repo::{IngestOutcome, ReadError, Repo, WriteError};
 /// What the store's outcome means to the sync core.
 pub fn verdict(outcome: &IngestOutcome) -> Verdict {
     match outcome {
-        IngestOutcome::Applied => Verdict::Applied,
+        // Held either way: the chain goes on, and the sync core needs nothing more.
+        IngestOutcome::Applied | IngestOutcome::Undone { .. } => Verdict::Applied,
         IngestOutcome::Duplicate => Verdict::Duplicate,
         IngestOutcome::Gap { have } => Verdict::Gap { have: *have },
         IngestOutcome::Deferred { .. } => Verdict::Deferred,

@@ -29,7 +29,7 @@ pub mod vv;
 pub use entry::{DecodeError, DocChanges, Entry, Payload, SignedEntry, VerifyError};
 pub use ids::{DeviceId, DocId, EntryHash, IdParseError, MeshId};
 pub use keys::DeviceKey;
-pub use membership::{AccessError, MemberOp, Membership, OpRecord, Role};
+pub use membership::{AccessError, Member, MemberOp, Membership, OpRecord, Role};
 pub use money::{Currency, Money};
 pub use schema::{DocType, Document, SchemaError};
 pub use vv::VersionVector;

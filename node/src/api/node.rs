@@ -24,6 +24,7 @@ pub async fn status(State(app): State<AppState>) -> Result<Json<Value>, ApiError
     let vv = repo.version_vector()?;
     let counts = repo.counts()?;
     let (rejected_total, recent) = repo.rejected(STATUS_REJECTED_SHOWN_MAX)?;
+    let (undone_total, undone) = repo.undone(STATUS_REJECTED_SHOWN_MAX)?;
     Ok(Json(json!({
         "device": { "id": id.device_id, "name": id.device_name },
         "mesh_id": id.mesh_id,
@@ -33,6 +34,10 @@ pub async fn status(State(app): State<AppState>) -> Result<Json<Value>, ApiError
         "documents": counts.iter().map(|(t, n)| (t.name().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "role": repo.role().map(|r| r.name()),
         "rejected": { "count": rejected_total, "recent": recent },
+        // Entries held but not applied because the membership says they do not stand (a
+        // revocation or role change that arrived after them): the documents they touched were
+        // rebuilt without them, the same on every node.
+        "undone": { "count": undone_total, "recent": undone },
         // Forks: a device signed two different entries at one position of its log (stolen,
         // cloned or broken). Its entries are refused until an admin revokes it.
         "alerts": repo.quarantined()?.iter().map(|q| json!({

@@ -169,6 +169,20 @@ pub async fn dispatch(
                     docs.unwrap_or_default(),
                     s["rejected"]["count"],
                 );
+                if let Some(undone) = s["undone"]["recent"].as_array().filter(|u| !u.is_empty()) {
+                    text.push_str(&format!(
+                        "\nundone   {} entries held but not applied (the membership says they do not stand); the documents they touched were rebuilt without them:",
+                        s["undone"]["count"]
+                    ));
+                    for u in undone {
+                        text.push_str(&format!(
+                            "\n  {}:{} {}",
+                            u["author"].as_str().map_or("?", |a| &a[..a.len().min(8)]),
+                            u["seq"],
+                            u["reason"].as_str().unwrap_or("")
+                        ));
+                    }
+                }
                 text.push_str(&network_text(&s["network"]));
                 text
             });

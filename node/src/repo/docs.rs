@@ -134,6 +134,63 @@ impl DocCache {
         append_chunk(t, id, &mut cached.record, change)
     }
 
+    /// Replaces a document's stored state with `doc`, rebuilt from the entries that stand
+    /// (see `writer::undo`), or removes it when nothing of it stands. Its view is left to
+    /// `finish`, which reads the document (or finds it gone) and moves stock and indexes to
+    /// match.
+    pub fn replace(
+        &mut self,
+        t: &mut Tables<'_>,
+        id: &DocId,
+        doc_type: DocType,
+        doc: Option<AutoCommit>,
+    ) -> Result<(), WriteError> {
+        self.docs.remove(id);
+        let old = t
+            .docs
+            .get(id.as_bytes())?
+            .map(|v| DocRecord::from_tuple(v.value()));
+        if let Some(r) = old {
+            for n in 0..r.chunks {
+                t.chunks.remove((id.as_bytes(), n))?;
+            }
+            t.snapshots.remove(id.as_bytes())?;
+        }
+        let code = old.map_or(doc_type.code(), |r| r.doc_type);
+        let count = t.counts.get(code)?.map(|v| v.value()).unwrap_or(0);
+        let Some(mut doc) = doc else {
+            if old.is_some() {
+                t.docs.remove(id.as_bytes())?;
+                t.by_type.remove((code, id.as_bytes()))?;
+                t.counts.insert(code, count.saturating_sub(1))?;
+            }
+            return Ok(());
+        };
+        let snapshot = doc.save();
+        t.snapshots.insert(id.as_bytes(), snapshot.as_slice())?;
+        let record = DocRecord {
+            doc_type: code,
+            chunks: 0,
+            chunk_bytes: 0,
+            snapshot_bytes: snapshot.len() as u64,
+        };
+        t.docs.insert(id.as_bytes(), record.to_tuple())?;
+        if old.is_none() {
+            t.by_type.insert((code, id.as_bytes()), ())?;
+            t.counts.insert(code, count + 1)?;
+        }
+        doc.set_actor(self.actor.clone());
+        self.docs.insert(
+            *id,
+            CachedDoc {
+                doc,
+                record,
+                view: None,
+            },
+        );
+        Ok(())
+    }
+
     /// Rewrites a document's snapshot when its chunks have grown large enough.
     pub fn maybe_compact(&mut self, t: &mut Tables<'_>, id: &DocId) -> Result<(), WriteError> {
         let Some(c) = self.docs.get_mut(id) else {

@@ -10,6 +10,8 @@ mod prepare;
 pub mod requests;
 mod writer;
 
+pub use writer::UndoneRecord;
+
 use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::Arc;
@@ -27,7 +29,7 @@ use tillmesh_protocol::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::store::tables::{
-    BY_TYPE, COUNTS, ENTRIES, HEADS, REJECTED, SealedError, VIEWS, split_rejected,
+    BY_TYPE, COUNTS, ENTRIES, HEADS, REJECTED, SealedError, UNDONE, VIEWS, split_rejected,
 };
 use crate::store::{self, KeySource, OpenError};
 use requests::*;
@@ -279,6 +281,11 @@ pub enum IngestOutcome {
     Rejected {
         reason: String,
     },
+    /// Held (stored, chained, served) but not applied: the membership says it does not
+    /// stand, say its author was revoked before it. Listed in the status as undone.
+    Undone {
+        reason: String,
+    },
     /// Its signature does not hold (or it was signed for another mesh): refused and kept
     /// aside like a rejected entry, and whoever sent it is not an honest peer.
     Forged {
@@ -353,6 +360,15 @@ pub struct PublicIdentity {
     pub device_name: String,
     pub mesh_id: MeshId,
     pub root_id: DeviceId,
+}
+
+/// An entry held that does not stand (see `writer::undo`): what the status lists.
+#[derive(Debug, Clone, Serialize)]
+pub struct UndoneEntry {
+    pub author: DeviceId,
+    pub seq: u64,
+    #[serde(flatten)]
+    pub record: writer::UndoneRecord,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -947,14 +963,15 @@ impl Repo {
         for item in heads.iter()? {
             let (k, v) = item?;
             let author = DeviceId(*k.value());
-            let mut seq = v.value().0;
-            // A revoked device's entries past its cutoff may be held (they came before the
-            // revocation did) but are neither claimed nor served: peers that refused them
-            // must not keep asking for them.
-            if let Some(last) = membership.get(&author).and_then(|m| m.last_seq) {
-                seq = seq.min(last);
+            // Entries that do not stand are held, claimed and served like any other (a
+            // revoked device's past its cutoff included), so every node holds the same log and
+            // builds its documents from the same entries (see `writer::undo`). The entries
+            // of a device no longer admitted at all (its admission was struck) are not
+            // claimed: a node that never admitted it holds none, and waits for none.
+            if membership.get(&author).is_none() {
+                continue;
             }
-            vv.advance(author, seq);
+            vv.advance(author, v.value().0);
         }
         Ok(vv)
     }
@@ -997,6 +1014,33 @@ impl Repo {
                 author: decoded.as_ref().map(|e| e.entry.author),
                 seq: decoded.as_ref().map(|e| e.entry.seq),
                 reason: reason.to_owned(),
+            });
+        }
+        Ok((total, out))
+    }
+
+    /// Entries held that do not stand, newest first by author and seq: how many, and up to
+    /// `limit` of them with why and the documents rebuilt without them.
+    pub fn undone(&self, limit: usize) -> Result<(u64, Vec<UndoneEntry>), ReadError> {
+        let tx = self.db()?.begin_read()?;
+        let table = match tx.open_table(UNDONE) {
+            Ok(t) => self.inner.db.sealed(t),
+            // A store made before the table existed: nothing was undone in it.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok((0, Vec::new())),
+            Err(e) => return Err(e.into()),
+        };
+        let total = table.raw().len()?;
+        let mut out = Vec::new();
+        for item in table.iter()?.rev().take(limit) {
+            let (k, v) = item?;
+            let (author, seq) = k.value();
+            let record = serde_json::from_slice(v.value()).map_err(|e| {
+                ReadError::Storage(format!("an undone entry's record is damaged: {e}"))
+            })?;
+            out.push(UndoneEntry {
+                author: DeviceId(*author),
+                seq,
+                record,
             });
         }
         Ok((total, out))

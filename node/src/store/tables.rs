@@ -52,6 +52,13 @@ pub const COUNTS: TableDefinition<u8, u64> = TableDefinition::new("counts");
 /// (see [`rejected_record`]), sealed. Never applied.
 pub const REJECTED: TableDefinition<u64, &[u8]> = TableDefinition::new("rejected");
 
+/// Entries held that do not stand: their author was revoked before them, was not admitted, or
+/// had a role then that may not write what they carry (a membership operation arrived after
+/// them, or with them). Kept, served and counted like any entry, so every node holds the same
+/// log; never part of a document. `(author, seq)` -> sealed JSON `{reason, docs, at_ms}`.
+/// Rewritten whenever the membership changes, so it always matches it.
+pub const UNDONE: TableDefinition<(&[u8; 32], u64), &[u8]> = TableDefinition::new("undone");
+
 /// Membership operations held, by the `(author, seq)` of their entry: the operation's bytes,
 /// sealed (they name devices). Small (tens of rows), read whole to compute the membership.
 pub const MEMBER_OPS: TableDefinition<(&[u8; 32], u64), &[u8]> = TableDefinition::new("member_ops");
@@ -139,6 +146,7 @@ pub fn create_all(tx: &redb::WriteTransaction) -> Result<(), redb::TableError> {
     tx.open_table(STOCK)?;
     tx.open_table(MEMBER_OPS)?;
     tx.open_table(QUARANTINE)?;
+    tx.open_table(UNDONE)?;
     Ok(())
 }
 
@@ -159,6 +167,7 @@ pub struct Tables<'t> {
     pub stock: redb::Table<'t, &'static [u8; 16], i64>,
     pub member_ops: SealedTable<'t, (&'static [u8; 32], u64)>,
     pub quarantine: redb::Table<'t, &'static [u8; 32], ForkProof>,
+    pub undone: SealedTable<'t, (&'static [u8; 32], u64)>,
 }
 
 impl<'t> Tables<'t> {
@@ -182,6 +191,7 @@ impl<'t> Tables<'t> {
             stock: tx.open_table(STOCK)?,
             member_ops: Sealed::new(tx.open_table(MEMBER_OPS)?, sealer),
             quarantine: tx.open_table(QUARANTINE)?,
+            undone: Sealed::new(tx.open_table(UNDONE)?, sealer),
         })
     }
 }

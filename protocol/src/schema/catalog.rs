@@ -37,6 +37,25 @@ impl Document for Product {
     const TYPE: DocType = DocType::Product;
 
     fn validate(&self, settings: &Settings) -> Result<(), SchemaError> {
+        self.check_fields(settings)?;
+        settings.tax_rate(&self.tax_code)?;
+        Ok(())
+    }
+
+    fn ledger(&self) -> Option<&Ledger> {
+        self.ledger.as_ref()
+    }
+}
+
+impl Product {
+    /// Every rule but the tax code's. A product from another device is judged by these alone:
+    /// its tax code may have been added to the settings concurrently, so whether the settings
+    /// held here know it depends on arrival order, and a verdict must not (every node must
+    /// reach the same one). Its tax code is a reference resolved when it is sold, against the
+    /// settings then: a till that does not know the code yet refuses the sale and says so,
+    /// and the rate a sale used is recorded on its lines. A product made here is checked
+    /// whole (`validate`).
+    pub fn check_fields(&self, settings: &Settings) -> Result<(), SchemaError> {
         check_text("sku", &self.sku, true)?;
         if self.sku.chars().count() > SKU_CHARS_MAX || self.sku.chars().any(char::is_whitespace) {
             return Err(invalid(
@@ -47,7 +66,7 @@ impl Document for Product {
         check_text("name", &self.name, true)?;
         check_amount("price.amount_minor", self.price.amount_minor, false)?;
         check_currency("price.currency", self.price.currency, settings.currency)?;
-        settings.tax_rate(&self.tax_code)?;
+        check_text("tax_code", &self.tax_code, true)?;
         if self.opening_stock.unsigned_abs() > OPENING_STOCK_MAX as u64 {
             return Err(invalid(
                 "opening_stock",
@@ -55,10 +74,6 @@ impl Document for Product {
             ));
         }
         Ok(())
-    }
-
-    fn ledger(&self) -> Option<&Ledger> {
-        self.ledger.as_ref()
     }
 }
 

@@ -346,6 +346,27 @@ impl Writer {
         let mut products = BTreeSet::new();
         for id in touched {
             let Some(c) = self.cache.get(t, id)? else {
+                // Gone: nothing of it stands any more (see `undo`), or never held (changes set
+                // aside). What its view moved is given back, and the view and index go.
+                if let Some(old) = t.views.get(id.as_bytes())? {
+                    let old: Json = serde_json::from_slice(old.value())
+                        .map_err(|e| WriteError::Internal(e.to_string()))?;
+                    let dt = old
+                        .get("type")
+                        .and_then(Json::as_str)
+                        .and_then(DocType::from_name);
+                    for (p, q) in dt
+                        .map(|dt| docmap::stock_moves(dt, &old))
+                        .unwrap_or_default()
+                    {
+                        let m = moves.entry(p).or_default();
+                        *m = m.saturating_sub(q);
+                    }
+                    if dt == Some(DocType::Product) {
+                        self.index_sku(t, id, &Json::Null)?;
+                    }
+                    t.views.remove(id.as_bytes())?;
+                }
                 continue;
             };
             let doc_type = DocType::from_code(c.record.doc_type);

@@ -18,6 +18,10 @@ pub(super) enum Halt {
     Forged(String),
     /// Bad: kept aside with the reason, never applied.
     Refuse(String),
+    /// Signed and chained, but the membership says it does not stand (its author revoked
+    /// before it, or its role then may not write what it carries): held like any entry,
+    /// never applied (see `undo`).
+    Undone(String),
     /// Reading or writing the store failed: nothing is said about the entry.
     Store(WriteError),
 }
@@ -127,22 +131,17 @@ impl Writer {
     /// kind of document the entry touches. An author whose admission is not held yet waits.
     pub(super) fn check_role(&self, entry: &SignedEntry) -> Result<Role, Halt> {
         let (author, seq) = (entry.entry.author, entry.entry.seq);
-        let role = match self.membership.role_at(author, seq) {
-            Ok(role) => role,
-            Err(e @ AccessError::NotMember(_)) => return Err(Halt::defer(e.to_string())),
-            Err(e) => return Err(Halt::Refuse(e.to_string())),
-        };
-        if let Some(dc) = entry.docs().iter().find(|d| !role.may_write(d.doc_type)) {
-            return Err(Halt::Refuse(
-                AccessError::DocType {
-                    device: author,
-                    role,
-                    doc_type: dc.doc_type,
-                }
-                .to_string(),
-            ));
+        // Not admitted (yet): it waits for its admission. Admitted but not allowed: held, not
+        // applied, since a membership operation arriving later may change that (`undo`).
+        if let Err(e @ AccessError::NotMember(_)) = self.membership.role_at(author, seq) {
+            return Err(Halt::defer(e.to_string()));
         }
-        Ok(role)
+        if let Some(reason) = undo::strike_reason(&self.membership, entry) {
+            return Err(Halt::Undone(reason));
+        }
+        self.membership
+            .role_at(author, seq)
+            .map_err(|e| Halt::Undone(e.to_string()))
     }
 }
 
@@ -183,8 +182,22 @@ pub(super) fn check_remote(
         before.and_then(|b| docmap::from_view::<T>(b).ok())
     }
     match doc_type {
-        DocType::Settings => check::<Settings>(doc, settings).map(drop),
-        DocType::Product => check::<Product>(doc, settings).map(drop),
+        DocType::Settings => {
+            let after = check::<Settings>(doc, settings)?;
+            // Every amount is judged against the currency: it is fixed by the owner's first
+            // entry, in the past of everything, so every node judges alike.
+            match earlier::<Settings>(before) {
+                Some(b) if b.currency != after.currency => Err(format!(
+                    "the mesh's currency is {} and can't change",
+                    b.currency
+                )),
+                _ => Ok(()),
+            }
+        }
+        DocType::Product => {
+            let p = docmap::from_view::<Product>(doc).map_err(|e| e.to_string())?;
+            p.check_fields(settings).map_err(|e| e.to_string())
+        }
         DocType::Sale => {
             let after = check::<Sale>(doc, settings)?;
             earlier::<Sale>(before).map_or(Ok(()), |b| {

@@ -13,7 +13,7 @@ impl Writer {
         let now = now_ms();
         let mut ops = Ops::default();
         if let Serial::Member(m) = cmd {
-            return self.stage_member(t, m, now);
+            return self.stage_member(t, m, now, touched);
         }
         if let Serial::SetLedger { doc_id, ledger } = cmd {
             return self.set_ledger(t, doc_id, ledger, now, touched);
@@ -510,6 +510,7 @@ impl Writer {
         t: &mut Tables<'_>,
         cmd: MemberCommand,
         now: u64,
+        touched: &mut BTreeSet<DocId>,
     ) -> Result<Staged, WriteError> {
         let held = |t: &Tables<'_>, device: &DeviceId| -> Result<u64, WriteError> {
             Ok(t.heads
@@ -535,15 +536,17 @@ impl Writer {
             .map_err(|e| WriteError::Forbidden(e.to_string()))?;
         let staged =
             self.sign_and_store(t, Payload::Membership(Box::new(op)), self.settings_id, now)?;
-        self.record_member_op(t, &staged.own.clone().expect("own entry"))?;
+        self.record_member_op(t, &staged.own.clone().expect("own entry"), touched)?;
         Ok(staged)
     }
 
-    /// Indexes a stored membership operation and recomputes the membership.
+    /// Indexes a stored membership operation and recomputes the membership; if that changed
+    /// which entries stand, rebuilds the documents they touched (see `undo`).
     pub(super) fn record_member_op(
         &mut self,
         t: &mut Tables<'_>,
         e: &SignedEntry,
+        touched: &mut BTreeSet<DocId>,
     ) -> Result<(), WriteError> {
         let Some(op) = e.member_op() else {
             return Ok(());
@@ -556,7 +559,11 @@ impl Writer {
             seq,
             op: op.clone(),
         });
+        let old = self.membership.clone();
         self.recompute_membership();
+        if *old != *self.membership {
+            self.restand(t, &old, touched)?;
+        }
         Ok(())
     }
 

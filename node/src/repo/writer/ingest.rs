@@ -3,6 +3,7 @@
 //! document, and a refused one is kept aside with the reason.
 
 use super::checks::{Halt, check_remote, parse_changes};
+use super::undo;
 use super::*;
 
 impl Writer {
@@ -25,6 +26,7 @@ impl Writer {
                 Ok((IngestOutcome::Forged { reason }, None))
             }
             Err(Halt::Refuse(reason)) => self.reject(t, &entry, reason),
+            Err(Halt::Undone(reason)) => self.store_undone(t, &entry, reason),
             // The store, not the entry, failed: the batch fails and the entry can come again.
             Err(Halt::Store(e)) => Err(e),
         }
@@ -47,7 +49,7 @@ impl Writer {
         self.check_author(entry)?;
         self.check_chain(t, entry, have, EntryHash(tip))?;
         if let Some(op) = entry.member_op() {
-            return self.stage_member_op(t, entry, op);
+            return self.stage_member_op(t, entry, op, touched);
         }
         let role = self.check_role(entry)?;
         let parsed = parse_changes(entry)?;
@@ -64,6 +66,7 @@ impl Writer {
         t: &mut Tables<'_>,
         entry: &SignedEntry,
         op: &MemberOp,
+        touched: &mut BTreeSet<DocId>,
     ) -> Result<(IngestOutcome, Option<Staged>), Halt> {
         let (author, seq) = (entry.entry.author, entry.entry.seq);
         match self.membership.admissible_op(author, seq, op) {
@@ -74,7 +77,7 @@ impl Writer {
             Ok(()) => {
                 store_entry(t, entry)?;
                 self.wal_batch.push(entry.encoded().to_vec());
-                self.record_member_op(t, entry)?;
+                self.record_member_op(t, entry, touched)?;
                 if author == self.id.device_id {
                     self.head = (seq, entry.hash());
                 }
@@ -103,6 +106,7 @@ impl Writer {
         role: Role,
     ) -> Result<(), Halt> {
         let mut fresh: HashMap<DocId, (AutoCommit, Option<Json>)> = HashMap::new();
+        let mut aside = HashSet::new();
         for (dc, changes) in entry.docs().iter().zip(parsed) {
             let applied = self.apply_remote(
                 t,
@@ -112,14 +116,25 @@ impl Writer {
                 &mut fresh,
                 (entry.entry.author, role),
             );
-            if let Err(halt) = applied {
-                for dc in entry.docs() {
+            match applied {
+                Ok(true) => {}
+                Ok(false) => {
+                    // What the Automerge document queued is dropped with it; the next load
+                    // reads the document as it was.
+                    tracing::warn!(author = %entry.entry.author.short(), seq = entry.entry.seq, doc = %dc.doc_id, "changes set aside: they build on changes of an entry that does not stand");
                     self.cache.evict(&dc.doc_id);
+                    fresh.remove(&dc.doc_id);
+                    aside.insert(dc.doc_id);
                 }
-                return Err(halt);
+                Err(halt) => {
+                    for dc in entry.docs() {
+                        self.cache.evict(&dc.doc_id);
+                    }
+                    return Err(halt);
+                }
             }
         }
-        for dc in entry.docs() {
+        for dc in entry.docs().iter().filter(|d| !aside.contains(&d.doc_id)) {
             let mut changes = dc.changes.iter();
             if let Some((doc, view)) = fresh.remove(&dc.doc_id) {
                 let first = changes.next().map(Vec::as_slice).unwrap_or_default();
@@ -196,7 +211,8 @@ impl Writer {
         ))
     }
 
-    /// Applies one document's changes and checks the result against the schema.
+    /// Applies one document's changes and checks the result against the schema. `false`:
+    /// set aside, since they build on changes that do not stand (see `undo`).
     fn apply_remote(
         &mut self,
         t: &Tables<'_>,
@@ -205,9 +221,10 @@ impl Writer {
         changes: Vec<Change>,
         fresh: &mut HashMap<DocId, (AutoCommit, Option<Json>)>,
         (author, role): (DeviceId, Role),
-    ) -> Result<(), Halt> {
+    ) -> Result<bool, Halt> {
         let actor = self.cache.actor().clone();
         let settings = self.settings.clone();
+        let membership = self.membership.clone();
         let existing = self.cache.get(t, &id).map_err(Halt::Store)?;
         let (doc, before, ledger_before, existed) = match existing {
             Some(c) => {
@@ -221,8 +238,11 @@ impl Writer {
                 }
                 // Facts that must not change are compared with their stored state (stored
                 // documents are complete: entries with missing dependencies are deferred).
-                let before =
-                    matches!(doc_type, DocType::Sale | DocType::Refund).then(|| c.view().clone());
+                let before = matches!(
+                    doc_type,
+                    DocType::Sale | DocType::Refund | DocType::Settings
+                )
+                .then(|| c.view().clone());
                 let ledger_before = ledger_of(c.view()).cloned();
                 // Remote changes: what the document reads as is known only by reading it.
                 c.forget_view();
@@ -254,6 +274,9 @@ impl Writer {
         doc.apply_changes(changes)
             .map_err(|e| Halt::Refuse(format!("document {id}: {e}")))?;
         let missing = doc.get_missing_deps(&[]);
+        if !missing.is_empty() && undo::sets_aside(t, &membership, &id, &missing)? {
+            return Ok(false);
+        }
         if !missing.is_empty() {
             // It builds on another device's changes not held here. Applying it now would let it
             // slip in unchecked when those arrive; it waits for them instead.
@@ -327,7 +350,7 @@ impl Writer {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     pub(super) fn reject(

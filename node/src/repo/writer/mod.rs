@@ -10,12 +10,17 @@
 //! - [`batch`]: the loop, one transaction per batch, the panic guard, views and stock;
 //! - [`commands`]: this device's own commands;
 //! - [`ingest`]: entries from other devices: the checks in order, then the apply;
-//! - [`checks`]: each check an entry from another device must pass, one step each.
+//! - [`checks`]: each check an entry from another device must pass, one step each;
+//! - [`undo`]: entries that do not stand (the membership says so, perhaps after the fact),
+//!   and the documents rebuilt without them.
 
 mod batch;
 mod checks;
 mod commands;
 mod ingest;
+mod undo;
+
+pub use undo::UndoneRecord;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -30,8 +35,8 @@ use tillmesh_protocol::schema::{
     SaleStatus, Settings, StockAdjustment, TaxRate, Vendor, VoidInfo,
 };
 use tillmesh_protocol::{
-    AccessError, DeviceId, DocChanges, DocId, DocType, Entry, EntryHash, MemberOp, Membership,
-    OpRecord, Payload, Role, SignedEntry,
+    AccessError, DeviceId, DocChanges, DocId, DocType, Entry, EntryHash, Member, MemberOp,
+    Membership, OpRecord, Payload, Role, SignedEntry,
 };
 use tokio::sync::{broadcast, mpsc};
 
