@@ -11,10 +11,17 @@
 //! schedule (choices among documents are made in an order the seed fixes), so a replayed seed
 //! takes the same path.
 //!
+//! The races the mesh must converge under are in the schedule: the owner and an admin revoke
+//! devices and change their roles while those devices, apart, go on writing (and the admin
+//! may itself be revoked while it acts); two nodes void and refund one sale at once; managers
+//! add tax codes to the settings while others create products that use them.
+//!
 //! After the schedule, everything heals: links mended, faults off, every node up. The run
 //! then checks that
-//! - all nodes converge: the same version vector and the same view of every document;
-//! - no acknowledged write is missing anywhere (created documents exist, voids hold);
+//! - all nodes converge: the same version vector, the same view of every document, the same
+//!   stock level of every product and the same money taken;
+//! - no acknowledged write is missing anywhere (created documents exist, voids hold), unless
+//!   the membership says its entry does not stand (then every node lists it as undone);
 //! - no entry was applied twice: on each node, the entries the store reported as newly
 //!   applied number exactly the entries it holds from other devices;
 //! - no honest entry was refused, and no honest peer was disconnected.
@@ -27,7 +34,7 @@ use serde_json::{Value, json};
 use tillmesh_node::Repo;
 use tillmesh_node::replication;
 use tillmesh_node::repo::requests::{
-    CustomerPatch, NewCustomer, NewProduct, NewStockAdjustment, RefundSale, VoidSale,
+    CustomerPatch, NewCustomer, NewProduct, NewStockAdjustment, RefundSale, SetTaxRate, VoidSale,
 };
 use tillmesh_node::repo::{Command, MemberCommand, WriteError};
 use tillmesh_node::store::{checkpoint_copy_path, store_path};
@@ -81,6 +88,10 @@ pub struct Report {
     pub messages_dropped: u64,
     pub messages_duplicated: u64,
     pub entries: u64,
+    pub membership_changes: u64,
+    pub void_refund_races: u64,
+    /// Entries held but not applied at the end (the membership says they do not stand).
+    pub undone: u64,
     pub converged_after_heal_ms: u64,
 }
 
@@ -126,6 +137,22 @@ enum Event {
     Restart {
         node: usize,
     },
+    /// `by` (the owner or the admin) revokes `target`.
+    Revoke {
+        by: usize,
+        target: usize,
+    },
+    /// `by` gives `target` another role.
+    ChangeRole {
+        by: usize,
+        target: usize,
+        role: Role,
+    },
+    /// `a` voids a sale while `b`, at the same moment, refunds part of it.
+    VoidAndRefund {
+        a: usize,
+        b: usize,
+    },
     Heal,
 }
 
@@ -139,11 +166,19 @@ struct Node {
     applied: u64,
 }
 
-/// A write that was acknowledged, to look for at the end.
+/// A write that was acknowledged, to look for at the end: every node must hold its entry
+/// `(author, seq)`, and what it did must show unless that entry does not stand.
 #[derive(Debug, Clone)]
-enum Acked {
-    /// The entry that carried an acknowledged write: every node must hold it.
-    Entry(tillmesh_protocol::DeviceId, u64),
+struct Acked {
+    author: tillmesh_protocol::DeviceId,
+    seq: u64,
+    did: Did,
+}
+
+#[derive(Debug, Clone)]
+enum Did {
+    /// Nothing to look for beyond the entry.
+    Wrote,
     Created(DocId),
     Voided(DocId),
 }
@@ -172,6 +207,9 @@ pub struct Sim {
     report: Report,
     trace: bool,
     customers_made: u64,
+    products_made: u64,
+    /// Each node's device id, by node.
+    devices: Vec<tillmesh_protocol::DeviceId>,
 }
 
 fn sim_config() -> Config {
@@ -207,6 +245,10 @@ impl Sim {
         self.next_event += 1;
         self.queue.push(Reverse((time_ms, id)));
         self.events.insert(id, event);
+    }
+
+    fn device(&self, node: usize) -> tillmesh_protocol::DeviceId {
+        self.devices[node]
     }
 
     fn connected(&self, a: usize, b: usize) -> bool {
@@ -377,21 +419,21 @@ impl Sim {
             return Ok(());
         };
         let pick = self.rng.below(100);
-        let command = if pick < 60 {
+        let command = if pick < 55 {
             let sku = PRODUCTS[self.rng.below(3) as usize];
             let qty = 1 + self.rng.below(3);
             Some(Command::Sell(serde(json!({
                 "lines": [{ "sku": sku, "qty": qty }],
                 "payments": [{ "method": "card" }],
             }))))
-        } else if pick < 70 {
+        } else if pick < 62 {
             // Names are unique, so choosing among customers by name never depends on ids.
             self.customers_made += 1;
             let n = self.customers_made;
             Some(Command::CreateCustomer(serde::<NewCustomer>(json!({
                 "display_name": format!("Customer {i}-{n}"),
             }))))
-        } else if pick < 78 {
+        } else if pick < 69 {
             // Another device's customer, often: its changes must wait for the creation.
             let target = self.pick_doc(&repo, DocType::Customer, "display_name")?;
             let n = self.rng.below(1000);
@@ -399,18 +441,39 @@ impl Sim {
                 id,
                 patch: serde::<CustomerPatch>(json!({ "email": format!("c{i}-{n}@example.com") })),
             })
-        } else if pick < 86 {
+        } else if pick < 76 {
             let target = self.pick_doc(&repo, DocType::Sale, "receipt_number")?;
-            target.map(|sale_id| Command::Void {
-                sale_id,
-                request: serde::<VoidSale>(json!({ "reason": "simulated" })),
+            target.map(void)
+        } else if pick < 83 {
+            let target = self.pick_doc(&repo, DocType::Sale, "receipt_number")?;
+            target.map(refund)
+        } else if pick < 88 {
+            // A tax code added (or its rate changed) by a manager, perhaps while another adds
+            // a different one, or while a product somewhere already uses it.
+            let code = format!("T{}", self.rng.below(4));
+            let rate_ppm = 10_000 * (1 + self.rng.below(20)) as u32;
+            Some(Command::SetTaxRate {
+                code: code.clone(),
+                rate: SetTaxRate {
+                    name: code,
+                    rate_ppm,
+                },
             })
         } else if pick < 93 {
-            let target = self.pick_doc(&repo, DocType::Sale, "receipt_number")?;
-            target.map(|sale_id| Command::Refund {
-                sale_id,
-                request: serde::<RefundSale>(json!({ "lines": [{ "line": 0, "qty": 1 }] })),
-            })
+            // A product using a tax code this node holds, perhaps one just added and not yet
+            // seen elsewhere.
+            let mut codes: Vec<String> = repo
+                .settings()
+                .map(|s| s.tax_rates.keys().cloned().collect())
+                .unwrap_or_default();
+            codes.push("NON".into());
+            let code = codes[self.rng.below(codes.len() as u64) as usize].clone();
+            self.products_made += 1;
+            let sku = format!("P-{i}-{}", self.products_made);
+            Some(Command::CreateProduct(serde::<NewProduct>(json!({
+                "sku": sku, "name": sku, "price": { "amount_minor": 400, "currency": "USD" },
+                "tax_code": code, "stock": 50,
+            }))))
         } else {
             let sku = PRODUCTS[self.rng.below(3) as usize];
             let delta = self.rng.below(20) as i64 - 5;
@@ -422,35 +485,81 @@ impl Sim {
         let Some(command) = command else {
             return Ok(());
         };
+        self.execute(i, &repo, command).await?;
+        self.pump(i).await
+    }
+
+    /// Runs one command on node `i`, noting what was acknowledged.
+    async fn execute(&mut self, i: usize, repo: &Repo, command: Command) -> Result<(), SimError> {
         let void = matches!(command, Command::Void { .. });
-        let creates = !matches!(command, Command::PatchCustomer { .. });
+        let creates = !matches!(
+            command,
+            Command::PatchCustomer { .. } | Command::SetTaxRate { .. } | Command::Member(_)
+        );
         match repo.execute(command).await {
             Ok(w) => {
                 self.report.writes_acked += 1;
-                self.acked.push(Acked::Entry(w.author, w.seq));
-                if void {
-                    self.acked.push(Acked::Voided(w.doc_id));
+                let did = if void {
+                    Did::Voided(w.doc_id)
                 } else if creates {
-                    self.acked.push(Acked::Created(w.doc_id));
-                }
+                    Did::Created(w.doc_id)
+                } else {
+                    Did::Wrote
+                };
+                self.acked.push(Acked {
+                    author: w.author,
+                    seq: w.seq,
+                    did,
+                });
                 if self.trace {
                     eprintln!("{:>6} write on {i}: {}", self.now_ms, w.doc_id);
                 }
             }
             // Refused by the rules (a void of a refunded sale, a patch that changes nothing,
-            // a catalogue not synced yet): not acknowledged, so nothing to find later.
+            // a catalogue not synced yet, a role that may not, a device revoked): not
+            // acknowledged, so nothing to find later.
             Err(
                 WriteError::Invalid(_)
                 | WriteError::BadRequest(_)
                 | WriteError::NotFound { .. }
                 | WriteError::UnknownProduct(_)
                 | WriteError::Conflict(_)
+                | WriteError::Forbidden(_)
                 // A device cut off before its admission reached it.
                 | WriteError::NotAdmitted,
             ) => self.report.writes_refused += 1,
             Err(e) => return Err(self.store_err(e)),
         }
-        self.pump(i).await
+        Ok(())
+    }
+
+    /// A membership change by `by`, as its node sees the mesh now.
+    async fn member_change(&mut self, by: usize, command: MemberCommand) -> Result<(), SimError> {
+        let Some(repo) = self.nodes[by].repo.clone() else {
+            return Ok(());
+        };
+        self.report.membership_changes += 1;
+        self.execute(by, &repo, Command::Member(command)).await?;
+        self.pump(by).await
+    }
+
+    /// `a` voids a sale and `b` refunds one unit of it, one right after the other, before
+    /// either hears of the other's.
+    async fn void_and_refund(&mut self, a: usize, b: usize) -> Result<(), SimError> {
+        let (Some(ra), Some(rb)) = (self.nodes[a].repo.clone(), self.nodes[b].repo.clone()) else {
+            return Ok(());
+        };
+        let Some(sale) = self.pick_doc(&ra, DocType::Sale, "receipt_number")? else {
+            return Ok(());
+        };
+        if rb.view(&sale).map_err(|e| self.store_err(e))?.is_none() {
+            return Ok(());
+        }
+        self.report.void_refund_races += 1;
+        self.execute(a, &ra, void(sale)).await?;
+        self.execute(b, &rb, refund(sale)).await?;
+        self.pump(a).await?;
+        self.pump(b).await
     }
 
     /// A document of `doc_type` the node holds, chosen by the seed in an order that does not
@@ -584,6 +693,25 @@ impl Sim {
                 }
             }
             Event::Restart { node } => self.restart(node).await?,
+            Event::Revoke { by, target } => {
+                if !self.healed {
+                    let device = self.device(target);
+                    self.member_change(by, MemberCommand::Revoke { device })
+                        .await?;
+                }
+            }
+            Event::ChangeRole { by, target, role } => {
+                if !self.healed {
+                    let device = self.device(target);
+                    self.member_change(by, MemberCommand::ChangeRole { device, role })
+                        .await?;
+                }
+            }
+            Event::VoidAndRefund { a, b } => {
+                if !self.healed {
+                    self.void_and_refund(a, b).await?;
+                }
+            }
             Event::Heal => {
                 self.healed = true;
                 self.faults = Faults {
@@ -611,6 +739,8 @@ impl Sim {
     async fn check(&mut self) -> Result<(), SimError> {
         let repos: Vec<Repo> = self.nodes.iter().filter_map(|n| n.repo.clone()).collect();
         let mut dumps = Vec::new();
+        let mut sums = Vec::new();
+        let mut undones = Vec::new();
         for (i, repo) in repos.iter().enumerate() {
             let vv = repo.version_vector().map_err(|e| self.store_err(e))?;
             let own = vv.get(&repo.identity().device_id);
@@ -634,20 +764,54 @@ impl Sim {
                     dump.insert(id, view);
                 }
             }
+            let (_, undone) = repo.undone(usize::MAX).map_err(|e| self.store_err(e))?;
+            let undone: std::collections::BTreeSet<(tillmesh_protocol::DeviceId, u64)> =
+                undone.iter().map(|u| (u.author, u.seq)).collect();
+            // Documents made by an entry that does not stand are gone; so are changes that build
+            // on them (a void of such a sale, say).
+            let gone = |id: &DocId| {
+                self.acked.iter().any(|a| {
+                    matches!(a.did, Did::Created(c) if c == *id)
+                        && undone.contains(&(a.author, a.seq))
+                })
+            };
             for a in &self.acked {
-                let ok = match a {
-                    Acked::Entry(author, seq) => vv.get(author) >= *seq,
-                    Acked::Created(id) => dump.contains_key(id),
-                    // The void is recorded; its status may lose to a concurrent refund's (the
-                    // same on every node), which the conflict review is for.
-                    Acked::Voided(id) => dump.get(id).is_some_and(|v| !v["void"].is_null()),
-                };
+                let stands = !undone.contains(&(a.author, a.seq));
+                let ok = vv.get(&a.author) >= a.seq
+                    && match a.did {
+                        Did::Wrote => true,
+                        Did::Created(id) => !stands || dump.contains_key(&id),
+                        // The void is recorded; its status may lose to a concurrent refund's
+                        // (the same on every node), which the conflict review is for.
+                        Did::Voided(id) => {
+                            !stands
+                                || gone(&id)
+                                || dump.get(&id).is_some_and(|v| !v["void"].is_null())
+                        }
+                    };
                 if !ok {
                     return Err(self.broken(format!("node {i} lacks acknowledged write {a:?}")));
                 }
             }
             self.report.entries = vv.total();
+            self.report.undone = undone.len() as u64;
+            sums.push(stock_and_money(&dump));
+            undones.push(undone);
             dumps.push(dump);
+        }
+        for (i, (s, u)) in sums.iter().zip(&undones).enumerate().skip(1) {
+            if *s != sums[0] {
+                return Err(self.broken(format!(
+                    "node {i} and node 0 differ in stock or money: {s:?} vs {:?}",
+                    sums[0]
+                )));
+            }
+            if *u != undones[0] {
+                return Err(self.broken(format!(
+                    "node {i} and node 0 list different entries as undone: {u:?} vs {:?}",
+                    undones[0]
+                )));
+            }
         }
         for (i, d) in dumps.iter().enumerate().skip(1) {
             if *d != dumps[0] {
@@ -666,11 +830,48 @@ impl Sim {
     }
 }
 
+/// Every product's stock level by SKU, and the money the sales took net of refunds (voided
+/// sales took none), as one node's documents say.
+fn stock_and_money(dump: &BTreeMap<DocId, Value>) -> (BTreeMap<String, i64>, i64) {
+    let mut stock = BTreeMap::new();
+    let mut money = 0i64;
+    for (id, v) in dump {
+        match v["type"].as_str() {
+            Some("product") => {
+                stock.insert(
+                    format!("{} {id}", v["sku"]),
+                    v["stock"].as_i64().unwrap_or(0),
+                );
+            }
+            Some("sale") if v["status"] != "voided" => {
+                money += v["total"]["amount_minor"].as_i64().unwrap_or(0);
+            }
+            Some("refund") => money -= v["total"]["amount_minor"].as_i64().unwrap_or(0),
+            _ => {}
+        }
+    }
+    (stock, money)
+}
+
 /// Keeps a copy of the store as of each checkpoint, starting with its state now (the writer is
 /// idle: nothing is half-written).
 fn keep_checkpoints(repo: &Repo, dir: &Path) -> std::io::Result<()> {
     repo.copy_at_checkpoints();
     std::fs::copy(store_path(dir), checkpoint_copy_path(dir)).map(drop)
+}
+
+fn void(sale_id: DocId) -> Command {
+    Command::Void {
+        sale_id,
+        request: serde::<VoidSale>(json!({ "reason": "simulated" })),
+    }
+}
+
+fn refund(sale_id: DocId) -> Command {
+    Command::Refund {
+        sale_id,
+        request: serde::<RefundSale>(json!({ "lines": [{ "line": 0, "qty": 1 }] })),
+    }
 }
 
 fn serde<T: serde::de::DeserializeOwned>(v: Value) -> T {
@@ -713,6 +914,8 @@ pub async fn run_seed(seed: u64, root: &Path, trace: bool) -> Result<Report, Sim
         },
         trace,
         customers_made: 0,
+        products_made: 0,
+        devices: Vec::new(),
     };
     // Keys from the seed, so author order (and with it every batch) is the same each run.
     let key = |i: usize| {
@@ -741,11 +944,12 @@ pub async fn run_seed(seed: u64, root: &Path, trace: bool) -> Result<Report, Sim
         let dir = root.join(format!("node-{i}"));
         let repo = Repo::join_with_key(&dir, &format!("Till {i}"), root_id, key(i))
             .map_err(|e| sim.store_err(e))?;
-        // Admitted by the owner, as pairing would; alternately as a till and a manager.
-        let role = if i % 2 == 1 {
-            Role::Till
-        } else {
-            Role::Manager
+        // Admitted by the owner, as pairing would: node 1 as an admin (it changes the
+        // membership too), the rest alternately as a till and a manager.
+        let role = match i {
+            1 => Role::Admin,
+            i if i % 2 == 1 => Role::Till,
+            _ => Role::Manager,
         };
         repos[0]
             .1
@@ -759,6 +963,7 @@ pub async fn run_seed(seed: u64, root: &Path, trace: bool) -> Result<Report, Sim
         repos.push((dir, repo));
     }
     for (dir, repo) in repos {
+        sim.devices.push(repo.identity().device_id);
         keep_checkpoints(&repo, &dir).map_err(|e| sim.store_err(e))?;
         sim.nodes.push(Node {
             dir,
@@ -800,6 +1005,36 @@ pub async fn run_seed(seed: u64, root: &Path, trace: bool) -> Result<Report, Sim
         let len = 50 + sim.rng.below(5_000);
         sim.at(t, Event::Crash { node });
         sim.at(t + len, Event::Restart { node });
+    }
+    // The membership races: the owner or the admin (node 1) revokes a device or changes its
+    // role while it writes, apart; the owner may revoke the admin while the admin acts.
+    let admin = |rng: &mut Rng| if rng.chance(500) { 0 } else { 1 };
+    if sim.rng.chance(500) {
+        let by = admin(&mut sim.rng);
+        let target = 1 + sim.rng.below(n as u64 - 1) as usize;
+        let t = sim.rng.below(SCHEDULE_MS);
+        sim.at(t, Event::Revoke { by, target });
+    }
+    if sim.rng.chance(500) {
+        let by = admin(&mut sim.rng);
+        let target = 1 + sim.rng.below(n as u64 - 1) as usize;
+        let role = [Role::Till, Role::Manager, Role::Viewer][sim.rng.below(3) as usize];
+        let t = sim.rng.below(SCHEDULE_MS);
+        sim.at(t, Event::ChangeRole { by, target, role });
+    }
+    if sim.rng.chance(250) {
+        let t = sim.rng.below(SCHEDULE_MS);
+        sim.at(t, Event::Revoke { by: 0, target: 1 });
+    }
+    for _ in 0..sim.rng.below(3) {
+        let (a, b) = (
+            sim.rng.below(n as u64) as usize,
+            sim.rng.below(n as u64) as usize,
+        );
+        if a != b {
+            let t = sim.rng.below(SCHEDULE_MS);
+            sim.at(t, Event::VoidAndRefund { a, b });
+        }
     }
     sim.at(SCHEDULE_MS, Event::Heal);
     for i in 0..n {

@@ -1,5 +1,6 @@
 //! The deterministic simulation (see `tillmesh::sim`): many seeds of partitions, lost,
-//! duplicated and reordered messages, and power cuts, each checked for convergence, no lost
+//! duplicated and reordered messages, power cuts and races (revocations, role changes, a void
+//! and a refund of one sale at once, concurrent settings), each checked for convergence, no lost
 //! acknowledged write and no entry applied twice.
 //!
 //! - `cargo test --test simulation` runs 500 seeds (CI).
@@ -26,6 +27,9 @@ fn add(totals: &mut Report, r: &Report) {
     totals.messages_dropped += r.messages_dropped;
     totals.messages_duplicated += r.messages_duplicated;
     totals.entries += r.entries;
+    totals.membership_changes += r.membership_changes;
+    totals.void_refund_races += r.void_refund_races;
+    totals.undone += r.undone;
     totals.converged_after_heal_ms = totals
         .converged_after_heal_ms
         .max(r.converged_after_heal_ms);
@@ -104,6 +108,9 @@ fn seeds_converge_with_nothing_lost_and_nothing_applied_twice() {
             "messages_dropped": totals.messages_dropped,
             "messages_duplicated": totals.messages_duplicated,
             "entries_checked": totals.entries,
+            "membership_changes": totals.membership_changes,
+            "void_refund_races": totals.void_refund_races,
+            "entries_undone": totals.undone,
             "slowest_convergence_after_heal_ms": totals.converged_after_heal_ms,
         })
     );
