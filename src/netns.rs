@@ -62,6 +62,32 @@ impl Netns {
         ip(&full)
     }
 
+    /// Loads an nftables ruleset inside this namespace.
+    pub fn nft(&self, ruleset: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut child = self
+            .command(Path::new("nft"))
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running nft (install nftables)")?;
+        child
+            .stdin
+            .take()
+            .context("nft's input")?
+            .write_all(ruleset.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "nft in {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
     /// A command that runs inside this namespace.
     pub fn command(&self, program: &Path) -> Command {
         let mut c = Command::new("ip");
@@ -167,6 +193,130 @@ impl Lan {
             if up { "up" } else { "down" },
         ])
     }
+}
+
+/// What a shop's router does to its connections out to the internet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nat {
+    /// Masquerade that keeps a connection's source port where it can (Linux's default, and
+    /// most home routers'): one public port per inside port, whatever the destination.
+    /// Unsolicited packets from outside are dropped, as a home router's firewall does.
+    PortPreserving,
+    /// Masquerade with a fresh random port for every connection (`fully-random`): what the
+    /// relay sees is not what the other shop would have to reach. Can't be punched.
+    Symmetric,
+}
+
+/// Two shops behind NAT on a test internet, with head office on it.
+///
+/// The internet is a switch namespace with a bridge on 203.0.113.0/24 (TEST-NET-3, used for
+/// documentation: no real host answers there, and no packet leaves the namespaces anyway).
+/// Head office is a public host at 203.0.113.10. Each shop is a host at 192.168.1.2 (both
+/// shops use the same private network, as real shops do) behind its own router namespace:
+/// WAN address 203.0.113.(1 + shop), LAN 192.168.1.1, IP forwarding and NAT by nftables.
+pub struct NatShops {
+    pub office: Netns,
+    pub shops: [Netns; 2],
+    pub routers: [Netns; 2],
+    pub internet: Netns,
+}
+
+pub const OFFICE_ADDR: &str = "203.0.113.10";
+
+/// Whether `nft` is here (`.ci/run` installs nftables).
+pub fn nft_available() -> Result<(), String> {
+    match Command::new("nft").arg("--version").output() {
+        Ok(o) if o.status.success() => Ok(()),
+        _ => Err("needs nftables (`nft`); .ci/run installs it".into()),
+    }
+}
+
+impl NatShops {
+    /// `tag` keeps names unique per test; `nats` says what each shop's router does.
+    pub fn create(tag: &str, nats: [Nat; 2]) -> anyhow::Result<NatShops> {
+        let internet = Netns::create(&format!("{tag}-inet"))?;
+        internet.ip(&["link", "add", "br0", "type", "bridge"])?;
+        internet.ip(&["link", "set", "br0", "up"])?;
+        let plug = |port: &str, host: &Netns, name: &str, addr: &str| -> anyhow::Result<()> {
+            internet.ip(&[
+                "link", "add", port, "type", "veth", "peer", "name", name, "netns", &host.name,
+            ])?;
+            internet.ip(&["link", "set", port, "master", "br0"])?;
+            internet.ip(&["link", "set", port, "up"])?;
+            host.ip(&["addr", "add", addr, "dev", name])?;
+            host.ip(&["link", "set", name, "up"])
+        };
+        let office = Netns::create(&format!("{tag}-office"))?;
+        plug("po", &office, "eth0", &format!("{OFFICE_ADDR}/24"))?;
+        let mut routers = Vec::new();
+        let mut shops = Vec::new();
+        for (i, nat) in nats.into_iter().enumerate() {
+            let router = Netns::create(&format!("{tag}-rt{i}"))?;
+            plug(
+                &format!("pr{i}"),
+                &router,
+                "wan",
+                &format!("203.0.113.{}/24", i + 1),
+            )?;
+            let shop = Netns::create(&format!("{tag}-shop{i}"))?;
+            router.ip(&[
+                "link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", &shop.name,
+            ])?;
+            router.ip(&["addr", "add", "192.168.1.1/24", "dev", "lan"])?;
+            router.ip(&["link", "set", "lan", "up"])?;
+            shop.ip(&["addr", "add", "192.168.1.2/24", "dev", "eth0"])?;
+            shop.ip(&["link", "set", "eth0", "up"])?;
+            shop.ip(&["route", "add", "default", "via", "192.168.1.1"])?;
+            let status = router
+                .command(Path::new("sysctl"))
+                .args(["-qw", "net.ipv4.ip_forward=1"])
+                .status()
+                .context("running sysctl")?;
+            if !status.success() {
+                bail!("could not turn on forwarding in {}", router.name);
+            }
+            router.nft(&nat_rules(nat))?;
+            routers.push(router);
+            shops.push(shop);
+        }
+        let pair = |v: Vec<Netns>| -> [Netns; 2] {
+            v.try_into()
+                .unwrap_or_else(|_| unreachable!("two shops were made"))
+        };
+        Ok(NatShops {
+            office,
+            shops: pair(shops),
+            routers: pair(routers),
+            internet,
+        })
+    }
+}
+
+/// A router's nftables ruleset: masquerade out of `wan`, and nothing new in from it.
+fn nat_rules(nat: Nat) -> String {
+    let masquerade = match nat {
+        Nat::PortPreserving => "masquerade",
+        Nat::Symmetric => "masquerade random,fully-random",
+    };
+    format!(
+        "table ip nat {{
+  chain postrouting {{
+    type nat hook postrouting priority srcnat;
+    oifname \"wan\" {masquerade}
+  }}
+}}
+table ip filter {{
+  chain inbound {{
+    type filter hook input priority 0;
+    iifname \"wan\" ct state new drop
+  }}
+  chain forwarded {{
+    type filter hook forward priority 0;
+    iifname \"wan\" ct state new drop
+  }}
+}}
+"
+    )
 }
 
 /// A `tillmesh run` inside a namespace, killed on drop.

@@ -1,16 +1,20 @@
 //! Networks of real hosts, as Linux network namespaces the tests build and remove:
 //! - a shop LAN where tills with no address configured find each other by mDNS, converge, and
 //!   a till whose cable is pulled while the others sell catches up when it is plugged back;
-//! - the internet: two shops that can reach only head office's relay sync through it.
+//! - the internet: two shops that can reach only head office's relay sync through it;
+//! - two shops behind NAT routers: the relay introduces them, they punch through both NATs
+//!   (DCUtR) and sync direct, even with head office gone; behind a symmetric NAT the relayed
+//!   connection keeps syncing and the status says why.
 //!
-//! They need root and iproute2 (`.ci/run` installs it); without them they say so and pass.
+//! They need root, iproute2 and nftables (`.ci/run` installs them); without them they say so
+//! and pass.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tillmesh::netns::{Lan, Netns, NsNode, available};
+use tillmesh::netns::{Lan, Nat, NatShops, Netns, NsNode, OFFICE_ADDR, available, nft_available};
 use tillmesh::testkit::{Api, cash_sale, product, tillmesh};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tillmesh");
@@ -19,7 +23,7 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 /// Whether to skip: only where namespaces cannot be made, and never in CI
 /// (`TILLMESH_REQUIRE_NETNS=1`), where a skip would hide that these tests did not run.
 fn skip() -> bool {
-    match available() {
+    match available().and_then(|()| nft_available()) {
         Ok(()) => false,
         Err(why) if std::env::var_os("TILLMESH_REQUIRE_NETNS").is_some() => {
             panic!("TILLMESH_REQUIRE_NETNS is set but {why}")
@@ -460,4 +464,164 @@ fn a_lan_flood_of_made_up_peers_is_held_to_the_limit() -> anyhow::Result<()> {
         flooder.join().expect("the flooder")?;
         result
     })
+}
+
+/// Head office (a relay, on the internet) and two shops behind NAT routers, each joined to the
+/// mesh by an invite that names head office's address, and running.
+fn shops_behind_nat(
+    t: &str,
+    nats: [Nat; 2],
+) -> anyhow::Result<(NatShops, tempfile::TempDir, NsNode, Vec<NsNode>)> {
+    let net = NatShops::create(t, nats)?;
+    let root = tempfile::tempdir()?;
+    let office = root.path().join("office");
+    tillmesh_in(
+        &net.office,
+        &[
+            "init",
+            "--data",
+            &office.to_string_lossy(),
+            "--name",
+            "Head office",
+        ],
+    )?;
+    let hub = NsNode::start(
+        &net.office,
+        BIN.as_ref(),
+        &office,
+        &["--relay", "--no-mdns"],
+    )?;
+    net.office.block_on(hub.api.ok_post(
+        "/v1/products",
+        &product("TEA-1", "Green tea", 350, 1_000_000),
+    ))?;
+    let mut shops = Vec::new();
+    for (i, shop) in net.shops.iter().enumerate() {
+        let dir = root.path().join(format!("shop-{i}"));
+        let (line, _) = invite_in(&net.office, &office)?;
+        anyhow::ensure!(
+            line.contains(OFFICE_ADDR),
+            "the invite names head office: {line}"
+        );
+        join_in(shop, &dir, &format!("Shop {i}"), &line)?;
+        shops.push(NsNode::start(shop, BIN.as_ref(), &dir, &["--no-mdns"])?);
+    }
+    Ok((net, root, hub, shops))
+}
+
+/// Waits until one of the shops `watch` sees the other shop as a peer for which `done`
+/// holds; returns that peer's status, or panics with every status.
+fn wait_for_peer(
+    net: &NatShops,
+    shops: &[NsNode],
+    watch: &[usize],
+    what: &str,
+    done: impl Fn(&Value) -> bool + Sync,
+) -> Value {
+    let peer_ids: Vec<Value> = (0..2)
+        .map(|i| {
+            net.shops[i]
+                .block_on(async { status(&shops[i].api).await["network"]["peer_id"].clone() })
+        })
+        .collect();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut seen = Vec::new();
+        for &i in watch {
+            let s = net.shops[i].block_on(status(&shops[i].api));
+            let peer = s["network"]["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["peer_id"] == peer_ids[1 - i] && done(p))
+                .cloned();
+            if let Some(peer) = peer {
+                return peer;
+            }
+            seen.push(s);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not after {TIMEOUT:?}: {seen:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A sale in shop `from` shows in shop `to`.
+fn sale_crosses(net: &NatShops, shops: &[NsNode], from: usize, to: usize) -> anyhow::Result<()> {
+    let sale = net.shops[from].block_on(
+        shops[from]
+            .api
+            .ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350)),
+    )?;
+    let id = sale["id"].as_str().unwrap_or_default().to_owned();
+    let started = Instant::now();
+    while !sale_ids(&net.shops[to], &shops[to].api)?.contains(&id) {
+        anyhow::ensure!(
+            started.elapsed() < TIMEOUT,
+            "the sale never reached shop {to}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+#[test]
+fn shops_behind_nat_punch_through_and_sync_direct() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let (net, _root, mut hub, shops) =
+        shops_behind_nat(&tag("punch"), [Nat::PortPreserving, Nat::PortPreserving])?;
+    // The shops can't reach each other unasked: each router drops what it did not ask for.
+    let unasked = net.shops[0]
+        .command(Path::new("ping"))
+        .args(["-c1", "-W1", "203.0.113.2"])
+        .output()?;
+    assert!(
+        !unasked.status.success(),
+        "a router must drop unsolicited packets"
+    );
+    for i in 0..2 {
+        let peer = wait_for_peer(
+            &net,
+            &shops,
+            &[i],
+            "a direct connection to the other shop",
+            |p| p["hole_punch"]["state"] == "direct" && p["transport"] != "relay",
+        );
+        // Direct to the other shop's router, not through head office.
+        let address = peer["address"].as_str().unwrap_or_default();
+        assert!(
+            address.contains(&format!("203.0.113.{}", 2 - i)),
+            "shop {i} reaches the other at its router's public address: {peer}"
+        );
+    }
+    sale_crosses(&net, &shops, 0, 1)?;
+    // Head office closes: the shops go on syncing, direct.
+    hub.kill9();
+    sale_crosses(&net, &shops, 1, 0)?;
+    sale_crosses(&net, &shops, 0, 1)?;
+    Ok(())
+}
+
+#[test]
+fn behind_a_symmetric_nat_the_relay_keeps_syncing_and_the_status_says_why() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let (net, _root, _hub, shops) =
+        shops_behind_nat(&tag("symnat"), [Nat::PortPreserving, Nat::Symmetric])?;
+    let failed = |p: &Value| p["hole_punch"]["state"] == "relayed";
+    let peer = wait_for_peer(&net, &shops, &[0, 1], "a failed hole punch noted", |p| {
+        failed(p) || p["transport"] != "relay"
+    });
+    assert!(failed(&peer), "a symmetric NAT can't be punched: {peer}");
+    assert_eq!(peer["transport"], "relay", "{peer}");
+    let detail = peer["hole_punch"]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("symmetric NAT"), "{peer}");
+    sale_crosses(&net, &shops, 0, 1)?;
+    sale_crosses(&net, &shops, 1, 0)?;
+    Ok(())
 }

@@ -565,6 +565,9 @@ fn network_text(n: &Value) -> String {
                 "syncing"
             },
         ));
+        if let Some(detail) = p["hole_punch"]["detail"].as_str() {
+            out.push_str(&format!("\n    {detail}"));
+        }
     }
     out
 }

@@ -8,6 +8,7 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{StreamProtocol, autonat, dcutr, gossipsub, identify, ping, relay, request_response};
 use tillmesh_protocol::sync::wire::MESSAGE_BYTES_MAX;
 
+use super::candidates::Candidates;
 use super::codec::SyncCodec;
 use super::gate::{MembersOnly, SharedGate};
 use super::pairing::{self, PairRequest, PairResponse};
@@ -39,6 +40,8 @@ pub struct Behaviour {
     pub relay_client: relay::client::Behaviour,
     pub relay: Toggle<relay::Behaviour>,
     pub dcutr: dcutr::Behaviour,
+    /// Our public addresses on both transports, for `dcutr` (see `candidates`).
+    pub candidates: Candidates,
     pub autonat: autonat::Behaviour,
 }
 
@@ -97,6 +100,7 @@ impl Behaviour {
             relay_client,
             relay: relay.into(),
             dcutr: dcutr::Behaviour::new(peer_id),
+            candidates: Candidates::default(),
             autonat: autonat::Behaviour::new(
                 peer_id,
                 autonat::Config {

@@ -16,8 +16,8 @@ use libp2p::request_response::{self, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, gossipsub, identify, noise, ping, relay,
-    tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, dcutr, gossipsub, identify, noise, ping,
+    relay, tcp, yamux,
 };
 use tillmesh_protocol::sync::{Message, Output, Source, Sync, Verdict};
 
@@ -30,7 +30,7 @@ use super::discovery::{self, Discovery, Found};
 use super::gate::{self, Admission, Gate, SharedGate};
 use super::pairing::{Inviter, PairRequest, PairResponse, Refusal};
 use super::targets::{Standing, TARGET_ADDRS_MAX, Target, Targets};
-use super::{Command, FoundBy, NetConfig, NetError, NetStatus, PeerStatus};
+use super::{Command, FoundBy, HolePunch, NetConfig, NetError, NetStatus, PeerStatus};
 use crate::replication;
 use crate::repo::{Command as RepoCommand, MemberCommand, Repo};
 
@@ -67,6 +67,8 @@ struct PeerInfo {
     found_by: FoundBy,
     connections: BTreeMap<ConnectionId, Connection>,
     rtt: Option<Duration>,
+    /// How the last hole punch with it went, if one was tried.
+    hole_punch: Option<HolePunch>,
 }
 
 impl PeerInfo {
@@ -694,6 +696,7 @@ impl Driver {
             found_by,
             connections: BTreeMap::new(),
             rtt: None,
+            hole_punch: None,
         });
         info.connections
             .insert(id, Connection { transport, address });
@@ -703,6 +706,10 @@ impl Driver {
         let now = self.now_ms();
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.swarm
+                    .behaviour_mut()
+                    .candidates
+                    .translate(&info.observed_addr, &self.listen);
                 let device = info
                     .public_key
                     .clone()
@@ -849,9 +856,50 @@ impl Driver {
             }) => {
                 tracing::info!(relay = %relay_peer_id, "reachable through relay");
             }
-            BehaviourEvent::Dcutr(e) => tracing::info!(?e, "hole punching"),
+            BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => self.on_hole_punch(remote_peer_id, result),
             _ => {}
         }
+    }
+
+    /// A hole punch (DCUtR) over a relayed connection finished. Punched: the relayed
+    /// connection is closed, so sync runs on the direct one (and head office's relay carries
+    /// nothing more). Not punched: the relayed connection keeps syncing, and the status says
+    /// why there is no direct one.
+    fn on_hole_punch(&mut self, peer: PeerId, result: Result<ConnectionId, dcutr::Error>) {
+        let Some(info) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        match result {
+            Ok(direct) => {
+                tracing::info!(%peer, "hole punched: a direct connection through NAT");
+                let relayed: Vec<ConnectionId> = info
+                    .connections
+                    .iter()
+                    .filter(|(id, c)| c.transport == "relay" && **id != direct)
+                    .map(|(id, _)| *id)
+                    .collect();
+                info.hole_punch = Some(HolePunch {
+                    state: "direct",
+                    detail: "hole punched through NAT: sync runs on a direct connection; the relayed one was closed".into(),
+                });
+                for id in relayed {
+                    self.swarm.close_connection(id);
+                }
+            }
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "hole punching failed; the relayed connection keeps syncing");
+                info.hole_punch = Some(HolePunch {
+                    state: "relayed",
+                    detail: format!(
+                        "hole punching failed ({e}); the relayed connection keeps syncing. A NAT that gives each destination its own port (symmetric NAT, as many mobile and corporate networks do) can't be punched: a router with port-preserving NAT, or a port forwarded to this node, would allow a direct connection"
+                    ),
+                });
+            }
+        }
+        self.publish_status();
     }
 
     /// Guests that did not become members in time are disconnected, and an invite that
@@ -1124,6 +1172,7 @@ impl Driver {
                     transport: best.transport,
                     address: best.address.to_string(),
                     rtt_ms: info.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    hole_punch: info.hole_punch.clone(),
                     synced: sync.as_ref().is_some_and(|s| s.synced),
                     entries_received: sync.map(|s| s.entries_received).unwrap_or(0),
                 })

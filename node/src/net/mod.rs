@@ -2,6 +2,7 @@
 //!
 //! - [`behaviour`]: the protocols spoken (identify, ping, gossipsub for push, request-response
 //!   for pulls, relay server and client, DCUtR, AutoNAT).
+//! - `candidates`: our public address on each transport, offered for hole punching.
 //! - [`codec`]: the sync protocol's framing on a request-response stream.
 //! - [`discovery`]: mDNS advertising and browsing, filtered by mesh.
 //! - `driver`: the event loop. It feeds connections, messages and time to
@@ -10,6 +11,7 @@
 //! The PeerId is the device key: one ed25519 key names the device in the log and on the wire.
 
 pub mod behaviour;
+mod candidates;
 pub mod codec;
 pub mod discovery;
 mod driver;
@@ -95,9 +97,22 @@ pub struct PeerStatus {
     pub transport: &'static str,
     pub address: String,
     pub rtt_ms: Option<f64>,
+    /// Set once a hole punch through NAT was tried on a relayed connection to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hole_punch: Option<HolePunch>,
     /// Our last pull from it covered everything it held.
     pub synced: bool,
     pub entries_received: u64,
+}
+
+/// How a hole punch through NAT (DCUtR) went.
+#[derive(Debug, Clone, Serialize)]
+pub struct HolePunch {
+    /// `direct` (punched: the direct connection carries sync) or `relayed` (it failed; the
+    /// relayed connection carries it).
+    pub state: &'static str,
+    /// What happened, and for a failure why and what would help.
+    pub detail: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
