@@ -322,3 +322,95 @@ async fn a_damaged_record_in_the_middle_of_the_log_is_refused_and_left_alone() {
 fn cash_sale_of(sku: &str) -> serde_json::Value {
     serde_json::json!({"lines": [{"sku": sku, "qty": 1}], "payments": [{"method": "cash"}]})
 }
+
+/// The kill -9 soak: a till sells under load while the owner sells too; the till is killed
+/// with `kill -9` at a moment the seed picks, restarted, and must converge with the owner,
+/// every sale either node acknowledged held by both, before the next round.
+///
+/// - `cargo test --test durability kill_9_soak` runs 10 rounds (CI);
+/// - `TILLMESH_SOAK_ROUNDS=1000 cargo test --test durability kill_9_soak -- --nocapture` runs
+///   as many as asked and prints a summary (`TILLMESH_SOAK_SEED` picks the moments).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_soak() {
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let rounds = env("TILLMESH_SOAK_ROUNDS").unwrap_or(10);
+    let mut rng = tillmesh::sim::Rng::new(env("TILLMESH_SOAK_SEED").unwrap_or(1));
+    let tmp = tempfile::tempdir().unwrap();
+    let owner = new_till(&tmp).await;
+    let dir = tmp.path().join("victim");
+    let code = tillmesh::testkit::invite_code(BIN.as_ref(), &owner.dir, "till").unwrap();
+    tillmesh::testkit::join(BIN.as_ref(), &dir, "Till 2", &code).unwrap();
+    let mut victim = NodeProcess::start(BIN.as_ref(), &dir).await.unwrap();
+    tillmesh::testkit::wait_for("the catalogue on the till", Duration::from_secs(60), || {
+        let api = victim.api.clone();
+        async move { Ok((api.all("/v1/products").await?.len() == 2).then_some(())) }
+    })
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (mut acked_total, mut restart_ms, mut converge_ms) = (0usize, Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // Under load: two clients on the till (until it dies under them), one on the owner.
+        let stop = Arc::new(Mutex::new(false));
+        let count = Arc::new(AtomicUsize::new(0));
+        let on_victim = sell_until(&victim.api, 2, stop.clone(), count.clone());
+        let owner_stop = Arc::new(Mutex::new(false));
+        let on_owner = sell_until(&owner.api, 1, owner_stop.clone(), Arc::default());
+        wait_for(&count, 5).await;
+        tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
+        victim.kill9();
+        let mut acked = HashSet::new();
+        for h in on_victim {
+            acked.extend(h.await.unwrap());
+        }
+        let restarting = std::time::Instant::now();
+        victim.restart().await.unwrap();
+        restart_ms.push(restarting.elapsed().as_millis() as u64);
+        *owner_stop.lock().unwrap() = true;
+        for h in on_owner {
+            acked.extend(h.await.unwrap());
+        }
+        let converging = std::time::Instant::now();
+        tillmesh::testkit::wait_converged(&[&owner.api, &victim.api], 0, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        converge_ms.push(converging.elapsed().as_millis() as u64);
+        for api in [&owner.api, &victim.api] {
+            for id in &acked {
+                let (status, _) = api.get(&format!("/v1/sales/{id}")).await.unwrap();
+                assert_eq!(
+                    status.as_u16(),
+                    200,
+                    "round {round}: acknowledged sale {id} lost"
+                );
+            }
+        }
+        acked_total += acked.len();
+        if rounds > 10 && (round + 1) % 100 == 0 {
+            eprintln!(
+                "{} rounds, {acked_total} sales acknowledged, none lost",
+                round + 1
+            );
+        }
+    }
+    // At the end, the whole store once more: every sale moved stock once, receipts unique.
+    let sales = check_consistent(&owner.api, &HashSet::new()).await;
+    assert_eq!(
+        sales.len(),
+        check_consistent(&victim.api, &HashSet::new()).await.len()
+    );
+    let p = |v: &mut Vec<u64>, q: usize| {
+        v.sort_unstable();
+        v[(v.len() - 1) * q / 100]
+    };
+    eprintln!(
+        "{}",
+        serde_json::json!({
+            "rounds": rounds, "kill_9": rounds, "sales_acknowledged": acked_total,
+            "sales_held": sales.len(), "lost": 0,
+            "restart_ms": {"p50": p(&mut restart_ms, 50), "p99": p(&mut restart_ms, 99)},
+            "converged_after_restart_ms": {"p50": p(&mut converge_ms, 50), "p99": p(&mut converge_ms, 99)},
+            "seconds": started.elapsed().as_secs_f64(),
+        })
+    );
+}
