@@ -2067,3 +2067,75 @@ async fn a_refund_arriving_after_its_sale_was_voided_in_quickbooks_is_not_booked
         "{status}"
     );
 }
+
+/// A till is revoked by an admin while, apart, it sells on; the owner takes the late sale
+/// before the revocation, and the bridge posts it. When the revocation arrives the sale no
+/// longer stands anywhere in the mesh, and the bridge voids its receipt in QuickBooks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_posted_sale_that_a_late_revocation_undoes_is_voided_in_quickbooks() {
+    let shop = shop(Settings::default()).await;
+    let Shop {
+        books, owner, dir, ..
+    } = &shop;
+    let device = |secret: u8, role: tillmesh_protocol::Role, name: &'static str| {
+        let key = tillmesh_protocol::DeviceKey::from_secret([secret; 32]);
+        let dir = shop._tmp.path().join(name);
+        async move {
+            owner
+                .execute(Command::Member(tillmesh_node::repo::MemberCommand::Add {
+                    device: key.device_id(),
+                    role,
+                    name: name.into(),
+                }))
+                .await
+                .unwrap();
+            let repo = Repo::join_with_key(&dir, name, owner.identity().root_id, key).unwrap();
+            copy_entries(owner, &repo).await;
+            repo
+        }
+    };
+    let admin = device(43, tillmesh_protocol::Role::Admin, "admin").await;
+    let till = device(44, tillmesh_protocol::Role::Till, "till").await;
+    copy_entries(owner, &admin).await;
+    // The admin revokes the till before it sold anything; the till, apart, sells.
+    admin
+        .execute(Command::Member(
+            tillmesh_node::repo::MemberCommand::Revoke {
+                device: till.identity().device_id,
+            },
+        ))
+        .await
+        .unwrap();
+    sell(&till, 1).await;
+    let (id, sale) = till
+        .list(DocType::Sale, None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(id, v)| (id, tillmesh_node::repo::typed::<Sale>(&id, v).unwrap()))
+        .next()
+        .unwrap();
+    copy_entries(&till, owner).await;
+    let _bridge = spawn_bridge(dir);
+    let number = sale.receipt_number.clone();
+    let receipt = || async {
+        books
+            .receipts()
+            .await
+            .into_iter()
+            .find(|r| r["DocNumber"] == number.as_str())
+    };
+    wait_until("the till's sale in QuickBooks", || async {
+        receipt().await.is_some()
+    })
+    .await;
+    copy_entries(&admin, owner).await;
+    assert!(owner.view(&id).unwrap().is_none(), "undone in the mesh");
+    wait_until("its receipt voided in QuickBooks", || async {
+        receipt()
+            .await
+            .is_some_and(|r| r["PrivateNote"] == "Voided")
+    })
+    .await;
+    let r = receipt().await.unwrap();
+    assert_eq!(minor_of(&r["TotalAmt"], Currency::USD), 0, "{r}");
+}

@@ -32,6 +32,8 @@ pub const ROUND_TRANSACTIONS_MAX: usize = 1_200;
 /// summary waits for tills that were offline (a day's waits an hour; shorter periods less).
 const SUMMARY_SALES_MAX: usize = 500;
 const SUMMARY_GRACE_MS_MAX: u64 = 3_600_000;
+/// Undone entries looked at per round, newest first (there are normally none).
+const UNDONE_SCANNED_MAX: usize = 1_000;
 
 /// The documents that may need posting, fed by the repo's events.
 pub(super) struct Outbox {
@@ -399,6 +401,7 @@ impl Bridge {
 
     async fn push_work(&self, mut work: Work, round: &mut Round) -> Result<usize, QboError> {
         self.settle_intents().await?;
+        self.reverse_undone(round).await?;
         let waiting = work.len() + work.later;
         self.update(|s| s.outbox = waiting);
         // Read from the mesh settings by `check_books` at the start of this round.
@@ -801,6 +804,36 @@ impl Bridge {
             let used = self.state.highest_suffix(&format!("summary/{index}/"))?;
             for (k, chunk) in sales.chunks(SUMMARY_SALES_MAX).enumerate() {
                 creates.push(self.summary_create(index, period_ms, used + k as u64 + 1, chunk)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sales posted to QBO that no longer stand in the mesh: an entry that made them was undone
+    /// (a revocation that reached the mesh after the bridge had posted the revoked till's
+    /// later sales). Their receipts are voided in QBO, so the books hold what every till holds.
+    async fn reverse_undone(&self, round: &mut Round) -> Result<(), QboError> {
+        let (_, undone) = self.repo.undone(UNDONE_SCANNED_MAX).map_err(store)?;
+        for id in undone.iter().flat_map(|u| &u.record.docs) {
+            let key = id.to_string();
+            let Some(posted) = self.state.posted(&key)? else {
+                continue;
+            };
+            // Only a receipt of its own: a summary's share would need a correction, and
+            // nothing else posted is made by a till alone.
+            if posted.entity != "SalesReceipt"
+                || posted.voided
+                || posted.qbo_id.is_empty()
+                || posted.summary.is_some()
+                || self.repo.view(id).map_err(store)?.is_some()
+            {
+                continue;
+            }
+            tracing::warn!(sale = %id, qbo_id = %posted.qbo_id, "a posted sale no longer stands in the mesh (its entry was undone): voiding its receipt in QuickBooks");
+            match self.void_receipt(&key, posted).await {
+                Ok(_) => round.made += 1,
+                Err(e @ (QboError::Reconnect(_) | QboError::State(_))) => return Err(e),
+                Err(e) => self.failed_as(Some(&key), format!("void of undone sale {id}"), &e),
             }
         }
         Ok(())
