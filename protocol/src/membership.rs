@@ -422,8 +422,10 @@ impl Membership {
     /// admitted and (revocations aside) manages members at `seq`, and it neither names the
     /// owner nor makes a second one. An operation that passes is kept, and [`Membership::compute`]
     /// decides whether it counts; so every node keeps the same operations whatever their
-    /// arrival order. (An author not admitted yet, or not an admin yet, may be later: a refused
-    /// operation is judged again when a peer offers it again.)
+    /// arrival order. `NotMember` and `NotAdmin` depend on other operations (an admission not
+    /// held yet; a role change that another node may not hold yet): a node waits for the
+    /// first, and keeps an operation despite the second, which `compute` then never counts
+    /// while its author is not an admin there.
     pub fn admissible_op(
         &self,
         author: DeviceId,

@@ -958,20 +958,13 @@ impl Repo {
     pub fn version_vector(&self) -> Result<VersionVector, ReadError> {
         let tx = self.db()?.begin_read()?;
         let heads = tx.open_table(HEADS)?;
-        let membership = self.membership();
         let mut vv = VersionVector::new();
+        // Entries that do not stand are held, claimed and served like any other (a revoked
+        // device's past its cutoff included), so every node holds the same log and builds its
+        // documents from the same entries (see `writer::undo`).
         for item in heads.iter()? {
             let (k, v) = item?;
-            let author = DeviceId(*k.value());
-            // Entries that do not stand are held, claimed and served like any other (a
-            // revoked device's past its cutoff included), so every node holds the same log and
-            // builds its documents from the same entries (see `writer::undo`). The entries
-            // of a device no longer admitted at all (its admission was struck) are not
-            // claimed: a node that never admitted it holds none, and waits for none.
-            if membership.get(&author).is_none() {
-                continue;
-            }
-            vv.advance(author, v.value().0);
+            vv.advance(DeviceId(*k.value()), v.value().0);
         }
         Ok(vv)
     }

@@ -128,13 +128,25 @@ impl Writer {
     }
 
     /// Its author was a member at that position of its log, with a role that may write every
-    /// kind of document the entry touches. An author whose admission is not held yet waits.
+    /// kind of document the entry touches. An author whose admission is not held yet waits;
+    /// one the membership does not allow is held but not applied (see `undo`).
     pub(super) fn check_role(&self, entry: &SignedEntry) -> Result<Role, Halt> {
         let (author, seq) = (entry.entry.author, entry.entry.seq);
         // Not admitted (yet): it waits for its admission. Admitted but not allowed: held, not
         // applied, since a membership operation arriving later may change that (`undo`).
         if let Err(e @ AccessError::NotMember(_)) = self.membership.role_at(author, seq) {
-            return Err(Halt::defer(e.to_string()));
+            // Its admission is held but does not count (whoever admitted it was revoked
+            // first): held, not applied, as on a node that applied it before that revocation.
+            // With no admission held, it waits for one.
+            let admitted = self
+                .member_ops
+                .iter()
+                .any(|o| matches!(&o.op, MemberOp::Add { device, .. } if *device == author));
+            return Err(if admitted {
+                Halt::Undone(e.to_string())
+            } else {
+                Halt::defer(e.to_string())
+            });
         }
         if let Some(reason) = undo::strike_reason(&self.membership, entry) {
             return Err(Halt::Undone(reason));

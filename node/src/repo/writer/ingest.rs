@@ -51,8 +51,11 @@ impl Writer {
         if let Some(op) = entry.member_op() {
             return self.stage_member_op(t, entry, op, touched);
         }
-        let role = self.check_role(entry)?;
+        // Bytes that are not Automerge changes are refused whatever the membership says: an
+        // entry held but not applied may stand later, and is parsed then.
+        let role = self.check_role(entry);
         let parsed = parse_changes(entry)?;
+        let role = role?;
         self.apply_docs(t, entry, parsed, role)?;
         Ok(self.store_applied(t, entry, touched)?)
     }
@@ -73,8 +76,13 @@ impl Writer {
             Err(AccessError::NotMember(_)) => Err(Halt::Outcome(IngestOutcome::Deferred {
                 reason: AccessError::NotMember(author).to_string(),
             })),
-            Err(e) => Err(Halt::Refuse(e.to_string())),
-            Ok(()) => {
+            // Not an admin at that seq as the membership held here says; another node may hold
+            // it before the role change that says so. Kept like any operation: `compute`
+            // never counts it while its author is not an admin there, on every node alike.
+            Err(e) if !matches!(e, AccessError::NotAdmin { .. }) => {
+                Err(Halt::Refuse(e.to_string()))
+            }
+            Ok(()) | Err(_) => {
                 store_entry(t, entry)?;
                 self.wal_batch.push(entry.encoded().to_vec());
                 self.record_member_op(t, entry, touched)?;
@@ -106,7 +114,6 @@ impl Writer {
         role: Role,
     ) -> Result<(), Halt> {
         let mut fresh: HashMap<DocId, (AutoCommit, Option<Json>)> = HashMap::new();
-        let mut aside = HashSet::new();
         for (dc, changes) in entry.docs().iter().zip(parsed) {
             let applied = self.apply_remote(
                 t,
@@ -116,25 +123,22 @@ impl Writer {
                 &mut fresh,
                 (entry.entry.author, role),
             );
-            match applied {
-                Ok(true) => {}
-                Ok(false) => {
-                    // What the Automerge document queued is dropped with it; the next load
-                    // reads the document as it was.
-                    tracing::warn!(author = %entry.entry.author.short(), seq = entry.entry.seq, doc = %dc.doc_id, "changes set aside: they build on changes of an entry that does not stand");
+            // Builds on an entry that does not stand: neither does this one, whole (see `undo`).
+            let applied = match applied {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(Halt::Undone(undo::BUILDS_ON_UNDONE.to_owned())),
+                Err(halt) => Err(halt),
+            };
+            if let Err(halt) = applied {
+                // What the Automerge documents queued is dropped with them; the next load
+                // reads them as they were.
+                for dc in entry.docs() {
                     self.cache.evict(&dc.doc_id);
-                    fresh.remove(&dc.doc_id);
-                    aside.insert(dc.doc_id);
                 }
-                Err(halt) => {
-                    for dc in entry.docs() {
-                        self.cache.evict(&dc.doc_id);
-                    }
-                    return Err(halt);
-                }
+                return Err(halt);
             }
         }
-        for dc in entry.docs().iter().filter(|d| !aside.contains(&d.doc_id)) {
+        for dc in entry.docs() {
             let mut changes = dc.changes.iter();
             if let Some((doc, view)) = fresh.remove(&dc.doc_id) {
                 let first = changes.next().map(Vec::as_slice).unwrap_or_default();
@@ -212,7 +216,8 @@ impl Writer {
     }
 
     /// Applies one document's changes and checks the result against the schema. `false`:
-    /// set aside, since they build on changes that do not stand (see `undo`).
+    /// they build on changes of an entry that does not stand (see `undo`), so nothing of the
+    /// entry is applied.
     fn apply_remote(
         &mut self,
         t: &Tables<'_>,
@@ -224,7 +229,7 @@ impl Writer {
     ) -> Result<bool, Halt> {
         let actor = self.cache.actor().clone();
         let settings = self.settings.clone();
-        let membership = self.membership.clone();
+        let root = self.id.root_id;
         let existing = self.cache.get(t, &id).map_err(Halt::Store)?;
         let (doc, before, ledger_before, existed) = match existing {
             Some(c) => {
@@ -269,12 +274,19 @@ impl Writer {
             .collect();
         seen.sort();
         seen.dedup();
+        if doc_type == DocType::Settings && seen.is_empty() && author != root {
+            // A second root would make the currency a matter of Automerge's tie-break, and
+            // every amount is judged against it.
+            return Err(Halt::Refuse(
+                "the mesh settings are made by the owner's first entry, and a change to them must build on them".into(),
+            ));
+        }
         let concurrent = existed && seen != heads_before;
         let entry_changes = concurrent.then(|| changes.clone());
         doc.apply_changes(changes)
             .map_err(|e| Halt::Refuse(format!("document {id}: {e}")))?;
         let missing = doc.get_missing_deps(&[]);
-        if !missing.is_empty() && undo::sets_aside(t, &membership, &id, &missing)? {
+        if !missing.is_empty() && undo::builds_on_undone(t, &id, &missing)? {
             return Ok(false);
         }
         if !missing.is_empty() {

@@ -1,21 +1,27 @@
 //! Entries that do not stand, and the documents rebuilt without them.
 //!
-//! Whether an entry stands is a function of the membership: its author admitted, not revoked
-//! before it, and allowed by its role at that seq to write every document type it carries
-//! ([`strike_reason`]). The membership can change after the fact: a revocation reaches a node
-//! after the revoked device's later entries did, a role change after entries the old role
-//! allowed, or an admin's own revocation strikes an operation it made. Every node must end with
-//! the same documents whatever the order, so:
+//! An entry does not stand when
+//! - the membership says so ([`strike_reason`]): its author was revoked before it, was not
+//!   admitted (an admission that was itself struck), or had a role at that seq that may not
+//!   write a document type it carries; or
+//! - it builds on an entry that does not stand: one of its changes depends on a change of such
+//!   an entry (Automerge cannot apply a change without the changes it builds on). Then none of
+//!   its changes stands, in any document: an entry is one act (a refund is the refund document
+//!   and the sale's list of refunds together), and half of it would move money twice.
 //!
+//! The membership can change after the fact: a revocation reaches a node after the revoked
+//! device's later entries did, a role change after entries the old role allowed, an admin's own
+//! revocation strikes an operation it made (and what that operation struck stands again).
+//! Every node must end with the same documents whatever the order, so:
 //! - an entry that does not stand is still stored, chained, claimed and served, so every node
-//!   holds the same log; it is listed in `UNDONE` and none of its changes is in any document;
-//! - a change that builds on an undone change cannot stand either (Automerge cannot apply a
-//!   change without the changes it builds on), nor can the rest of that entry's changes to
-//!   that document; the entry's other documents are untouched. The rule is the same at
-//!   ingest ([`sets_aside`]) and in a rebuild ([`changes_of`]);
-//! - when the membership changes, every stored entry whose standing changed is found, and each
-//!   document they touched is rebuilt from the changes that stand. `finish` then moves views,
-//!   stock levels and indexes from what the documents were to what they are.
+//!   holds the same log; it is listed in `UNDONE`, and none of its changes is in any document;
+//! - at ingest, an entry whose changes build on changes of a listed entry is listed too
+//!   ([`builds_on_undone`]);
+//! - when the membership changes, the entries whose standing it flips are found, then every
+//!   entry connected to them through the documents they share (the region), and standing is
+//!   worked out again across the region; every document of the region is rebuilt from the
+//!   changes that stand. `finish` then moves views, stock levels and indexes from what the
+//!   documents were to what they are.
 
 use redb::ReadableMultimapTable;
 
@@ -101,9 +107,10 @@ impl Writer {
         Ok(())
     }
 
-    /// After the membership changed from `old` to `self.membership`: every stored entry whose
-    /// standing changed is recorded (or cleared) in `UNDONE`, and the documents they touched
-    /// are rebuilt from what stands.
+    /// After the membership changed from `old` to `self.membership`: the entries whose
+    /// standing it flips, the region of entries and documents connected to them, standing
+    /// worked out again across it (recorded in `UNDONE`), and every document of the region
+    /// rebuilt from the changes that stand.
     pub(super) fn restand(
         &mut self,
         t: &mut Tables<'_>,
@@ -111,7 +118,7 @@ impl Writer {
         touched: &mut BTreeSet<DocId>,
     ) -> Result<(), WriteError> {
         let new = self.membership.clone();
-        let same = |a: Option<&Member>, b: Option<&tillmesh_protocol::Member>| {
+        let same = |a: Option<&Member>, b: Option<&Member>| {
             a.map(|m| (&m.roles, m.last_seq)) == b.map(|m| (&m.roles, m.last_seq))
         };
         let authors: BTreeSet<DeviceId> = new
@@ -120,7 +127,7 @@ impl Writer {
             .map(|(d, _)| *d)
             .filter(|d| !same(old.get(d), new.get(d)))
             .collect();
-        let mut docs: BTreeMap<DocId, DocType> = BTreeMap::new();
+        let mut queue: Vec<DocId> = Vec::new();
         let mut flipped = 0usize;
         for author in authors {
             let head = t
@@ -128,36 +135,48 @@ impl Writer {
                 .get(author.as_bytes())?
                 .map(|v| v.value().0)
                 .unwrap_or(0);
-            let mut changed = Vec::new();
             for item in t
                 .entries
                 .range((author.as_bytes(), 1)..=(author.as_bytes(), head))?
             {
                 let (_, bytes) = item?;
-                let e = decode_held(bytes.value())?;
-                let now = strike_reason(&new, &e);
-                if strike_reason(old, &e).is_some() != now.is_some() {
-                    changed.push((e, now));
+                let Ok(e) = SignedEntry::decode(bytes.value()) else {
+                    continue;
+                };
+                if strike_reason(old, &e).is_some() != strike_reason(&new, &e).is_some() {
+                    queue.extend(e.docs().iter().map(|d| d.doc_id));
+                    flipped += 1;
                 }
             }
-            for (e, now) in changed {
-                match &now {
-                    Some(reason) => self.record_undone(t, &e, reason)?,
-                    None => t.undone.remove((author.as_bytes(), e.entry.seq))?,
+        }
+        if flipped == 0 {
+            return Ok(());
+        }
+        let region = Region::gather(t, queue)?;
+        let undone = region.undone(&new);
+        for (key, (e, _)) in &region.entries {
+            match undone.get(key) {
+                Some(reason) => {
+                    if t.undone.get((&key.0, key.1))?.is_none() {
+                        self.record_undone(t, e, reason)?;
+                    }
                 }
-                docs.extend(e.docs().iter().map(|d| (d.doc_id, d.doc_type)));
-                flipped += 1;
+                None => t.undone.remove((&key.0, key.1))?,
             }
         }
-        if flipped > 0 {
-            tracing::warn!(
-                entries = flipped,
-                documents = docs.len(),
-                "the membership changed what stands: documents rebuilt from the entries that do"
-            );
-        }
-        for (id, doc_type) in docs {
-            let (standing, _) = changes_of(t, &self.membership, &id)?;
+        tracing::warn!(
+            entries = flipped,
+            region_entries = region.entries.len(),
+            documents = region.docs.len(),
+            "the membership changed what stands: documents rebuilt from the entries that do"
+        );
+        for (id, recorded_type) in &region.docs {
+            let standing: Vec<Change> = region
+                .entries
+                .iter()
+                .filter(|(key, _)| !undone.contains_key(key))
+                .flat_map(|(_, (_, changes))| changes.get(id).cloned().unwrap_or_default())
+                .collect();
             let doc = if standing.is_empty() {
                 None
             } else {
@@ -167,79 +186,144 @@ impl Writer {
                 })?;
                 Some(doc)
             };
-            self.cache.replace(t, &id, doc_type, doc)?;
-            touched.insert(id);
+            // A document that did not exist takes the type its changes say it is, not the label
+            // an entry gave it.
+            let doc_type = doc
+                .as_ref()
+                .and_then(|d| {
+                    docmap::read_json(d)
+                        .get("type")
+                        .and_then(Json::as_str)
+                        .and_then(DocType::from_name)
+                })
+                .unwrap_or(*recorded_type);
+            self.cache.replace(t, id, doc_type, doc)?;
+            touched.insert(*id);
         }
         Ok(())
     }
 }
 
-/// The changes held of document `id` that stand, and the hashes of those that do not: the
-/// changes of entries that do not stand, and every entry's changes to `id` of which any
-/// builds on one of those, until nothing more builds on them.
-pub(super) fn changes_of(
-    t: &Tables<'_>,
-    membership: &Membership,
-    id: &DocId,
-) -> Result<(Vec<Change>, HashSet<ChangeHash>), WriteError> {
-    let mut keys = Vec::new();
-    for k in t.doc_entries.get(id.as_bytes())? {
-        let k = k?;
-        let (author, seq) = k.value();
-        keys.push((*author, seq));
-    }
-    let mut standing: Vec<Vec<Change>> = Vec::new();
-    let mut aside: HashSet<ChangeHash> = HashSet::new();
-    for (author, seq) in keys {
-        let Some(bytes) = t.entries.get((&author, seq))? else {
-            continue;
-        };
-        let e = decode_held(bytes.value())?;
-        let Some(dc) = e.docs().iter().find(|d| d.doc_id == *id) else {
-            continue;
-        };
-        let changes = dc
-            .changes
-            .iter()
-            .map(|b| docmap::parse_change(b))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| WriteError::Internal(format!("a stored change does not parse: {e}")))?;
-        if strike_reason(membership, &e).is_some() {
-            aside.extend(changes.iter().map(Change::hash));
-        } else {
-            standing.push(changes);
-        }
-    }
-    loop {
-        let before = aside.len();
-        standing.retain(|changes| {
-            let builds = changes
-                .iter()
-                .any(|c| c.deps().iter().any(|d| aside.contains(d)));
-            if builds {
-                aside.extend(changes.iter().map(Change::hash));
-            }
-            !builds
-        });
-        if aside.len() == before {
-            break;
-        }
-    }
-    Ok((standing.into_iter().flatten().collect(), aside))
-}
-
 /// Whether an ingested entry's changes to `id`, which build on `missing` changes not in the
-/// document, are set aside: every one of them is a change held that does not stand (so it
-/// will never come). Otherwise they wait for what they build on.
-pub(super) fn sets_aside(
+/// document, build on changes of entries held that do not stand (every missing change is
+/// one): then the entry does not stand either. Otherwise they wait for what they build on.
+pub(super) fn builds_on_undone(
     t: &Tables<'_>,
-    membership: &Membership,
     id: &DocId,
     missing: &[ChangeHash],
 ) -> Result<bool, WriteError> {
-    let (_, aside) = changes_of(t, membership, id)?;
-    Ok(missing.iter().all(|h| aside.contains(h)))
+    let mut undone = HashSet::new();
+    for k in t.doc_entries.get(id.as_bytes())? {
+        let k = k?;
+        let (author, seq) = k.value();
+        if t.undone.get((author, seq))?.is_none() {
+            continue;
+        }
+        if let Some(bytes) = t.entries.get((author, seq))?
+            && let Ok(e) = SignedEntry::decode(bytes.value())
+        {
+            for dc in e.docs().iter().filter(|d| d.doc_id == *id) {
+                undone.extend(
+                    dc.changes
+                        .iter()
+                        .filter_map(|b| docmap::parse_change(b).ok())
+                        .map(|c| c.hash()),
+                );
+            }
+        }
+    }
+    Ok(missing.iter().all(|h| undone.contains(h)))
 }
+
+/// Parsed changes of one entry, by document.
+type ChangesByDoc = BTreeMap<DocId, Vec<Change>>;
+
+/// The entries connected to some documents through the documents they share, and those
+/// documents: everything whose standing can depend on theirs (Automerge dependencies never
+/// cross documents, and an entry stands or falls whole).
+struct Region {
+    entries: BTreeMap<([u8; 32], u64), (SignedEntry, ChangesByDoc)>,
+    docs: BTreeMap<DocId, DocType>,
+}
+
+impl Region {
+    fn gather(t: &Tables<'_>, mut queue: Vec<DocId>) -> Result<Region, WriteError> {
+        let mut region = Region {
+            entries: BTreeMap::new(),
+            docs: BTreeMap::new(),
+        };
+        let mut seen: BTreeSet<DocId> = queue.iter().copied().collect();
+        while let Some(id) = queue.pop() {
+            let mut keys = Vec::new();
+            for k in t.doc_entries.get(id.as_bytes())? {
+                let k = k?;
+                let (author, seq) = k.value();
+                keys.push((*author, seq));
+            }
+            for key in keys {
+                if region.entries.contains_key(&key) {
+                    continue;
+                }
+                let Some(bytes) = t.entries.get((&key.0, key.1))? else {
+                    continue;
+                };
+                let e = decode_held(bytes.value())?;
+                let mut changes = ChangesByDoc::new();
+                for dc in e.docs() {
+                    region.docs.entry(dc.doc_id).or_insert(dc.doc_type);
+                    if seen.insert(dc.doc_id) {
+                        queue.push(dc.doc_id);
+                    }
+                    // Changes that do not parse were never applied (such an entry is refused
+                    // on ingest); one stored by an older version counts as building on nothing.
+                    changes.entry(dc.doc_id).or_default().extend(
+                        dc.changes
+                            .iter()
+                            .filter_map(|b| docmap::parse_change(b).ok()),
+                    );
+                }
+                region.entries.insert(key, (e, changes));
+            }
+        }
+        Ok(region)
+    }
+
+    /// Which entries of the region do not stand under `m`, and why: those the membership
+    /// strikes, then every entry with a change that builds on one of theirs, until no more.
+    fn undone(&self, m: &Membership) -> BTreeMap<([u8; 32], u64), String> {
+        let mut undone = BTreeMap::new();
+        let mut hashes: HashSet<ChangeHash> = HashSet::new();
+        for (key, (e, changes)) in &self.entries {
+            if let Some(reason) = strike_reason(m, e) {
+                undone.insert(*key, reason);
+                hashes.extend(changes.values().flatten().map(Change::hash));
+            }
+        }
+        loop {
+            let mut grew = false;
+            for (key, (_, changes)) in &self.entries {
+                if undone.contains_key(key) {
+                    continue;
+                }
+                let builds = changes
+                    .values()
+                    .flatten()
+                    .any(|c| c.deps().iter().any(|d| hashes.contains(d)));
+                if builds {
+                    undone.insert(*key, BUILDS_ON_UNDONE.to_owned());
+                    hashes.extend(changes.values().flatten().map(Change::hash));
+                    grew = true;
+                }
+            }
+            if !grew {
+                return undone;
+            }
+        }
+    }
+}
+
+/// Why an entry of a member in good standing does not stand.
+pub(super) const BUILDS_ON_UNDONE: &str = "it builds on changes of an entry that does not stand (its author was revoked before it, or its role may not): none of its changes stands, so that what it did is not half done";
 
 fn decode_held(bytes: &[u8]) -> Result<SignedEntry, WriteError> {
     SignedEntry::decode(bytes)
