@@ -279,26 +279,11 @@ fn shops_that_reach_only_the_relay_sync_through_it() -> anyhow::Result<()> {
 
     let root = tempfile::tempdir()?;
     let office = root.path().join("office");
-    tillmesh_in(
+    let _hub = head_office(
         &relay,
-        &[
-            "init",
-            "--data",
-            &office.to_string_lossy(),
-            "--name",
-            "Head office",
-        ],
-    )?;
-    let hub = NsNode::start(
-        &relay,
-        BIN.as_ref(),
         &office,
         &["--relay", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/7421"],
     )?;
-    relay.block_on(hub.api.ok_post(
-        "/v1/products",
-        &product("TEA-1", "Green tea", 350, 1_000_000),
-    ))?;
     let mut nodes = Vec::new();
     for (i, shop) in shops.iter().enumerate() {
         let dir = root.path().join(format!("shop-{i}"));
@@ -466,6 +451,26 @@ fn a_lan_flood_of_made_up_peers_is_held_to_the_limit() -> anyhow::Result<()> {
     })
 }
 
+/// Head office's node in `ns`: a new mesh in `dir`, running with `flags`, with plenty of tea.
+fn head_office(ns: &Netns, dir: &Path, flags: &[&str]) -> anyhow::Result<NsNode> {
+    tillmesh_in(
+        ns,
+        &[
+            "init",
+            "--data",
+            &dir.to_string_lossy(),
+            "--name",
+            "Head office",
+        ],
+    )?;
+    let hub = NsNode::start(ns, BIN.as_ref(), dir, flags)?;
+    ns.block_on(hub.api.ok_post(
+        "/v1/products",
+        &product("TEA-1", "Green tea", 350, 1_000_000),
+    ))?;
+    Ok(hub)
+}
+
 /// Head office (a relay, on the internet) and two shops behind NAT routers, each joined to the
 /// mesh by an invite that names head office's address, and running.
 fn shops_behind_nat(
@@ -475,26 +480,7 @@ fn shops_behind_nat(
     let net = NatShops::create(t, nats)?;
     let root = tempfile::tempdir()?;
     let office = root.path().join("office");
-    tillmesh_in(
-        &net.office,
-        &[
-            "init",
-            "--data",
-            &office.to_string_lossy(),
-            "--name",
-            "Head office",
-        ],
-    )?;
-    let hub = NsNode::start(
-        &net.office,
-        BIN.as_ref(),
-        &office,
-        &["--relay", "--no-mdns"],
-    )?;
-    net.office.block_on(hub.api.ok_post(
-        "/v1/products",
-        &product("TEA-1", "Green tea", 350, 1_000_000),
-    ))?;
+    let hub = head_office(&net.office, &office, &["--relay", "--no-mdns"])?;
     let mut shops = Vec::new();
     for (i, shop) in net.shops.iter().enumerate() {
         let dir = root.path().join(format!("shop-{i}"));

@@ -21,6 +21,19 @@ use tillmesh_protocol::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_tillmesh");
 
+/// A new mesh's owner, in-process under `root/owner`, with 100 of one product.
+async fn owner_with_tea(root: &Path) -> InProcessNode {
+    let owner = InProcessNode::init(&root.join("owner"), "Office")
+        .await
+        .unwrap();
+    owner
+        .api
+        .ok_post("/v1/products", &product("TEA-1", "Tea", 350, 100))
+        .await
+        .unwrap();
+    owner
+}
+
 /// Everything `from` holds that `to` lacks; every entry must apply.
 async fn sync(from: &Repo, to: &Repo) {
     for (author, seq, outcome) in sync_entries(from, to).await.unwrap() {
@@ -102,15 +115,8 @@ fn ledger_change(repo: &Repo, sale_id: DocId, author: &DeviceId) -> DocChanges {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_entry_is_checked_against_its_authors_role_and_revocation() {
     let tmp = tempfile::tempdir().unwrap();
-    let owner = InProcessNode::init(&tmp.path().join("owner"), "Office")
-        .await
-        .unwrap();
+    let owner = owner_with_tea(tmp.path()).await;
     let mesh = owner.repo.identity().mesh_id;
-    owner
-        .api
-        .ok_post("/v1/products", &product("TEA-1", "Tea", 350, 100))
-        .await
-        .unwrap();
     let (t_key, v_key, b_key) = (
         DeviceKey::from_secret([11; 32]),
         DeviceKey::from_secret([12; 32]),
@@ -276,14 +282,7 @@ async fn every_entry_is_checked_against_its_authors_role_and_revocation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_quarantines_its_author_and_raises_an_alert() {
     let tmp = tempfile::tempdir().unwrap();
-    let owner = InProcessNode::init(&tmp.path().join("owner"), "Office")
-        .await
-        .unwrap();
-    owner
-        .api
-        .ok_post("/v1/products", &product("TEA-1", "Tea", 350, 100))
-        .await
-        .unwrap();
+    let owner = owner_with_tea(tmp.path()).await;
     let key = DeviceKey::from_secret([21; 32]);
     let till = member_device(
         &tmp.path().join("till"),
@@ -703,14 +702,7 @@ fn documents(repo: &Repo) -> std::collections::BTreeMap<DocId, Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_till_that_applied_a_revoked_devices_late_entries_converges_with_one_that_refused_them() {
     let tmp = tempfile::tempdir().unwrap();
-    let owner = InProcessNode::init(&tmp.path().join("owner"), "Office")
-        .await
-        .unwrap();
-    owner
-        .api
-        .ok_post("/v1/products", &product("TEA-1", "Tea", 350, 100))
-        .await
-        .unwrap();
+    let owner = owner_with_tea(tmp.path()).await;
     let device = |name: &'static str, secret: u8, role: Role| {
         let (dir, repo) = (tmp.path().join(name), owner.repo.clone());
         async move {
@@ -816,14 +808,7 @@ async fn a_till_that_applied_a_revoked_devices_late_entries_converges_with_one_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_whose_admission_is_struck_stands_nowhere_and_stalls_no_one() {
     let tmp = tempfile::tempdir().unwrap();
-    let owner = InProcessNode::init(&tmp.path().join("owner"), "Office")
-        .await
-        .unwrap();
-    owner
-        .api
-        .ok_post("/v1/products", &product("TEA-1", "Tea", 350, 100))
-        .await
-        .unwrap();
+    let owner = owner_with_tea(tmp.path()).await;
     let admin = member_device(
         &tmp.path().join("m"),
         &owner.repo,

@@ -83,12 +83,8 @@ impl Writer {
                 Err(Halt::Refuse(e.to_string()))
             }
             Ok(()) | Err(_) => {
-                store_entry(t, entry)?;
-                self.wal_batch.push(entry.encoded().to_vec());
+                self.hold(t, entry)?;
                 self.record_member_op(t, entry, touched)?;
-                if author == self.id.device_id {
-                    self.head = (seq, entry.hash());
-                }
                 Ok((
                     IngestOutcome::Applied,
                     Some(Staged {
@@ -162,8 +158,7 @@ impl Writer {
     ) -> Result<(IngestOutcome, Option<Staged>), WriteError> {
         let (author, seq) = (entry.entry.author, entry.entry.seq);
         touched.extend(entry.docs().iter().map(|d| d.doc_id));
-        store_entry(t, entry)?;
-        self.wal_batch.push(entry.encoded().to_vec());
+        self.hold(t, entry)?;
         if entry.docs().iter().any(|d| d.doc_id == self.settings_id) {
             // Later entries of this batch (a product with a new tax code) are checked against
             // the settings as they are now.
@@ -178,9 +173,6 @@ impl Writer {
             }
         }
         if author == self.id.device_id {
-            // Its own entries coming back (from the log after a crash, or from peers to a till
-            // restored from an old backup): its next entry must follow the last one.
-            self.head = (seq, entry.hash());
             // This device's own entries come back from the log after a crash: the receipt
             // counter follows the highest number its sales carry, so no number is issued twice.
             for d in entry.docs().iter().filter(|d| d.doc_type == DocType::Sale) {

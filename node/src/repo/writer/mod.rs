@@ -478,6 +478,21 @@ struct Finished {
     stock_only: Vec<DocId>,
 }
 
+impl Writer {
+    /// Stores an entry from another device (or this one's own, coming back) that passed its
+    /// checks: chained into its author's log, and into this batch's part of the write-ahead log.
+    fn hold(&mut self, t: &mut Tables<'_>, entry: &SignedEntry) -> Result<(), WriteError> {
+        store_entry(t, entry)?;
+        self.wal_batch.push(entry.encoded().to_vec());
+        if entry.entry.author == self.id.device_id {
+            // Its own entries coming back (from the log after a crash, or from peers to a
+            // till restored from an old backup): its next entry must follow the last one.
+            self.head = (entry.entry.seq, entry.hash());
+        }
+        Ok(())
+    }
+}
+
 fn store_entry(t: &mut Tables<'_>, e: &SignedEntry) -> Result<(), WriteError> {
     let author = e.entry.author;
     t.entries

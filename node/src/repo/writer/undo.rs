@@ -70,12 +70,8 @@ impl Writer {
     ) -> Result<(IngestOutcome, Option<Staged>), WriteError> {
         let (author, seq) = (entry.entry.author, entry.entry.seq);
         tracing::warn!(author = %author.short(), seq, %reason, "entry held but not applied");
-        store_entry(t, entry)?;
-        self.wal_batch.push(entry.encoded().to_vec());
+        self.hold(t, entry)?;
         self.record_undone(t, entry, &reason)?;
-        if author == self.id.device_id {
-            self.head = (seq, entry.hash());
-        }
         Ok((
             IngestOutcome::Undone { reason },
             Some(Staged {
