@@ -2068,15 +2068,10 @@ async fn a_refund_arriving_after_its_sale_was_voided_in_quickbooks_is_not_booked
     );
 }
 
-/// A till is revoked by an admin while, apart, it sells on; the owner takes the late sale
-/// before the revocation, and the bridge posts it. When the revocation arrives the sale no
-/// longer stands anywhere in the mesh, and the bridge voids its receipt in QuickBooks.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_posted_sale_that_a_late_revocation_undoes_is_voided_in_quickbooks() {
-    let shop = shop(Settings::default()).await;
-    let Shop {
-        books, owner, dir, ..
-    } = &shop;
+/// An admin and a till, admitted by the owner and holding what it holds; the admin then
+/// revokes the till before anything more the till does (the owner does not know yet).
+async fn till_revoked_apart(shop: &Shop) -> (Repo, Repo) {
+    let owner = &shop.owner;
     let device = |secret: u8, role: tillmesh_protocol::Role, name: &'static str| {
         let key = tillmesh_protocol::DeviceKey::from_secret([secret; 32]);
         let dir = shop._tmp.path().join(name);
@@ -2089,15 +2084,13 @@ async fn a_posted_sale_that_a_late_revocation_undoes_is_voided_in_quickbooks() {
                 }))
                 .await
                 .unwrap();
-            let repo = Repo::join_with_key(&dir, name, owner.identity().root_id, key).unwrap();
-            copy_entries(owner, &repo).await;
-            repo
+            Repo::join_with_key(&dir, name, owner.identity().root_id, key).unwrap()
         }
     };
     let admin = device(43, tillmesh_protocol::Role::Admin, "admin").await;
     let till = device(44, tillmesh_protocol::Role::Till, "till").await;
     copy_entries(owner, &admin).await;
-    // The admin revokes the till before it sold anything; the till, apart, sells.
+    copy_entries(owner, &till).await;
     admin
         .execute(Command::Member(
             tillmesh_node::repo::MemberCommand::Revoke {
@@ -2106,6 +2099,19 @@ async fn a_posted_sale_that_a_late_revocation_undoes_is_voided_in_quickbooks() {
         ))
         .await
         .unwrap();
+    (admin, till)
+}
+
+/// A till is revoked by an admin while, apart, it sells on; the owner takes the late sale
+/// before the revocation, and the bridge posts it. When the revocation arrives the sale no
+/// longer stands anywhere in the mesh, and the bridge voids its receipt in QuickBooks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_posted_sale_that_a_late_revocation_undoes_is_voided_in_quickbooks() {
+    let shop = shop(Settings::default()).await;
+    let Shop {
+        books, owner, dir, ..
+    } = &shop;
+    let (admin, till) = till_revoked_apart(&shop).await;
     sell(&till, 1).await;
     let (id, sale) = till
         .list(DocType::Sale, None, 10)
@@ -2138,4 +2144,62 @@ async fn a_posted_sale_that_a_late_revocation_undoes_is_voided_in_quickbooks() {
     .await;
     let r = receipt().await.unwrap();
     assert_eq!(minor_of(&r["TotalAmt"], Currency::USD), 0, "{r}");
+}
+
+/// The same with a refund: the revoked till, apart, refunds part of one of the owner's sales;
+/// the bridge posts the refund before the revocation reaches the owner, and deletes its refund
+/// receipt when it does. The sale's own receipt stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_posted_refund_that_a_late_revocation_undoes_is_taken_back_out_of_quickbooks() {
+    let shop = shop(Settings::default()).await;
+    let Shop {
+        books, owner, dir, ..
+    } = &shop;
+    sell(owner, 2).await;
+    let (admin, till) = till_revoked_apart(&shop).await;
+    let (id, sale) = till
+        .list(DocType::Sale, None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(id, v)| (id, tillmesh_node::repo::typed::<Sale>(&id, v).unwrap()))
+        .find(|(_, s)| s.lines[0].qty == 2)
+        .unwrap();
+    till.execute(Command::Refund {
+        sale_id: id,
+        request: serde_json::from_value(json!({"lines": [{"line": 0, "qty": 1}]})).unwrap(),
+    })
+    .await
+    .unwrap();
+    copy_entries(&till, owner).await;
+    let _bridge = spawn_bridge(dir);
+    wait_until("the sales and the refund in QuickBooks", || async {
+        books.receipts().await.len() == 2 && books.all("RefundReceipt").await.len() == 1
+    })
+    .await;
+    copy_entries(&admin, owner).await;
+    let held: Sale = tillmesh_node::repo::typed(&id, owner.view(&id).unwrap().unwrap()).unwrap();
+    assert!(
+        held.refunds.is_empty(),
+        "the refund is undone in the mesh: {held:?}"
+    );
+    wait_until("the refund receipt gone from QuickBooks", || async {
+        books.all("RefundReceipt").await.is_empty()
+    })
+    .await;
+    let receipt = books
+        .receipts()
+        .await
+        .into_iter()
+        .find(|r| r["DocNumber"] == sale.receipt_number.as_str())
+        .unwrap();
+    assert_eq!(
+        minor_of(&receipt["TotalAmt"], Currency::USD),
+        sale.total.amount_minor,
+        "the sale stands: {receipt}"
+    );
+    let status = bridge_status(dir);
+    assert!(
+        status["failures"].as_array().is_some_and(Vec::is_empty),
+        "{status}"
+    );
 }

@@ -809,9 +809,10 @@ impl Bridge {
         Ok(())
     }
 
-    /// Sales posted to QBO that no longer stand in the mesh: an entry that made them was undone
-    /// (a revocation that reached the mesh after the bridge had posted the revoked till's
-    /// later sales). Their receipts are voided in QBO, so the books hold what every till holds.
+    /// Sales and refunds posted to QBO that no longer stand in the mesh: an entry that made
+    /// them was undone (a revocation that reached the mesh after the bridge had posted the
+    /// revoked till's later sales and refunds). A sale's receipt is voided and a refund's
+    /// receipt deleted in QBO, so the books hold what every till holds.
     async fn reverse_undone(&self, round: &mut Round) -> Result<(), QboError> {
         let (_, undone) = self.repo.undone(UNDONE_SCANNED_MAX).map_err(store)?;
         for id in undone.iter().flat_map(|u| &u.record.docs) {
@@ -821,7 +822,7 @@ impl Bridge {
             };
             // Only a receipt of its own: a summary's share would need a correction, and
             // nothing else posted is made by a till alone.
-            if posted.entity != "SalesReceipt"
+            if !matches!(posted.entity.as_str(), "SalesReceipt" | "RefundReceipt")
                 || posted.voided
                 || posted.qbo_id.is_empty()
                 || posted.summary.is_some()
@@ -829,13 +830,43 @@ impl Bridge {
             {
                 continue;
             }
-            tracing::warn!(sale = %id, qbo_id = %posted.qbo_id, "a posted sale no longer stands in the mesh (its entry was undone): voiding its receipt in QuickBooks");
-            match self.void_receipt(&key, posted).await {
-                Ok(_) => round.made += 1,
+            tracing::warn!(document = %id, entity = %posted.entity, qbo_id = %posted.qbo_id, "posted, but no longer stands in the mesh (its entry was undone): taking it back out of QuickBooks");
+            let reversed = if posted.entity == "SalesReceipt" {
+                self.void_receipt(&key, posted).await.map(drop)
+            } else {
+                self.delete_refund_receipt(&key, posted).await
+            };
+            match reversed {
+                Ok(()) => round.made += 1,
                 Err(e @ (QboError::Reconnect(_) | QboError::State(_))) => return Err(e),
-                Err(e) => self.failed_as(Some(&key), format!("void of undone sale {id}"), &e),
+                Err(e) => self.failed_as(Some(&key), format!("reversal of undone {id}"), &e),
             }
         }
+        Ok(())
+    }
+
+    /// Deletes a refund receipt whose refund the mesh no longer holds.
+    async fn delete_refund_receipt(&self, key: &str, mut posted: Posted) -> Result<(), QboError> {
+        let token = match self
+            .qbo
+            .get(&format!("refundreceipt/{}", posted.qbo_id))
+            .await
+        {
+            Ok(v) => Some(v["RefundReceipt"]["SyncToken"].clone()),
+            // Deleted in QBO already.
+            Err(e) if e.code() == Some("610") => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(token) = token {
+            let body = json!({"Id": posted.qbo_id, "SyncToken": token});
+            self.qbo
+                .post("refundreceipt?operation=delete", &body)
+                .await?;
+        }
+        posted.voided = true;
+        posted.total_minor = Some(0);
+        posted.tax_minor = Some(0);
+        self.state.set_posted(key, &posted)?;
         Ok(())
     }
 
