@@ -79,6 +79,14 @@ impl Books {
         self.all("SalesReceipt").await
     }
 
+    /// The sales receipt numbered `number`, if QuickBooks holds one.
+    async fn receipt(&self, number: &str) -> Option<Value> {
+        self.receipts()
+            .await
+            .into_iter()
+            .find(|r| r["DocNumber"] == number)
+    }
+
     async fn all(&self, entity: &str) -> Vec<Value> {
         let mut all = Vec::new();
         let mut start = 1;
@@ -195,10 +203,15 @@ async fn join_till(network: &net::Network, root: &Path, name: &str) -> Repo {
 }
 
 fn sales_of(repo: &Repo) -> Vec<Sale> {
+    sales_by_id(repo).into_iter().map(|(_, s)| s).collect()
+}
+
+/// Every sale `repo` holds (up to 1,000), with its id.
+fn sales_by_id(repo: &Repo) -> Vec<(tillmesh_protocol::DocId, Sale)> {
     repo.list(DocType::Sale, None, 1000)
         .unwrap()
         .into_iter()
-        .map(|(id, v)| tillmesh_node::repo::typed::<Sale>(&id, v).unwrap())
+        .map(|(id, v)| (id, tillmesh_node::repo::typed::<Sale>(&id, v).unwrap()))
         .collect()
 }
 
@@ -1187,12 +1200,7 @@ async fn a_yen_and_a_dinar_shop_book_every_minor_unit() {
         .await;
         // Sale by sale, then the day's totals, to the minor unit.
         let (mut mesh_day, mut qbo_day) = (0i64, 0i64);
-        let sales: Vec<(tillmesh_protocol::DocId, Sale)> = owner
-            .list(DocType::Sale, None, 1000)
-            .unwrap()
-            .into_iter()
-            .map(|(id, v)| (id, tillmesh_node::repo::typed::<Sale>(&id, v).unwrap()))
-            .collect();
+        let sales: Vec<(tillmesh_protocol::DocId, Sale)> = sales_by_id(&owner);
         let receipts = books.receipts().await;
         for (id, sale) in &sales {
             let r = receipts
@@ -1322,12 +1330,7 @@ async fn sales_are_booked_on_the_shops_local_date() {
         books.receipts().await.len() == 3
     })
     .await;
-    let sales: Vec<(tillmesh_protocol::DocId, Sale)> = owner
-        .list(DocType::Sale, None, 10)
-        .unwrap()
-        .into_iter()
-        .map(|(id, v)| (id, tillmesh_node::repo::typed::<Sale>(&id, v).unwrap()))
-        .collect();
+    let sales: Vec<(tillmesh_protocol::DocId, Sale)> = sales_by_id(&owner);
     for r in books.receipts().await {
         let id = note_id(&r, "tillmesh sale ");
         let (_, sale) = sales.iter().find(|(s, _)| s.to_string() == id).unwrap();
@@ -1917,11 +1920,8 @@ async fn copy_entries(from: &Repo, to: &Repo) {
 async fn void_here_refund_apart(shop: &Shop) -> (tillmesh_protocol::DocId, Sale, Repo) {
     let owner = &shop.owner;
     sell(owner, 2).await;
-    let (id, sale) = owner
-        .list(DocType::Sale, None, 10)
-        .unwrap()
+    let (id, sale) = sales_by_id(owner)
         .into_iter()
-        .map(|(id, v)| (id, tillmesh_node::repo::typed::<Sale>(&id, v).unwrap()))
         .find(|(_, s)| s.lines[0].qty == 2)
         .unwrap();
     let key = tillmesh_protocol::DeviceKey::from_secret([42; 32]);
@@ -1976,12 +1976,7 @@ async fn a_void_and_a_refund_made_apart_move_the_money_once() {
         },
     )
     .await;
-    let receipt = books
-        .receipts()
-        .await
-        .into_iter()
-        .find(|r| r["DocNumber"] == number.as_str())
-        .unwrap();
+    let receipt = books.receipt(&number).await.unwrap();
     let refunds = books.all("RefundReceipt").await;
     let total = |r: &Value| minor_of(&r["TotalAmt"], Currency::USD);
     let refund = refunds
@@ -2027,10 +2022,8 @@ async fn a_refund_arriving_after_its_sale_was_voided_in_quickbooks_is_not_booked
     let number = sale.receipt_number.clone();
     let voided = || async {
         books
-            .receipts()
+            .receipt(&number)
             .await
-            .into_iter()
-            .find(|r| r["DocNumber"] == number.as_str())
             .filter(|r| r["PrivateNote"] == "Voided")
     };
     wait_until("the sale's receipt voided in QuickBooks", || async {
@@ -2113,23 +2106,11 @@ async fn a_posted_sale_that_a_late_revocation_undoes_is_voided_in_quickbooks() {
     } = &shop;
     let (admin, till) = till_revoked_apart(&shop).await;
     sell(&till, 1).await;
-    let (id, sale) = till
-        .list(DocType::Sale, None, 10)
-        .unwrap()
-        .into_iter()
-        .map(|(id, v)| (id, tillmesh_node::repo::typed::<Sale>(&id, v).unwrap()))
-        .next()
-        .unwrap();
+    let (id, sale) = sales_by_id(&till).into_iter().next().unwrap();
     copy_entries(&till, owner).await;
     let _bridge = spawn_bridge(dir);
     let number = sale.receipt_number.clone();
-    let receipt = || async {
-        books
-            .receipts()
-            .await
-            .into_iter()
-            .find(|r| r["DocNumber"] == number.as_str())
-    };
+    let receipt = || async { books.receipt(&number).await };
     wait_until("the till's sale in QuickBooks", || async {
         receipt().await.is_some()
     })
@@ -2157,11 +2138,8 @@ async fn a_posted_refund_that_a_late_revocation_undoes_is_taken_back_out_of_quic
     } = &shop;
     sell(owner, 2).await;
     let (admin, till) = till_revoked_apart(&shop).await;
-    let (id, sale) = till
-        .list(DocType::Sale, None, 10)
-        .unwrap()
+    let (id, sale) = sales_by_id(&till)
         .into_iter()
-        .map(|(id, v)| (id, tillmesh_node::repo::typed::<Sale>(&id, v).unwrap()))
         .find(|(_, s)| s.lines[0].qty == 2)
         .unwrap();
     till.execute(Command::Refund {
@@ -2186,12 +2164,7 @@ async fn a_posted_refund_that_a_late_revocation_undoes_is_taken_back_out_of_quic
         books.all("RefundReceipt").await.is_empty()
     })
     .await;
-    let receipt = books
-        .receipts()
-        .await
-        .into_iter()
-        .find(|r| r["DocNumber"] == sale.receipt_number.as_str())
-        .unwrap();
+    let receipt = books.receipt(&sale.receipt_number).await.unwrap();
     assert_eq!(
         minor_of(&receipt["TotalAmt"], Currency::USD),
         sale.total.amount_minor,
