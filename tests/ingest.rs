@@ -515,7 +515,7 @@ async fn a_panic_while_a_batch_is_finished_is_laid_at_the_right_entry() {
     let (good, bad) = (&theirs[theirs.len() - 2], &theirs[theirs.len() - 1]);
     // Everything before the two sales, so both apply in order.
     let before: Vec<_> = theirs[..theirs.len() - 2].to_vec();
-    for o in a.repo.ingest_many(before).await.unwrap() {
+    for (_, o) in a.repo.ingest_many(before).await.unwrap() {
         assert!(!matches!(o, IngestOutcome::Rejected { .. }), "{o:?}");
     }
     a.repo.inject_finish_panic(b_id, bad.entry.seq);

@@ -28,10 +28,14 @@ pub async fn apply(
     repo: &Repo,
     entries: Vec<SignedEntry>,
 ) -> Result<(Vec<(SignedEntry, Verdict)>, VersionVector), WriteError> {
-    let outcomes = repo.ingest_many(entries.clone()).await?;
-    let results = entries
+    let results = repo
+        .ingest_many(entries)
+        .await?
         .into_iter()
-        .zip(outcomes.iter().map(verdict))
+        .map(|(entry, outcome)| {
+            let v = verdict(&outcome);
+            (entry, v)
+        })
         .collect();
     let vv = repo
         .version_vector()

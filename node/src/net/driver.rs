@@ -96,7 +96,6 @@ pub(super) struct Driver {
     /// Pulls from each peer being answered now.
     serving: Arc<Mutex<HashMap<PeerId, usize>>>,
     apply_queued_bytes: usize,
-    mesh: tillmesh_protocol::MeshId,
     discovery: Option<Discovery>,
     found: Option<mpsc::Receiver<Found>>,
     apply_tx: mpsc::UnboundedSender<(Source<PeerId>, Vec<SignedEntry>, usize)>,
@@ -301,7 +300,6 @@ impl Driver {
             pulls: HashMap::new(),
             serving: Arc::default(),
             apply_queued_bytes: 0,
-            mesh: identity.mesh_id,
             discovery,
             found,
             apply_tx,
@@ -1026,7 +1024,8 @@ impl Driver {
         let Message::Push { entry } = &message else {
             return false;
         };
-        if entry.verify(&self.mesh).is_ok() {
+        // Verified once here: the repo remembers it, and its writer does not verify it again.
+        if self.repo.verify_signature(entry).is_ok() {
             // Only members' entries travel on: anything else would be parked and checked
             // again on every node for nothing. (A member admitted too recently for this node
             // to know is pulled later.)

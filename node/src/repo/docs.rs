@@ -21,7 +21,10 @@ use super::WriteError;
 /// compaction cost amortised O(1) per change, even for a product sold a million times.
 const CHUNKS_BEFORE_COMPACT: u32 = 64;
 /// Documents kept loaded between batches; beyond it the cache drops what is not a product.
-const CACHED_DOCS_MAX: usize = 4096;
+/// Small: a sale is written once and rarely touched again (a void or a refund loads it in
+/// well under a millisecond), while a loaded document takes tens of KiB. At 4,096 the cache
+/// held most of a node's memory, and emptying it stalled the writer.
+const CACHED_DOCS_MAX: usize = 256;
 
 pub struct CachedDoc {
     pub doc: AutoCommit,

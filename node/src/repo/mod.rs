@@ -8,6 +8,7 @@
 mod docs;
 mod prepare;
 pub mod requests;
+mod verify;
 mod writer;
 
 pub use writer::UndoneRecord;
@@ -24,7 +25,7 @@ use tillmesh_protocol::schema::{Document, Settings};
 use tillmesh_protocol::sync::wire;
 use tillmesh_protocol::{
     Currency, DeviceId, DeviceKey, DocId, DocType, Membership, MeshId, Role, SchemaError,
-    SignedEntry, VersionVector,
+    SignedEntry, VerifyError, VersionVector,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -319,7 +320,9 @@ pub struct DocEvent {
 pub(crate) enum Job {
     Command(Box<Serial>, Answer<Written>),
     Prepared(Box<prepare::Prepared>, Answer<Written>),
-    Ingest(Box<SignedEntry>, Answer<IngestOutcome>),
+    /// An entry from another device, and whether its signature is proven already (see
+    /// `verify`).
+    Ingest(Arc<SignedEntry>, bool, Answer<IngestOutcome>),
 }
 
 /// Where the writer answers a job. One dropped unanswered while the writer unwinds from a
@@ -398,6 +401,8 @@ struct Inner {
     secret: [u8; 32],
     /// What simulations of crashes ask of the writer.
     hooks: Arc<writer::CrashHooks>,
+    /// Entries whose signatures the network layer verified, for the writer not to again.
+    verified: verify::VerifiedMemo,
 }
 
 impl Drop for Inner {
@@ -559,6 +564,7 @@ impl Repo {
                 committed,
                 secret,
                 hooks,
+                verified: Default::default(),
             }),
         })
     }
@@ -789,12 +795,16 @@ impl Repo {
 
     /// Verifies, applies and stores an entry from another device.
     pub async fn ingest(&self, entry: SignedEntry) -> Result<IngestOutcome, WriteError> {
-        let (tx, rx) = Answer::channel();
-        self.jobs()?
-            .send(Job::Ingest(Box::new(entry), tx))
-            .await
-            .map_err(|_| WriteError::ShuttingDown)?;
-        rx.await.map_err(|_| WriteError::ShuttingDown)?
+        let mut done = self.ingest_many(vec![entry]).await?;
+        Ok(done.pop().map(|(_, o)| o).expect("one outcome per entry"))
+    }
+
+    /// Verifies an entry's signature for the network layer, which must know before gossip
+    /// forwards it; the writer then takes it without verifying it again.
+    pub fn verify_signature(&self, entry: &SignedEntry) -> Result<(), VerifyError> {
+        entry.verify(&self.inner.identity.mesh_id)?;
+        self.inner.verified.insert(entry.hash());
+        Ok(())
     }
 
     fn jobs(&self) -> Result<&mpsc::Sender<Job>, WriteError> {
@@ -811,23 +821,35 @@ impl Repo {
         self.inner.committed.subscribe()
     }
 
-    /// Ingests entries in order, letting the writer batch them; one outcome per entry.
+    /// Ingests entries in order, letting the writer batch them; each comes back with its
+    /// outcome. Their signatures are checked first, on every core (see `verify`).
     pub async fn ingest_many(
         &self,
         entries: Vec<SignedEntry>,
-    ) -> Result<Vec<IngestOutcome>, WriteError> {
+    ) -> Result<Vec<(SignedEntry, IngestOutcome)>, WriteError> {
         let jobs = self.jobs()?;
-        let mut replies = Vec::with_capacity(entries.len());
-        for entry in entries {
+        let held = self.version_vector().ok();
+        let checked = verify::verify_ahead(
+            entries,
+            held.as_ref(),
+            &self.inner.verified,
+            self.inner.identity.mesh_id,
+        )
+        .await;
+        let mut replies = Vec::with_capacity(checked.len());
+        for (entry, proven) in checked {
             let (tx, rx) = Answer::channel();
-            jobs.send(Job::Ingest(Box::new(entry), tx))
+            jobs.send(Job::Ingest(entry.clone(), proven, tx))
                 .await
                 .map_err(|_| WriteError::ShuttingDown)?;
-            replies.push(rx);
+            replies.push((entry, rx));
         }
         let mut out = Vec::with_capacity(replies.len());
-        for rx in replies {
-            out.push(rx.await.map_err(|_| WriteError::ShuttingDown)??);
+        for (entry, rx) in replies {
+            let outcome = rx.await.map_err(|_| WriteError::ShuttingDown)??;
+            // The writer has let go of it once it answered.
+            let entry = Arc::try_unwrap(entry).unwrap_or_else(|e| (*e).clone());
+            out.push((entry, outcome));
         }
         Ok(out)
     }

@@ -57,15 +57,14 @@ impl From<crate::store::tables::SealedError> for Halt {
 impl Writer {
     /// Not held yet, and signed by its author. A byte-identical copy of a stored entry is a
     /// duplicate whatever its signature (the stored one was verified); that is looked up
-    /// first, because peers send copies often and verifying costs more. Entries replayed from
-    /// this node's own write-ahead log (`from_log`) were verified when first stored and are
-    /// guarded by the log's hashes, so replay after a crash skips the signatures.
+    /// first, because peers send copies often and verifying costs more. The signature is not
+    /// checked when `verified` says it is proven already (see `stage_ingest`).
     pub(super) fn check_new(
         &self,
         t: &Tables<'_>,
         entry: &SignedEntry,
         have: u64,
-        from_log: bool,
+        verified: bool,
     ) -> Result<(), Halt> {
         let (author, seq) = (entry.entry.author, entry.entry.seq);
         let stored_same = seq <= have
@@ -75,7 +74,7 @@ impl Writer {
         if stored_same {
             return Err(Halt::Outcome(IngestOutcome::Duplicate));
         }
-        if !from_log && let Err(e) = entry.verify(&self.id.mesh_id) {
+        if !verified && let Err(e) = entry.verify(&self.id.mesh_id) {
             return Err(Halt::Forged(e.to_string()));
         }
         Ok(())

@@ -7,26 +7,27 @@ use super::undo;
 use super::*;
 
 impl Writer {
-    /// Verifies (unless `from_log`), checks and applies an entry. Entries replayed from this
-    /// node's own write-ahead log were checked when first stored and are guarded by the log's
-    /// record hashes, as redb's contents are by its checksums: their signatures are not checked
-    /// again, which makes replay after a crash a third faster.
+    /// Verifies (unless `verified`), checks and applies an entry. Its signature is proven
+    /// already when the repo verified it before handing it over (see `repo::verify`), or when
+    /// it is replayed from this node's own write-ahead log: checked when first stored, and
+    /// guarded by the log's record hashes as redb's contents are by its checksums (which makes
+    /// replay after a crash a third faster).
     pub(super) fn stage_ingest(
         &mut self,
         t: &mut Tables<'_>,
-        entry: SignedEntry,
+        entry: &SignedEntry,
         touched: &mut BTreeSet<DocId>,
-        from_log: bool,
+        verified: bool,
     ) -> Result<(IngestOutcome, Option<Staged>), WriteError> {
-        match self.ingest_steps(t, &entry, touched, from_log) {
+        match self.ingest_steps(t, entry, touched, verified) {
             Ok(staged) => Ok(staged),
             Err(Halt::Outcome(outcome)) => Ok((outcome, None)),
             Err(Halt::Forged(reason)) => {
-                self.keep_aside(t, &entry, &reason)?;
+                self.keep_aside(t, entry, &reason)?;
                 Ok((IngestOutcome::Forged { reason }, None))
             }
-            Err(Halt::Refuse(reason)) => self.reject(t, &entry, reason),
-            Err(Halt::Undone(reason)) => self.store_undone(t, &entry, reason),
+            Err(Halt::Refuse(reason)) => self.reject(t, entry, reason),
+            Err(Halt::Undone(reason)) => self.store_undone(t, entry, reason),
             // The store, not the entry, failed: the batch fails and the entry can come again.
             Err(Halt::Store(e)) => Err(e),
         }
@@ -38,14 +39,14 @@ impl Writer {
         t: &mut Tables<'_>,
         entry: &SignedEntry,
         touched: &mut BTreeSet<DocId>,
-        from_log: bool,
+        verified: bool,
     ) -> Result<(IngestOutcome, Option<Staged>), Halt> {
         let (have, tip) = t
             .heads
             .get(entry.entry.author.as_bytes())?
             .map(|v| v.value())
             .unwrap_or((0, [0; 32]));
-        self.check_new(t, entry, have, from_log)?;
+        self.check_new(t, entry, have, verified)?;
         self.check_author(entry)?;
         self.check_chain(t, entry, have, EntryHash(tip))?;
         if let Some(op) = entry.member_op() {
