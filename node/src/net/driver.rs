@@ -42,6 +42,8 @@ const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const BAN: Duration = Duration::from_secs(60);
 /// How often this node tells the mesh where it can be reached.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(10);
+/// Entries handed to the store in one go by the applier (more wait for the next group).
+const APPLY_GROUP_ENTRIES_MAX: usize = 2048;
 /// Applies waiting for the store, by count and by bytes; pushes beyond are dropped (pulls
 /// find them later).
 const APPLY_QUEUED_MAX: usize = 1024;
@@ -1202,7 +1204,23 @@ async fn applier(
     mut rx: mpsc::UnboundedReceiver<(Source<PeerId>, Vec<SignedEntry>, usize)>,
     tx: mpsc::UnboundedSender<Applied>,
 ) {
-    while let Some((source, entries, bytes)) = rx.recv().await {
+    while let Some(first) = rx.recv().await {
+        // Everything queued meanwhile goes to the store together, in order: the writer then
+        // makes it durable with one log sync, where one apply per push cost one sync each and
+        // capped how many pushes a node could take in a second.
+        let mut group = vec![first];
+        let mut entries_n = group[0].1.len();
+        while entries_n < APPLY_GROUP_ENTRIES_MAX
+            && let Ok(more) = rx.try_recv()
+        {
+            entries_n += more.1.len();
+            group.push(more);
+        }
+        let counts: Vec<usize> = group.iter().map(|(_, e, _)| e.len()).collect();
+        let entries: Vec<SignedEntry> = group
+            .iter_mut()
+            .flat_map(|(_, e, _)| std::mem::take(e))
+            .collect();
         let (results, vv) = match replication::apply(&repo, entries).await {
             Ok(r) => r,
             Err(e) => {
@@ -1212,16 +1230,17 @@ async fn applier(
                 (Vec::new(), repo.version_vector().unwrap_or_default())
             }
         };
-        if tx
-            .send(Applied {
+        let mut results = results.into_iter();
+        for ((source, _, bytes), n) in group.into_iter().zip(counts) {
+            let applied = Applied {
                 bytes,
                 source,
-                results,
-                vv,
-            })
-            .is_err()
-        {
-            return;
+                results: results.by_ref().take(n).collect(),
+                vv: vv.clone(),
+            };
+            if tx.send(applied).is_err() {
+                return;
+            }
         }
     }
 }
