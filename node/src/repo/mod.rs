@@ -320,9 +320,8 @@ pub struct DocEvent {
 pub(crate) enum Job {
     Command(Box<Serial>, Answer<Written>),
     Prepared(Box<prepare::Prepared>, Answer<Written>),
-    /// An entry from another device, and whether its signature is proven already (see
-    /// `verify`).
-    Ingest(Arc<SignedEntry>, bool, Answer<IngestOutcome>),
+    /// An entry from another device, with what was checked of it already (see `verify`).
+    Ingest(Box<verify::Ahead>, Answer<IngestOutcome>),
 }
 
 /// Where the writer answers a job. One dropped unanswered while the writer unwinds from a
@@ -829,7 +828,7 @@ impl Repo {
     ) -> Result<Vec<(SignedEntry, IngestOutcome)>, WriteError> {
         let jobs = self.jobs()?;
         let held = self.version_vector().ok();
-        let checked = verify::verify_ahead(
+        let checked = verify::check_ahead(
             entries,
             held.as_ref(),
             &self.inner.verified,
@@ -837,9 +836,10 @@ impl Repo {
         )
         .await;
         let mut replies = Vec::with_capacity(checked.len());
-        for (entry, proven) in checked {
+        for ahead in checked {
             let (tx, rx) = Answer::channel();
-            jobs.send(Job::Ingest(entry.clone(), proven, tx))
+            let entry = ahead.entry.clone();
+            jobs.send(Job::Ingest(Box::new(ahead), tx))
                 .await
                 .map_err(|_| WriteError::ShuttingDown)?;
             replies.push((entry, rx));

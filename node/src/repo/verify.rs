@@ -1,6 +1,7 @@
-//! Signatures checked before the writer takes an entry, so its one thread never spends time on
-//! them: entries a pull delivers are verified on every core at once, and one the network layer
-//! verified already (a push, before gossip forwards it) is not verified again.
+//! What can be checked of an entry before the writer takes it, so its one thread does not
+//! spend time on it: the signature (entries a pull delivers are verified on every core at
+//! once, and one the network layer verified already, a push before gossip forwards it, is not
+//! verified again), and the parse of its Automerge changes.
 //!
 //! Soundness: an entry's hash covers all its bytes, signature included, and the mesh is fixed
 //! for the life of a store, so an entry with a hash this node has seen verify verifies. An
@@ -10,7 +11,8 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use tillmesh_protocol::{EntryHash, MeshId, SignedEntry, VersionVector};
+use automerge::Change;
+use tillmesh_protocol::{EntryHash, MeshId, SignedEntry, VersionVector, docmap};
 
 /// Hashes remembered as verified; older ones are forgotten (their entries then verify again).
 const VERIFIED_MAX: usize = 16_384;
@@ -45,25 +47,64 @@ impl VerifiedMemo {
     }
 }
 
-/// Checks the signatures of `entries` that need it, spread over the cores. Returns each entry
-/// with whether its signature is proven. Not checked here: entries at a position `held`
-/// already covers (nearly all are copies, which the writer finds by comparing bytes, with no
-/// signature to check) and those the memo holds.
-pub(crate) async fn verify_ahead(
+/// What is known of an entry when the writer takes it.
+pub(crate) struct Ahead {
+    pub entry: Arc<SignedEntry>,
+    /// Its signature is proven (verified here or by the network layer).
+    pub verified: bool,
+    /// Its changes, parsed; `None` when not parsed here (the writer parses them, and refuses
+    /// the entry with the reason if they are not Automerge changes).
+    pub changes: Option<Vec<Vec<Change>>>,
+}
+
+/// Every change an entry carries, parsed as an Automerge change; the error says which is not.
+pub(crate) fn parse_changes(entry: &SignedEntry) -> Result<Vec<Vec<Change>>, String> {
+    let mut parsed = Vec::with_capacity(entry.docs().len());
+    for dc in entry.docs() {
+        let mut changes = Vec::with_capacity(dc.changes.len());
+        for (n, bytes) in dc.changes.iter().enumerate() {
+            match docmap::parse_change(bytes) {
+                Ok(c) => changes.push(c),
+                Err(e) => {
+                    return Err(format!(
+                        "document {}: change {n} is not an Automerge change: {e}",
+                        dc.doc_id
+                    ));
+                }
+            }
+        }
+        parsed.push(changes);
+    }
+    Ok(parsed)
+}
+
+/// Checks the signatures of `entries` that need it and parses their changes, spread over the
+/// cores. Not done here: entries at a position `held` already covers (nearly all are copies,
+/// which the writer finds by comparing bytes, with nothing else to check). A signature the
+/// memo holds is not verified again; that entry's changes are parsed on this task, which is
+/// cheaper than handing one push to another thread.
+pub(crate) async fn check_ahead(
     entries: Vec<SignedEntry>,
     held: Option<&VersionVector>,
     memo: &VerifiedMemo,
     mesh: MeshId,
-) -> Vec<(Arc<SignedEntry>, bool)> {
+) -> Vec<Ahead> {
     let mut out = Vec::with_capacity(entries.len());
     let mut todo = Vec::new();
     for e in entries {
-        let proven = memo.take(&e.hash());
+        let verified = memo.take(&e.hash());
         let copy = held.is_some_and(|vv| vv.get(&e.entry.author) >= e.entry.seq);
-        if !proven && !copy {
+        let changes = (verified && !copy)
+            .then(|| parse_changes(&e).ok())
+            .flatten();
+        if !verified && !copy {
             todo.push(out.len());
         }
-        out.push((Arc::new(e), proven));
+        out.push(Ahead {
+            entry: Arc::new(e),
+            verified,
+            changes,
+        });
     }
     if todo.is_empty() {
         return out;
@@ -74,19 +115,24 @@ pub(crate) async fn verify_ahead(
     let mut handles = Vec::with_capacity(tasks);
     for chunk in todo.chunks(per_task) {
         let batch: Vec<(usize, Arc<SignedEntry>)> =
-            chunk.iter().map(|&i| (i, out[i].0.clone())).collect();
+            chunk.iter().map(|&i| (i, out[i].entry.clone())).collect();
         handles.push(tokio::task::spawn_blocking(move || {
             batch
                 .into_iter()
-                .map(|(i, e)| (i, e.verify(&mesh).is_ok()))
+                .map(|(i, e)| {
+                    let verified = e.verify(&mesh).is_ok();
+                    let changes = verified.then(|| parse_changes(&e).ok()).flatten();
+                    (i, verified, changes)
+                })
                 .collect::<Vec<_>>()
         }));
     }
     for h in handles {
-        // A task that died proves nothing: its entries are verified by the writer.
+        // A task that died proves nothing: the writer checks its entries itself.
         if let Ok(results) = h.await {
-            for (i, ok) in results {
-                out[i].1 = ok;
+            for (i, verified, changes) in results {
+                out[i].verified = verified;
+                out[i].changes = changes;
             }
         }
     }

@@ -79,7 +79,7 @@ impl Writer {
     }
 
     fn is_suspect(&self, job: &Job) -> bool {
-        matches!(job, Job::Ingest(e, _, _) if self.suspects.contains(&(e.entry.author, e.entry.seq)))
+        matches!(job, Job::Ingest(a, _) if self.suspects.contains(&(a.entry.entry.author, a.entry.entry.seq)))
     }
 
     pub(super) fn run_batch(&mut self, jobs: Vec<Job>, events: &Outlets) {
@@ -91,7 +91,7 @@ impl Writer {
         let entries: Vec<(DeviceId, u64)> = jobs
             .iter()
             .filter_map(|j| match j {
-                Job::Ingest(e, _, _) => Some((e.entry.author, e.entry.seq)),
+                Job::Ingest(a, _) => Some((a.entry.entry.author, a.entry.entry.seq)),
                 _ => None,
             })
             .collect();
@@ -193,7 +193,7 @@ impl Writer {
                     Job::Command(_, tx) | Job::Prepared(_, tx) => {
                         Reply::Command(tx, Err(err.clone()))
                     }
-                    Job::Ingest(_, _, tx) => Reply::Ingest(tx, Err(err.clone())),
+                    Job::Ingest(_, tx) => Reply::Ingest(tx, Err(err.clone())),
                 });
             }
             (replies, err)
@@ -306,7 +306,12 @@ impl Writer {
                 }));
                 Reply::Command(tx, staged.unwrap_or_else(|p| Err(panicked_error(&*p))))
             }
-            Job::Ingest(e, proven, tx) => {
+            Job::Ingest(ahead, tx) => {
+                let crate::repo::verify::Ahead {
+                    entry: e,
+                    verified,
+                    changes,
+                } = *ahead;
                 let key = (e.entry.author, e.entry.seq);
                 if self.panicked.get(&key).copied().unwrap_or(0) >= PANICS_PER_ENTRY_MAX {
                     let reason = format!(
@@ -319,7 +324,7 @@ impl Writer {
                     if panics_here {
                         panic!("injected panic in an ingested entry");
                     }
-                    self.stage_ingest(t, &e, touched, proven)
+                    self.stage_ingest(t, &e, touched, verified, changes)
                 }));
                 if hooks.panic_finish.lock().is_ok_and(|k| *k == Some(key)) {
                     self.finish_panics = true;

@@ -158,23 +158,7 @@ impl Writer {
 
 /// Every change the entry carries is an Automerge change.
 pub(super) fn parse_changes(entry: &SignedEntry) -> Result<Vec<Vec<Change>>, Halt> {
-    let mut parsed = Vec::with_capacity(entry.docs().len());
-    for dc in entry.docs() {
-        let mut changes = Vec::with_capacity(dc.changes.len());
-        for (n, bytes) in dc.changes.iter().enumerate() {
-            match docmap::parse_change(bytes) {
-                Ok(c) => changes.push(c),
-                Err(e) => {
-                    return Err(Halt::Refuse(format!(
-                        "document {}: change {n} is not an Automerge change: {e}",
-                        dc.doc_id
-                    )));
-                }
-            }
-        }
-        parsed.push(changes);
-    }
-    Ok(parsed)
+    crate::repo::verify::parse_changes(entry).map_err(Halt::Refuse)
 }
 
 /// The schema rules an ingested document must keep, after its changes are applied.

@@ -11,15 +11,16 @@ impl Writer {
     /// already when the repo verified it before handing it over (see `repo::verify`), or when
     /// it is replayed from this node's own write-ahead log: checked when first stored, and
     /// guarded by the log's record hashes as redb's contents are by its checksums (which makes
-    /// replay after a crash a third faster).
+    /// replay after a crash a third faster). `changes` are its changes when parsed already.
     pub(super) fn stage_ingest(
         &mut self,
         t: &mut Tables<'_>,
         entry: &SignedEntry,
         touched: &mut BTreeSet<DocId>,
         verified: bool,
+        changes: Option<Vec<Vec<Change>>>,
     ) -> Result<(IngestOutcome, Option<Staged>), WriteError> {
-        match self.ingest_steps(t, entry, touched, verified) {
+        match self.ingest_steps(t, entry, touched, verified, changes) {
             Ok(staged) => Ok(staged),
             Err(Halt::Outcome(outcome)) => Ok((outcome, None)),
             Err(Halt::Forged(reason)) => {
@@ -40,6 +41,7 @@ impl Writer {
         entry: &SignedEntry,
         touched: &mut BTreeSet<DocId>,
         verified: bool,
+        changes: Option<Vec<Vec<Change>>>,
     ) -> Result<(IngestOutcome, Option<Staged>), Halt> {
         let (have, tip) = t
             .heads
@@ -55,7 +57,10 @@ impl Writer {
         // Bytes that are not Automerge changes are refused whatever the membership says: an
         // entry held but not applied may stand later, and is parsed then.
         let role = self.check_role(entry);
-        let parsed = parse_changes(entry)?;
+        let parsed = match changes {
+            Some(parsed) => parsed,
+            None => parse_changes(entry)?,
+        };
         let role = role?;
         self.apply_docs(t, entry, parsed, role)?;
         Ok(self.store_applied(t, entry, touched)?)
@@ -221,7 +226,7 @@ impl Writer {
         (author, role): (DeviceId, Role),
     ) -> Result<bool, Halt> {
         let actor = self.cache.actor().clone();
-        let settings = self.settings.clone();
+        let settings = &self.settings;
         let root = self.id.root_id;
         let existing = self.cache.get(t, &id).map_err(Halt::Store)?;
         let (doc, before, ledger_before, existed) = match existing {
@@ -331,7 +336,7 @@ impl Writer {
                         .to_string(),
                     ));
                 }
-                check_remote(doc_type, &after, &settings, Some(&seen_view))
+                check_remote(doc_type, &after, settings, Some(&seen_view))
             }
             None => {
                 if ledger_before.as_ref() != ledger_of(&view) && !role.may_write_ledger() {
@@ -343,7 +348,7 @@ impl Writer {
                         .to_string(),
                     ));
                 }
-                check_remote(doc_type, &view, &settings, before.as_ref())
+                check_remote(doc_type, &view, settings, before.as_ref())
             }
         }
         .map_err(|e| Halt::Refuse(format!("{doc_type} {id}: {e}")))?;

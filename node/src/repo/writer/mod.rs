@@ -254,7 +254,7 @@ impl Writer {
                 match SignedEntry::decode(bytes) {
                     Ok(entry) => {
                         if let (IngestOutcome::Applied, _) =
-                            self.stage_ingest(&mut t, &entry, &mut touched, true)?
+                            self.stage_ingest(&mut t, &entry, &mut touched, true, None)?
                         {
                             applied += 1;
                         }
