@@ -7,7 +7,8 @@
 //! TILLMESH_CATCHUP_SALES (50000).
 //!
 //! - propagation: a sale rung up on till A, until till B's event stream shows it (and, beside
-//!   it, until A acknowledged it: the rest is the hop);
+//!   it, until A acknowledged it: the rest is the hop); at the end, the same through a hub
+//!   (B and C restarted with `--only-peers`, so a sale on B reaches C through A);
 //! - bulk: 10,000 sales on A; how long after the last is acknowledged B holds them all;
 //! - sustained: a paced load over all three tills; how long after it stops all agree;
 //! - catch-up: C is stopped while A sells; how long after C starts it holds everything;
@@ -20,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tillmesh::testkit::{
-    Api, NodeProcess, cash_sale, invite_code, join, percentiles_us, product, version_vector,
-    wait_converged,
+    Api, LOOPBACK_NET, NodeProcess, cash_sale, invite_code, join, percentiles_us, product,
+    version_vector, wait_converged,
 };
 use tillmesh_node::Repo;
 use tillmesh_node::replication;
@@ -135,6 +136,51 @@ fn summary(repo: &Repo, rounds: usize) -> Value {
     })
 }
 
+/// `n` sales rung up one at a time on `from`, each until `to`'s event stream shows it; and,
+/// beside it, until `from` acknowledged it.
+async fn propagate(from: &Api, to: &Api, n: usize) -> anyhow::Result<(Value, Value)> {
+    let mut seen = watch_sales(to.clone()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut early: HashMap<String, Instant> = HashMap::new();
+    let mut latencies = Vec::with_capacity(n);
+    let mut acks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let v = from
+            .ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350))
+            .await?;
+        acks.push(t0.elapsed());
+        let id = v["id"].as_str().unwrap_or_default().to_owned();
+        let at = match early.remove(&id) {
+            Some(at) => at,
+            None => loop {
+                let (got, at) = tokio::time::timeout(LONG, seen.recv())
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("event stream ended"))?;
+                if got == id {
+                    break at;
+                }
+                early.insert(got, at);
+            },
+        };
+        latencies.push(at - t0);
+    }
+    Ok((percentiles_us(&mut latencies), percentiles_us(&mut acks)))
+}
+
+/// The devices `api`'s node is connected to.
+async fn connected(api: &Api) -> Vec<String> {
+    let s = api.ok_get("/v1/status").await.expect("status");
+    s["network"]["peers"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| p["device_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
@@ -167,35 +213,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 1. Propagation, one sale at a time.
     let n = env_usize("TILLMESH_PROPAGATION_SALES", 1000);
-    let mut seen = watch_sales(apis[1].clone()).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut early: HashMap<String, Instant> = HashMap::new();
-    let mut latencies = Vec::with_capacity(n);
-    let mut acks = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t0 = Instant::now();
-        let v = apis[0]
-            .ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350))
-            .await?;
-        acks.push(t0.elapsed());
-        let id = v["id"].as_str().unwrap_or_default().to_owned();
-        let at = match early.remove(&id) {
-            Some(at) => at,
-            None => loop {
-                let (got, at) = tokio::time::timeout(LONG, seen.recv())
-                    .await?
-                    .ok_or_else(|| anyhow::anyhow!("event stream ended"))?;
-                if got == id {
-                    break at;
-                }
-                early.insert(got, at);
-            },
-        };
-        latencies.push(at - t0);
-    }
-    let propagation = percentiles_us(&mut latencies);
-    let propagation_ack = percentiles_us(&mut acks);
-    drop(seen);
+    let (propagation, propagation_ack) = propagate(&apis[0], &apis[1], n).await?;
 
     // 2. Bulk while connected.
     let bulk_n = env_usize("TILLMESH_BULK_SALES", 10_000);
@@ -289,7 +307,37 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
 
-    // 5. The cost of a round between converged peers: on A's store, and on a fresh store, so
+    // 5. Propagation through a hub, as automerge-repo is deployed: B and C restarted to dial
+    //    only A (`--only-peers`), so a sale on B reaches C through A alone.
+    let mut hub_net: Vec<&str> = LOOPBACK_NET.to_vec();
+    hub_net.push("--only-peers");
+    for i in [1, 2] {
+        nodes[i].stop()?;
+        nodes[i] = NodeProcess::spawn(BIN.as_ref(), &dirs[i], &hub_net, &[]).await?;
+    }
+    let hub_apis: Vec<Api> = nodes.iter().map(|n| n.api.clone()).collect();
+    let c_id = device(&hub_apis[2]).await;
+    let deadline = Instant::now() + LONG;
+    loop {
+        let (b, c) = (connected(&hub_apis[1]).await, connected(&hub_apis[2]).await);
+        if b == [a_id.clone()] && c == [a_id.clone()] {
+            break;
+        }
+        anyhow::ensure!(
+            !b.contains(&c_id),
+            "B dialed C although told to dial only A"
+        );
+        anyhow::ensure!(Instant::now() < deadline, "B and C never reached the hub");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_converged(&hub_apis.iter().collect::<Vec<_>>(), 0, LONG).await?;
+    let (through_hub, through_hub_ack) = propagate(&hub_apis[1], &hub_apis[2], n).await?;
+    anyhow::ensure!(
+        connected(&hub_apis[1]).await == [a_id.clone()],
+        "B connected to more than the hub during the run"
+    );
+
+    // 6. The cost of a round between converged peers: on A's store, and on a fresh store, so
     //    the two sizes can be compared (the pull grows with authors, 40 bytes each).
     for n in &mut nodes {
         n.stop()?;
@@ -304,6 +352,8 @@ async fn main() -> anyhow::Result<()> {
         serde_json::to_string_pretty(&json!({
             "propagation_a_to_b_event_us": propagation,
             "propagation_a_ack_us": propagation_ack,
+            "propagation_b_to_c_through_hub_a_event_us": through_hub,
+            "propagation_through_hub_b_ack_us": through_hub_ack,
             "bulk": bulk,
             "sustained": sustained,
             "catch_up": catch_up,

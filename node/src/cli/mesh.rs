@@ -34,6 +34,10 @@ pub struct NetArgs {
     /// Relay for devices behind NAT that reserve a slot here (head office runs one).
     #[arg(long)]
     relay: bool,
+    /// Connect only to the --peer addresses and those `join` saved, never to devices other
+    /// nodes announce or mDNS finds: a hub and spokes, each till talking to head office alone.
+    #[arg(long)]
+    only_peers: bool,
     /// Let the web page at this origin (`http://127.0.0.1:8080`) call the local API, with the
     /// token (repeatable). Every other page's requests are refused.
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
@@ -45,6 +49,7 @@ impl NetArgs {
         let mut config = NetConfig {
             mdns: !self.no_mdns,
             relay: self.relay,
+            dial_found: !self.only_peers,
             ..NetConfig::default()
         };
         if !self.listen.is_empty() {

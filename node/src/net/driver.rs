@@ -111,6 +111,8 @@ pub(super) struct Driver {
     reachability: &'static str,
     last_announce: Option<Instant>,
     relay: bool,
+    /// Whether announced and mDNS-found devices are dialed (see `NetConfig::dial_found`).
+    dial_found: bool,
     membership: watch::Receiver<Arc<Membership>>,
     /// Who may do what: shared with the swarm's protocols, which consult it as each
     /// connection is established.
@@ -314,6 +316,7 @@ impl Driver {
             reachability: "unknown",
             last_announce: None,
             relay: config.relay,
+            dial_found: config.dial_found,
             membership,
             gate,
             inviter: Inviter::default(),
@@ -994,6 +997,9 @@ impl Driver {
         {
             p.found_by = FoundBy::Mdns;
         }
+        if !self.dial_found {
+            return;
+        }
         let key = found.peer.to_string();
         {
             let g = gate::lock(&self.gate);
@@ -1053,6 +1059,10 @@ impl Driver {
         let Ok(addrs) = serde_json::from_slice::<Vec<String>>(data) else {
             return false;
         };
+        if !self.dial_found {
+            // Forwarded for others; this node dials only the peers it was given.
+            return true;
+        }
         let addrs: Vec<Multiaddr> = addrs
             .iter()
             .take(TARGET_ADDRS_MAX)

@@ -43,6 +43,9 @@ pub struct NetConfig {
     pub mdns: bool,
     /// Serve as a libp2p relay for nodes behind NAT (head office runs one).
     pub relay: bool,
+    /// Dial the devices other nodes announce (and those found by mDNS). Off, a node dials
+    /// only `peers`: a hub and spokes, every till connected to head office alone.
+    pub dial_found: bool,
     pub sync: sync::Config,
 }
 
@@ -56,6 +59,7 @@ impl Default for NetConfig {
             peers: Vec::new(),
             mdns: true,
             relay: false,
+            dial_found: true,
             sync: sync::Config::default(),
         }
     }
