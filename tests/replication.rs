@@ -287,3 +287,65 @@ async fn a_void_and_a_refund_made_apart_restock_once_everywhere() -> anyhow::Res
     );
     Ok(())
 }
+
+/// The devices a node is connected to, as its status lists them.
+async fn connected(api: &Api) -> anyhow::Result<Vec<String>> {
+    let s = api.ok_get("/v1/status").await?;
+    Ok(s["network"]["peers"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| p["device_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// `--only-peers`: two tills that dial only head office sync through it and never connect to
+/// each other, though each hears the other announce itself (a hub and spokes). Without the
+/// flag they do connect (`three_processes_converge_after_concurrent_sales`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tills_told_only_peers_sync_through_the_hub_and_never_dial_each_other() -> anyhow::Result<()>
+{
+    let root = tempfile::tempdir()?;
+    let mut nodes = shop(root.path(), 3, &LOOPBACK_NET).await?;
+    let hub = nodes[0].api.ok_get("/v1/status").await?["device"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mut spoke_net: Vec<&str> = LOOPBACK_NET.to_vec();
+    spoke_net.push("--only-peers");
+    for (i, node) in nodes.iter_mut().enumerate().skip(1) {
+        node.stop()?;
+        let dir = root.path().join(format!("till-{i}"));
+        *node = NodeProcess::spawn(BIN.as_ref(), &dir, &spoke_net, &[]).await?;
+    }
+    let sale = nodes[1]
+        .api
+        .ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350))
+        .await?;
+    let id = sale["id"].as_str().unwrap_or_default().to_owned();
+    let far = nodes[2].api.clone();
+    wait_for(
+        "a sale on one spoke to reach the other",
+        CONVERGE_TIMEOUT,
+        || {
+            let (far, id) = (far.clone(), id.clone());
+            async move { Ok(sale_ids(&far).await?.contains(&id).then_some(())) }
+        },
+    )
+    .await?;
+    // Long enough for both spokes to announce themselves through the hub (at start, then
+    // every 10 s) and for a dial to follow, were either allowed to.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    for node in &nodes[1..] {
+        assert_eq!(connected(&node.api).await?, vec![hub.clone()]);
+    }
+    let hub_peers = connected(&nodes[0].api).await?;
+    assert_eq!(
+        hub_peers.len(),
+        2,
+        "the hub still serves both: {hub_peers:?}"
+    );
+    Ok(())
+}

@@ -33,8 +33,8 @@ pub async fn apply(
         .await?
         .into_iter()
         .map(|(entry, outcome)| {
-            let v = verdict(&outcome);
-            (entry, v)
+            let verdict = verdict(&outcome);
+            (entry, verdict)
         })
         .collect();
     let vv = repo

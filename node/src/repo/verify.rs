@@ -79,8 +79,9 @@ pub(crate) fn parse_changes(entry: &SignedEntry) -> Result<Vec<Vec<Change>>, Str
 }
 
 /// Checks the signatures of `entries` that need it and parses their changes, spread over the
-/// cores. Not done here: entries at a position `held` already covers (nearly all are copies,
-/// which the writer finds by comparing bytes, with nothing else to check). A signature the
+/// cores. Not done here: entries at a position `held` already covers, or seen earlier in
+/// `entries` (nearly all are copies, which the writer finds by comparing bytes, with nothing
+/// else to check). A signature the
 /// memo holds is not verified again; that entry's changes are parsed on this task, which is
 /// cheaper than handing one push to another thread.
 pub(crate) async fn check_ahead(
@@ -91,9 +92,13 @@ pub(crate) async fn check_ahead(
 ) -> Vec<Ahead> {
     let mut out = Vec::with_capacity(entries.len());
     let mut todo = Vec::new();
+    // Two peers answering pulls at once send the same entries: a second copy in one call is
+    // a copy too.
+    let mut seen = HashSet::with_capacity(entries.len());
     for e in entries {
         let verified = memo.take(&e.hash());
-        let copy = held.is_some_and(|vv| vv.get(&e.entry.author) >= e.entry.seq);
+        let copy =
+            held.is_some_and(|vv| vv.get(&e.entry.author) >= e.entry.seq) || !seen.insert(e.hash());
         let changes = (verified && !copy)
             .then(|| parse_changes(&e).ok())
             .flatten();
@@ -137,4 +142,90 @@ pub(crate) async fn check_ahead(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::transaction::Transactable;
+    use tillmesh_protocol::{DeviceKey, DocChanges, DocId, DocType, Entry, Payload};
+
+    const MESH: MeshId = MeshId([5; 32]);
+
+    fn key() -> DeviceKey {
+        DeviceKey::from_secret([1; 32])
+    }
+
+    /// An entry of `seq` carrying one real Automerge change, signed for this mesh.
+    fn entry(seq: u64) -> SignedEntry {
+        unsigned(seq).sign(&MESH, &key())
+    }
+
+    fn unsigned(seq: u64) -> Entry {
+        let mut doc = automerge::AutoCommit::new();
+        doc.put(automerge::ROOT, "n", seq as i64).unwrap();
+        doc.commit();
+        let change = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+        Entry {
+            author: key().device_id(),
+            seq,
+            prev: EntryHash::ZERO,
+            timestamp_ms: 1_700_000_000_000,
+            payload: Payload::Changes(vec![DocChanges {
+                doc_id: DocId([seq as u8; 16]),
+                doc_type: DocType::Sale,
+                changes: vec![change],
+            }]),
+        }
+    }
+
+    fn forged(seq: u64) -> SignedEntry {
+        let good = entry(seq);
+        let mut bytes = good.encoded().to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        SignedEntry::decode(&bytes).unwrap()
+    }
+
+    async fn check(entries: Vec<SignedEntry>, held: Option<&VersionVector>) -> Vec<(bool, bool)> {
+        check_ahead(entries, held, &VerifiedMemo::default(), MESH)
+            .await
+            .iter()
+            .map(|a| (a.verified, a.changes.is_some()))
+            .collect()
+    }
+
+    /// Proven ahead: good signatures, parsed changes, across tasks (more entries than one task
+    /// takes). Never proven: a forged one, one signed for another mesh, and copies (held, or
+    /// twice in one call), which the writer deals with itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_good_new_entries_are_proven_ahead() {
+        let many: Vec<SignedEntry> = (1..=40).map(entry).collect();
+        assert!(check(many, None).await.iter().all(|&p| p == (true, true)));
+
+        let other_mesh = unsigned(3).sign(&MeshId([6; 32]), &key());
+        let got = check(vec![entry(1), forged(2), other_mesh, entry(1)], None).await;
+        assert_eq!(
+            got,
+            [(true, true), (false, false), (false, false), (false, false)]
+        );
+
+        let mut held = VersionVector::default();
+        held.advance(key().device_id(), 5);
+        let got = check(vec![entry(5), entry(6)], Some(&held)).await;
+        assert_eq!(got, [(false, false), (true, true)]);
+    }
+
+    /// A signature the network layer proved is taken once, and its changes parsed here; a
+    /// hash the memo does not hold proves nothing.
+    #[tokio::test]
+    async fn the_memo_proves_an_entry_once() {
+        let memo = VerifiedMemo::default();
+        let e = entry(1);
+        memo.insert(e.hash());
+        let first = check_ahead(vec![e.clone()], None, &memo, MESH).await;
+        assert!(first[0].verified && first[0].changes.is_some());
+        assert!(!memo.take(&e.hash()), "taken once");
+        assert!(!memo.take(&entry(2).hash()));
+    }
 }
