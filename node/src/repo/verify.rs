@@ -81,9 +81,8 @@ pub(crate) fn parse_changes(entry: &SignedEntry) -> Result<Vec<Vec<Change>>, Str
 /// Checks the signatures of `entries` that need it and parses their changes, spread over the
 /// cores. Not done here: entries at a position `held` already covers, or seen earlier in
 /// `entries` (nearly all are copies, which the writer finds by comparing bytes, with nothing
-/// else to check). A signature the
-/// memo holds is not verified again; that entry's changes are parsed on this task, which is
-/// cheaper than handing one push to another thread.
+/// else to check). A signature the memo holds is not verified again; that entry's changes are
+/// parsed on this task, which is cheaper than handing one push to another thread.
 pub(crate) async fn check_ahead(
     entries: Vec<SignedEntry>,
     held: Option<&VersionVector>,
@@ -204,7 +203,9 @@ mod tests {
         assert!(check(many, None).await.iter().all(|&p| p == (true, true)));
 
         let other_mesh = unsigned(3).sign(&MeshId([6; 32]), &key());
-        let got = check(vec![entry(1), forged(2), other_mesh, entry(1)], None).await;
+        // (Each `entry` call makes new bytes: an Automerge change carries its own time.)
+        let one = entry(1);
+        let got = check(vec![one.clone(), forged(2), other_mesh, one], None).await;
         assert_eq!(
             got,
             [(true, true), (false, false), (false, false), (false, false)]

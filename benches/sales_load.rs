@@ -1,8 +1,9 @@
-//! Durable ingest: a real `tillmesh run` process and concurrent HTTP clients ringing up sales,
-//! each acknowledged only once durable (its entry fdatasync'd in the write-ahead log). Also the
-//! repo alone, in this process, for the node's capacity without HTTP. Prints one JSON object.
+//! Durable sales written on this device: a real `tillmesh run` process and concurrent HTTP
+//! clients ringing up sales, each acknowledged only once durable (its entry fdatasync'd in the
+//! write-ahead log). Also the repo alone, in this process, for the node's capacity without
+//! HTTP. Ingest of other devices' entries is `peer_ingest`. Prints one JSON object.
 //!
-//! Run: `cargo bench --bench ingest_load`
+//! Run: `cargo bench --bench sales_load`
 //! Tune: TILLMESH_LOAD_SALES (default 40000), TILLMESH_LOAD_CLIENTS (default 8).
 //!
 //! The clients share this machine's cores with the node, so they are kept lean: each is one
@@ -207,7 +208,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::to_string_pretty(&json!({
-            "bench": "ingest_load",
+            "bench": "sales_load",
             "durable": "each sale acknowledged once its entry is fdatasync'd in the write-ahead log",
             "http_concurrent": concurrent,
             "http_single_client": single,
