@@ -16,12 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tillmesh::testkit::percentiles_us;
-use tillmesh_node::repo::requests::{NewProduct, NewSale, SaleLineRequest, TenderRequest};
+use tillmesh::testkit::{card_sale_command, percentiles_us, product_command};
 use tillmesh_node::repo::{Command, MemberCommand};
 use tillmesh_node::{Repo, replication};
 use tillmesh_protocol::sync::Message;
-use tillmesh_protocol::{Currency, DeviceKey, Money, Role, VersionVector};
+use tillmesh_protocol::{Currency, DeviceKey, Role, VersionVector};
 
 // The node's allocator, so the figures are the node's.
 #[global_allocator]
@@ -58,20 +57,8 @@ async fn sell(repo: &Arc<Repo>, count: usize) {
         let repo = repo.clone();
         tasks.push(tokio::spawn(async move {
             for i in (w..count).step_by(writers) {
-                let sale = NewSale {
-                    lines: vec![SaleLineRequest {
-                        product_id: None,
-                        sku: Some(format!("SKU-{}", i % PRODUCTS)),
-                        qty: 1,
-                        unit_price_minor: None,
-                    }],
-                    payments: vec![TenderRequest {
-                        method: "card".into(),
-                        amount_minor: None,
-                    }],
-                    customer_id: None,
-                };
-                repo.execute(Command::Sell(sale)).await.expect("sale");
+                let sale = card_sale_command(&format!("SKU-{}", i % PRODUCTS), 1);
+                repo.execute(sale).await.expect("sale");
             }
         }));
     }
@@ -138,15 +125,8 @@ async fn main() -> anyhow::Result<()> {
         }))
         .await?;
     for p in 0..PRODUCTS {
-        let np = NewProduct {
-            sku: format!("SKU-{p}"),
-            name: "Load product".into(),
-            price: Money::new(250, Currency::USD),
-            tax_code: "NON".into(),
-            stock: 100_000_000,
-            active: true,
-        };
-        seller.execute(Command::CreateProduct(np)).await?;
+        let np = product_command(&format!("SKU-{p}"), "Load product", 250, 100_000_000);
+        seller.execute(np).await?;
     }
     let fill_started = Instant::now();
     sell(&seller, stored + measured * runs).await;

@@ -10,11 +10,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::json;
-use tillmesh::testkit::{NodeProcess, percentiles_us};
+use tillmesh::testkit::{NodeProcess, card_sale_command, percentiles_us, product_command};
 use tillmesh_node::Repo;
-use tillmesh_node::repo::Command;
-use tillmesh_node::repo::requests::{NewProduct, NewSale, SaleLineRequest, TenderRequest};
-use tillmesh_protocol::{Currency, Money};
+use tillmesh_protocol::Currency;
 
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -41,15 +39,13 @@ async fn main() -> anyhow::Result<()> {
     {
         let repo = Arc::new(Repo::init(&dir, "Big Till", Currency::USD).await?);
         for p in 0..50 {
-            let np = NewProduct {
-                sku: format!("SKU-{p}"),
-                name: format!("Product {p}"),
-                price: Money::new(199 + p, Currency::USD),
-                tax_code: "NON".into(),
-                stock: 10_000_000,
-                active: true,
-            };
-            repo.execute(Command::CreateProduct(np)).await?;
+            let np = product_command(
+                &format!("SKU-{p}"),
+                &format!("Product {p}"),
+                199 + p,
+                10_000_000,
+            );
+            repo.execute(np).await?;
         }
         let writers = 64;
         let mut tasks = Vec::new();
@@ -57,20 +53,8 @@ async fn main() -> anyhow::Result<()> {
             let repo = repo.clone();
             tasks.push(tokio::spawn(async move {
                 for i in (w..sales).step_by(writers) {
-                    let sale = NewSale {
-                        lines: vec![SaleLineRequest {
-                            product_id: None,
-                            sku: Some(format!("SKU-{}", i % 50)),
-                            qty: 1 + (i % 3) as i64,
-                            unit_price_minor: None,
-                        }],
-                        payments: vec![TenderRequest {
-                            method: "card".into(),
-                            amount_minor: None,
-                        }],
-                        customer_id: None,
-                    };
-                    repo.execute(Command::Sell(sale)).await.expect("sale");
+                    let sale = card_sale_command(&format!("SKU-{}", i % 50), 1 + (i % 3) as i64);
+                    repo.execute(sale).await.expect("sale");
                 }
             }));
         }

@@ -15,11 +15,9 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde_json::json;
-use tillmesh::testkit::{NodeProcess, percentiles_us, product};
+use tillmesh::testkit::{NodeProcess, card_sale_command, percentiles_us, product, product_command};
 use tillmesh_node::Repo;
-use tillmesh_node::repo::Command;
-use tillmesh_node::repo::requests::{NewProduct, NewSale, SaleLineRequest, TenderRequest};
-use tillmesh_protocol::{Currency, Money};
+use tillmesh_protocol::Currency;
 
 const PRODUCTS: usize = 20;
 
@@ -117,21 +115,9 @@ async fn drive_repo(repo: Arc<Repo>, writers: usize, total: usize) -> (Duration,
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             for i in (w..total).step_by(writers) {
-                let sale = NewSale {
-                    lines: vec![SaleLineRequest {
-                        product_id: None,
-                        sku: Some(format!("SKU-{}", i % PRODUCTS)),
-                        qty: 1,
-                        unit_price_minor: None,
-                    }],
-                    payments: vec![TenderRequest {
-                        method: "card".into(),
-                        amount_minor: None,
-                    }],
-                    customer_id: None,
-                };
+                let sale = card_sale_command(&format!("SKU-{}", i % PRODUCTS), 1);
                 let t = Instant::now();
-                repo.execute(Command::Sell(sale)).await.expect("sale");
+                repo.execute(sale).await.expect("sale");
                 lat.push(t.elapsed());
             }
             lat
@@ -191,15 +177,8 @@ async fn main() -> anyhow::Result<()> {
     // The repo alone, in this process.
     let repo = Arc::new(Repo::init(&tmp.path().join("repo"), "Repo Till", Currency::USD).await?);
     for p in 0..PRODUCTS {
-        let np = NewProduct {
-            sku: format!("SKU-{p}"),
-            name: "Load product".into(),
-            price: Money::new(250, Currency::USD),
-            tax_code: "NON".into(),
-            stock: 1_000_000,
-            active: true,
-        };
-        repo.execute(Command::CreateProduct(np)).await?;
+        let np = product_command(&format!("SKU-{p}"), "Load product", 250, 1_000_000);
+        repo.execute(np).await?;
     }
     drive_repo(repo.clone(), clients, 2_000).await;
     let (wall_r, mut lat_r) = drive_repo(repo.clone(), clients, total).await;

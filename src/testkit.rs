@@ -385,6 +385,36 @@ pub fn cash_sale(sku: &str, qty: i64, paid_minor: i64) -> Value {
     serde_json::json!({ "lines": [{ "sku": sku, "qty": qty }], "payments": [{ "method": "cash", "amount_minor": paid_minor }] })
 }
 
+/// For `Repo::execute` (the load benches): a sale of `qty` of `sku`, paid by card.
+pub fn card_sale_command(sku: &str, qty: i64) -> RepoCommand {
+    use tillmesh_node::repo::requests::{NewSale, SaleLineRequest, TenderRequest};
+    RepoCommand::Sell(NewSale {
+        lines: vec![SaleLineRequest {
+            product_id: None,
+            sku: Some(sku.to_owned()),
+            qty,
+            unit_price_minor: None,
+        }],
+        payments: vec![TenderRequest {
+            method: "card".into(),
+            amount_minor: None,
+        }],
+        customer_id: None,
+    })
+}
+
+/// For `Repo::execute` (the load benches): a product in USD, untaxed, active.
+pub fn product_command(sku: &str, name: &str, price_minor: i64, stock: i64) -> RepoCommand {
+    RepoCommand::CreateProduct(tillmesh_node::repo::requests::NewProduct {
+        sku: sku.to_owned(),
+        name: name.to_owned(),
+        price: tillmesh_protocol::Money::new(price_minor, Currency::USD),
+        tax_code: "NON".into(),
+        stock,
+        active: true,
+    })
+}
+
 /// Percentiles of a set of durations, in microseconds.
 pub fn percentiles_us(samples: &mut [Duration]) -> serde_json::Value {
     samples.sort();
