@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tillmesh::testkit::{
-    Api, LOOPBACK_NET, NodeProcess, cash_sale, invite_code, join, percentiles_us, product,
-    version_vector, wait_converged,
+    Api, LOOPBACK_NET, NodeProcess, cash_sale, connected_devices, invite_code, join,
+    percentiles_us, product, version_vector, wait_converged,
 };
 use tillmesh_node::Repo;
 use tillmesh_node::replication;
@@ -170,15 +170,7 @@ async fn propagate(from: &Api, to: &Api, n: usize) -> anyhow::Result<(Value, Val
 
 /// The devices `api`'s node is connected to.
 async fn connected(api: &Api) -> Vec<String> {
-    let s = api.ok_get("/v1/status").await.expect("status");
-    s["network"]["peers"]
-        .as_array()
-        .map(|ps| {
-            ps.iter()
-                .filter_map(|p| p["device_id"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+    connected_devices(api).await.expect("status")
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

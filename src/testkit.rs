@@ -385,6 +385,19 @@ pub fn cash_sale(sku: &str, qty: i64, paid_minor: i64) -> Value {
     serde_json::json!({ "lines": [{ "sku": sku, "qty": qty }], "payments": [{ "method": "cash", "amount_minor": paid_minor }] })
 }
 
+/// The devices a node is connected to, as its status lists them.
+pub async fn connected_devices(api: &Api) -> anyhow::Result<Vec<String>> {
+    let s = api.ok_get("/v1/status").await?;
+    Ok(s["network"]["peers"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| p["device_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 /// For `Repo::execute` (the load benches): a sale of `qty` of `sku`, paid by card.
 pub fn card_sale_command(sku: &str, qty: i64) -> RepoCommand {
     use tillmesh_node::repo::requests::{NewSale, SaleLineRequest, TenderRequest};

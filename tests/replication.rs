@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tillmesh::testkit::{
-    Api, LOOPBACK_NET, NodeProcess, cash_sale, invite_code, join, product, wait_converged, wait_for,
+    Api, LOOPBACK_NET, NodeProcess, cash_sale, connected_devices, invite_code, join, product,
+    wait_converged, wait_for,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_tillmesh");
@@ -288,19 +289,6 @@ async fn a_void_and_a_refund_made_apart_restock_once_everywhere() -> anyhow::Res
     Ok(())
 }
 
-/// The devices a node is connected to, as its status lists them.
-async fn connected(api: &Api) -> anyhow::Result<Vec<String>> {
-    let s = api.ok_get("/v1/status").await?;
-    Ok(s["network"]["peers"]
-        .as_array()
-        .map(|ps| {
-            ps.iter()
-                .filter_map(|p| p["device_id"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
 /// `--only-peers`: two tills that dial only head office sync through it and never connect to
 /// each other, though each hears the other announce itself (a hub and spokes). Without the
 /// flag they do connect (`three_processes_converge_after_concurrent_sales`).
@@ -339,9 +327,9 @@ async fn tills_told_only_peers_sync_through_the_hub_and_never_dial_each_other() 
     // every 10 s) and for a dial to follow, were either allowed to.
     tokio::time::sleep(Duration::from_secs(12)).await;
     for node in &nodes[1..] {
-        assert_eq!(connected(&node.api).await?, vec![hub.clone()]);
+        assert_eq!(connected_devices(&node.api).await?, vec![hub.clone()]);
     }
-    let hub_peers = connected(&nodes[0].api).await?;
+    let hub_peers = connected_devices(&nodes[0].api).await?;
     assert_eq!(
         hub_peers.len(),
         2,
