@@ -25,6 +25,8 @@ fn sale_entry(key: &DeviceKey) -> Entry {
         tax_code: "NON".into(),
         active: true,
         opening_stock: 40,
+        stock_policy: Default::default(),
+        created_by: None,
         ledger: None,
     };
     let actor = actor_for(&key.device_id());

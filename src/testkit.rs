@@ -425,6 +425,7 @@ pub fn product_command(sku: &str, name: &str, price_minor: i64, stock: i64) -> R
         tax_code: "NON".into(),
         stock,
         active: true,
+        stock_policy: Default::default(),
     })
 }
 

@@ -377,6 +377,8 @@ mod tests {
             tax_code: "NON".into(),
             active: true,
             opening_stock: 40,
+            stock_policy: Default::default(),
+            created_by: None,
             ledger: None,
         }
     }

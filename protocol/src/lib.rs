@@ -22,6 +22,7 @@ pub mod ids;
 pub mod keys;
 pub mod membership;
 pub mod money;
+pub mod rights;
 pub mod schema;
 pub mod sync;
 pub mod vv;

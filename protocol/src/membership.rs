@@ -93,7 +93,7 @@ impl Role {
 
     /// Whether this role may write documents of `doc_type` (their fields outside `ledger`).
     ///
-    /// A till sells, refunds, takes customers and counts stock; managers and admins run the
+    /// A till sells, refunds, takes customers, counts stock and passes stock rights; managers and admins run the
     /// shop; the bridge writes what QuickBooks holds (customers, vendors, invoices, payments,
     /// expenses, products) but never the mesh settings; a viewer writes nothing.
     pub fn may_write(self, doc_type: DocType) -> bool {
@@ -101,7 +101,11 @@ impl Role {
             Role::Owner | Role::Admin | Role::Manager => true,
             Role::Till => matches!(
                 doc_type,
-                DocType::Sale | DocType::Refund | DocType::Customer | DocType::StockAdjustment
+                DocType::Sale
+                    | DocType::Refund
+                    | DocType::Customer
+                    | DocType::StockAdjustment
+                    | DocType::StockTransfer
             ),
             Role::Bridge => doc_type != DocType::Settings,
             Role::Viewer => false,

@@ -3,12 +3,12 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tillmesh_protocol::DocType;
 
 use super::error::ApiError;
 use super::{Body, fetch, parse_id, patched, present};
-use crate::repo::requests::{NewProduct, NewStockAdjustment, ProductPatch};
+use crate::repo::requests::{GiveRights, NewProduct, NewStockAdjustment, ProductPatch};
 use crate::repo::{Command, Repo};
 
 pub async fn create(
@@ -23,11 +23,38 @@ pub async fn list(State(repo): State<Repo>, uri: Uri) -> Result<Json<Value>, Api
     super::list(&repo, DocType::Product, &uri).map(Json)
 }
 
+/// A product; a strict one shows who holds the rights to its units.
 pub async fn get(
     State(repo): State<Repo>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    fetch(&repo, DocType::Product, &id).map(|(_, v)| Json(v))
+    let (id, mut v) = fetch(&repo, DocType::Product, &id)?;
+    if v.get("stock_policy").and_then(Value::as_str) == Some("strict") {
+        let rights = repo.rights(&id)?;
+        let members = repo.membership();
+        let devices: Vec<Value> = rights
+            .held
+            .iter()
+            .map(|(d, units)| {
+                json!({
+                    "device": d.to_string(),
+                    "name": members.get(d).map(|m| m.name.as_str()),
+                    "units": units,
+                })
+            })
+            .collect();
+        v["rights"] = json!({"devices": devices, "in_transit": rights.in_transit});
+    }
+    Ok(Json(v))
+}
+
+/// Gives rights to units of a strict product to another member (`to`: its device id).
+pub async fn give_rights(
+    State(repo): State<Repo>,
+    Body(g): Body<GiveRights>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let w = repo.execute(Command::GiveRights(g)).await?;
+    Ok((StatusCode::CREATED, Json(present(&w.doc_id, &w.doc))))
 }
 
 /// Name, price, tax code or active flag (a manager's or an admin's right).

@@ -57,6 +57,7 @@ impl From<WriteError> for ApiError {
             WriteError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             WriteError::UnknownProduct(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_product"),
             WriteError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            WriteError::OutOfStock { .. } => (StatusCode::CONFLICT, "out_of_stock"),
             WriteError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             WriteError::NotAdmitted => (StatusCode::FORBIDDEN, "not_admitted"),
             WriteError::DiskFull => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),

@@ -55,6 +55,15 @@ pub enum WriteError {
     UnknownProduct(String),
     #[error("{0}")]
     Conflict(String),
+    /// A strict product's units this device holds no rights to: how many it holds and where
+    /// the rest are.
+    #[error("{message}")]
+    OutOfStock {
+        message: String,
+        product: DocId,
+        /// Units more than this device holds.
+        short: i64,
+    },
     /// This device's role does not allow the write.
     #[error("{0}")]
     Forbidden(String),
@@ -188,6 +197,8 @@ pub enum Command {
         patch: ExpensePatch,
     },
     AdjustStock(NewStockAdjustment),
+    /// Gives rights to a strict product's units to another member.
+    GiveRights(GiveRights),
     /// Changes who belongs to the mesh (owners and admins only).
     Member(MemberCommand),
     /// Records what QuickBooks holds for a sale, product or customer (the bridge only).
@@ -235,6 +246,7 @@ pub(crate) enum Serial {
         doc_id: DocId,
         ledger: tillmesh_protocol::schema::Ledger,
     },
+    GiveRights(GiveRights),
 }
 
 /// A membership command, completed by the writer with what this node holds of the target.
@@ -371,6 +383,13 @@ pub struct UndoneEntry {
     pub seq: u64,
     #[serde(flatten)]
     pub record: writer::UndoneRecord,
+}
+
+/// Rights to a strict product's units: per device, and given but not yet accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StockRights {
+    pub held: Vec<(DeviceId, i64)>,
+    pub in_transit: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -729,6 +748,7 @@ impl Repo {
                 Job::Command(Box::new(Serial::PatchExpense { id, patch }), tx)
             }
             Command::Member(m) => Job::Command(Box::new(Serial::Member(m)), tx),
+            Command::GiveRights(g) => Job::Command(Box::new(Serial::GiveRights(g)), tx),
             Command::SetLedger { doc_id, ledger } => {
                 Job::Command(Box::new(Serial::SetLedger { doc_id, ledger }), tx)
             }
@@ -998,6 +1018,39 @@ impl Repo {
         let mut out = Vec::new();
         for t in DocType::ALL {
             out.push((t, counts.get(t.code())?.map(|v| v.value()).unwrap_or(0)));
+        }
+        Ok(out)
+    }
+
+    /// Who holds rights to a strict product's units (see `tillmesh_protocol::rights`), and
+    /// how many were given and not yet accepted. Together they make the product's level.
+    pub fn rights(&self, product: &DocId) -> Result<StockRights, ReadError> {
+        let tx = self.db()?.begin_read()?;
+        let (rights, open) = match (
+            tx.open_table(crate::store::tables::RIGHTS),
+            tx.open_table(crate::store::tables::TRANSFERS_OPEN),
+        ) {
+            (Ok(r), Ok(o)) => (r, o),
+            // A store from before strict products, not written to since.
+            (Err(redb::TableError::TableDoesNotExist(_)), _)
+            | (_, Err(redb::TableError::TableDoesNotExist(_))) => {
+                return Ok(StockRights::default());
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(e.into()),
+        };
+        let mut out = StockRights::default();
+        for item in
+            rights.range((product.as_bytes(), &[0u8; 32])..=(product.as_bytes(), &[0xffu8; 32]))?
+        {
+            let (k, v) = item?;
+            out.held.push((DeviceId(*k.value().1), v.value()));
+        }
+        // Open transfers are few (each lives until its receiver's next sale needs it).
+        for item in open.iter()? {
+            let (k, v) = item?;
+            if k.value().1 == product.as_bytes() {
+                out.in_transit += v.value();
+            }
         }
         Ok(out)
     }

@@ -17,7 +17,7 @@ use serde_json::Value as Json;
 use tillmesh_protocol::docmap;
 use tillmesh_protocol::schema::{
     Customer, Document, Expense, Invoice, InvoiceLine, InvoiceStatus, LineInput, Party, Payment,
-    Product, RingUp, Sale, Settings, StockAdjustment, StockLine, Tender, Vendor,
+    Product, RingUp, Sale, Settings, StockAdjustment, StockLine, StockPolicy, Tender, Vendor,
 };
 use tillmesh_protocol::{DeviceId, DocId, DocType};
 use tillmesh_protocol::{Money, money::tax_on};
@@ -232,8 +232,9 @@ pub(crate) fn stock_adjustment(
             s.product(&format!("lines[{i}]"), l.product_id, l.sku.as_deref())?;
         lines.push(StockLine {
             product_id,
-            sku: product.sku,
             delta: l.delta,
+            strict: product.stock_policy == StockPolicy::Strict,
+            sku: product.sku,
         });
     }
     let adj = StockAdjustment {

@@ -26,6 +26,10 @@ pub struct NewProduct {
     pub stock: i64,
     #[serde(default = "yes")]
     pub active: bool,
+    /// `strict`: the stock is held as rights per device and never oversold (see
+    /// `tillmesh_protocol::rights`); `track` (the default): the level may go below zero.
+    #[serde(default)]
+    pub stock_policy: tillmesh_protocol::schema::StockPolicy,
 }
 
 /// A change to a product (a manager's or an admin's): only the fields given change.
@@ -204,6 +208,19 @@ pub struct StockLineRequest {
 pub struct NewStockAdjustment {
     pub lines: Vec<StockLineRequest>,
     pub reason: String,
+}
+
+/// Rights to a strict product's units, given by this device to another member.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GiveRights {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<DocId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sku: Option<String>,
+    /// The receiving device's id (64 hex characters).
+    pub to: tillmesh_protocol::DeviceId,
+    pub qty: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

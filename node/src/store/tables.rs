@@ -46,6 +46,16 @@ pub type SkuKey = (&'static [u8; 32], &'static [u8; 16]);
 /// adjustments held. A product's level is its `opening_stock` plus this; kept apart from the
 /// product so movements that arrive before their product are not lost.
 pub const STOCK: TableDefinition<&[u8; 16], i64> = TableDefinition::new("stock");
+/// Per strict product and device: the rights to units it holds (see
+/// `tillmesh_protocol::rights`), the sum of the rights moves of the documents held; plain, like
+/// the stock sums. A device's row changes only by its own entries.
+pub const RIGHTS: TableDefinition<RightsKey, i64> = TableDefinition::new("rights");
+pub type RightsKey = (&'static [u8; 16], &'static [u8; 32]);
+/// Transfers of rights given but not yet accepted: `(receiver, product, transfer)` -> units.
+/// What a till short of rights takes into its next sale.
+pub const TRANSFERS_OPEN: TableDefinition<OpenTransferKey, i64> =
+    TableDefinition::new("transfers_open");
+pub type OpenTransferKey = (&'static [u8; 32], &'static [u8; 16], &'static [u8; 16]);
 /// Documents held, per type code.
 pub const COUNTS: TableDefinition<u8, u64> = TableDefinition::new("counts");
 /// Entries refused on ingest, by arrival number: `reason length u32 BE | reason | entry bytes`
@@ -144,6 +154,8 @@ pub fn create_all(tx: &redb::WriteTransaction) -> Result<(), redb::TableError> {
     tx.open_table(REJECTED)?;
     tx.open_table(COUNTS)?;
     tx.open_table(STOCK)?;
+    tx.open_table(RIGHTS)?;
+    tx.open_table(TRANSFERS_OPEN)?;
     tx.open_table(MEMBER_OPS)?;
     tx.open_table(QUARANTINE)?;
     tx.open_table(UNDONE)?;
@@ -165,6 +177,8 @@ pub struct Tables<'t> {
     pub rejected: SealedTable<'t, u64>,
     pub counts: redb::Table<'t, u8, u64>,
     pub stock: redb::Table<'t, &'static [u8; 16], i64>,
+    pub rights: redb::Table<'t, RightsKey, i64>,
+    pub transfers_open: redb::Table<'t, OpenTransferKey, i64>,
     pub member_ops: SealedTable<'t, (&'static [u8; 32], u64)>,
     pub quarantine: redb::Table<'t, &'static [u8; 32], ForkProof>,
     pub undone: SealedTable<'t, (&'static [u8; 32], u64)>,
@@ -189,6 +203,8 @@ impl<'t> Tables<'t> {
             rejected: Sealed::new(tx.open_table(REJECTED)?, sealer),
             counts: tx.open_table(COUNTS)?,
             stock: tx.open_table(STOCK)?,
+            rights: tx.open_table(RIGHTS)?,
+            transfers_open: tx.open_table(TRANSFERS_OPEN)?,
             member_ops: Sealed::new(tx.open_table(MEMBER_OPS)?, sealer),
             quarantine: tx.open_table(QUARANTINE)?,
             undone: Sealed::new(tx.open_table(UNDONE)?, sealer),

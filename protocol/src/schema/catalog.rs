@@ -7,6 +7,24 @@ use super::{
 use crate::ids::{DeviceId, DocId};
 use crate::money::Money;
 
+/// How a product's stock is kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StockPolicy {
+    /// The level is the sum of movements and may go below zero (an alert, not a refusal).
+    #[default]
+    Track,
+    /// The level is held as rights per device (see [`crate::rights`]): a till sells only the
+    /// units it holds rights for, so the mesh never sells more than it has, connected or not.
+    Strict,
+}
+
+impl StockPolicy {
+    pub fn is_track(&self) -> bool {
+        *self == StockPolicy::Track
+    }
+}
+
 /// A product in the catalogue.
 ///
 /// Its stock level is not a field that tills overwrite: it is `opening_stock` plus every movement
@@ -25,6 +43,12 @@ pub struct Product {
     pub active: bool,
     /// Units on hand when the product was added.
     pub opening_stock: i64,
+    /// Fixed when the product is made: every sale's verdict depends on it.
+    #[serde(default, skip_serializing_if = "StockPolicy::is_track")]
+    pub stock_policy: StockPolicy,
+    /// The device that made a strict product, and so holds the rights to its opening stock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<DeviceId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger: Option<Ledger>,
 }
@@ -73,6 +97,40 @@ impl Product {
                 format!("must be within ±{OPENING_STOCK_MAX}"),
             ));
         }
+        if self.stock_policy == StockPolicy::Strict {
+            if self.opening_stock < 0 {
+                return Err(invalid(
+                    "opening_stock",
+                    "a strict product cannot start below zero",
+                ));
+            }
+            if self.created_by.is_none() {
+                return Err(invalid(
+                    "created_by",
+                    "a strict product names the device that holds its opening stock",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What never changes once a product exists: its stock policy, who made it and, for a
+    /// strict product, its opening stock (rights were handed out against them).
+    pub fn check_update(&self, next: &Product) -> Result<(), SchemaError> {
+        if self.stock_policy != next.stock_policy {
+            return Err(SchemaError::Immutable(format!(
+                "the stock policy of product {} is fixed when it is made; make a new product to change it",
+                self.sku
+            )));
+        }
+        if self.stock_policy == StockPolicy::Strict
+            && (self.created_by, self.opening_stock) != (next.created_by, next.opening_stock)
+        {
+            return Err(SchemaError::Immutable(format!(
+                "the opening stock of strict product {} and the device holding it cannot change; record a stock adjustment instead",
+                self.sku
+            )));
+        }
         Ok(())
     }
 }
@@ -83,6 +141,9 @@ pub struct StockLine {
     pub sku: String,
     /// Units added (positive) or removed (negative).
     pub delta: i64,
+    /// The product is strict: the units move the rights of the device that records them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
 }
 
 /// A stock count correction or delivery: a record of why stock moved outside a sale.
@@ -126,6 +187,57 @@ impl Document for StockAdjustment {
             }
         }
         check_text("reason", &self.reason, true)
+    }
+
+    fn ledger(&self) -> Option<&Ledger> {
+        None
+    }
+}
+
+/// Rights to units of a strict product, passed from one device to another (see
+/// [`crate::rights`]). The giver's rights fall when it signs this; the receiver's rise only
+/// when the receiver itself marks it accepted, so every right a device spends was counted in
+/// its own log, and every node judges its entries alike in any arrival order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockTransfer {
+    pub product_id: DocId,
+    pub sku: String,
+    pub from: DeviceId,
+    pub to: DeviceId,
+    pub qty: i64,
+    pub at_ms: u64,
+    /// Set once, by the receiver, when it takes the rights into its own log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_at_ms: Option<u64>,
+}
+
+impl StockTransfer {
+    /// Only the acceptance may be added; what was given, by whom and to whom never changes.
+    pub fn check_update(&self, next: &StockTransfer) -> Result<(), SchemaError> {
+        let fixed = |t: &StockTransfer| (t.product_id, t.from, t.to, t.qty, t.at_ms);
+        if fixed(self) != fixed(next)
+            || (self.accepted_at_ms.is_some() && self.accepted_at_ms != next.accepted_at_ms)
+        {
+            return Err(SchemaError::Immutable(format!(
+                "a transfer of {} rights cannot change once made; only its receiver accepts it, once",
+                self.sku
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Document for StockTransfer {
+    const TYPE: DocType = DocType::StockTransfer;
+
+    fn validate(&self, _: &Settings) -> Result<(), SchemaError> {
+        if self.from == self.to {
+            return Err(invalid("to", "a device cannot pass rights to itself"));
+        }
+        if !(1..=QTY_MAX).contains(&self.qty) {
+            return Err(invalid("qty", format!("must be between 1 and {QTY_MAX}")));
+        }
+        check_text("sku", &self.sku, true)
     }
 
     fn ledger(&self) -> Option<&Ledger> {

@@ -12,7 +12,7 @@ mod party;
 mod sale;
 mod settings;
 
-pub use catalog::{Product, StockAdjustment, StockLine};
+pub use catalog::{Product, StockAdjustment, StockLine, StockPolicy, StockTransfer};
 pub use finance::{Expense, ExpenseLine, Invoice, InvoiceLine, InvoiceStatus, Payment};
 pub use party::{Address, Customer, Party, Vendor};
 pub use sale::{
@@ -48,10 +48,11 @@ pub enum DocType {
     Expense,
     StockAdjustment,
     Refund,
+    StockTransfer,
 }
 
 impl DocType {
-    pub const ALL: [DocType; 10] = [
+    pub const ALL: [DocType; 11] = [
         DocType::Settings,
         DocType::Product,
         DocType::Sale,
@@ -62,6 +63,7 @@ impl DocType {
         DocType::Expense,
         DocType::StockAdjustment,
         DocType::Refund,
+        DocType::StockTransfer,
     ];
 
     /// The byte used in the entry encoding. Stable forever: never renumber.
@@ -77,6 +79,7 @@ impl DocType {
             DocType::Expense => 8,
             DocType::StockAdjustment => 9,
             DocType::Refund => 10,
+            DocType::StockTransfer => 11,
         }
     }
 
@@ -96,6 +99,7 @@ impl DocType {
             DocType::Expense => "expense",
             DocType::StockAdjustment => "stock_adjustment",
             DocType::Refund => "refund",
+            DocType::StockTransfer => "stock_transfer",
         }
     }
 

@@ -32,6 +32,10 @@ pub struct SaleLine {
     pub tax_rate_ppm: u32,
     pub net_minor: i64,
     pub tax_minor: i64,
+    /// The product is strict (recorded as the till judged it, like the tax rate): the units
+    /// are spent from the selling till's rights.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +167,7 @@ impl Sale {
                 tax_rate_ppm: rate,
                 net_minor: net,
                 tax_minor: tax_on(net, rate)?,
+                strict: p.stock_policy == super::StockPolicy::Strict,
             });
         }
         let subtotal = sum_minor("subtotal", lines.iter().map(|l| l.net_minor))?;
@@ -275,6 +280,15 @@ impl Sale {
                 self.receipt_number
             ))
         };
+        if self.void.is_none() && next.void.is_some() && self.lines.iter().any(|l| l.strict) {
+            // A void gives goods back through the merged sale, whose restock a refund made
+            // apart on another till can change after the fact; rights handed out against it
+            // could then be spent twice. A refund is its own fact, credited to one till.
+            return Err(SchemaError::Immutable(format!(
+                "sale {} has lines of strict-stock products and cannot be voided; refund it instead (the units come back to the refunding till's rights)",
+                self.receipt_number
+            )));
+        }
         if self.status != SaleStatus::Open {
             if self.lines != next.lines {
                 return Err(frozen("lines"));
@@ -470,6 +484,10 @@ pub struct RefundLine {
     pub qty: i64,
     pub net_minor: i64,
     pub tax_minor: i64,
+    /// Copied from the sale's line: restocked units of a strict product come back as rights of
+    /// the refunding till.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
 }
 
 /// Money given back against a sale: its own document, never an edit of the sale's amounts.
@@ -580,6 +598,7 @@ impl Refund {
                 qty: w.qty,
                 net_minor: net,
                 tax_minor: tax,
+                strict: l.strict,
             });
         }
         if out.is_empty() {
@@ -705,6 +724,8 @@ mod tests {
             tax_code: tax.into(),
             active: true,
             opening_stock: 40,
+            stock_policy: Default::default(),
+            created_by: None,
             ledger: None,
         }
     }

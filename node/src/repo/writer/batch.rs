@@ -206,6 +206,7 @@ impl Writer {
             }
         }
         self.wal_batch.clear();
+        self.rights_staged.clear();
         self.finish_panics = false;
         let begun = self.db().and_then(|db| {
             let mut tx = db.begin_write()?;
@@ -348,6 +349,7 @@ impl Writer {
     ) -> Result<Finished, WriteError> {
         let mut views = HashMap::with_capacity(touched.len());
         let mut moves: BTreeMap<DocId, i64> = BTreeMap::new();
+        let mut rights: BTreeMap<(DocId, DeviceId), i64> = BTreeMap::new();
         let mut products = BTreeSet::new();
         for id in touched {
             let Some(c) = self.cache.get(t, id)? else {
@@ -360,12 +362,9 @@ impl Writer {
                         .get("type")
                         .and_then(Json::as_str)
                         .and_then(DocType::from_name);
-                    for (p, q) in dt
-                        .map(|dt| docmap::stock_moves(dt, &old))
-                        .unwrap_or_default()
-                    {
-                        let m = moves.entry(p).or_default();
-                        *m = m.saturating_sub(q);
+                    if let Some(dt) = dt {
+                        moved(dt, id, Some(&old), None, &mut moves, &mut rights);
+                        self.note_open_transfer(t, dt, id, Some(&old), None)?;
                     }
                     if dt == Some(DocType::Product) {
                         self.index_sku(t, id, &Json::Null)?;
@@ -379,23 +378,24 @@ impl Writer {
             if let Some(dt) = doc_type.filter(|d| {
                 matches!(
                     d,
-                    DocType::Sale | DocType::Refund | DocType::StockAdjustment
+                    DocType::Sale
+                        | DocType::Refund
+                        | DocType::StockAdjustment
+                        | DocType::StockTransfer
+                        | DocType::Product
                 )
             }) {
                 // What the document moved before this batch is undone, what it moves now is done:
                 // a sale voided in this batch gives its goods back, a new one takes them.
-                if let Some(old) = t.views.get(id.as_bytes())? {
-                    let old: Json = serde_json::from_slice(old.value())
-                        .map_err(|e| WriteError::Internal(e.to_string()))?;
-                    for (p, q) in docmap::stock_moves(dt, &old) {
-                        let m = moves.entry(p).or_default();
-                        *m = m.saturating_sub(q);
-                    }
-                }
-                for (p, q) in docmap::stock_moves(dt, &json) {
-                    let m = moves.entry(p).or_default();
-                    *m = m.saturating_add(q);
-                }
+                let old = match t.views.get(id.as_bytes())? {
+                    Some(old) => Some(
+                        serde_json::from_slice::<Json>(old.value())
+                            .map_err(|e| WriteError::Internal(e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                moved(dt, id, old.as_ref(), Some(&json), &mut moves, &mut rights);
+                self.note_open_transfer(t, dt, id, old.as_ref(), Some(&json))?;
             }
             if doc_type == Some(DocType::Product) {
                 self.index_sku(t, id, &json)?;
@@ -415,6 +415,7 @@ impl Writer {
         if self.finish_panics {
             panic!("injected panic while rebuilding a batch's views");
         }
+        self.store_rights(t, rights)?;
         let mut stock_only = Vec::new();
         for (p, delta) in moves.into_iter().filter(|(_, d)| *d != 0) {
             let moved = t
@@ -484,5 +485,27 @@ impl Writer {
             *held = (*held).min(*id);
         }
         Ok(())
+    }
+}
+
+/// What a document moved, from its view before the batch to its view now: stock per product,
+/// rights per product and device.
+fn moved(
+    dt: DocType,
+    id: &DocId,
+    old: Option<&Json>,
+    new: Option<&Json>,
+    moves: &mut BTreeMap<DocId, i64>,
+    rights: &mut BTreeMap<(DocId, DeviceId), i64>,
+) {
+    for (view, sign) in [(old, -1i64), (new, 1)] {
+        for (p, q) in view.map(|v| docmap::stock_moves(dt, v)).unwrap_or_default() {
+            let m = moves.entry(p).or_default();
+            *m = m.saturating_add(sign * q);
+        }
+    }
+    for (key, units) in tillmesh_protocol::rights::delta(dt, id, old, new) {
+        let r = rights.entry(key).or_default();
+        *r = r.saturating_add(units);
     }
 }

@@ -191,7 +191,15 @@ pub(super) fn check_remote(
         }
         DocType::Product => {
             let p = docmap::from_view::<Product>(doc).map_err(|e| e.to_string())?;
-            p.check_fields(settings).map_err(|e| e.to_string())
+            p.check_fields(settings).map_err(|e| e.to_string())?;
+            earlier::<Product>(before)
+                .map_or(Ok(()), |b| b.check_update(&p).map_err(|e| e.to_string()))
+        }
+        DocType::StockTransfer => {
+            let after = check::<StockTransfer>(doc, settings)?;
+            earlier::<StockTransfer>(before).map_or(Ok(()), |b| {
+                b.check_update(&after).map_err(|e| e.to_string())
+            })
         }
         DocType::Sale => {
             let after = check::<Sale>(doc, settings)?;

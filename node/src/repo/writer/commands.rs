@@ -32,6 +32,7 @@ impl Writer {
             Serial::PatchParty { .. } => &[DocType::Customer],
             Serial::PatchProduct { .. } => &[DocType::Product],
             Serial::PatchExpense { .. } => &[DocType::Expense],
+            Serial::GiveRights(_) => &[DocType::StockTransfer],
             Serial::Member(_) | Serial::SetLedger { .. } => unreachable!("handled above"),
         };
         self.check_own_write(writes)?;
@@ -91,6 +92,22 @@ impl Writer {
                 id
             }
             Serial::CreateProduct(p) => self.create_product(t, &mut ops, p, now)?,
+            Serial::GiveRights(g) => {
+                let product_id = match (g.product_id, g.sku.as_deref()) {
+                    (Some(id), _) => id,
+                    (None, Some(sku)) => *self.skus.get(sku.trim()).ok_or_else(|| {
+                        WriteError::UnknownProduct(format!("no product has SKU '{sku}'"))
+                    })?,
+                    (None, None) => {
+                        return Err(WriteError::BadRequest("give a product_id or a sku".into()));
+                    }
+                };
+                let req = GiveRights {
+                    product_id: Some(product_id),
+                    ..g
+                };
+                self.give_rights(t, &mut ops, product_id, req, now)?
+            }
             Serial::Void { sale_id, request } => self.void(t, &mut ops, sale_id, request, now)?,
             Serial::Refund { sale_id, request } => {
                 self.refund(t, &mut ops, sale_id, request, now)?
@@ -197,6 +214,15 @@ impl Writer {
         let mut ops = Ops::default();
         let types: Vec<DocType> = p.docs.iter().map(|d| d.doc_type).collect();
         self.check_own_write(&types)?;
+        let mut moves = rights::RightsMoves::new();
+        for d in &p.docs {
+            rights::add_moves(
+                &mut moves,
+                tillmesh_protocol::rights::delta(d.doc_type, &d.id, None, Some(&d.view)),
+            );
+        }
+        // Before the documents go in: a refusal leaves nothing behind.
+        self.take_own_rights(t, &mut ops, moves, now)?;
         for d in p.docs {
             self.cache
                 .insert_new(t, d.id, d.doc_type, d.doc, &d.change, Some(d.view))?;
@@ -225,6 +251,8 @@ impl Writer {
             tax_code: p.tax_code,
             active: p.active,
             opening_stock: p.stock,
+            stock_policy: p.stock_policy,
+            created_by: (p.stock_policy == StockPolicy::Strict).then_some(self.id.device_id),
             ledger: None,
         };
         product.validate(&self.settings)?;
@@ -236,6 +264,10 @@ impl Writer {
         }
         let id = new_doc_id(now);
         self.create_doc(t, ops, id, &product, now)?;
+        // Its maker holds the rights to a strict product's opening stock.
+        let view = docmap::view_of(&product)?;
+        let moves = tillmesh_protocol::rights::delta(DocType::Product, &id, None, Some(&view));
+        self.take_own_rights(t, ops, moves, now)?;
         // Claimed now so a second product with this SKU in the same batch is refused; the
         // index row is written with the view (see `index_sku`).
         self.skus.insert(product.sku, id);
@@ -364,6 +396,11 @@ impl Writer {
         next.validate(&self.settings)?;
         self.create_doc(t, ops, refund_id, &refund, now)?;
         self.update_doc(t, ops, sale_id, &sale, &next, now)?;
+        // Restocked units of a strict product come back to this till's rights.
+        let view = docmap::view_of(&refund)?;
+        let moves =
+            tillmesh_protocol::rights::delta(DocType::Refund, &refund_id, None, Some(&view));
+        self.take_own_rights(t, ops, moves, now)?;
         Ok(refund_id)
     }
 

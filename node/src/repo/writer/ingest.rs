@@ -116,6 +116,7 @@ impl Writer {
         role: Role,
     ) -> Result<(), Halt> {
         let mut fresh: HashMap<DocId, (AutoCommit, Option<Json>)> = HashMap::new();
+        let mut moves = rights::RightsMoves::new();
         for (dc, changes) in entry.docs().iter().zip(parsed) {
             let applied = self.apply_remote(
                 t,
@@ -127,9 +128,20 @@ impl Writer {
             );
             // Builds on an entry that does not stand: neither does this one, whole (see `undo`).
             let applied = match applied {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(Halt::Undone(undo::BUILDS_ON_UNDONE.to_owned())),
+                Ok(Some(m)) => {
+                    rights::add_moves(&mut moves, m);
+                    Ok(())
+                }
+                Ok(None) => Err(Halt::Undone(undo::BUILDS_ON_UNDONE.to_owned())),
                 Err(halt) => Err(halt),
+            };
+            // Every document in: the entry's moves of rights, all its author's own and within
+            // what it holds at this point of its log.
+            let applied = match applied {
+                Ok(()) if dc.doc_id == entry.docs()[entry.docs().len() - 1].doc_id => {
+                    self.take_remote_rights(t, entry.entry.author, std::mem::take(&mut moves))
+                }
+                other => other,
             };
             if let Err(halt) = applied {
                 // What the Automerge documents queued is dropped with them; the next load
@@ -224,7 +236,7 @@ impl Writer {
         changes: Vec<Change>,
         fresh: &mut HashMap<DocId, (AutoCommit, Option<Json>)>,
         (author, role): (DeviceId, Role),
-    ) -> Result<bool, Halt> {
+    ) -> Result<Option<rights::RightsMoves>, Halt> {
         let actor = self.cache.actor().clone();
         let settings = &self.settings;
         let root = self.id.root_id;
@@ -243,7 +255,12 @@ impl Writer {
                 // documents are complete: entries with missing dependencies are deferred).
                 let before = matches!(
                     doc_type,
-                    DocType::Sale | DocType::Refund | DocType::Settings
+                    DocType::Sale
+                        | DocType::Refund
+                        | DocType::Settings
+                        | DocType::Product
+                        | DocType::StockTransfer
+                        | DocType::StockAdjustment
                 )
                 .then(|| c.view().clone());
                 let ledger_before = ledger_of(c.view()).cloned();
@@ -285,7 +302,7 @@ impl Writer {
             .map_err(|e| Halt::Refuse(format!("document {id}: {e}")))?;
         let missing = doc.get_missing_deps(&[]);
         if !missing.is_empty() && undo::builds_on_undone(t, &id, &missing)? {
-            return Ok(false);
+            return Ok(None);
         }
         if !missing.is_empty() {
             // It builds on another device's changes not held here. Applying it now would let it
@@ -312,6 +329,8 @@ impl Writer {
                 "the mesh settings have not arrived yet; send the owner's first entry first",
             ));
         }
+        // What the entry moves of stock rights, as its author saw the document.
+        let moves;
         match entry_changes {
             // The author's change is judged on the document as the author saw it, not as
             // merged with concurrent changes held here: the verdict then depends only on the
@@ -336,6 +355,7 @@ impl Writer {
                         .to_string(),
                     ));
                 }
+                moves = rights::delta(doc_type, &id, Some(&seen_view), Some(&after));
                 check_remote(doc_type, &after, settings, Some(&seen_view))
             }
             None => {
@@ -348,6 +368,7 @@ impl Writer {
                         .to_string(),
                     ));
                 }
+                moves = rights::delta(doc_type, &id, before.as_ref(), Some(&view));
                 check_remote(doc_type, &view, settings, before.as_ref())
             }
         }
@@ -360,7 +381,7 @@ impl Writer {
                 }
             }
         }
-        Ok(true)
+        Ok(Some(moves))
     }
 
     pub(super) fn reject(

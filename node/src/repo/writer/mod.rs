@@ -18,6 +18,7 @@ mod batch;
 mod checks;
 mod commands;
 mod ingest;
+mod rights;
 mod undo;
 
 pub use undo::UndoneRecord;
@@ -32,7 +33,7 @@ use serde_json::Value as Json;
 use tillmesh_protocol::docmap::{self, actor_for};
 use tillmesh_protocol::schema::{
     Customer, Document, Expense, Invoice, Party, Payment, Product, Refund, RefundLineInput, Sale,
-    SaleStatus, Settings, StockAdjustment, TaxRate, Vendor, VoidInfo,
+    SaleStatus, Settings, StockAdjustment, StockPolicy, StockTransfer, TaxRate, Vendor, VoidInfo,
 };
 use tillmesh_protocol::{
     AccessError, DeviceId, DocChanges, DocId, DocType, Entry, EntryHash, Member, MemberOp,
@@ -139,6 +140,9 @@ pub(crate) struct Writer {
     needs_recovery: bool,
     /// Shared with the preparers: the receipt counter they take numbers from.
     device: Arc<Device>,
+    /// Rights moved by the entries staged in the current batch, which the store's count
+    /// (written by `finish`) does not hold yet.
+    rights_staged: HashMap<(DocId, DeviceId), i64>,
 }
 
 enum Reply {
@@ -228,6 +232,7 @@ impl Writer {
             wal_cut: None,
             needs_recovery: false,
             device,
+            rights_staged: HashMap::new(),
         };
         w.reload()?;
         w.replay(records)?;
@@ -246,6 +251,7 @@ impl Writer {
         let mut tx = db.begin_write()?;
         tx.set_durability(Durability::None)
             .map_err(|e| WriteError::Storage(e.to_string()))?;
+        self.rights_staged.clear();
         let mut touched = BTreeSet::new();
         let mut applied = 0usize;
         {
@@ -354,6 +360,7 @@ impl Writer {
     /// Re-reads every cached counter from the store.
     fn reload(&mut self) -> Result<(), WriteError> {
         self.cache.clear();
+        self.rights_staged.clear();
         let tx = self.db()?.begin_read()?;
         let heads = tx.open_table(HEADS)?;
         self.head = heads

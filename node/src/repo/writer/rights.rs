@@ -1,0 +1,326 @@
+//! Stock rights in the writer (see `tillmesh_protocol::rights`): each entry's moves of rights
+//! are its author's own and never spend more than the author holds at that point of its log;
+//! transfers given, and accepted by the till that takes them into a sale.
+
+pub(super) use tillmesh_protocol::rights::delta;
+use tillmesh_protocol::rights::{self, RightsError};
+
+use super::checks::Halt;
+use super::*;
+
+/// Moves of rights per `(product, device)`.
+pub(super) type RightsMoves = BTreeMap<(DocId, DeviceId), i64>;
+
+/// Adds `more` to `into`, dropping what cancels out.
+pub(super) fn add_moves(into: &mut RightsMoves, more: RightsMoves) {
+    for (key, units) in more {
+        let v = into.entry(key).or_default();
+        *v = v.saturating_add(units);
+    }
+    into.retain(|_, v| *v != 0);
+}
+
+/// An entry that spends rights its author does not hold.
+pub(super) struct Shortfall {
+    pub product: DocId,
+    pub spent: i64,
+    pub held: i64,
+}
+
+impl Writer {
+    /// Rights `device` holds to `product` now: the store's count plus what entries staged
+    /// earlier in this batch moved.
+    pub(super) fn rights_of(
+        &self,
+        t: &Tables<'_>,
+        product: &DocId,
+        device: &DeviceId,
+    ) -> Result<i64, WriteError> {
+        let stored = t
+            .rights
+            .get((product.as_bytes(), device.as_bytes()))?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let staged = self
+            .rights_staged
+            .get(&(*product, *device))
+            .copied()
+            .unwrap_or(0);
+        Ok(stored.saturating_add(staged))
+    }
+
+    /// Checks an entry's moves of rights: every one its author's own, and none leaving the
+    /// author below zero at this point of its log. Nothing is counted; see `count_rights`.
+    pub(super) fn check_rights(
+        &self,
+        t: &Tables<'_>,
+        author: DeviceId,
+        moves: &RightsMoves,
+    ) -> Result<Result<(), Result<Shortfall, RightsError>>, WriteError> {
+        if let Err(e) = rights::check_author(author, moves) {
+            return Ok(Err(Err(e)));
+        }
+        for ((product, device), units) in moves.iter().filter(|(_, u)| **u < 0) {
+            let held = self.rights_of(t, product, device)?;
+            if held.saturating_add(*units) < 0 {
+                return Ok(Err(Ok(Shortfall {
+                    product: *product,
+                    spent: -units,
+                    held,
+                })));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Counts a checked entry's moves for the entries after it in this batch (the store's
+    /// count follows from the views in `finish`).
+    pub(super) fn count_rights(&mut self, moves: RightsMoves) {
+        for (key, units) in moves {
+            let v = self.rights_staged.entry(key).or_default();
+            *v = v.saturating_add(units);
+        }
+    }
+
+    /// An ingested entry's moves of rights, checked: a refusal says why.
+    pub(super) fn take_remote_rights(
+        &mut self,
+        t: &Tables<'_>,
+        author: DeviceId,
+        moves: RightsMoves,
+    ) -> Result<(), Halt> {
+        match self.check_rights(t, author, &moves)? {
+            Ok(()) => {
+                self.count_rights(moves);
+                Ok(())
+            }
+            Err(Err(e)) => Err(Halt::Refuse(e.to_string())),
+            Err(Ok(s)) => Err(Halt::Refuse(
+                RightsError::Exceeded {
+                    sku: self.sku_of(t, &s.product),
+                    spent: s.spent,
+                    held: s.held,
+                }
+                .to_string(),
+            )),
+        }
+    }
+
+    /// This device's own write: its moves of rights are checked like anyone's. Short of rights,
+    /// transfers given to it and not yet accepted are taken into the same entry first.
+    pub(super) fn take_own_rights(
+        &mut self,
+        t: &mut Tables<'_>,
+        ops: &mut Ops,
+        mut moves: RightsMoves,
+        now: u64,
+    ) -> Result<(), WriteError> {
+        let me = self.id.device_id;
+        if moves.is_empty() {
+            return Ok(());
+        }
+        if let Err(Ok(short)) = self.check_rights(t, me, &moves)? {
+            let open = self.open_transfers(t, &short.product)?;
+            let incoming: i64 = open.iter().map(|(_, q)| q).sum();
+            if short.held.saturating_add(incoming) >= short.spent {
+                for (transfer, _) in open {
+                    add_moves(&mut moves, self.accept(t, ops, transfer, now)?);
+                }
+            }
+        }
+        match self.check_rights(t, me, &moves)? {
+            Ok(()) => {
+                self.count_rights(moves);
+                Ok(())
+            }
+            Err(Err(e)) => Err(WriteError::Internal(e.to_string())),
+            Err(Ok(s)) => Err(self.out_of_stock(t, s)?),
+        }
+    }
+
+    /// Transfers of `product`'s rights given to this device and not accepted yet.
+    fn open_transfers(
+        &self,
+        t: &Tables<'_>,
+        product: &DocId,
+    ) -> Result<Vec<(DocId, i64)>, WriteError> {
+        let me = self.id.device_id;
+        let (lo, hi) = ([0u8; 16], [0xffu8; 16]);
+        let mut out = Vec::new();
+        for item in t.transfers_open.range(
+            (me.as_bytes(), product.as_bytes(), &lo)..=(me.as_bytes(), product.as_bytes(), &hi),
+        )? {
+            let (k, v) = item?;
+            out.push((DocId(*k.value().2), v.value()));
+        }
+        Ok(out)
+    }
+
+    /// Marks a transfer to this device accepted: its rights are this device's from this entry.
+    fn accept(
+        &mut self,
+        t: &mut Tables<'_>,
+        ops: &mut Ops,
+        id: DocId,
+        now: u64,
+    ) -> Result<RightsMoves, WriteError> {
+        let current: StockTransfer = self.typed(t, &id, "stock transfer")?;
+        if current.accepted_at_ms.is_some() || current.to != self.id.device_id {
+            return Ok(RightsMoves::new());
+        }
+        let mut next = current.clone();
+        next.accepted_at_ms = Some(now);
+        self.update_doc(t, ops, id, &current, &next, now)?;
+        let before = docmap::view_of(&current)?;
+        let after = docmap::view_of(&next)?;
+        Ok(rights::delta(
+            DocType::StockTransfer,
+            &id,
+            Some(&before),
+            Some(&after),
+        ))
+    }
+
+    /// Gives `qty` of this device's rights to `product` to another member.
+    pub(super) fn give_rights(
+        &mut self,
+        t: &mut Tables<'_>,
+        ops: &mut Ops,
+        product_id: DocId,
+        req: GiveRights,
+        now: u64,
+    ) -> Result<DocId, WriteError> {
+        let product: Product = self.typed(t, &product_id, "product")?;
+        if product.stock_policy != StockPolicy::Strict {
+            return Err(WriteError::BadRequest(format!(
+                "product {} keeps its stock by tracking, not by rights; only a strict product's rights pass between devices",
+                product.sku
+            )));
+        }
+        if !self.membership.is_active(&req.to) {
+            return Err(WriteError::BadRequest(format!(
+                "device {} is not an active member of this mesh; rights go only to members",
+                req.to
+            )));
+        }
+        let transfer = StockTransfer {
+            product_id,
+            sku: product.sku,
+            from: self.id.device_id,
+            to: req.to,
+            qty: req.qty,
+            at_ms: now,
+            accepted_at_ms: None,
+        };
+        transfer.validate(&self.settings)?;
+        let id = new_doc_id(now);
+        let view = docmap::view_of(&transfer)?;
+        let moves = rights::delta(DocType::StockTransfer, &id, None, Some(&view));
+        match self.check_rights(t, self.id.device_id, &moves)? {
+            Ok(()) => {}
+            Err(Err(e)) => return Err(WriteError::Internal(e.to_string())),
+            Err(Ok(s)) => return Err(self.out_of_stock(t, s)?),
+        }
+        self.create_doc(t, ops, id, &transfer, now)?;
+        self.count_rights(moves);
+        Ok(id)
+    }
+
+    /// The refusal a till shows: how many it holds, and where the rest are.
+    fn out_of_stock(&mut self, t: &Tables<'_>, s: Shortfall) -> Result<WriteError, WriteError> {
+        let sku = self.sku_of(t, &s.product);
+        let me = self.id.device_id;
+        let mut elsewhere = Vec::new();
+        let (lo, hi) = ([0u8; 32], [0xffu8; 32]);
+        for item in t
+            .rights
+            .range((s.product.as_bytes(), &lo)..=(s.product.as_bytes(), &hi))?
+        {
+            let (k, _) = item?;
+            let device = DeviceId(*k.value().1);
+            let held = self.rights_of(t, &s.product, &device)?;
+            if device != me && held > 0 {
+                let name = self
+                    .membership
+                    .get(&device)
+                    .map(|m| m.name.clone())
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| format!("device {}", device.short()));
+                elsewhere.push(format!("{name} ({held})"));
+            }
+        }
+        let rest = if elsewhere.is_empty() {
+            "no other device holds any: receive stock (a stock adjustment) before selling more"
+                .to_owned()
+        } else {
+            format!("the rest are held by {}", elsewhere.join(", "))
+        };
+        Ok(WriteError::OutOfStock {
+            message: format!(
+                "out of stock: this device holds rights to {} of {sku} and needs {}; {rest}",
+                s.held.max(0),
+                s.spent
+            ),
+            product: s.product,
+            short: s.spent.saturating_sub(s.held.max(0)),
+        })
+    }
+
+    fn sku_of(&mut self, t: &Tables<'_>, product: &DocId) -> String {
+        self.typed::<Product>(t, product, "product")
+            .map(|p| p.sku)
+            .unwrap_or_else(|_| product.to_string())
+    }
+
+    /// Keeps `transfers_open` in step with a transfer's view.
+    pub(super) fn note_open_transfer(
+        &self,
+        t: &mut Tables<'_>,
+        dt: DocType,
+        id: &DocId,
+        old: Option<&Json>,
+        new: Option<&Json>,
+    ) -> Result<(), WriteError> {
+        if dt != DocType::StockTransfer {
+            return Ok(());
+        }
+        let open = |v: Option<&Json>| {
+            let t: StockTransfer = docmap::from_view(v?).ok()?;
+            t.accepted_at_ms.is_none().then_some(t)
+        };
+        if let Some(o) = open(old) {
+            t.transfers_open
+                .remove((o.to.as_bytes(), o.product_id.as_bytes(), id.as_bytes()))?;
+        }
+        if let Some(n) = open(new) {
+            t.transfers_open.insert(
+                (n.to.as_bytes(), n.product_id.as_bytes(), id.as_bytes()),
+                n.qty,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Applies a batch's moves of rights to the store's count.
+    pub(super) fn store_rights(
+        &self,
+        t: &mut Tables<'_>,
+        moves: BTreeMap<(DocId, DeviceId), i64>,
+    ) -> Result<(), WriteError> {
+        for ((product, device), units) in moves.into_iter().filter(|(_, u)| *u != 0) {
+            let key = (product.as_bytes(), device.as_bytes());
+            let now = t
+                .rights
+                .get(key)?
+                .map(|v| v.value())
+                .unwrap_or(0)
+                .saturating_add(units);
+            if now == 0 {
+                t.rights.remove(key)?;
+            } else {
+                t.rights.insert(key, now)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,281 @@
+//! Strict stock: a till sells only the units it holds rights to, rights pass between devices by
+//! signed transfers, and an entry that spends rights its author lacks is refused everywhere.
+
+use serde_json::{Value, json};
+use tillmesh::testkit::{self, InProcessNode, cash_sale, member_device, sync_entries};
+use tillmesh_node::Repo;
+use tillmesh_node::repo::IngestOutcome;
+use tillmesh_protocol::docmap::{self, actor_for};
+use tillmesh_protocol::schema::Sale;
+use tillmesh_protocol::{
+    DeviceKey, DocChanges, DocId, DocType, Entry, EntryHash, Payload, Role, SignedEntry,
+};
+
+async fn sync_one_way(from: &Repo, to: &Repo) {
+    for (author, seq, outcome) in sync_entries(from, to).await.unwrap() {
+        assert_eq!(outcome, IngestOutcome::Applied, "{author:?}/{seq}");
+    }
+}
+
+fn strict(sku: &str, stock: i64) -> Value {
+    json!({
+        "sku": sku, "name": "Mug", "price": {"amount_minor": 500, "currency": "USD"},
+        "stock": stock, "stock_policy": "strict",
+    })
+}
+
+/// Units each device holds, as `GET /v1/products/{id}` shows them, and the level.
+async fn rights(node: &InProcessNode, path: &str) -> (Vec<(String, i64)>, i64, i64) {
+    let p = node.api.ok_get(path).await.unwrap();
+    let mut held: Vec<(String, i64)> = p["rights"]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["device"].as_str().unwrap().to_owned(),
+                d["units"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    held.sort();
+    (
+        held,
+        p["rights"]["in_transit"].as_i64().unwrap(),
+        p["stock"].as_i64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_till_sells_only_its_rights_and_takes_more_by_a_transfer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = InProcessNode::init(&tmp.path().join("a"), "Back office")
+        .await
+        .unwrap();
+    let b = member_device(
+        &tmp.path().join("b"),
+        &a.repo,
+        "Till 2",
+        [2; 32],
+        Role::Till,
+    )
+    .await
+    .unwrap();
+    let mug = a
+        .api
+        .ok_post("/v1/products", &strict("MUG", 10))
+        .await
+        .unwrap();
+    let path = format!("/v1/products/{}", mug["id"].as_str().unwrap());
+    assert_eq!(mug["stock_policy"], "strict");
+    sync_one_way(&a.repo, &b.repo).await;
+
+    // The maker holds the opening stock; the till holds nothing and says where it is.
+    let (status, refused) = b
+        .api
+        .post("/v1/sales", &cash_sale("MUG", 1, 500))
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["error"]["code"], "out_of_stock");
+    let message = refused["error"]["message"].as_str().unwrap();
+    let a_id = a.repo.identity().device_id;
+    assert!(
+        message.contains("holds rights to 0 of MUG")
+            && message.contains(&format!("device {} (10)", a_id.short())),
+        "{message}"
+    );
+    let (a_id, b_id) = (a_id.to_string(), b.repo.identity().device_id.to_string());
+
+    // Four units' rights to the till: the back office's fall at once, the till's rise when it
+    // takes them into its next sale.
+    let given = a
+        .api
+        .ok_post(
+            "/v1/stock-transfers",
+            &json!({"sku": "MUG", "to": b_id, "qty": 4}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (given["qty"].as_i64(), given["to"].as_str()),
+        (Some(4), Some(b_id.as_str()))
+    );
+    assert_eq!(rights(&a, &path).await, (vec![(a_id.clone(), 6)], 4, 10));
+    sync_one_way(&a.repo, &b.repo).await;
+    for _ in 0..4 {
+        b.api
+            .ok_post("/v1/sales", &cash_sale("MUG", 1, 500))
+            .await
+            .unwrap();
+    }
+    let (status, refused) = b
+        .api
+        .post("/v1/sales", &cash_sale("MUG", 1, 500))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status.as_u16(), &refused["error"]["code"]),
+        (409, &json!("out_of_stock"))
+    );
+    assert_eq!(rights(&b, &path).await, (vec![(a_id.clone(), 6)], 0, 6));
+
+    // The back office sells its six and no more, even before it hears of the till's sales.
+    for _ in 0..6 {
+        a.api
+            .ok_post("/v1/sales", &cash_sale("MUG", 1, 500))
+            .await
+            .unwrap();
+    }
+    let (status, _) = a
+        .api
+        .post("/v1/sales", &cash_sale("MUG", 1, 500))
+        .await
+        .unwrap();
+    assert_eq!(status, 409);
+
+    // Both ways: the same level and rights everywhere, and nothing oversold.
+    sync_one_way(&b.repo, &a.repo).await;
+    sync_one_way(&a.repo, &b.repo).await;
+    for node in [&a, &b] {
+        assert_eq!(rights(node, &path).await, (vec![], 0, 0));
+    }
+
+    // A restocking refund gives the units back to the refunding till.
+    let sales = b.api.all("/v1/sales").await.unwrap();
+    let sale = sales
+        .iter()
+        .find(|s| s["till"] == json!(b_id))
+        .expect("a sale of the till");
+    let (status, voided) = b
+        .api
+        .post(
+            &format!("/v1/sales/{}/void", sale["id"].as_str().unwrap()),
+            &json!({"reason": "mistake"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        status, 409,
+        "a strict sale is refunded, not voided: {voided}"
+    );
+    assert!(
+        voided["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("refund it instead")
+    );
+    b.api
+        .ok_post(
+            &format!("/v1/sales/{}/refund", sale["id"].as_str().unwrap()),
+            &json!({"method": "cash", "restock": true, "reason": "changed mind"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rights(&b, &path).await, (vec![(b_id.clone(), 1)], 0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_spending_rights_their_author_lacks_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = InProcessNode::init(&tmp.path().join("a"), "Back office")
+        .await
+        .unwrap();
+    let b_key = DeviceKey::from_secret([2; 32]);
+    let b = member_device(
+        &tmp.path().join("b"),
+        &a.repo,
+        "Till 2",
+        [2; 32],
+        Role::Till,
+    )
+    .await
+    .unwrap();
+    let c = member_device(
+        &tmp.path().join("c"),
+        &a.repo,
+        "Till 3",
+        [3; 32],
+        Role::Till,
+    )
+    .await
+    .unwrap();
+    let mug = a
+        .api
+        .ok_post("/v1/products", &strict("MUG", 3))
+        .await
+        .unwrap();
+    let path = format!("/v1/products/{}", mug["id"].as_str().unwrap());
+    let sold = a
+        .api
+        .ok_post("/v1/sales", &cash_sale("MUG", 1, 500))
+        .await
+        .unwrap();
+    sync_one_way(&a.repo, &b.repo).await;
+    sync_one_way(&a.repo, &c.repo).await;
+    let mesh = a.repo.identity().mesh_id;
+    let b_id = b_key.device_id();
+    let b_log = testkit::entries_of(&b.repo, &b_id).unwrap();
+    let (seq, prev) = b_log
+        .last()
+        .map(|e| (e.entry.seq + 1, e.hash()))
+        .unwrap_or((1, EntryHash::ZERO));
+
+    // A bad till signs a sale of a unit it holds no rights to (the back office's sale, as its own).
+    let sold_id: DocId = sold["id"].as_str().unwrap().parse().unwrap();
+    let mut sale: Sale = docmap::from_view(&a.repo.view(&sold_id).unwrap().unwrap()).unwrap();
+    sale.till = b_id;
+    sale.receipt_number = "B-000001".into();
+    let (_, change, _) = docmap::create(&actor_for(&b_id), &sale, 1).unwrap();
+    let oversold = Entry {
+        author: b_id,
+        seq,
+        prev,
+        timestamp_ms: 1,
+        payload: Payload::Changes(vec![DocChanges {
+            doc_id: DocId::new_v7(2, [7; 10]),
+            doc_type: DocType::Sale,
+            changes: vec![change],
+        }]),
+    }
+    .sign(&mesh, &b_key);
+    // And one that gives away the back office's rights as if they were its own.
+    let transfer = json!({
+        "type": "stock_transfer", "schema": 1, "product_id": mug["id"], "sku": "MUG",
+        "from": a.repo.identity().device_id.to_string(), "to": b_id.to_string(), "qty": 2,
+        "at_ms": 1,
+    });
+    let transfer: tillmesh_protocol::schema::StockTransfer = docmap::from_view(&transfer).unwrap();
+    let (_, change, _) = docmap::create(&actor_for(&b_id), &transfer, 1).unwrap();
+    let stolen = Entry {
+        author: b_id,
+        seq,
+        prev,
+        timestamp_ms: 2,
+        payload: Payload::Changes(vec![DocChanges {
+            doc_id: DocId::new_v7(3, [8; 10]),
+            doc_type: DocType::StockTransfer,
+            changes: vec![change],
+        }]),
+    }
+    .sign(&mesh, &b_key);
+
+    for node in [&a, &c] {
+        for (entry, why) in [
+            (
+                &oversold,
+                "spends 1 units of MUG but its author held rights to 0",
+            ),
+            (&stolen, "moves stock rights of device"),
+        ] {
+            match node.repo.ingest(SignedEntry::clone(entry)).await.unwrap() {
+                IngestOutcome::Rejected { reason } => assert!(reason.contains(why), "{reason}"),
+                other => panic!("expected a refusal ({why}), got {other:?}"),
+            }
+        }
+        assert_eq!(
+            rights(node, &path).await,
+            (vec![(a.repo.identity().device_id.to_string(), 2)], 0, 2)
+        );
+    }
+}
