@@ -564,6 +564,44 @@ pub async fn member_device(
     InProcessNode::open(dir).await
 }
 
+/// An owner (`tillmesh run` with `owner_net` flags) and `n - 1` tills joined by its invite,
+/// in `root/till-0` .. `root/till-{n-1}`, on loopback; the owner's first product, `product`,
+/// has reached every till.
+pub async fn shop(
+    bin: &Path,
+    root: &Path,
+    n: usize,
+    owner_net: &[&str],
+    product: &Value,
+) -> anyhow::Result<Vec<NodeProcess>> {
+    let a = root.join("till-0");
+    NodeProcess::init(bin, &a, "Till 0")?;
+    let owner = NodeProcess::spawn(bin, &a, owner_net, &[]).await?;
+    owner.api.ok_post("/v1/products", product).await?;
+    let mut nodes = vec![owner];
+    for i in 1..n {
+        let dir = root.join(format!("till-{i}"));
+        let code = invite_code(bin, &a, "till")?;
+        join(bin, &dir, &format!("Till {i}"), &code)?;
+        nodes.push(NodeProcess::start(bin, &dir).await?);
+    }
+    for node in &nodes[1..] {
+        let api = node.api.clone();
+        wait_for("the catalogue to reach a new till", SHOP_TIMEOUT, || {
+            let api = api.clone();
+            async move {
+                let list = api.all("/v1/products").await?;
+                Ok((!list.is_empty()).then_some(()))
+            }
+        })
+        .await?;
+    }
+    Ok(nodes)
+}
+
+/// How long [`shop`] waits for its catalogue to reach the tills.
+const SHOP_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Every entry `repo` holds from `author`, in order.
 pub fn entries_of(repo: &Repo, author: &DeviceId) -> anyhow::Result<Vec<SignedEntry>> {
     let n = repo.version_vector()?.get(author);

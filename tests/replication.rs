@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tillmesh::testkit::{
-    Api, LOOPBACK_NET, NodeProcess, cash_sale, connected_devices, invite_code, join, product,
+    self, Api, LOOPBACK_NET, NodeProcess, cash_sale, connected_devices, invite_code, join, product,
     wait_converged, wait_for,
 };
 
@@ -20,36 +20,14 @@ async fn shop(
     n: usize,
     owner_net: &[&str],
 ) -> anyhow::Result<Vec<NodeProcess>> {
-    let a = root.join("till-0");
-    NodeProcess::init(BIN.as_ref(), &a, "Till 0")?;
-    let owner = NodeProcess::spawn(BIN.as_ref(), &a, owner_net, &[]).await?;
-    owner
-        .api
-        .ok_post("/v1/products", &product("TEA-1", "Green tea", 350, 100_000))
-        .await?;
-    let mut nodes = vec![owner];
-    for i in 1..n {
-        let dir = root.join(format!("till-{i}"));
-        let code = invite_code(BIN.as_ref(), &a, "till")?;
-        join(BIN.as_ref(), &dir, &format!("Till {i}"), &code)?;
-        nodes.push(NodeProcess::start(BIN.as_ref(), &dir).await?);
-    }
-    for node in &nodes[1..] {
-        let api = node.api.clone();
-        wait_for(
-            "the catalogue to reach a new till",
-            CONVERGE_TIMEOUT,
-            || {
-                let api = api.clone();
-                async move {
-                    let list = api.all("/v1/products").await?;
-                    Ok((!list.is_empty()).then_some(()))
-                }
-            },
-        )
-        .await?;
-    }
-    Ok(nodes)
+    testkit::shop(
+        BIN.as_ref(),
+        root,
+        n,
+        owner_net,
+        &product("TEA-1", "Green tea", 350, 100_000),
+    )
+    .await
 }
 
 async fn sale_ids(api: &Api) -> anyhow::Result<BTreeSet<String>> {

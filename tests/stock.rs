@@ -1,6 +1,8 @@
 //! Strict stock: a till sells only the units it holds rights to, rights pass between devices by
 //! signed transfers, and an entry that spends rights its author lacks is refused everywhere.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use tillmesh::testkit::{self, InProcessNode, cash_sale, member_device, sync_entries};
 use tillmesh_node::Repo;
@@ -278,4 +280,110 @@ async fn entries_spending_rights_their_author_lacks_are_refused() {
             (vec![(a.repo.identity().device_id.to_string(), 2)], 0, 2)
         );
     }
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_tillmesh");
+
+/// Three `tillmesh run` processes on loopback race to sell the last 10 units of a strict
+/// product, round after round: exactly 10 are sold each time, every refusal is "out of stock",
+/// and every node ends with the same level and rights.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_tills_racing_for_the_last_ten_units_sell_exactly_ten() -> anyhow::Result<()> {
+    let rounds: usize = std::env::var("TILLMESH_STOCK_RACE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let root = tempfile::tempdir()?;
+    let nodes = testkit::shop(
+        BIN.as_ref(),
+        root.path(),
+        3,
+        &testkit::LOOPBACK_NET,
+        &strict("CUP-0", 10),
+    )
+    .await?;
+    let apis: Vec<testkit::Api> = nodes.iter().map(|n| n.api.clone()).collect();
+    for round in 0..rounds {
+        let sku = format!("CUP-{round}");
+        if round > 0 {
+            apis[0].ok_post("/v1/products", &strict(&sku, 10)).await?;
+        }
+        for api in &apis[1..] {
+            let (api, sku) = (api.clone(), sku.clone());
+            testkit::wait_for(
+                "the product to reach every till",
+                Duration::from_secs(30),
+                || {
+                    let (api, sku) = (api.clone(), sku.clone());
+                    async move {
+                        let found = api
+                            .all("/v1/products")
+                            .await?
+                            .iter()
+                            .any(|p| p["sku"] == json!(sku));
+                        Ok(found.then_some(()))
+                    }
+                },
+            )
+            .await?;
+        }
+        let mut racers = Vec::new();
+        for api in &apis {
+            let (api, sku) = (api.clone(), sku.clone());
+            racers.push(tokio::spawn(async move {
+                // Each till wants all 10; a refusal that names holders elsewhere is a race
+                // still on, one that names none ends it for this till.
+                let (mut sold, mut tries) = (0, 0);
+                while sold < 10 && tries < 200 {
+                    tries += 1;
+                    let (status, body) = api.post("/v1/sales", &cash_sale(&sku, 1, 500)).await?;
+                    if status.is_success() {
+                        sold += 1;
+                        continue;
+                    }
+                    anyhow::ensure!(
+                        status == 409 && body["error"]["code"] == "out_of_stock",
+                        "only 'out of stock' may refuse a sale: {status} {body}"
+                    );
+                    let message = body["error"]["message"].as_str().unwrap_or_default();
+                    if message.contains("no other device holds any") {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                anyhow::Ok(sold)
+            }));
+        }
+        let mut per_till = Vec::new();
+        for r in racers {
+            per_till.push(r.await??);
+        }
+        let sold: i64 = per_till.iter().sum();
+        if round == 0 {
+            eprintln!("round {round}: sold per till {per_till:?}");
+        }
+        assert_eq!(sold, 10, "round {round}: exactly the ten units are sold");
+    }
+    let refs: Vec<&testkit::Api> = apis.iter().collect();
+    testkit::wait_converged(&refs, 0, Duration::from_secs(60)).await?;
+    for api in &apis {
+        for p in api.all("/v1/products").await? {
+            let full = api
+                .ok_get(&format!("/v1/products/{}", p["id"].as_str().unwrap()))
+                .await?;
+            assert_eq!(full["stock"], 0, "{full}");
+            let held: i64 = full["rights"]["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["units"].as_i64().unwrap())
+                .sum();
+            assert_eq!(
+                held + full["rights"]["in_transit"].as_i64().unwrap(),
+                0,
+                "{full}"
+            );
+        }
+    }
+    Ok(())
 }

@@ -7,15 +7,56 @@ use serde_json::Value;
 use tillmesh_protocol::{DocId, DocType};
 
 use super::error::ApiError;
-use super::{Body, fetch, parse_id, present};
+use super::{AppState, Body, fetch, parse_id, present};
+use crate::net::rights::{self, Unreached};
 use crate::repo::requests::{NewSale, RefundSale, VoidSale};
-use crate::repo::{Command, Repo};
+use crate::repo::{Command, Repo, WriteError};
 
+/// Rings up a sale. Short of rights to a strict product, the till asks the connected devices
+/// that hold some (`net::rights`), waits for their transfers (bounded), and tries once more;
+/// a till that reaches none says it is offline and who holds the rest.
 pub async fn create(
-    State(repo): State<Repo>,
+    State(app): State<AppState>,
     Body(s): Body<NewSale>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let w = repo.execute(Command::Sell(s)).await?;
+    let repo = &app.repo;
+    let w = match repo.execute(Command::Sell(s.clone())).await {
+        Err(WriteError::OutOfStock {
+            message,
+            product,
+            short,
+        }) => {
+            let Some(network) = &app.network else {
+                return Err(WriteError::OutOfStock {
+                    message: format!("{message}; this node runs without a network, so it sells only the rights it holds"),
+                    product,
+                    short,
+                }
+                .into());
+            };
+            match rights::ask(repo, network, product, short).await {
+                Ok(_) => repo.execute(Command::Sell(s)).await?,
+                Err(why) => {
+                    let why = match why {
+                        Unreached::Offline => {
+                            "; none of them is connected now (this till is offline from them), so it sells only the rights it holds"
+                        }
+                        Unreached::NoHolder => "",
+                        Unreached::Short => {
+                            "; the devices asked gave too few (they sold them meanwhile)"
+                        }
+                    };
+                    return Err(WriteError::OutOfStock {
+                        message: format!("{message}{why}"),
+                        product,
+                        short,
+                    }
+                    .into());
+                }
+            }
+        }
+        other => other?,
+    };
     Ok((StatusCode::CREATED, Json(present(&w.doc_id, &w.doc))))
 }
 

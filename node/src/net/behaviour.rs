@@ -12,6 +12,7 @@ use super::candidates::Candidates;
 use super::codec::SyncCodec;
 use super::gate::{MembersOnly, SharedGate};
 use super::pairing::{self, PairRequest, PairResponse};
+use super::rights::{ANSWER_BYTES_MAX, ASK_BYTES_MAX, RightsAnswer, RightsAsk};
 
 /// A pull streams at most one batch; a slow disk on the other side gets this long.
 pub const PULL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -23,6 +24,8 @@ const SYNC_STREAMS_MAX: usize = 8;
 const PAIR_REQUEST_BYTES_MAX: u64 = 4 * 1024;
 const PAIR_RESPONSE_BYTES_MAX: u64 = 16 * 1024;
 const PAIR_STREAMS_MAX: usize = 4;
+/// Rights asked or answered at once on one connection.
+const RIGHTS_STREAMS_MAX: usize = 4;
 /// A relayed connection carries a full sync, so the relay's defaults (2 minutes, 128 KiB) are
 /// far too small; these bound what one circuit may cost the relay.
 const RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(3600);
@@ -35,6 +38,8 @@ pub struct Behaviour {
     /// Members only (see `gate`): a guest's connection has no handler for these.
     pub gossipsub: MembersOnly<gossipsub::Behaviour>,
     pub sync: MembersOnly<request_response::Behaviour<SyncCodec>>,
+    /// Stock rights asked of a holder (see `rights`).
+    pub rights: MembersOnly<request_response::json::Behaviour<RightsAsk, RightsAnswer>>,
     /// Open to devices that are not members yet: only while an invite is open.
     pub pair: request_response::json::Behaviour<PairRequest, PairResponse>,
     pub relay_client: relay::client::Behaviour,
@@ -50,6 +55,7 @@ impl Behaviour {
         key: &Keypair,
         relay_client: relay::client::Behaviour,
         sync_protocol: StreamProtocol,
+        rights_protocol: StreamProtocol,
         relay_server: bool,
         gate: SharedGate,
     ) -> Result<Behaviour, String> {
@@ -94,7 +100,19 @@ impl Behaviour {
                         // peer cannot hold a hundred streams' buffers open on one connection.
                         .with_max_concurrent_streams(SYNC_STREAMS_MAX),
                 ),
-                gate,
+                gate.clone(),
+            ),
+            rights: MembersOnly::new(
+                request_response::json::Behaviour::with_codec(
+                    request_response::json::codec::Codec::default()
+                        .set_request_size_maximum(ASK_BYTES_MAX)
+                        .set_response_size_maximum(ANSWER_BYTES_MAX),
+                    [(rights_protocol, request_response::ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(5))
+                        .with_max_concurrent_streams(RIGHTS_STREAMS_MAX),
+                ),
+                gate.clone(),
             ),
             pair: pairing_behaviour(),
             relay_client,

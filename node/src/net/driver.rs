@@ -23,12 +23,13 @@ use tillmesh_protocol::sync::{Message, Output, Source, Sync, Verdict};
 
 use super::codec::Framed;
 use tillmesh_protocol::{DeviceId, Membership, SignedEntry, VersionVector};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::discovery::{self, Discovery, Found};
 use super::gate::{self, Admission, Gate, SharedGate};
 use super::pairing::{Inviter, PairRequest, PairResponse, Refusal};
+use super::rights::RightsAnswer;
 use super::targets::{Standing, TARGET_ADDRS_MAX, Target, Targets};
 use super::{Command, FoundBy, HolePunch, NetConfig, NetError, NetStatus, PeerStatus};
 use crate::replication;
@@ -122,6 +123,11 @@ pub(super) struct Driver {
     /// Pairing answers that waited for the new device's admission to commit.
     paired_tx: mpsc::UnboundedSender<(ResponseChannel<PairResponse>, PairResponse)>,
     paired_rx: mpsc::UnboundedReceiver<(ResponseChannel<PairResponse>, PairResponse)>,
+    /// Rights this node granted, answered once the transfer is written.
+    granted_tx: mpsc::UnboundedSender<(ResponseChannel<RightsAnswer>, RightsAnswer)>,
+    granted_rx: mpsc::UnboundedReceiver<(ResponseChannel<RightsAnswer>, RightsAnswer)>,
+    /// Rights this node asked for, by request: who waits for the answer.
+    asked: HashMap<request_response::OutboundRequestId, oneshot::Sender<RightsAnswer>>,
 }
 
 /// Streams one connection may hold open at once. yamux buffers up to 256 KiB for each
@@ -215,6 +221,8 @@ impl Driver {
             .map_err(|e| NetError::Start(e.to_string()))?;
         let relay_server = config.relay;
         let sync_protocol = protocol.clone();
+        let rights_protocol = StreamProtocol::try_from_owned(format!("/tillmesh/rights/1/{tag}"))
+            .map_err(|e| NetError::Start(e.to_string()))?;
         let gate = SharedGate::default();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
@@ -228,8 +236,15 @@ impl Driver {
             .with_relay_client(noise::Config::new, muxer)
             .map_err(|e| NetError::Start(e.to_string()))?
             .with_behaviour(|key, relay_client| {
-                Behaviour::new(key, relay_client, sync_protocol, relay_server, gate.clone())
-                    .map_err(Box::<dyn std::error::Error + Send + std::marker::Sync>::from)
+                Behaviour::new(
+                    key,
+                    relay_client,
+                    sync_protocol,
+                    rights_protocol,
+                    relay_server,
+                    gate.clone(),
+                )
+                .map_err(Box::<dyn std::error::Error + Send + std::marker::Sync>::from)
             })
             .map_err(|e| NetError::Start(e.to_string()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
@@ -282,6 +297,7 @@ impl Driver {
         tokio::spawn(applier(repo.clone(), apply_rx, applied_tx));
         let (served_tx, served_rx) = mpsc::unbounded_channel();
         let (paired_tx, paired_rx) = mpsc::unbounded_channel();
+        let (granted_tx, granted_rx) = mpsc::unbounded_channel();
         let membership = repo.subscribe_membership();
         if let Ok(mut s) = status.lock() {
             s.peer_id = local.to_string();
@@ -323,6 +339,9 @@ impl Driver {
             commands,
             paired_tx,
             paired_rx,
+            granted_tx,
+            granted_rx,
+            asked: HashMap::new(),
         })
         .map(|mut d: Driver| {
             d.on_membership();
@@ -375,6 +394,10 @@ impl Driver {
                 }
                 let _ = reply.send(opened);
                 self.publish_status();
+            }
+            Command::AskRights { peer, ask, reply } => {
+                let id = self.swarm.behaviour_mut().rights.send_request(&peer, ask);
+                self.asked.insert(id, reply);
             }
         }
     }
@@ -480,6 +503,9 @@ impl Driver {
                 }
                 Some((channel, answer)) = self.paired_rx.recv() => {
                     let _ = self.swarm.behaviour_mut().pair.send_response(channel, answer);
+                }
+                Some((channel, answer)) = self.granted_rx.recv() => {
+                    let _ = self.swarm.behaviour_mut().rights.send_response(channel, answer);
                 }
                 Some(command) = self.commands.recv() => self.on_command(command),
                 Ok(()) = self.membership.changed() => self.on_membership(),
@@ -845,6 +871,42 @@ impl Driver {
                     },
                 ..
             }) => self.on_pair_request(peer, request, channel),
+            BehaviourEvent::Rights(request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            }) => {
+                // Members only (the gate): the asker is a member, and the transfer names it.
+                let Some(device) = device_of_peer(&peer) else {
+                    return;
+                };
+                let (repo, tx) = (self.repo.clone(), self.granted_tx.clone());
+                tokio::spawn(async move {
+                    let answer = super::rights::grant(repo, device, request).await;
+                    let _ = tx.send((channel, answer));
+                });
+            }
+            BehaviourEvent::Rights(request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            }) => {
+                if let Some(reply) = self.asked.remove(&request_id) {
+                    let _ = reply.send(response);
+                }
+            }
+            BehaviourEvent::Rights(request_response::Event::OutboundFailure {
+                request_id, ..
+            }) => {
+                // The asker hears `None` and goes on without this holder.
+                self.asked.remove(&request_id);
+            }
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
                 self.reachability = match new {
                     autonat::NatStatus::Public(_) => "public",

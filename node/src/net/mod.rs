@@ -19,6 +19,7 @@ mod gate;
 pub mod invite;
 pub mod join;
 pub mod pairing;
+pub mod rights;
 mod targets;
 
 use std::future::Future;
@@ -152,6 +153,11 @@ pub(crate) enum Command {
         ttl: std::time::Duration,
         reply: tokio::sync::oneshot::Sender<pairing::Opened>,
     },
+    AskRights {
+        peer: libp2p::PeerId,
+        ask: rights::RightsAsk,
+        reply: tokio::sync::oneshot::Sender<rights::RightsAnswer>,
+    },
 }
 
 impl Network {
@@ -169,6 +175,21 @@ impl Network {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.commands
             .send(Command::OpenInvite { role, ttl, reply })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+
+    /// Asks one connected member for stock rights (see `rights::ask`); `None` when it did not
+    /// answer.
+    pub(crate) async fn ask_rights(
+        &self,
+        peer: libp2p::PeerId,
+        ask: rights::RightsAsk,
+    ) -> Option<rights::RightsAnswer> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(Command::AskRights { peer, ask, reply })
             .await
             .ok()?;
         rx.await.ok()

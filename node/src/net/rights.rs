@@ -1,0 +1,235 @@
+//! Asking peers for stock rights (see `tillmesh_protocol::rights`): a till short of rights to a
+//! strict product asks the connected devices that hold some, on a request-response protocol
+//! of its own (`/tillmesh/rights/1/<mesh tag>`, members only); a holder answers with the
+//! signed transfer entry it wrote, which the asker ingests before it tries the sale again.
+//! A till that reaches no holder sells only what it holds, and says so.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tillmesh_protocol::{DeviceId, DocId, SignedEntry};
+
+use crate::repo::requests::GiveRights;
+use crate::repo::{Command as RepoCommand, IngestOutcome, Repo, WriteError};
+
+use super::Network;
+use super::driver::peer_of_device;
+
+/// How long a sale waits for rights from peers before it is refused.
+pub const ASK_WAIT: Duration = Duration::from_millis(500);
+/// Units asked for beyond the shortfall, so the next sales need not ask again.
+pub const TOP_UP_UNITS: i64 = 10;
+/// A rights answer is one signed entry (a transfer: a few hundred bytes).
+pub const ASK_BYTES_MAX: u64 = 4 * 1024;
+pub const ANSWER_BYTES_MAX: u64 = 64 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RightsAsk {
+    pub product: DocId,
+    /// Units the asker needs for the sale in hand.
+    pub need: i64,
+    /// Units it would like, to keep a reserve; a holder gives at most half of what it holds
+    /// beyond `need`.
+    pub want: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RightsAnswer {
+    /// The transfer entry, as signed: the asker ingests it like any entry.
+    Granted {
+        entry: Vec<u8>,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+/// What the holder gives: what the asker needs (or all it holds, if less), and up to half of
+/// the rest towards what the asker wants.
+pub fn grant_units(held: i64, need: i64, want: i64) -> i64 {
+    if held <= 0 || need <= 0 {
+        return 0;
+    }
+    let base = need.min(held);
+    let extra = (want - base).clamp(0, (held - base) / 2);
+    base + extra
+}
+
+/// The holder's side: a transfer to the asking member, written and answered with its entry.
+pub async fn grant(repo: Repo, to: DeviceId, ask: RightsAsk) -> RightsAnswer {
+    let me = repo.identity().device_id;
+    let held = match repo.rights(&ask.product) {
+        Ok(r) => r
+            .held
+            .iter()
+            .find(|(d, _)| *d == me)
+            .map(|(_, u)| *u)
+            .unwrap_or(0),
+        Err(e) => {
+            return RightsAnswer::Refused {
+                reason: format!("this device could not read its rights: {e}"),
+            };
+        }
+    };
+    let qty = grant_units(held, ask.need, ask.want);
+    if qty == 0 {
+        return RightsAnswer::Refused {
+            reason: "this device holds no rights to that product".into(),
+        };
+    }
+    let given = repo
+        .execute(RepoCommand::GiveRights(GiveRights {
+            product_id: Some(ask.product),
+            sku: None,
+            to,
+            qty,
+        }))
+        .await;
+    match given.and_then(|w| {
+        repo.entry(&w.author, w.seq)
+            .map_err(|e| WriteError::Storage(e.to_string()))
+    }) {
+        Ok(Some(entry)) => RightsAnswer::Granted { entry },
+        Ok(None) => RightsAnswer::Refused {
+            reason: "the transfer was written but cannot be read back".into(),
+        },
+        Err(e) => RightsAnswer::Refused {
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// Why a till could not get rights from its peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unreached {
+    /// Devices hold rights, but none of them is connected.
+    Offline,
+    /// Nobody else holds any.
+    NoHolder,
+    /// Holders were asked and gave too little (they sold them meanwhile, or refused).
+    Short,
+}
+
+/// The asker's side: asks connected holders for `need` units (and a reserve), holders with
+/// the most first, and ingests what they grant. Returns the units granted.
+pub async fn ask(
+    repo: &Repo,
+    network: &Network,
+    product: DocId,
+    need: i64,
+) -> Result<i64, Unreached> {
+    let me = repo.identity().device_id;
+    let mut holders: Vec<(DeviceId, i64)> = repo
+        .rights(&product)
+        .map(|r| r.held)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(d, u)| *d != me && *u > 0)
+        .collect();
+    if holders.is_empty() {
+        return Err(Unreached::NoHolder);
+    }
+    holders.sort_by_key(|(_, u)| std::cmp::Reverse(*u));
+    let connected: Vec<String> = network
+        .status()
+        .peers
+        .into_iter()
+        .map(|p| p.peer_id)
+        .collect();
+    let mut asks = Vec::new();
+    let mut covered = 0;
+    for (device, units) in holders {
+        let Some(peer) = peer_of_device(&device) else {
+            continue;
+        };
+        if !connected.contains(&peer.to_string()) {
+            continue;
+        }
+        let still = need - covered;
+        asks.push(network.ask_rights(
+            peer,
+            RightsAsk {
+                product,
+                need: still.max(1),
+                want: still.max(1) + TOP_UP_UNITS,
+            },
+        ));
+        covered += units;
+        if covered >= need {
+            break;
+        }
+    }
+    if asks.is_empty() {
+        return Err(Unreached::Offline);
+    }
+    let deadline = tokio::time::Instant::now() + ASK_WAIT;
+    let answers = tokio::time::timeout_at(deadline, futures_util::future::join_all(asks))
+        .await
+        .unwrap_or_default();
+    let mut granted = 0;
+    for answer in answers {
+        let Some(RightsAnswer::Granted { entry }) = answer else {
+            continue;
+        };
+        let Ok(entry) = SignedEntry::decode(&entry) else {
+            continue;
+        };
+        let qty = transfer_units(&entry, &me);
+        let (author, seq) = (entry.entry.author, entry.entry.seq);
+        match repo.ingest(entry).await {
+            Ok(IngestOutcome::Applied | IngestOutcome::Duplicate) => granted += qty,
+            // The holder's entries before the transfer are on their way (it pushes each as
+            // it commits): the transfer is held once they are, through sync.
+            Ok(_) => {
+                while tokio::time::Instant::now() < deadline {
+                    if repo.version_vector().is_ok_and(|vv| vv.get(&author) >= seq) {
+                        granted += qty;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    if granted >= need {
+        Ok(granted)
+    } else {
+        Err(Unreached::Short)
+    }
+}
+
+/// Units of rights an entry passes to `to`, read from its transfer's change.
+fn transfer_units(entry: &SignedEntry, to: &DeviceId) -> i64 {
+    let mut units = 0;
+    for d in entry
+        .docs()
+        .iter()
+        .filter(|d| d.doc_type == tillmesh_protocol::DocType::StockTransfer)
+    {
+        let mut doc = automerge::AutoCommit::new();
+        if d.changes.iter().all(|c| doc.load_incremental(c).is_ok())
+            && let Ok(t) =
+                tillmesh_protocol::docmap::read::<tillmesh_protocol::schema::StockTransfer>(&doc)
+            && t.to == *to
+        {
+            units += t.qty;
+        }
+    }
+    units
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grant_units;
+
+    #[test]
+    fn a_holder_gives_what_is_needed_and_half_its_spare_towards_a_reserve() {
+        assert_eq!(grant_units(100, 1, 11), 11);
+        assert_eq!(grant_units(10, 1, 11), 5);
+        assert_eq!(grant_units(3, 5, 15), 3);
+        assert_eq!(grant_units(1, 1, 11), 1);
+        assert_eq!(grant_units(0, 1, 11), 0);
+        assert_eq!(grant_units(-2, 1, 11), 0);
+    }
+}
