@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tillmesh::testkit::{
-    self, Api, LOOPBACK_NET, NodeProcess, cash_sale, connected_devices, invite_code, join, product,
-    wait_converged, wait_for,
+    self, Api, LOOPBACK_NET, NodeProcess, cash_sale, connected_devices, product, wait_converged,
+    wait_for,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_tillmesh");
