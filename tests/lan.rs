@@ -611,3 +611,104 @@ fn behind_a_symmetric_nat_the_relay_keeps_syncing_and_the_status_says_why() -> a
     sale_crosses(&net, &shops, 1, 0)?;
     Ok(())
 }
+
+/// A strict product's rights, as a till sees them: what it holds itself.
+fn own_rights(ns: &Netns, api: &Api, path: &str, device: &str) -> anyhow::Result<i64> {
+    let p = ns.block_on(api.ok_get(path))?;
+    Ok(p["rights"]["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["device"] == device)
+        .filter_map(|d| d["units"].as_i64())
+        .sum())
+}
+
+#[test]
+fn a_cut_off_till_sells_exactly_its_rights_then_gets_more_when_back() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let lan = Lan::create(&tag("rights"), 79, 2)?;
+    let root = tempfile::tempdir()?;
+    let dirs: Vec<_> = (0..2)
+        .map(|i| root.path().join(format!("till-{i}")))
+        .collect();
+    let owner = owner_with_tea(&lan.hosts[0], &dirs[0])?;
+    let (_, code) = invite_in(&lan.hosts[0], &dirs[0])?;
+    join_in(&lan.hosts[1], &dirs[1], "Till 1", &code)?;
+    let till = NsNode::start(&lan.hosts[1], BIN.as_ref(), &dirs[1], &[])?;
+    let (o, t) = ((&lan.hosts[0], &owner.api), (&lan.hosts[1], &till.api));
+    let mug = o.0.block_on(o.1.ok_post(
+        "/v1/products",
+        &serde_json::json!({
+            "sku": "MUG", "name": "Mug", "price": {"amount_minor": 500, "currency": "USD"},
+            "stock": 40, "stock_policy": "strict",
+        }),
+    ))?;
+    let path = format!("/v1/products/{}", mug["id"].as_str().unwrap_or_default());
+    wait_converged(&[o, t], "the strict product")?;
+    let device = t.0.block_on(status(t.1))["device"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mug_sale = cash_sale("MUG", 1, 500);
+
+    // Connected: the till holds nothing, asks the owner, and sells; it keeps a reserve.
+    t.0.block_on(t.1.ok_post("/v1/sales", &mug_sale))?;
+    let reserve = own_rights(t.0, t.1, &path, &device)?;
+    assert!(reserve > 0, "a grant leaves the till a reserve");
+
+    // Cut off: it sells exactly the rights it holds, then refuses and says it is offline.
+    lan.set_link(1, false)?;
+    for _ in 0..reserve {
+        t.0.block_on(t.1.ok_post("/v1/sales", &mug_sale))?;
+    }
+    let refused = t.0.block_on(async {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let (code, body) = t.1.post("/v1/sales", &mug_sale).await?;
+            assert_eq!(code, 409, "a till without rights never sells: {body}");
+            let message = body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            // Until the dead connection is noticed, the owner is asked and does not answer.
+            if message.contains("offline") && message.contains("is connected now")
+                || Instant::now() > deadline
+            {
+                return anyhow::Ok(message);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })?;
+    assert!(
+        refused.contains("holds rights to 0 of MUG")
+            && refused.contains("none of them is connected"),
+        "{refused}"
+    );
+
+    // Back: it asks again and sells.
+    lan.set_link(1, true)?;
+    t.0.block_on(async {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let (code, body) = t.1.post("/v1/sales", &mug_sale).await?;
+            if code.is_success() {
+                return anyhow::Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no sale after reconnecting: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })?;
+    wait_converged(&[o, t], "after the cable is back")?;
+    let level = |(ns, api): (&Netns, &Api)| -> anyhow::Result<Value> {
+        Ok(ns.block_on(api.ok_get(&path))?["stock"].clone())
+    };
+    assert_eq!(level(o)?, serde_json::json!(40 - 1 - reserve - 1));
+    assert_eq!(level(t)?, level(o)?);
+    Ok(())
+}

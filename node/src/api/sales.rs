@@ -42,6 +42,9 @@ pub async fn create(
                             "; none of them is connected now (this till is offline from them), so it sells only the rights it holds"
                         }
                         Unreached::NoHolder => "",
+                        Unreached::NoAnswer => {
+                            "; none of them answered in time (this till may be offline from them), so it sells only the rights it holds"
+                        }
                         Unreached::Short => {
                             "; the devices asked gave too few (they sold them meanwhile)"
                         }

@@ -17,6 +17,8 @@ use super::rights::{ANSWER_BYTES_MAX, ASK_BYTES_MAX, RightsAnswer, RightsAsk};
 /// A pull streams at most one batch; a slow disk on the other side gets this long.
 pub const PULL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// A peer that does not answer a ping within this is taken as gone and its connection closed.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Sync streams open at once on one connection, both ways.
 const SYNC_STREAMS_MAX: usize = 8;
 /// Pairing messages are a SPAKE2 share, a MAC and a name: a few hundred bytes. What a device
@@ -88,7 +90,11 @@ impl Behaviour {
                 identify::Config::new("/tillmesh/1".into(), key.public())
                     .with_push_listen_addr_updates(true),
             ),
-            ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(PING_INTERVAL)
+                    .with_timeout(PING_TIMEOUT),
+            ),
             gossipsub: MembersOnly::new(gossipsub, gate.clone()),
             sync: MembersOnly::new(
                 request_response::Behaviour::with_codec(

@@ -773,6 +773,18 @@ impl Driver {
                     p.rtt = Some(rtt);
                 }
             }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(error @ (ping::Failure::Timeout | ping::Failure::Other { .. })),
+            }) => {
+                // No pong twice (libp2p reports the second failure in a row): the link is dead (a pulled cable, a sleeping
+                // phone), though TCP would hold the connection for many minutes more. Closed,
+                // the peer shows offline and is dialed again with backoff. (A joining device's
+                // throwaway swarm does not speak ping: `Unsupported` is no reason to close.)
+                tracing::info!(%peer, %error, "ping failed; closing the connection");
+                self.swarm.close_connection(connection);
+            }
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message_id,

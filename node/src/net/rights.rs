@@ -106,6 +106,9 @@ pub enum Unreached {
     Offline,
     /// Nobody else holds any.
     NoHolder,
+    /// Holders were asked and none answered in time: the connections may be dead (a pulled
+    /// cable is noticed only when pings fail).
+    NoAnswer,
     /// Holders were asked and gave too little (they sold them meanwhile, or refused).
     Short,
 }
@@ -166,6 +169,9 @@ pub async fn ask(
     let answers = tokio::time::timeout_at(deadline, futures_util::future::join_all(asks))
         .await
         .unwrap_or_default();
+    if answers.iter().all(Option::is_none) {
+        return Err(Unreached::NoAnswer);
+    }
     let mut granted = 0;
     for answer in answers {
         let Some(RightsAnswer::Granted { entry }) = answer else {
