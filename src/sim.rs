@@ -14,7 +14,8 @@
 //! The races the mesh must converge under are in the schedule: the owner and an admin revoke
 //! devices and change their roles while those devices, apart, go on writing (and the admin
 //! may itself be revoked while it acts); two nodes void and refund one sale at once; managers
-//! add tax codes to the settings while others create products that use them.
+//! add tax codes to the settings while others create products that use them; tills sell a
+//! strict product from their own rights and pass rights to each other while apart.
 //!
 //! After the schedule, everything heals: links mended, faults off, every node up. The run
 //! then checks that
@@ -22,6 +23,8 @@
 //!   stock level of every product and the same money taken;
 //! - no acknowledged write is missing anywhere (created documents exist, voids hold), unless
 //!   the membership says its entry does not stand (then every node lists it as undone);
+//! - a strict product is never oversold: its level and every device's rights stay at or above
+//!   zero, the rights (and those in transit) add up to the level, the same on every node;
 //! - no entry was applied twice: on each node, the entries the store reported as newly
 //!   applied number exactly the entries it holds from other devices;
 //! - no honest entry was refused, and no honest peer was disconnected.
@@ -46,7 +49,11 @@ const SCHEDULE_MS: u64 = 20_000;
 /// After healing, the mesh must converge within this much virtual time.
 const CONVERGE_MS_MAX: u64 = 300_000;
 const TICK_MS: u64 = 50;
-const PRODUCTS: [&str; 3] = ["TEA-1", "MUG-1", "CAKE-1"];
+const PRODUCTS: [&str; 4] = ["TEA-1", "MUG-1", "CAKE-1", STRICT];
+/// A strict product (its stock held as rights per device): the owner holds its opening stock,
+/// and passes rights on by transfers in the schedule.
+const STRICT: &str = "CUP-S";
+const STRICT_OPENING: i64 = 30;
 
 /// A small, seedable generator (SplitMix64): the harness's only source of choices.
 #[derive(Debug, Clone)]
@@ -90,6 +97,8 @@ pub struct Report {
     pub entries: u64,
     pub membership_changes: u64,
     pub void_refund_races: u64,
+    /// Sales, transfers and adjustments refused because their device lacked the rights.
+    pub out_of_stock: u64,
     /// Entries held but not applied at the end (the membership says they do not stand).
     pub undone: u64,
     pub converged_after_heal_ms: u64,
@@ -420,7 +429,7 @@ impl Sim {
         };
         let pick = self.rng.below(100);
         let command = if pick < 55 {
-            let sku = PRODUCTS[self.rng.below(3) as usize];
+            let sku = PRODUCTS[self.rng.below(PRODUCTS.len() as u64) as usize];
             let qty = 1 + self.rng.below(3);
             Some(Command::Sell(serde(json!({
                 "lines": [{ "sku": sku, "qty": qty }],
@@ -474,13 +483,25 @@ impl Sim {
                 "sku": sku, "name": sku, "price": { "amount_minor": 400, "currency": "USD" },
                 "tax_code": code, "stock": 50,
             }))))
-        } else {
-            let sku = PRODUCTS[self.rng.below(3) as usize];
+        } else if pick < 97 {
+            let sku = PRODUCTS[self.rng.below(PRODUCTS.len() as u64) as usize];
             let delta = self.rng.below(20) as i64 - 5;
-            Some(Command::AdjustStock(serde::<NewStockAdjustment>(json!({
-                "lines": [{ "sku": sku, "delta": delta }],
-                "reason": "count",
-            }))))
+            (delta != 0).then(|| {
+                Command::AdjustStock(serde::<NewStockAdjustment>(json!({
+                    "lines": [{ "sku": sku, "delta": delta }],
+                    "reason": "count",
+                })))
+            })
+        } else {
+            // Rights to the strict product passed to another device, perhaps more than this
+            // one holds (refused), perhaps while the receiver is cut off.
+            let to = self.devices[self.rng.below(self.devices.len() as u64) as usize];
+            let qty = 1 + self.rng.below(8);
+            (to != self.device(i)).then(|| {
+                Command::GiveRights(serde(json!({
+                    "sku": STRICT, "to": to.to_string(), "qty": qty,
+                })))
+            })
         };
         let Some(command) = command else {
             return Ok(());
@@ -528,6 +549,10 @@ impl Sim {
                 // A device cut off before its admission reached it.
                 | WriteError::NotAdmitted,
             ) => self.report.writes_refused += 1,
+            Err(WriteError::OutOfStock { .. }) => {
+                self.report.writes_refused += 1;
+                self.report.out_of_stock += 1;
+            }
             Err(e) => return Err(self.store_err(e)),
         }
         Ok(())
@@ -741,6 +766,7 @@ impl Sim {
         let mut dumps = Vec::new();
         let mut sums = Vec::new();
         let mut undones = Vec::new();
+        let mut rights = Vec::new();
         for (i, repo) in repos.iter().enumerate() {
             let vv = repo.version_vector().map_err(|e| self.store_err(e))?;
             let own = vv.get(&repo.identity().device_id);
@@ -795,9 +821,18 @@ impl Sim {
             }
             self.report.entries = vv.total();
             self.report.undone = undone.len() as u64;
+            rights.push(self.check_rights(i, repo, &dump)?);
             sums.push(stock_and_money(&dump));
             undones.push(undone);
             dumps.push(dump);
+        }
+        for (i, r) in rights.iter().enumerate().skip(1) {
+            if *r != rights[0] {
+                return Err(self.broken(format!(
+                    "node {i} and node 0 hold different stock rights: {r:?} vs {:?}",
+                    rights[0]
+                )));
+            }
         }
         for (i, (s, u)) in sums.iter().zip(&undones).enumerate().skip(1) {
             if *s != sums[0] {
@@ -827,6 +862,43 @@ impl Sim {
             }
         }
         Ok(())
+    }
+}
+
+impl Sim {
+    /// A strict product's invariants on one node: nothing sold beyond what was received (its
+    /// level is not below zero), no device's rights below zero, and the rights (with those
+    /// given and not yet accepted) adding up to the level. Every node's rights are compared
+    /// through the product's view, which `check` compares across nodes.
+    fn check_rights(
+        &mut self,
+        i: usize,
+        repo: &Repo,
+        dump: &BTreeMap<DocId, Value>,
+    ) -> Result<Vec<(DocId, tillmesh_node::repo::StockRights)>, SimError> {
+        let mut out = Vec::new();
+        for (id, v) in dump {
+            if v["type"] != "product" || v["stock_policy"] != "strict" {
+                continue;
+            }
+            let level = v["stock"].as_i64().unwrap_or(0);
+            let rights = repo.rights(id).map_err(|e| self.store_err(e))?;
+            let held: i64 = rights.held.iter().map(|(_, u)| u).sum();
+            if level < 0 || rights.held.iter().any(|(_, u)| *u < 0) {
+                return Err(self.broken(format!(
+                    "node {i}: strict product {} oversold: level {level}, rights {:?}",
+                    v["sku"], rights
+                )));
+            }
+            if held + rights.in_transit != level {
+                return Err(self.broken(format!(
+                    "node {i}: strict product {}: rights {held} + in transit {} != level {level}",
+                    v["sku"], rights.in_transit
+                )));
+            }
+            out.push((*id, rights));
+        }
+        Ok(out)
     }
 }
 
@@ -930,10 +1002,15 @@ pub async fn run_seed(seed: u64, root: &Path, trace: bool) -> Result<Report, Sim
         .await
         .map_err(|e| sim.store_err(e))?;
     for sku in PRODUCTS {
+        let (stock, policy) = if sku == STRICT {
+            (STRICT_OPENING, "strict")
+        } else {
+            (1000, "track")
+        };
         owner
             .execute(Command::CreateProduct(serde::<NewProduct>(json!({
                 "sku": sku, "name": sku, "price": { "amount_minor": 250, "currency": "USD" },
-                "stock": 1000,
+                "stock": stock, "stock_policy": policy,
             }))))
             .await
             .map_err(|e| sim.store_err(e))?;

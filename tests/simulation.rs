@@ -29,6 +29,7 @@ fn add(totals: &mut Report, r: &Report) {
     totals.entries += r.entries;
     totals.membership_changes += r.membership_changes;
     totals.void_refund_races += r.void_refund_races;
+    totals.out_of_stock += r.out_of_stock;
     totals.undone += r.undone;
     totals.converged_after_heal_ms = totals
         .converged_after_heal_ms
@@ -110,6 +111,7 @@ fn seeds_converge_with_nothing_lost_and_nothing_applied_twice() {
             "entries_checked": totals.entries,
             "membership_changes": totals.membership_changes,
             "void_refund_races": totals.void_refund_races,
+            "out_of_stock_refusals": totals.out_of_stock,
             "entries_undone": totals.undone,
             "slowest_convergence_after_heal_ms": totals.converged_after_heal_ms,
         })
