@@ -27,6 +27,7 @@ fn sale_entry(key: &DeviceKey) -> Entry {
         opening_stock: 40,
         stock_policy: Default::default(),
         created_by: None,
+        low_stock_at: None,
         ledger: None,
     };
     let actor = actor_for(&key.device_id());

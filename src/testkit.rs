@@ -426,6 +426,7 @@ pub fn product_command(sku: &str, name: &str, price_minor: i64, stock: i64) -> R
         stock,
         active: true,
         stock_policy: Default::default(),
+        low_stock_at: None,
     })
 }
 

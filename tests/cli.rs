@@ -564,3 +564,60 @@ fn time_zone_and_product_changes_from_the_command_line() {
         stderr(&out)
     );
 }
+
+#[test]
+fn strict_products_their_rights_and_stock_alerts_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("till");
+    let d = dir.to_str().unwrap();
+    ok(&["init", "--data", d, "--name", "Back office"]);
+    let p = json(&[
+        "product", "add", "--data", d, "--sku", "MUG", "--name", "Mug", "--price", "5", "--stock",
+        "3", "--strict",
+    ]);
+    assert_eq!(p["stock_policy"], "strict");
+    ok(&[
+        "product",
+        "add",
+        "--data",
+        d,
+        "--sku",
+        "TEA-1",
+        "--name",
+        "Tea",
+        "--price",
+        "3.50",
+        "--stock",
+        "4",
+        "--low-stock",
+        "2",
+    ]);
+    for _ in 0..3 {
+        ok(&["sell", "--data", d, "MUG", "--pay", "card"]);
+    }
+    // The fourth mug is refused, with how many this device holds and why it cannot get more.
+    let out = run(&["sell", "--data", d, "MUG", "--pay", "card"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("holds rights to 0 of MUG")
+            && stderr(&out).contains("no other device holds any"),
+        "{}",
+        stderr(&out)
+    );
+    let stock = ok(&["stock", "--data", d]);
+    assert!(
+        stock.contains("strict") && stock.contains("track"),
+        "{stock}"
+    );
+    // Tracked stock may go below zero: that is an alert, not a refusal.
+    ok(&["sell", "--data", d, "TEA-1:3", "--pay", "card"]);
+    let status = ok(&["status", "--data", d]);
+    assert!(
+        status.contains("ALERT    TEA-1 is down to 1; reorder"),
+        "{status}"
+    );
+    ok(&["sell", "--data", d, "TEA-1:2", "--pay", "card"]);
+    let alerts = json(&["status", "--data", d])["alerts"].clone();
+    assert_eq!(alerts[0]["kind"], "negative_stock", "{alerts}");
+    assert_eq!(alerts[0]["level"], -1, "{alerts}");
+}

@@ -379,6 +379,7 @@ mod tests {
             opening_stock: 40,
             stock_policy: Default::default(),
             created_by: None,
+            low_stock_at: None,
             ledger: None,
         }
     }

@@ -421,6 +421,7 @@ impl Bridge {
                         .map(|m| Money::new(m, currency)),
                     tax_code: None,
                     active: fields.get("Active").and_then(Value::as_bool),
+                    low_stock_at: None,
                 },
             },
             _ => return Ok(false),

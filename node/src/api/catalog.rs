@@ -23,6 +23,27 @@ pub async fn list(State(repo): State<Repo>, uri: Uri) -> Result<Json<Value>, Api
     super::list(&repo, DocType::Product, &uri).map(Json)
 }
 
+/// The alert a product's level raises: below zero (a tracked product oversold, or a count
+/// that found less), or at or below its `low_stock_at`.
+pub(crate) fn stock_alert(id: &str, product: &Value) -> Option<Value> {
+    let level = product.get("stock").and_then(Value::as_i64)?;
+    let sku = product.get("sku").and_then(Value::as_str).unwrap_or("?");
+    let low = product.get("low_stock_at").and_then(Value::as_i64);
+    let (kind, message) = if level < 0 {
+        (
+            "negative_stock",
+            format!(
+                "{sku} is at {level}: more was sold than the shop had; count it and record a stock adjustment"
+            ),
+        )
+    } else if low.is_some_and(|l| level <= l) {
+        ("low_stock", format!("{sku} is down to {level}; reorder"))
+    } else {
+        return None;
+    };
+    Some(json!({"kind": kind, "product_id": id, "sku": sku, "level": level, "message": message}))
+}
+
 /// A product; a strict one shows who holds the rights to its units.
 pub async fn get(
     State(repo): State<Repo>,
@@ -48,11 +69,31 @@ pub async fn get(
     Ok(Json(v))
 }
 
-/// Gives rights to units of a strict product to another member (`to`: its device id).
+/// A transfer of rights as the API takes it: the receiver by name or id.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTransfer {
+    #[serde(default)]
+    product_id: Option<tillmesh_protocol::DocId>,
+    #[serde(default)]
+    sku: Option<String>,
+    /// The receiving member's name, device id, or a unique start of its id.
+    to: String,
+    qty: i64,
+}
+
+/// Gives rights to units of a strict product to another member.
 pub async fn give_rights(
     State(repo): State<Repo>,
-    Body(g): Body<GiveRights>,
+    Body(t): Body<NewTransfer>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let to = super::members::resolve(&repo, &t.to)?;
+    let g = GiveRights {
+        product_id: t.product_id,
+        sku: t.sku,
+        to,
+        qty: t.qty,
+    };
     let w = repo.execute(Command::GiveRights(g)).await?;
     Ok((StatusCode::CREATED, Json(present(&w.doc_id, &w.doc))))
 }

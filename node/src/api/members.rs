@@ -74,7 +74,7 @@ pub async fn add(
 }
 
 /// Finds one member by id, id prefix or name.
-fn resolve(repo: &Repo, what: &str) -> Result<DeviceId, ApiError> {
+pub(crate) fn resolve(repo: &Repo, what: &str) -> Result<DeviceId, ApiError> {
     match repo.membership().find(what).as_slice() {
         [one] => Ok(*one),
         [] => Err(ApiError::not_found("member", what)),

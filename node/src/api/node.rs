@@ -25,6 +25,16 @@ pub async fn status(State(app): State<AppState>) -> Result<Json<Value>, ApiError
     let counts = repo.counts()?;
     let (rejected_total, recent) = repo.rejected(STATUS_REJECTED_SHOWN_MAX)?;
     let (undone_total, undone) = repo.undone(STATUS_REJECTED_SHOWN_MAX)?;
+    let mut alerts: Vec<Value> = repo.quarantined()?.iter().map(|q| json!({
+        "kind": "fork",
+        "device_id": q.device_id,
+        "seq": q.seq,
+        "message": format!("device {} signed two different entries {}; it is quarantined: revoke it with `tillmesh revoke`", q.device_id, q.seq),
+    })).collect();
+    // Every product's level against its alert (a shop's catalogue: thousands at most).
+    for (id, p) in repo.list(tillmesh_protocol::DocType::Product, None, usize::MAX)? {
+        alerts.extend(super::catalog::stock_alert(&id.to_string(), &p));
+    }
     Ok(Json(json!({
         "device": { "id": id.device_id, "name": id.device_name },
         "mesh_id": id.mesh_id,
@@ -40,12 +50,7 @@ pub async fn status(State(app): State<AppState>) -> Result<Json<Value>, ApiError
         "undone": { "count": undone_total, "recent": undone },
         // Forks: a device signed two different entries at one position of its log (stolen,
         // cloned or broken). Its entries are refused until an admin revokes it.
-        "alerts": repo.quarantined()?.iter().map(|q| json!({
-            "kind": "fork",
-            "device_id": q.device_id,
-            "seq": q.seq,
-            "message": format!("device {} signed two different entries {}; it is quarantined: revoke it with `tillmesh revoke`", q.device_id, q.seq),
-        })).collect::<Vec<_>>(),
+        "alerts": alerts,
         "network": app.network.as_ref().map(|n| n.status()),
     })))
 }
@@ -89,7 +94,12 @@ pub async fn events(
         let event = match rx.recv().await {
             Ok(e) => {
                 let doc = present(&e.doc_id, &e.doc);
-                let data = json!({ "doc_id": e.doc_id, "type": e.doc_type, "origin": e.origin, "author": e.author, "seq": e.seq, "doc": doc });
+                let mut data = json!({ "doc_id": e.doc_id, "type": e.doc_type, "origin": e.origin, "author": e.author, "seq": e.seq, "doc": doc });
+                if e.doc_type == tillmesh_protocol::DocType::Product
+                    && let Some(alert) = super::catalog::stock_alert(&e.doc_id.to_string(), &e.doc)
+                {
+                    data["alert"] = alert;
+                }
                 Event::default().event("change").data(data.to_string())
             }
             Err(RecvError::Lagged(n)) => Event::default()

@@ -29,6 +29,13 @@ pub enum ProductCmd {
         /// Units in stock to start with.
         #[arg(long, default_value_t = 0)]
         stock: i64,
+        /// Never oversell it: its stock is held as rights per device, and a till sells only
+        /// the units it holds rights to (asking connected devices for more).
+        #[arg(long)]
+        strict: bool,
+        /// Raise an alert when the level falls to this or below.
+        #[arg(long)]
+        low_stock: Option<i64>,
     },
     /// List the catalogue.
     List,
@@ -87,6 +94,12 @@ pub struct StockArgs {
     /// Why stock is adjusted (required with --adjust).
     #[arg(long)]
     reason: Option<String>,
+    /// Give rights to a strict product's units to another device: SKU:QTY (with --to).
+    #[arg(long, requires = "to", conflicts_with = "adjust")]
+    give: Option<String>,
+    /// The device that receives the rights: its name or id.
+    #[arg(long)]
+    to: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -183,6 +196,9 @@ pub async fn dispatch(
                         ));
                     }
                 }
+                for a in s["alerts"].as_array().into_iter().flatten() {
+                    text.push_str(&format!("\nALERT    {}", a["message"].as_str().unwrap_or("?")));
+                }
                 text.push_str(&network_text(&s["network"]));
                 text
             });
@@ -193,10 +209,18 @@ pub async fn dispatch(
             price,
             tax_code,
             stock,
+            strict,
+            low_stock,
         }) => {
             let cur = currency(&client).await?;
             let amount = cur.parse_amount(&price)?;
-            let body = json!({ "sku": sku, "name": name, "price": { "amount_minor": amount, "currency": cur }, "tax_code": tax_code, "stock": stock });
+            let mut body = json!({ "sku": sku, "name": name, "price": { "amount_minor": amount, "currency": cur }, "tax_code": tax_code, "stock": stock });
+            if strict {
+                body["stock_policy"] = "strict".into();
+            }
+            if let Some(l) = low_stock {
+                body["low_stock_at"] = l.into();
+            }
             let p = client.post("/v1/products", &body).await?;
             out.show(&p, || {
                 format!(
@@ -265,10 +289,30 @@ pub async fn dispatch(
             });
         }
         Command::Stock(StockArgs {
+            give: Some(give),
+            to: Some(to),
+            ..
+        }) => {
+            let (sku, qty) = split_pair(&give, "SKU:QTY")?;
+            let qty: i64 = qty
+                .parse()
+                .with_context(|| format!("'{qty}' in '{give}' is not a whole number"))?;
+            let t = client
+                .post(
+                    "/v1/stock-transfers",
+                    &json!({ "sku": sku, "to": to, "qty": qty }),
+                )
+                .await?;
+            out.show(&t, || {
+                format!("gave rights to {qty} of {sku} to {to}; they are its own once it takes them into a sale")
+            });
+        }
+        Command::Stock(StockArgs {
             adjust,
             reason: None,
-        }) if adjust.is_empty() => print_catalogue(&client, out).await?,
-        Command::Stock(StockArgs { adjust, reason }) => {
+            ..
+        }) if adjust.is_empty() => print_stock(&client, out).await?,
+        Command::Stock(StockArgs { adjust, reason, .. }) => {
             if adjust.is_empty() {
                 bail!("--reason goes with --adjust SKU:DELTA");
             }
@@ -500,6 +544,48 @@ async fn print_catalogue(client: &Client, out: Output) -> anyhow::Result<()> {
                 money(&p["price"]),
                 p["stock"]
             );
+        }
+        s
+    });
+    Ok(())
+}
+
+/// The catalogue's levels, and for each strict product who holds the rights to its units.
+async fn print_stock(client: &Client, out: Output) -> anyhow::Result<()> {
+    let mut list = all_pages(client, "/v1/products").await?;
+    for p in list.iter_mut().filter(|p| p["stock_policy"] == "strict") {
+        *p = client
+            .get(&format!("/v1/products/{}", p["id"].as_str().unwrap_or("")))
+            .await?;
+    }
+    out.show(&Value::Array(list.clone()), || {
+        let mut s = format!("{:<16} {:<28} {:>7}  {}", "SKU", "NAME", "STOCK", "POLICY");
+        for p in &list {
+            let strict = p["stock_policy"] == "strict";
+            s += &format!(
+                "\n{:<16} {:<28} {:>7}  {}",
+                p["sku"].as_str().unwrap_or(""),
+                p["name"].as_str().unwrap_or(""),
+                p["stock"],
+                if strict { "strict" } else { "track" },
+            );
+            for d in p["rights"]["devices"].as_array().into_iter().flatten() {
+                let who = d["name"]
+                    .as_str()
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| {
+                        let id = d["device"].as_str().unwrap_or("?");
+                        format!("device {}", &id[..id.len().min(8)])
+                    });
+                s += &format!("\n    {:<40} {:>7}", who, d["units"]);
+            }
+            if p["rights"]["in_transit"].as_i64().is_some_and(|n| n != 0) {
+                s += &format!(
+                    "\n    {:<40} {:>7}",
+                    "given, not yet taken", p["rights"]["in_transit"]
+                );
+            }
         }
         s
     });

@@ -30,6 +30,9 @@ pub struct NewProduct {
     /// `tillmesh_protocol::rights`); `track` (the default): the level may go below zero.
     #[serde(default)]
     pub stock_policy: tillmesh_protocol::schema::StockPolicy,
+    /// Raise an alert when the level falls to this or below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_stock_at: Option<i64>,
 }
 
 /// A change to a product (a manager's or an admin's): only the fields given change.
@@ -44,6 +47,13 @@ pub struct ProductPatch {
     pub tax_code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active: Option<bool>,
+    /// A new alert threshold, or `null` for none.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub low_stock_at: Option<Option<i64>>,
 }
 
 fn non_taxable() -> String {

@@ -49,6 +49,9 @@ pub struct Product {
     /// The device that made a strict product, and so holds the rights to its opening stock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<DeviceId>,
+    /// An alert is raised when the level falls to this or below (and always below zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_stock_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger: Option<Ledger>,
 }

@@ -127,6 +127,9 @@ impl Writer {
                 if let Some(v) = patch.active {
                     next.active = v;
                 }
+                if let Some(v) = patch.low_stock_at {
+                    next.low_stock_at = v;
+                }
                 next.validate(&self.settings)?;
                 self.update_doc(t, &mut ops, id, &current, &next, now)?;
                 id
@@ -253,6 +256,7 @@ impl Writer {
             opening_stock: p.stock,
             stock_policy: p.stock_policy,
             created_by: (p.stock_policy == StockPolicy::Strict).then_some(self.id.device_id),
+            low_stock_at: p.low_stock_at,
             ledger: None,
         };
         product.validate(&self.settings)?;
