@@ -34,6 +34,8 @@ pub async fn create(
                 }
                 .into());
             };
+            network.rights.waited();
+            network.rights.sold([product]);
             match rights::ask(repo, network, product, short).await {
                 Ok(_) => repo.execute(Command::Sell(s)).await?,
                 Err(why) => {
@@ -60,6 +62,15 @@ pub async fn create(
         }
         other => other?,
     };
+    if let Some(network) = &app.network {
+        // Its strict products: this till keeps a reserve of them from now on.
+        let strict = w.doc["lines"].as_array().into_iter().flatten();
+        network.rights.sold(
+            strict
+                .filter(|l| l["strict"] == true)
+                .filter_map(|l| l["product_id"].as_str()?.parse().ok()),
+        );
+    }
     Ok((StatusCode::CREATED, Json(present(&w.doc_id, &w.doc))))
 }
 

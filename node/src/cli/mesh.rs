@@ -38,6 +38,10 @@ pub struct NetArgs {
     /// nodes announce or mDNS finds: a hub and spokes, each till talking to head office alone.
     #[arg(long)]
     only_peers: bool,
+    /// Units of each strict product this till keeps rights to, asking devices that hold more
+    /// in the background, so a sale need not wait for them.
+    #[arg(long, value_name = "UNITS", default_value_t = crate::net::rights::RESERVE_UNITS_DEFAULT)]
+    rights_reserve: i64,
     /// Let the web page at this origin (`http://127.0.0.1:8080`) call the local API, with the
     /// token (repeatable). Every other page's requests are refused.
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
@@ -50,6 +54,7 @@ impl NetArgs {
             mdns: !self.no_mdns,
             relay: self.relay,
             dial_found: !self.only_peers,
+            rights_reserve: self.rights_reserve,
             ..NetConfig::default()
         };
         if !self.listen.is_empty() {

@@ -47,6 +47,9 @@ pub struct NetConfig {
     /// Dial the devices other nodes announce (and those found by mDNS). Off, a node dials
     /// only `peers`: a hub and spokes, every till connected to head office alone.
     pub dial_found: bool,
+    /// Units of each strict product this till tries to hold, so a sale need not wait for a
+    /// transfer (see `rights`).
+    pub rights_reserve: i64,
     pub sync: sync::Config,
 }
 
@@ -61,6 +64,7 @@ impl Default for NetConfig {
             mdns: true,
             relay: false,
             dial_found: true,
+            rights_reserve: rights::RESERVE_UNITS_DEFAULT,
             sync: sync::Config::default(),
         }
     }
@@ -137,6 +141,8 @@ pub struct NetStatus {
     /// Peers and addresses this node keeps trying to reach (at most 256, see `targets`).
     pub dial_targets: usize,
     pub peers: Vec<PeerStatus>,
+    /// Stock rights asked of peers, and how sales fared.
+    pub rights: rights::RightsStats,
 }
 
 /// A handle on the running network, for status.
@@ -144,6 +150,7 @@ pub struct NetStatus {
 pub struct Network {
     status: Arc<Mutex<NetStatus>>,
     commands: tokio::sync::mpsc::Sender<Command>,
+    pub(crate) rights: Arc<rights::Keeper>,
 }
 
 /// What the API asks of the running network.
@@ -162,7 +169,9 @@ pub(crate) enum Command {
 
 impl Network {
     pub fn status(&self) -> NetStatus {
-        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+        let mut s = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+        s.rights = self.rights.stats();
+        s
     }
 
     /// Opens a pairing invite on this device (replacing any open one). The caller checks
@@ -178,6 +187,11 @@ impl Network {
             .await
             .ok()?;
         rx.await.ok()
+    }
+
+    /// Whether the network has stopped (its driver ended).
+    pub fn is_stopped(&self) -> bool {
+        self.commands.is_closed()
     }
 
     /// Asks one connected member for stock rights (see `rights::ask`); `None` when it did not
@@ -205,7 +219,8 @@ pub async fn start(
 ) -> Result<(Network, tokio::task::JoinHandle<()>), NetError> {
     let status = Arc::new(Mutex::new(NetStatus::default()));
     let (commands, commands_rx) = tokio::sync::mpsc::channel(16);
-    let driver = driver::Driver::new(repo, config, status.clone(), commands_rx)?;
+    let keeper = Arc::new(rights::Keeper::new(config.rights_reserve));
+    let driver = driver::Driver::new(repo.clone(), config, status.clone(), commands_rx)?;
     let task = tokio::spawn(driver.run(shutdown));
     // The listeners report their addresses on the first turns of the loop.
     for _ in 0..50 {
@@ -214,5 +229,11 @@ pub async fn start(
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    Ok((Network { status, commands }, task))
+    let network = Network {
+        status,
+        commands,
+        rights: keeper,
+    };
+    tokio::spawn(rights::keep_reserve(repo, network.clone()));
+    Ok((network, task))
 }

@@ -4,7 +4,10 @@
 //! signed transfer entry it wrote, which the asker ingests before it tries the sale again.
 //! A till that reaches no holder sells only what it holds, and says so.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tillmesh_protocol::{DeviceId, DocId, SignedEntry};
@@ -17,8 +20,14 @@ use super::driver::peer_of_device;
 
 /// How long a sale waits for rights from peers before it is refused.
 pub const ASK_WAIT: Duration = Duration::from_millis(500);
-/// Units asked for beyond the shortfall, so the next sales need not ask again.
-pub const TOP_UP_UNITS: i64 = 10;
+/// Units of each strict product a till tries to hold (`tillmesh run --rights-reserve`).
+pub const RESERVE_UNITS_DEFAULT: i64 = 10;
+/// How often a till looks at its reserves, and for how long after its last sale of a product
+/// it keeps one of it.
+const RESERVE_CHECK: Duration = Duration::from_secs(1);
+const RESERVE_KEPT_FOR: Duration = Duration::from_secs(600);
+/// Strict products a till remembers selling, for its reserves.
+const RESERVE_PRODUCTS_MAX: usize = 1024;
 /// A rights answer is one signed entry (a transfer: a few hundred bytes).
 pub const ASK_BYTES_MAX: u64 = 4 * 1024;
 pub const ANSWER_BYTES_MAX: u64 = 64 * 1024;
@@ -42,6 +51,111 @@ pub enum RightsAnswer {
     Refused {
         reason: String,
     },
+}
+
+/// How this till's sales of strict products fared, for the status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RightsStats {
+    /// Sales that waited for rights from a peer.
+    pub sales_waited: u64,
+    /// Asks sent to holders (for a sale, or to top up a reserve).
+    pub asks: u64,
+    /// Units received by transfers this node asked for.
+    pub units_received: u64,
+    pub reserve_units: i64,
+}
+
+/// A till's reserves: the strict products it sold lately, and its counts.
+pub struct Keeper {
+    reserve: i64,
+    sold: Mutex<HashMap<DocId, Instant>>,
+    sales_waited: AtomicU64,
+    asks: AtomicU64,
+    units_received: AtomicU64,
+}
+
+impl Keeper {
+    pub fn new(reserve: i64) -> Keeper {
+        Keeper {
+            reserve: reserve.max(0),
+            sold: Mutex::new(HashMap::new()),
+            sales_waited: AtomicU64::new(0),
+            asks: AtomicU64::new(0),
+            units_received: AtomicU64::new(0),
+        }
+    }
+
+    pub fn stats(&self) -> RightsStats {
+        RightsStats {
+            sales_waited: self.sales_waited.load(Ordering::Relaxed),
+            asks: self.asks.load(Ordering::Relaxed),
+            units_received: self.units_received.load(Ordering::Relaxed),
+            reserve_units: self.reserve,
+        }
+    }
+
+    /// A sale of these strict products was made here: keep a reserve of them.
+    pub fn sold(&self, products: impl IntoIterator<Item = DocId>) {
+        let Ok(mut sold) = self.sold.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        for p in products {
+            if sold.len() >= RESERVE_PRODUCTS_MAX && !sold.contains_key(&p) {
+                sold.retain(|_, at| now.duration_since(*at) < RESERVE_KEPT_FOR);
+                if sold.len() >= RESERVE_PRODUCTS_MAX {
+                    return;
+                }
+            }
+            sold.insert(p, now);
+        }
+    }
+
+    pub fn waited(&self) {
+        self.sales_waited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn recent(&self) -> Vec<DocId> {
+        let now = Instant::now();
+        self.sold
+            .lock()
+            .map(|s| {
+                s.iter()
+                    .filter(|(_, at)| now.duration_since(**at) < RESERVE_KEPT_FOR)
+                    .map(|(p, _)| *p)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Tops up this till's reserve of every strict product it sold lately, in the background,
+/// so the common sale never waits for a transfer. Ends with the network.
+pub async fn keep_reserve(repo: Repo, network: Network) {
+    let me = repo.identity().device_id;
+    let reserve = network.rights.reserve;
+    while !network.is_stopped() {
+        tokio::time::sleep(RESERVE_CHECK).await;
+        if reserve == 0 {
+            continue;
+        }
+        for product in network.rights.recent() {
+            let held = repo
+                .rights(&product)
+                .map(|r| {
+                    r.held
+                        .iter()
+                        .find(|(d, _)| *d == me)
+                        .map(|(_, u)| *u)
+                        .unwrap_or(0)
+                })
+                .unwrap_or(0);
+            // Below half: ask for the rest (a till at its reserve asks nobody).
+            if held * 2 < reserve {
+                let _ = ask(&repo, &network, product, reserve - held).await;
+            }
+        }
+    }
 }
 
 /// What the holder gives: what the asker needs (or all it holds, if less), and up to half of
@@ -149,12 +263,13 @@ pub async fn ask(
             continue;
         }
         let still = need - covered;
+        network.rights.asks.fetch_add(1, Ordering::Relaxed);
         asks.push(network.ask_rights(
             peer,
             RightsAsk {
                 product,
                 need: still.max(1),
-                want: still.max(1) + TOP_UP_UNITS,
+                want: still.max(1) + network.rights.reserve,
             },
         ));
         covered += units;
@@ -198,6 +313,10 @@ pub async fn ask(
             Err(_) => {}
         }
     }
+    network
+        .rights
+        .units_received
+        .fetch_add(granted.max(0) as u64, Ordering::Relaxed);
     if granted >= need {
         Ok(granted)
     } else {
