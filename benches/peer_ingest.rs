@@ -7,7 +7,9 @@
 //! Run: `cargo bench --bench peer_ingest`
 //! Tune: TILLMESH_PEER_SALES (20000) entries measured; TILLMESH_PEER_STORED (10000) sales the
 //! receiver holds before the measured ones (1000000 for the big-store figure; filling it takes
-//! minutes); TILLMESH_PEER_RUNS (3) measured rounds, the median reported.
+//! minutes); TILLMESH_PEER_RUNS (3) measured rounds, the median reported;
+//! TILLMESH_PEER_STRICT=1 makes the products strict, so every sale's rights are checked on
+//! ingest (the difference to a run without is the rights check's cost per entry).
 //!
 //! The seller writes every sale first; while the receiver ingests, nothing else runs, so this
 //! process's CPU time over the round is the receiver's (writer, verification, apply), plus
@@ -115,8 +117,14 @@ async fn main() -> anyhow::Result<()> {
             name: "Receiver".into(),
         }))
         .await?;
+    let strict = std::env::var_os("TILLMESH_PEER_STRICT").is_some();
     for p in 0..PRODUCTS {
-        let np = product_command(&format!("SKU-{p}"), "Load product", 250, 100_000_000);
+        let mut np = product_command(&format!("SKU-{p}"), "Load product", 250, 100_000_000);
+        if let Command::CreateProduct(p) = &mut np
+            && strict
+        {
+            p.stock_policy = tillmesh_protocol::schema::StockPolicy::Strict;
+        }
         seller.execute(np).await?;
     }
     let fill_started = Instant::now();
@@ -171,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
         serde_json::to_string_pretty(&json!({
             "bench": "peer_ingest",
             "what": "a receiver applying another device's sales as pulls deliver them, durable",
+            "strict_products": strict,
             "stored_before": stored,
             "measured_per_run": measured,
             "runs": runs,

@@ -26,8 +26,9 @@ const SYNC_STREAMS_MAX: usize = 8;
 const PAIR_REQUEST_BYTES_MAX: u64 = 4 * 1024;
 const PAIR_RESPONSE_BYTES_MAX: u64 = 16 * 1024;
 const PAIR_STREAMS_MAX: usize = 4;
-/// Rights asked or answered at once on one connection.
-const RIGHTS_STREAMS_MAX: usize = 4;
+/// Rights asked or answered at once on one connection (a till asks once per product at a
+/// time, see `rights::ask`).
+const RIGHTS_STREAMS_MAX: usize = 16;
 /// A relayed connection carries a full sync, so the relay's defaults (2 minutes, 128 KiB) are
 /// far too small; these bound what one circuit may cost the relay.
 const RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(3600);

@@ -5,8 +5,8 @@
 //! A till that reaches no holder sells only what it holds, and says so.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -69,6 +69,9 @@ pub struct RightsStats {
 pub struct Keeper {
     reserve: i64,
     sold: Mutex<HashMap<DocId, Instant>>,
+    /// One ask per product at a time: sales that fall short together wait for the first
+    /// one's transfer instead of each asking.
+    asking: Mutex<HashMap<DocId, Arc<tokio::sync::Mutex<()>>>>,
     sales_waited: AtomicU64,
     asks: AtomicU64,
     units_received: AtomicU64,
@@ -79,6 +82,7 @@ impl Keeper {
         Keeper {
             reserve: reserve.max(0),
             sold: Mutex::new(HashMap::new()),
+            asking: Mutex::new(HashMap::new()),
             sales_waited: AtomicU64::new(0),
             asks: AtomicU64::new(0),
             units_received: AtomicU64::new(0),
@@ -109,6 +113,16 @@ impl Keeper {
             }
             sold.insert(p, now);
         }
+    }
+
+    fn asking(&self, product: DocId) -> Arc<tokio::sync::Mutex<()>> {
+        let Ok(mut asking) = self.asking.lock() else {
+            return Arc::default();
+        };
+        if asking.len() >= RESERVE_PRODUCTS_MAX {
+            asking.retain(|_, m| Arc::strong_count(m) > 1);
+        }
+        asking.entry(product).or_default().clone()
     }
 
     pub fn waited(&self) {
@@ -236,10 +250,22 @@ pub async fn ask(
     need: i64,
 ) -> Result<i64, Unreached> {
     let me = repo.identity().device_id;
-    let mut holders: Vec<(DeviceId, i64)> = repo
-        .rights(&product)
-        .map(|r| r.held)
-        .unwrap_or_default()
+    let deadline = tokio::time::Instant::now() + ASK_WAIT;
+    let lock = network.rights.asking(product);
+    let Ok(_one_at_a_time) = tokio::time::timeout_at(deadline, lock.lock()).await else {
+        return Err(Unreached::NoAnswer);
+    };
+    let rights = repo.rights(&product).unwrap_or_default();
+    // An ask that finished while this one waited may have brought enough (given to this
+    // till and not yet taken: its next sale takes it).
+    let mine = |list: &[(DeviceId, i64)]| -> i64 {
+        list.iter().filter(|(d, _)| *d == me).map(|(_, u)| u).sum()
+    };
+    if mine(&rights.held) + mine(&rights.open_to) >= need {
+        return Ok(0);
+    }
+    let mut holders: Vec<(DeviceId, i64)> = rights
+        .held
         .into_iter()
         .filter(|(d, u)| *d != me && *u > 0)
         .collect();
@@ -280,7 +306,6 @@ pub async fn ask(
     if asks.is_empty() {
         return Err(Unreached::Offline);
     }
-    let deadline = tokio::time::Instant::now() + ASK_WAIT;
     let answers = tokio::time::timeout_at(deadline, futures_util::future::join_all(asks))
         .await
         .unwrap_or_default();

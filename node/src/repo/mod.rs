@@ -390,6 +390,8 @@ pub struct UndoneEntry {
 pub struct StockRights {
     pub held: Vec<(DeviceId, i64)>,
     pub in_transit: i64,
+    /// The transfers in transit, per receiver.
+    pub open_to: Vec<(DeviceId, i64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1050,6 +1052,11 @@ impl Repo {
             let (k, v) = item?;
             if k.value().1 == product.as_bytes() {
                 out.in_transit += v.value();
+                let to = DeviceId(*k.value().0);
+                match out.open_to.iter_mut().find(|(d, _)| *d == to) {
+                    Some((_, units)) => *units += v.value(),
+                    None => out.open_to.push((to, v.value())),
+                }
             }
         }
         Ok(out)
