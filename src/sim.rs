@@ -99,6 +99,9 @@ pub struct Report {
     pub void_refund_races: u64,
     /// Sales, transfers and adjustments refused because their device lacked the rights.
     pub out_of_stock: u64,
+    /// Transfers of rights and reclaims of a revoked device's rights acknowledged.
+    pub transfers: u64,
+    pub reclaims: u64,
     /// Entries held but not applied at the end (the membership says they do not stand).
     pub undone: u64,
     pub converged_after_heal_ms: u64,
@@ -423,8 +426,8 @@ impl Sim {
         self.pump(to).await
     }
 
-    async fn write(&mut self, i: usize) -> Result<(), SimError> {
-        let Some(repo) = self.nodes[i].repo.clone() else {
+    async fn write(&mut self, mut i: usize) -> Result<(), SimError> {
+        let Some(mut repo) = self.nodes[i].repo.clone() else {
             return Ok(());
         };
         let pick = self.rng.below(100);
@@ -483,7 +486,7 @@ impl Sim {
                 "sku": sku, "name": sku, "price": { "amount_minor": 400, "currency": "USD" },
                 "tax_code": code, "stock": 50,
             }))))
-        } else if pick < 97 {
+        } else if pick < 96 {
             let sku = PRODUCTS[self.rng.below(PRODUCTS.len() as u64) as usize];
             let delta = self.rng.below(20) as i64 - 5;
             (delta != 0).then(|| {
@@ -492,16 +495,60 @@ impl Sim {
                     "reason": "count",
                 })))
             })
-        } else {
+        } else if pick < 98 {
             // Rights to the strict product passed to another device, perhaps more than this
             // one holds (refused), perhaps while the receiver is cut off.
+            let open = repo
+                .open_transfers_to(&self.device(i))
+                .map_err(|e| self.store_err(e))?;
             let to = self.devices[self.rng.below(self.devices.len() as u64) as usize];
             let qty = 1 + self.rng.below(8);
+            if let Some((product_id, _)) = open.first()
+                && self.rng.chance(500)
+            {
+                // What was given to this device, taken into its own rights (as a running
+                // till's keeper does).
+                let accept = Command::AcceptRights {
+                    product_id: *product_id,
+                };
+                self.execute(i, &repo, accept).await?;
+                return self.pump(i).await;
+            }
+            // A device that holds none passes the write to the owner, who holds the most.
+            let holds = |repo: &Repo, me| {
+                strict_id(repo)
+                    .and_then(|p| repo.rights(&p).ok())
+                    .is_some_and(|r| r.held.iter().any(|(d, u)| *d == me && *u > 0))
+            };
+            if !holds(&repo, self.device(i))
+                && let Some(owner) = self.nodes[0].repo.clone()
+            {
+                (i, repo) = (0, owner);
+            }
             (to != self.device(i)).then(|| {
                 Command::GiveRights(serde(json!({
                     "sku": STRICT, "to": to.to_string(), "qty": qty,
                 })))
             })
+        } else {
+            // A revoked device's rights reclaimed, perhaps by two admins apart, perhaps before
+            // its log has arrived (refused: not yet): by the owner or the admin (node 1).
+            let by = self.rng.below(2) as usize;
+            if let Some(admin) = self.nodes[by].repo.clone() {
+                (i, repo) = (by, admin);
+            }
+            let membership = repo.membership();
+            let revoked: Vec<_> = self
+                .devices
+                .iter()
+                .filter(|d| membership.get(d).is_some_and(|m| m.last_seq.is_some()))
+                .copied()
+                .collect();
+            let from = match revoked.len() {
+                0 => self.devices[self.rng.below(self.devices.len() as u64) as usize],
+                n => revoked[self.rng.below(n as u64) as usize],
+            };
+            strict_id(&repo).map(|product_id| Command::ReclaimRights { product_id, from })
         };
         let Some(command) = command else {
             return Ok(());
@@ -513,6 +560,10 @@ impl Sim {
     /// Runs one command on node `i`, noting what was acknowledged.
     async fn execute(&mut self, i: usize, repo: &Repo, command: Command) -> Result<(), SimError> {
         let void = matches!(command, Command::Void { .. });
+        let (transfer, reclaim) = (
+            matches!(command, Command::GiveRights(_)),
+            matches!(command, Command::ReclaimRights { .. }),
+        );
         let creates = !matches!(
             command,
             Command::PatchCustomer { .. } | Command::SetTaxRate { .. } | Command::Member(_)
@@ -520,6 +571,8 @@ impl Sim {
         match repo.execute(command).await {
             Ok(w) => {
                 self.report.writes_acked += 1;
+                self.report.transfers += u64::from(transfer);
+                self.report.reclaims += u64::from(reclaim);
                 let did = if void {
                     Did::Voided(w.doc_id)
                 } else if creates {
@@ -900,6 +953,11 @@ impl Sim {
         }
         Ok(out)
     }
+}
+
+/// The strict product's id, as this node holds it.
+fn strict_id(repo: &Repo) -> Option<DocId> {
+    repo.product_by_sku(STRICT).ok().flatten()
 }
 
 /// Every product's stock level by SKU, and the money the sales took net of refunds (voided

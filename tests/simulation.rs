@@ -30,6 +30,8 @@ fn add(totals: &mut Report, r: &Report) {
     totals.membership_changes += r.membership_changes;
     totals.void_refund_races += r.void_refund_races;
     totals.out_of_stock += r.out_of_stock;
+    totals.transfers += r.transfers;
+    totals.reclaims += r.reclaims;
     totals.undone += r.undone;
     totals.converged_after_heal_ms = totals
         .converged_after_heal_ms
@@ -112,6 +114,8 @@ fn seeds_converge_with_nothing_lost_and_nothing_applied_twice() {
             "membership_changes": totals.membership_changes,
             "void_refund_races": totals.void_refund_races,
             "out_of_stock_refusals": totals.out_of_stock,
+            "rights_transfers": totals.transfers,
+            "rights_reclaims": totals.reclaims,
             "entries_undone": totals.undone,
             "slowest_convergence_after_heal_ms": totals.converged_after_heal_ms,
         })

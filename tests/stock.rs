@@ -387,3 +387,102 @@ async fn three_tills_racing_for_the_last_ten_units_sell_exactly_ten() -> anyhow:
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_reclaims_a_revoked_tills_rights_once_even_when_two_admins_do_it_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = InProcessNode::init(&tmp.path().join("a"), "Back office")
+        .await
+        .unwrap();
+    let b = member_device(
+        &tmp.path().join("b"),
+        &a.repo,
+        "Till 2",
+        [2; 32],
+        Role::Till,
+    )
+    .await
+    .unwrap();
+    let c = member_device(
+        &tmp.path().join("c"),
+        &a.repo,
+        "Manager",
+        [3; 32],
+        Role::Admin,
+    )
+    .await
+    .unwrap();
+    let mug = a
+        .api
+        .ok_post("/v1/products", &strict("MUG", 10))
+        .await
+        .unwrap();
+    let path = format!("/v1/products/{}", mug["id"].as_str().unwrap());
+    a.api
+        .ok_post(
+            "/v1/stock-transfers",
+            &json!({"sku": "MUG", "to": "Till 2", "qty": 4}),
+        )
+        .await
+        .unwrap();
+    sync_one_way(&a.repo, &b.repo).await;
+    b.api
+        .ok_post("/v1/sales", &cash_sale("MUG", 1, 500))
+        .await
+        .unwrap();
+    // The till holds 3 when it is revoked: they are stranded until reclaimed.
+    sync_one_way(&b.repo, &a.repo).await;
+    a.api
+        .ok_post("/v1/members/Till 2/revoke", &json!({}))
+        .await
+        .unwrap();
+    // Too early on the other admin: it has not seen the revocation.
+    sync_one_way(&b.repo, &c.repo).await;
+    let (status, early) = c
+        .api
+        .post(
+            "/v1/stock-reclaims",
+            &json!({"sku": "MUG", "from": "Till 2"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{early}");
+    // Both admins reclaim while apart; the rights move once, to the product's maker.
+    sync_one_way(&a.repo, &c.repo).await;
+    for node in [&a, &c] {
+        let r = node
+            .api
+            .ok_post(
+                "/v1/stock-reclaims",
+                &json!({"sku": "MUG", "from": "Till 2"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r["qty"], 3, "{r}");
+    }
+    sync_one_way(&a.repo, &c.repo).await;
+    sync_one_way(&c.repo, &a.repo).await;
+    let a_id = a.repo.identity().device_id.to_string();
+    for node in [&a, &c] {
+        assert_eq!(rights(node, &path).await, (vec![(a_id.clone(), 9)], 0, 9));
+    }
+    let (status, again) = a
+        .api
+        .post(
+            "/v1/stock-reclaims",
+            &json!({"sku": "MUG", "from": "Till 2"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{again}");
+    // A till may not reclaim, and no one reclaims from a device still a member.
+    let (status, _) = a
+        .api
+        .post(
+            "/v1/stock-reclaims",
+            &json!({"sku": "MUG", "from": "Manager"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 409);
+}

@@ -17,6 +17,13 @@
 //! holds the author's log reaches the same verdict, in any arrival order. The rights of all
 //! devices plus the transfers not yet accepted always sum to the product's level.
 //!
+//! One exception: an admin may **reclaim** the rights a revoked device held at its cutoff (its
+//! later entries never stand, so it can spend nothing more). The reclaim moves them to a
+//! device every node names alike (the product's maker, or the owner when the maker is the one
+//! revoked), its amount is what the revoked device's own log leaves it, and it is judged only
+//! once that log is held up to the cutoff; its document id is derived from the device and the
+//! product, so two admins reclaiming at once write the same document, and the rights move once.
+//!
 //! A sale of a strict product cannot be voided (see [`crate::schema::Sale::check_update`]):
 //! the units a void gives back depend on refunds another till may have made apart, so rights
 //! handed out for them could be spent twice.
@@ -25,7 +32,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value as Json;
 
-use crate::ids::{DeviceId, DocId};
+use crate::ids::{DeviceId, DocId, MeshId};
 use crate::schema::DocType;
 
 /// One movement of rights: this device's rights to this product change by `units`.
@@ -102,6 +109,16 @@ pub fn delta(
     }
     out.retain(|_, v| *v != 0);
     out
+}
+
+/// The one document that reclaims `device`'s rights to `product`.
+pub fn reclaim_id(mesh: &MeshId, device: &DeviceId, product: &DocId) -> DocId {
+    DocId::derived(mesh, &format!("rights-reclaim/{device}/{product}"))
+}
+
+/// Whether a view is a reclaim (its moves are judged by the reclaim's rules, not its author's).
+pub fn is_reclaim(doc_type: DocType, view: &Json) -> bool {
+    doc_type == DocType::StockTransfer && view.get("reclaim").and_then(Json::as_bool) == Some(true)
 }
 
 /// Why an entry's movement of rights is refused.

@@ -82,6 +82,36 @@ pub struct NewTransfer {
     qty: i64,
 }
 
+/// A reclaim as the API takes it: the revoked device by name or id.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewReclaim {
+    #[serde(default)]
+    product_id: Option<tillmesh_protocol::DocId>,
+    #[serde(default)]
+    sku: Option<String>,
+    from: String,
+}
+
+/// Takes back the rights a revoked device held to a strict product (admins and the owner).
+pub async fn reclaim_rights(
+    State(repo): State<Repo>,
+    Body(r): Body<NewReclaim>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let from = super::members::resolve(&repo, &r.from)?;
+    let product_id = match (r.product_id, r.sku) {
+        (Some(id), _) => id,
+        (None, Some(sku)) => repo
+            .product_by_sku(&sku)?
+            .ok_or_else(|| ApiError::not_found("product", &sku))?,
+        (None, None) => return Err(ApiError::bad_request("give a product_id or a sku")),
+    };
+    let w = repo
+        .execute(Command::ReclaimRights { product_id, from })
+        .await?;
+    Ok((StatusCode::CREATED, Json(present(&w.doc_id, &w.doc))))
+}
+
 /// Gives rights to units of a strict product to another member.
 pub async fn give_rights(
     State(repo): State<Repo>,

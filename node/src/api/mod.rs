@@ -50,6 +50,7 @@ pub fn router(repo: Repo, network: Option<Network>) -> Router {
         .route("/v1/products/{id}", get(catalog::get).patch(catalog::patch))
         .route("/v1/stock-adjustments", post(catalog::adjust))
         .route("/v1/stock-transfers", post(catalog::give_rights))
+        .route("/v1/stock-reclaims", post(catalog::reclaim_rights))
         .route("/v1/sales", post(sales::create).get(sales::list))
         .route("/v1/sales/{id}", get(sales::get))
         .route("/v1/sales/{id}/void", post(sales::void))

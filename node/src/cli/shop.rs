@@ -100,6 +100,13 @@ pub struct StockArgs {
     /// The device that receives the rights: its name or id.
     #[arg(long)]
     to: Option<String>,
+    /// Take back the rights a revoked device held to a strict product: SKU (with --from; an
+    /// admin's or the owner's right).
+    #[arg(long, requires = "from", conflicts_with_all = ["adjust", "give"])]
+    reclaim: Option<String>,
+    /// The revoked device whose rights are reclaimed: its name or id.
+    #[arg(long)]
+    from: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -285,6 +292,22 @@ pub async fn dispatch(
                     } else {
                         ""
                     }
+                )
+            });
+        }
+        Command::Stock(StockArgs {
+            reclaim: Some(sku),
+            from: Some(from),
+            ..
+        }) => {
+            let r = client
+                .post("/v1/stock-reclaims", &json!({ "sku": sku, "from": from }))
+                .await?;
+            out.show(&r, || {
+                format!(
+                    "reclaimed rights to {} of {sku} from {from}; device {} holds them now",
+                    r["qty"],
+                    r["to"].as_str().map_or("?", |d| &d[..d.len().min(8)])
                 )
             });
         }

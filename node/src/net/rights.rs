@@ -143,13 +143,19 @@ impl Keeper {
     }
 }
 
-/// Tops up this till's reserve of every strict product it sold lately, in the background,
-/// so the common sale never waits for a transfer. Ends with the network.
+/// Takes the transfers given to this till into its log, and tops up its reserve of every
+/// strict product it sold lately, in the background, so the common sale never waits for a
+/// transfer. Ends with the network.
 pub async fn keep_reserve(repo: Repo, network: Network) {
     let me = repo.identity().device_id;
     let reserve = network.rights.reserve;
     while !network.is_stopped() {
         tokio::time::sleep(RESERVE_CHECK).await;
+        // Rights given to this till are taken into its own log at once: the holders every
+        // node shows are then where the rights are, and a revoked till's can be reclaimed.
+        for (product_id, _) in repo.open_transfers_to(&me).unwrap_or_default() {
+            let _ = repo.execute(RepoCommand::AcceptRights { product_id }).await;
+        }
         if reserve == 0 {
             continue;
         }

@@ -199,6 +199,15 @@ pub enum Command {
     AdjustStock(NewStockAdjustment),
     /// Gives rights to a strict product's units to another member.
     GiveRights(GiveRights),
+    /// Takes back the rights a revoked device held to a strict product (admins and the owner).
+    ReclaimRights {
+        product_id: DocId,
+        from: DeviceId,
+    },
+    /// Takes into this device's own rights the transfers of a strict product given to it.
+    AcceptRights {
+        product_id: DocId,
+    },
     /// Changes who belongs to the mesh (owners and admins only).
     Member(MemberCommand),
     /// Records what QuickBooks holds for a sale, product or customer (the bridge only).
@@ -247,6 +256,13 @@ pub(crate) enum Serial {
         ledger: tillmesh_protocol::schema::Ledger,
     },
     GiveRights(GiveRights),
+    ReclaimRights {
+        product_id: DocId,
+        from: DeviceId,
+    },
+    AcceptRights {
+        product_id: DocId,
+    },
 }
 
 /// A membership command, completed by the writer with what this node holds of the target.
@@ -751,6 +767,12 @@ impl Repo {
             }
             Command::Member(m) => Job::Command(Box::new(Serial::Member(m)), tx),
             Command::GiveRights(g) => Job::Command(Box::new(Serial::GiveRights(g)), tx),
+            Command::ReclaimRights { product_id, from } => {
+                Job::Command(Box::new(Serial::ReclaimRights { product_id, from }), tx)
+            }
+            Command::AcceptRights { product_id } => {
+                Job::Command(Box::new(Serial::AcceptRights { product_id }), tx)
+            }
             Command::SetLedger { doc_id, ledger } => {
                 Job::Command(Box::new(Serial::SetLedger { doc_id, ledger }), tx)
             }
@@ -1060,6 +1082,38 @@ impl Repo {
             }
         }
         Ok(out)
+    }
+
+    /// Strict products with transfers given to `device` and not yet accepted, and how many
+    /// units they carry.
+    pub fn open_transfers_to(&self, device: &DeviceId) -> Result<Vec<(DocId, i64)>, ReadError> {
+        let tx = self.db()?.begin_read()?;
+        let open = match tx.open_table(crate::store::tables::TRANSFERS_OPEN) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let (lo, hi) = ([0u8; 16], [0xffu8; 16]);
+        let mut out: Vec<(DocId, i64)> = Vec::new();
+        for item in open.range((device.as_bytes(), &lo, &lo)..=(device.as_bytes(), &hi, &hi))? {
+            let (k, v) = item?;
+            let product = DocId(*k.value().1);
+            match out.last_mut() {
+                Some((p, units)) if *p == product => *units += v.value(),
+                _ => out.push((product, v.value())),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The product with this SKU (the lowest id, when two share it).
+    pub fn product_by_sku(&self, sku: &str) -> Result<Option<DocId>, ReadError> {
+        let tx = self.db()?.begin_read()?;
+        let skus = self
+            .inner
+            .db
+            .sealed(tx.open_table(crate::store::tables::SKUS)?);
+        Ok(skus.first_of(sku.trim())?)
     }
 
     /// The stored entry `(author, seq)`, as its signed bytes.

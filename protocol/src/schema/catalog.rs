@@ -209,15 +209,21 @@ pub struct StockTransfer {
     pub to: DeviceId,
     pub qty: i64,
     pub at_ms: u64,
-    /// Set once, by the receiver, when it takes the rights into its own log.
+    /// Set once, by the receiver, when it takes the rights into its own log; set at once on a
+    /// reclaim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accepted_at_ms: Option<u64>,
+    /// An admin's reclaim of a revoked device's rights (see [`crate::rights`]): `from` is the
+    /// revoked device, and the document's id is [`crate::rights::reclaim_id`], so two admins
+    /// reclaiming at once write one document.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reclaim: bool,
 }
 
 impl StockTransfer {
     /// Only the acceptance may be added; what was given, by whom and to whom never changes.
     pub fn check_update(&self, next: &StockTransfer) -> Result<(), SchemaError> {
-        let fixed = |t: &StockTransfer| (t.product_id, t.from, t.to, t.qty, t.at_ms);
+        let fixed = |t: &StockTransfer| (t.product_id, t.from, t.to, t.qty, t.at_ms, t.reclaim);
         if fixed(self) != fixed(next)
             || (self.accepted_at_ms.is_some() && self.accepted_at_ms != next.accepted_at_ms)
         {

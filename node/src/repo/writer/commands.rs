@@ -32,7 +32,9 @@ impl Writer {
             Serial::PatchParty { .. } => &[DocType::Customer],
             Serial::PatchProduct { .. } => &[DocType::Product],
             Serial::PatchExpense { .. } => &[DocType::Expense],
-            Serial::GiveRights(_) => &[DocType::StockTransfer],
+            Serial::GiveRights(_) | Serial::ReclaimRights { .. } | Serial::AcceptRights { .. } => {
+                &[DocType::StockTransfer]
+            }
             Serial::Member(_) | Serial::SetLedger { .. } => unreachable!("handled above"),
         };
         self.check_own_write(writes)?;
@@ -92,6 +94,14 @@ impl Writer {
                 id
             }
             Serial::CreateProduct(p) => self.create_product(t, &mut ops, p, now)?,
+            Serial::AcceptRights { product_id } => {
+                let moves = self.accept_open(t, &mut ops, &product_id, now)?;
+                self.take_own_rights(t, &mut ops, moves, now)?;
+                product_id
+            }
+            Serial::ReclaimRights { product_id, from } => {
+                self.reclaim_rights(t, &mut ops, product_id, from, now)?
+            }
             Serial::GiveRights(g) => {
                 let product_id = match (g.product_id, g.sku.as_deref()) {
                     (Some(id), _) => id,

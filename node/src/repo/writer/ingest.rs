@@ -117,6 +117,7 @@ impl Writer {
     ) -> Result<(), Halt> {
         let mut fresh: HashMap<DocId, (AutoCommit, Option<Json>)> = HashMap::new();
         let mut moves = rights::RightsMoves::new();
+        let mut reclaimed = rights::RightsMoves::new();
         for (dc, changes) in entry.docs().iter().zip(parsed) {
             let applied = self.apply_remote(
                 t,
@@ -128,8 +129,9 @@ impl Writer {
             );
             // Builds on an entry that does not stand: neither does this one, whole (see `undo`).
             let applied = match applied {
-                Ok(Some(m)) => {
+                Ok(Some((m, r))) => {
                     rights::add_moves(&mut moves, m);
+                    rights::add_moves(&mut reclaimed, r);
                     Ok(())
                 }
                 Ok(None) => Err(Halt::Undone(undo::BUILDS_ON_UNDONE.to_owned())),
@@ -138,9 +140,9 @@ impl Writer {
             // Every document in: the entry's moves of rights, all its author's own and within
             // what it holds at this point of its log.
             let applied = match applied {
-                Ok(()) if dc.doc_id == entry.docs()[entry.docs().len() - 1].doc_id => {
-                    self.take_remote_rights(t, entry.entry.author, std::mem::take(&mut moves))
-                }
+                Ok(()) if dc.doc_id == entry.docs()[entry.docs().len() - 1].doc_id => self
+                    .take_remote_rights(t, entry.entry.author, std::mem::take(&mut moves))
+                    .map(|()| self.count_rights(std::mem::take(&mut reclaimed))),
                 other => other,
             };
             if let Err(halt) = applied {
@@ -236,7 +238,7 @@ impl Writer {
         changes: Vec<Change>,
         fresh: &mut HashMap<DocId, (AutoCommit, Option<Json>)>,
         (author, role): (DeviceId, Role),
-    ) -> Result<Option<rights::RightsMoves>, Halt> {
+    ) -> Result<Option<(rights::RightsMoves, rights::RightsMoves)>, Halt> {
         let actor = self.cache.actor().clone();
         let settings = &self.settings;
         let root = self.id.root_id;
@@ -329,7 +331,7 @@ impl Writer {
                 "the mesh settings have not arrived yet; send the owner's first entry first",
             ));
         }
-        // What the entry moves of stock rights, as its author saw the document.
+        // The document before and after the entry, as its author saw it.
         let moves;
         match entry_changes {
             // The author's change is judged on the document as the author saw it, not as
@@ -355,7 +357,7 @@ impl Writer {
                         .to_string(),
                     ));
                 }
-                moves = rights::delta(doc_type, &id, Some(&seen_view), Some(&after));
+                moves = (Some(seen_view.clone()), after.clone());
                 check_remote(doc_type, &after, settings, Some(&seen_view))
             }
             None => {
@@ -368,11 +370,24 @@ impl Writer {
                         .to_string(),
                     ));
                 }
-                moves = rights::delta(doc_type, &id, before.as_ref(), Some(&view));
+                moves = (before.clone(), view.clone());
                 check_remote(doc_type, &view, settings, before.as_ref())
             }
         }
         .map_err(|e| Halt::Refuse(format!("{doc_type} {id}: {e}")))?;
+        // What the entry moves of stock rights, as its author saw the document; a reclaim by
+        // its own rules, against the document as held before this entry.
+        let (seen, after) = moves;
+        let moves = if tillmesh_protocol::rights::is_reclaim(doc_type, &after) {
+            let held = existed.then(|| before.clone()).flatten();
+            let reclaimed = self.check_reclaim(t, id, role, &after, held.as_ref())?;
+            (rights::RightsMoves::new(), reclaimed)
+        } else {
+            (
+                rights::delta(doc_type, &id, seen.as_ref(), Some(&after)),
+                rights::RightsMoves::new(),
+            )
+        };
         match fresh.get_mut(&id) {
             Some(f) => f.1 = Some(view),
             None => {

@@ -123,9 +123,7 @@ impl Writer {
             let open = self.open_transfers(t, &short.product)?;
             let incoming: i64 = open.iter().map(|(_, q)| q).sum();
             if short.held.saturating_add(incoming) >= short.spent {
-                for (transfer, _) in open {
-                    add_moves(&mut moves, self.accept(t, ops, transfer, now)?);
-                }
+                add_moves(&mut moves, self.accept_open(t, ops, &short.product, now)?);
             }
         }
         match self.check_rights(t, me, &moves)? {
@@ -136,6 +134,21 @@ impl Writer {
             Err(Err(e)) => Err(WriteError::Internal(e.to_string())),
             Err(Ok(s)) => Err(self.out_of_stock(t, s)?),
         }
+    }
+
+    /// Accepts every transfer of `product`'s rights given to this device.
+    pub(super) fn accept_open(
+        &mut self,
+        t: &mut Tables<'_>,
+        ops: &mut Ops,
+        product: &DocId,
+        now: u64,
+    ) -> Result<RightsMoves, WriteError> {
+        let mut moves = RightsMoves::new();
+        for (transfer, _) in self.open_transfers(t, product)? {
+            add_moves(&mut moves, self.accept(t, ops, transfer, now)?);
+        }
+        Ok(moves)
     }
 
     /// Transfers of `product`'s rights given to this device and not accepted yet.
@@ -211,6 +224,7 @@ impl Writer {
             qty: req.qty,
             at_ms: now,
             accepted_at_ms: None,
+            reclaim: false,
         };
         transfer.validate(&self.settings)?;
         let id = new_doc_id(now);
@@ -322,5 +336,153 @@ impl Writer {
             }
         }
         Ok(())
+    }
+}
+
+impl Writer {
+    /// A reclaim of a revoked device's rights (see `tillmesh_protocol::rights`), from this
+    /// device or another: by an admin or the owner, under its one document id, to the device
+    /// every node names alike, for exactly what the revoked device's log leaves it, judged
+    /// once that log is held up to its cutoff. `existing` is the document as held before this
+    /// entry: a second admin's reclaim of the same rights must say the same, and moves nothing
+    /// more. Returns the moves to count.
+    pub(super) fn check_reclaim(
+        &mut self,
+        t: &Tables<'_>,
+        id: DocId,
+        role: Role,
+        view: &Json,
+        existing: Option<&Json>,
+    ) -> Result<RightsMoves, Halt> {
+        let r: StockTransfer =
+            docmap::from_view(view).map_err(|e| Halt::Refuse(format!("reclaim {id}: {e}")))?;
+        if !role.manages_members() {
+            return Err(Halt::Refuse(format!(
+                "only an admin or the owner reclaims a revoked device's rights; this is a {role}"
+            )));
+        }
+        if id != rights::reclaim_id(&self.id.mesh_id, &r.from, &r.product_id) || !r.reclaim {
+            return Err(Halt::Refuse(format!(
+                "a reclaim of {}'s rights to {} must be its one document",
+                r.from.short(),
+                r.sku
+            )));
+        }
+        let Some(cutoff) = self.membership.get(&r.from).and_then(|m| m.last_seq) else {
+            return Err(Halt::defer(format!(
+                "it reclaims the rights of device {}, whose revocation is not held here yet",
+                r.from.short()
+            )));
+        };
+        let held_to = t
+            .heads
+            .get(r.from.as_bytes())?
+            .map(|v| v.value().0)
+            .unwrap_or(0);
+        if held_to < cutoff {
+            return Err(Halt::defer(format!(
+                "it reclaims the rights of device {} as of its entry {cutoff}; only {held_to} of its entries are held",
+                r.from.short()
+            )));
+        }
+        let Ok(product) = self.typed::<Product>(t, &r.product_id, "product") else {
+            return Err(Halt::defer(format!(
+                "it reclaims rights to product {}, not held here yet",
+                r.product_id
+            )));
+        };
+        let to = self.reclaim_target(&product, &r.from);
+        if r.to != to || r.accepted_at_ms.is_none() {
+            return Err(Halt::Refuse(format!(
+                "a reclaim of {} rights goes to device {} at once",
+                r.sku,
+                to.short()
+            )));
+        }
+        let fields = |t: &StockTransfer| (t.product_id, t.from, t.to, t.qty);
+        if let Some(held) = existing.and_then(|e| docmap::from_view::<StockTransfer>(e).ok()) {
+            return if fields(&held) == fields(&r) {
+                Ok(RightsMoves::new())
+            } else {
+                Err(Halt::Refuse(format!(
+                    "the rights of device {} to {} were reclaimed as {} units, not {}",
+                    r.from.short(),
+                    r.sku,
+                    held.qty,
+                    r.qty
+                )))
+            };
+        }
+        let left = self.rights_of(t, &r.product_id, &r.from)?;
+        if r.qty != left || left <= 0 {
+            return Err(Halt::Refuse(format!(
+                "it reclaims {} units of {} but device {} held {left} at its cutoff",
+                r.qty,
+                r.sku,
+                r.from.short()
+            )));
+        }
+        Ok(rights::delta(DocType::StockTransfer, &id, None, Some(view)))
+    }
+
+    /// Who gets reclaimed rights: the product's maker, or the owner when the maker is the
+    /// device revoked.
+    fn reclaim_target(&self, product: &Product, revoked: &DeviceId) -> DeviceId {
+        match product.created_by {
+            Some(maker) if maker != *revoked => maker,
+            _ => self.membership.owner(),
+        }
+    }
+
+    /// This device (an admin or the owner) reclaims the rights a revoked device holds.
+    pub(super) fn reclaim_rights(
+        &mut self,
+        t: &mut Tables<'_>,
+        ops: &mut Ops,
+        product_id: DocId,
+        from: DeviceId,
+        now: u64,
+    ) -> Result<DocId, WriteError> {
+        let product: Product = self.typed(t, &product_id, "product")?;
+        let role = self
+            .membership
+            .role_at(self.id.device_id, self.head.0 + 1)
+            .map_err(|e| WriteError::Forbidden(e.to_string()))?;
+        let id = rights::reclaim_id(&self.id.mesh_id, &from, &product_id);
+        if self.cache.get(t, &id)?.is_some() {
+            return Err(WriteError::Conflict(format!(
+                "the rights of device {} to {} were reclaimed already",
+                from.short(),
+                product.sku
+            )));
+        }
+        let reclaim = StockTransfer {
+            product_id,
+            sku: product.sku.clone(),
+            from,
+            to: self.reclaim_target(&product, &from),
+            qty: self.rights_of(t, &product_id, &from)?,
+            at_ms: now,
+            accepted_at_ms: Some(now),
+            reclaim: true,
+        };
+        let view = docmap::view_of(&reclaim)?;
+        let moves = match self.check_reclaim(t, id, role, &view, None) {
+            Ok(m) => m,
+            Err(Halt::Outcome(IngestOutcome::Deferred { reason })) => {
+                return Err(WriteError::Conflict(format!(
+                    "not yet: {reason}; let this device sync, then try again"
+                )));
+            }
+            Err(Halt::Refuse(reason)) if !role.manages_members() => {
+                return Err(WriteError::Forbidden(reason));
+            }
+            Err(Halt::Refuse(reason)) => return Err(WriteError::Conflict(reason)),
+            Err(Halt::Store(e)) => return Err(e),
+            Err(_) => return Err(WriteError::Internal("a reclaim check halted".into())),
+        };
+        self.create_doc(t, ops, id, &reclaim, now)?;
+        self.count_rights(moves);
+        Ok(id)
     }
 }
