@@ -160,17 +160,12 @@ async fn main() -> anyhow::Result<()> {
         .ok_post("/v1/products", &strict("HOT", 100_000_000))
         .await?;
     for node in &nodes[1..] {
-        let api = node.api.clone();
-        testkit::wait_for("the product on every till", Duration::from_secs(60), || {
-            let api = api.clone();
+        testkit::wait_for_sku(&node.api, "HOT", Duration::from_secs(60)).await?;
+        testkit::wait_for("the till to reach a peer", Duration::from_secs(60), || {
+            let api = node.api.clone();
             async move {
-                let found = api
-                    .all("/v1/products")
-                    .await?
-                    .iter()
-                    .any(|p| p["sku"] == "HOT");
                 let peers = testkit::connected_devices(&api).await?;
-                Ok((found && !peers.is_empty()).then_some(()))
+                Ok((!peers.is_empty()).then_some(()))
             }
         })
         .await?;
@@ -185,19 +180,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     for node in &nodes[1..] {
-        let api = node.api.clone();
-        testkit::wait_for("the product on every till", Duration::from_secs(60), || {
-            let api = api.clone();
-            async move {
-                let found = api
-                    .all("/v1/products")
-                    .await?
-                    .iter()
-                    .any(|p| p["sku"] == "WARM");
-                Ok(found.then_some(()))
-            }
-        })
-        .await?;
+        testkit::wait_for_sku(&node.api, "WARM", Duration::from_secs(60)).await?;
     }
     let tracked_hot = hot(&nodes, "WARM", secs, clients).await?;
 

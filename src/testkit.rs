@@ -600,6 +600,22 @@ pub async fn shop(
     Ok(nodes)
 }
 
+/// Waits until the product with `sku` is in `api`'s catalogue.
+pub async fn wait_for_sku(api: &Api, sku: &str, timeout: Duration) -> anyhow::Result<()> {
+    wait_for(&format!("product {sku} to arrive"), timeout, || {
+        let (api, sku) = (api.clone(), sku.to_owned());
+        async move {
+            let found = api
+                .all("/v1/products")
+                .await?
+                .iter()
+                .any(|p| p["sku"] == sku.as_str());
+            Ok(found.then_some(()))
+        }
+    })
+    .await
+}
+
 /// How long [`shop`] waits for its catalogue to reach the tills.
 const SHOP_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -37,6 +37,26 @@ async fn sync_one_way(from: &Repo, to: &Repo) {
     panic!("entries still deferred after every author's were sent");
 }
 
+/// An owner ("Back office") and the devices it admitted, in process.
+async fn shop(
+    tmp: &tempfile::TempDir,
+    devices: &[(&str, u8, Role)],
+) -> (InProcessNode, Vec<InProcessNode>) {
+    let owner = InProcessNode::init(&tmp.path().join("owner"), "Back office")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for (name, secret, role) in devices {
+        let dir = tmp.path().join(format!("device-{secret}"));
+        out.push(
+            member_device(&dir, &owner.repo, name, [*secret; 32], *role)
+                .await
+                .unwrap(),
+        );
+    }
+    (owner, out)
+}
+
 fn strict(sku: &str, stock: i64) -> Value {
     json!({
         "sku": sku, "name": "Mug", "price": {"amount_minor": 500, "currency": "USD"},
@@ -69,18 +89,8 @@ async fn rights(node: &InProcessNode, path: &str) -> (Vec<(String, i64)>, i64, i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_till_sells_only_its_rights_and_takes_more_by_a_transfer() {
     let tmp = tempfile::tempdir().unwrap();
-    let a = InProcessNode::init(&tmp.path().join("a"), "Back office")
-        .await
-        .unwrap();
-    let b = member_device(
-        &tmp.path().join("b"),
-        &a.repo,
-        "Till 2",
-        [2; 32],
-        Role::Till,
-    )
-    .await
-    .unwrap();
+    let (a, mut others) = shop(&tmp, &[("Till 2", 2, Role::Till)]).await;
+    let b = others.remove(0);
     let mug = a
         .api
         .ok_post("/v1/products", &strict("MUG", 10))
@@ -198,28 +208,13 @@ async fn a_till_sells_only_its_rights_and_takes_more_by_a_transfer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_spending_rights_their_author_lacks_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let a = InProcessNode::init(&tmp.path().join("a"), "Back office")
-        .await
-        .unwrap();
     let b_key = DeviceKey::from_secret([2; 32]);
-    let b = member_device(
-        &tmp.path().join("b"),
-        &a.repo,
-        "Till 2",
-        [2; 32],
-        Role::Till,
+    let (a, mut others) = shop(
+        &tmp,
+        &[("Till 2", 2, Role::Till), ("Till 3", 3, Role::Till)],
     )
-    .await
-    .unwrap();
-    let c = member_device(
-        &tmp.path().join("c"),
-        &a.repo,
-        "Till 3",
-        [3; 32],
-        Role::Till,
-    )
-    .await
-    .unwrap();
+    .await;
+    let (b, c) = (others.remove(0), others.remove(0));
     let mug = a
         .api
         .ok_post("/v1/products", &strict("MUG", 3))
@@ -327,23 +322,7 @@ async fn three_tills_racing_for_the_last_ten_units_sell_exactly_ten() -> anyhow:
             apis[0].ok_post("/v1/products", &strict(&sku, 10)).await?;
         }
         for api in &apis[1..] {
-            let (api, sku) = (api.clone(), sku.clone());
-            testkit::wait_for(
-                "the product to reach every till",
-                Duration::from_secs(30),
-                || {
-                    let (api, sku) = (api.clone(), sku.clone());
-                    async move {
-                        let found = api
-                            .all("/v1/products")
-                            .await?
-                            .iter()
-                            .any(|p| p["sku"] == json!(sku));
-                        Ok(found.then_some(()))
-                    }
-                },
-            )
-            .await?;
+            testkit::wait_for_sku(api, &sku, Duration::from_secs(30)).await?;
         }
         let mut racers = Vec::new();
         for api in &apis {
@@ -409,27 +388,12 @@ async fn three_tills_racing_for_the_last_ten_units_sell_exactly_ten() -> anyhow:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_reclaims_a_revoked_tills_rights_once_even_when_two_admins_do_it_apart() {
     let tmp = tempfile::tempdir().unwrap();
-    let a = InProcessNode::init(&tmp.path().join("a"), "Back office")
-        .await
-        .unwrap();
-    let b = member_device(
-        &tmp.path().join("b"),
-        &a.repo,
-        "Till 2",
-        [2; 32],
-        Role::Till,
+    let (a, mut others) = shop(
+        &tmp,
+        &[("Till 2", 2, Role::Till), ("Manager", 3, Role::Admin)],
     )
-    .await
-    .unwrap();
-    let c = member_device(
-        &tmp.path().join("c"),
-        &a.repo,
-        "Manager",
-        [3; 32],
-        Role::Admin,
-    )
-    .await
-    .unwrap();
+    .await;
+    let (b, c) = (others.remove(0), others.remove(0));
     let mug = a
         .api
         .ok_post("/v1/products", &strict("MUG", 10))

@@ -582,15 +582,18 @@ async fn print_stock(client: &Client, out: Output) -> anyhow::Result<()> {
             .await?;
     }
     out.show(&Value::Array(list.clone()), || {
-        let mut s = format!("{:<16} {:<28} {:>7}  {}", "SKU", "NAME", "STOCK", "POLICY");
+        let mut s = format!(
+            "{:<16} {:<28} {:<7} {:>7}",
+            "SKU", "NAME", "POLICY", "STOCK"
+        );
         for p in &list {
             let strict = p["stock_policy"] == "strict";
             s += &format!(
-                "\n{:<16} {:<28} {:>7}  {}",
+                "\n{:<16} {:<28} {:<7} {:>7}",
                 p["sku"].as_str().unwrap_or(""),
                 p["name"].as_str().unwrap_or(""),
-                p["stock"],
                 if strict { "strict" } else { "track" },
+                p["stock"],
             );
             for d in p["rights"]["devices"].as_array().into_iter().flatten() {
                 let who = d["name"]
@@ -601,11 +604,11 @@ async fn print_stock(client: &Client, out: Output) -> anyhow::Result<()> {
                         let id = d["device"].as_str().unwrap_or("?");
                         format!("device {}", &id[..id.len().min(8)])
                     });
-                s += &format!("\n    {:<40} {:>7}", who, d["units"]);
+                s += &format!("\n    {:<49} {:>7}", who, d["units"]);
             }
             if p["rights"]["in_transit"].as_i64().is_some_and(|n| n != 0) {
                 s += &format!(
-                    "\n    {:<40} {:>7}",
+                    "\n    {:<49} {:>7}",
                     "given, not yet taken", p["rights"]["in_transit"]
                 );
             }
