@@ -17,8 +17,9 @@ use super::rights::{ANSWER_BYTES_MAX, ASK_BYTES_MAX, RightsAnswer, RightsAsk};
 /// A pull streams at most one batch; a slow disk on the other side gets this long.
 pub const PULL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
-/// A peer that does not answer a ping within this is taken as gone and its connection closed.
-pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// A peer that does not answer two pings in a row within this each is taken as gone and its
+/// (direct) connection closed: about 35 s after a cable is pulled.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(15);
 /// Sync streams open at once on one connection, both ways.
 const SYNC_STREAMS_MAX: usize = 8;
 /// Pairing messages are a SPAKE2 share, a MAC and a name: a few hundred bytes. What a device

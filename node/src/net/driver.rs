@@ -782,8 +782,18 @@ impl Driver {
                 // phone), though TCP would hold the connection for many minutes more. Closed,
                 // the peer shows offline and is dialed again with backoff. (A joining device's
                 // throwaway swarm does not speak ping: `Unsupported` is no reason to close.)
-                tracing::info!(%peer, %error, "ping failed; closing the connection");
-                self.swarm.close_connection(connection);
+                // A relayed circuit is left to the relay: closing it could cut a hole punch
+                // short while the relay is merely slow, and it dies with the relay's own
+                // connection, which this watches like any other.
+                let relayed = self
+                    .peers
+                    .get(&peer)
+                    .and_then(|p| p.connections.get(&connection))
+                    .is_some_and(|c| c.transport == "relay");
+                if !relayed {
+                    tracing::info!(%peer, %error, "ping failed; closing the connection");
+                    self.swarm.close_connection(connection);
+                }
             }
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,

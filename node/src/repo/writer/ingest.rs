@@ -331,8 +331,9 @@ impl Writer {
                 "the mesh settings have not arrived yet; send the owner's first entry first",
             ));
         }
-        // The document before and after the entry, as its author saw it.
-        let moves;
+        // What the entry moves of stock rights, as its author saw the document; a reclaim is
+        // judged by its own rules after the schema's (kept aside here, it is rare).
+        let moves: Result<rights::RightsMoves, Json>;
         match entry_changes {
             // The author's change is judged on the document as the author saw it, not as
             // merged with concurrent changes held here: the verdict then depends only on the
@@ -357,7 +358,11 @@ impl Writer {
                         .to_string(),
                     ));
                 }
-                moves = (Some(seen_view.clone()), after.clone());
+                moves = if tillmesh_protocol::rights::is_reclaim(doc_type, &after) {
+                    Err(after.clone())
+                } else {
+                    Ok(rights::delta(doc_type, &id, Some(&seen_view), Some(&after)))
+                };
                 check_remote(doc_type, &after, settings, Some(&seen_view))
             }
             None => {
@@ -370,23 +375,23 @@ impl Writer {
                         .to_string(),
                     ));
                 }
-                moves = (before.clone(), view.clone());
+                moves = if tillmesh_protocol::rights::is_reclaim(doc_type, &view) {
+                    Err(view.clone())
+                } else {
+                    Ok(rights::delta(doc_type, &id, before.as_ref(), Some(&view)))
+                };
                 check_remote(doc_type, &view, settings, before.as_ref())
             }
         }
         .map_err(|e| Halt::Refuse(format!("{doc_type} {id}: {e}")))?;
-        // What the entry moves of stock rights, as its author saw the document; a reclaim by
-        // its own rules, against the document as held before this entry.
-        let (seen, after) = moves;
-        let moves = if tillmesh_protocol::rights::is_reclaim(doc_type, &after) {
-            let held = existed.then(|| before.clone()).flatten();
-            let reclaimed = self.check_reclaim(t, id, role, &after, held.as_ref())?;
-            (rights::RightsMoves::new(), reclaimed)
-        } else {
-            (
-                rights::delta(doc_type, &id, seen.as_ref(), Some(&after)),
-                rights::RightsMoves::new(),
-            )
+        let moves = match moves {
+            Ok(moves) => (moves, rights::RightsMoves::new()),
+            // Against the document as held before this entry (a second admin's reclaim).
+            Err(reclaim) => {
+                let held = before.as_ref().filter(|_| existed);
+                let reclaimed = self.check_reclaim(t, id, role, &reclaim, held)?;
+                (rights::RightsMoves::new(), reclaimed)
+            }
         };
         match fresh.get_mut(&id) {
             Some(f) => f.1 = Some(view),
