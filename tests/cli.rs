@@ -609,8 +609,17 @@ fn strict_products_their_rights_and_stock_alerts_from_the_command_line() {
         stock.contains("strict") && stock.contains("track"),
         "{stock}"
     );
+    // The refused sale took no receipt number: the next sale's follows the third mug's.
+    let next = json(&["sell", "--data", d, "TEA-1", "--pay", "card"]);
+    assert!(
+        next["receipt_number"]
+            .as_str()
+            .unwrap()
+            .ends_with("-000004"),
+        "{next}"
+    );
     // Tracked stock may go below zero: that is an alert, not a refusal.
-    ok(&["sell", "--data", d, "TEA-1:3", "--pay", "card"]);
+    ok(&["sell", "--data", d, "TEA-1:2", "--pay", "card"]);
     let status = ok(&["status", "--data", d]);
     assert!(
         status.contains("ALERT    TEA-1 is down to 1; reorder"),

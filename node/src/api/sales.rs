@@ -12,55 +12,61 @@ use crate::net::rights::{self, Unreached};
 use crate::repo::requests::{NewSale, RefundSale, VoidSale};
 use crate::repo::{Command, Repo, WriteError};
 
+/// Strict products one sale asks peers for, one after another.
+const ASKS_PER_SALE_MAX: usize = 4;
+
 /// Rings up a sale. Short of rights to a strict product, the till asks the connected devices
-/// that hold some (`net::rights`), waits for their transfers (bounded), and tries once more;
-/// a till that reaches none says it is offline and who holds the rest.
+/// that hold some (`net::rights`), waits for their transfers (bounded), and tries again (for
+/// each strict product it is short of, up to a few); a till that reaches none says it is
+/// offline and who holds the rest.
 pub async fn create(
     State(app): State<AppState>,
     Body(s): Body<NewSale>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let repo = &app.repo;
-    let w = match repo.execute(Command::Sell(s.clone())).await {
-        Err(WriteError::OutOfStock {
-            message,
-            product,
-            short,
-        }) => {
-            let Some(network) = &app.network else {
-                return Err(WriteError::OutOfStock {
-                    message: format!("{message}; this node runs without a network, so it sells only the rights it holds"),
-                    product,
-                    short,
-                }
-                .into());
-            };
-            network.rights.waited();
-            network.rights.sold([product]);
-            match rights::ask(repo, network, product, short).await {
-                Ok(_) => repo.execute(Command::Sell(s)).await?,
-                Err(why) => {
-                    let why = match why {
-                        Unreached::Offline => {
-                            "; none of them is connected now (this till is offline from them), so it sells only the rights it holds"
-                        }
-                        Unreached::NoHolder => "",
-                        Unreached::NoAnswer => {
-                            "; none of them answered in time (this till may be offline from them), so it sells only the rights it holds"
-                        }
-                        Unreached::Short => {
-                            "; the devices asked gave too few (they sold them meanwhile)"
-                        }
-                    };
-                    return Err(WriteError::OutOfStock {
-                        message: format!("{message}{why}"),
-                        product,
-                        short,
-                    }
-                    .into());
-                }
+    let mut asks = 0;
+    let w = loop {
+        let (message, product, short) = match repo.execute(Command::Sell(s.clone())).await {
+            Err(WriteError::OutOfStock {
+                message,
+                product,
+                short,
+            }) => (message, product, short),
+            other => break other?,
+        };
+        let refused = |why: &str| -> ApiError {
+            WriteError::OutOfStock {
+                message: format!("{message}{why}"),
+                product,
+                short,
             }
+            .into()
+        };
+        let Some(network) = &app.network else {
+            return Err(refused(
+                "; this node runs without a network, so it sells only the rights it holds",
+            ));
+        };
+        if asks == ASKS_PER_SALE_MAX {
+            return Err(refused(""));
         }
-        other => other?,
+        asks += 1;
+        if asks == 1 {
+            network.rights.waited();
+        }
+        network.rights.sold([product]);
+        if let Err(why) = rights::ask(repo, network, product, short).await {
+            return Err(refused(match why {
+                Unreached::Offline => {
+                    "; none of them is connected now (this till is offline from them), so it sells only the rights it holds"
+                }
+                Unreached::NoHolder => "",
+                Unreached::NoAnswer => {
+                    "; none of them answered in time (this till may be offline from them), so it sells only the rights it holds"
+                }
+                Unreached::Short => "; the devices asked gave too few (they sold them meanwhile)",
+            }));
+        }
     };
     if let Some(network) = &app.network {
         // Its strict products: this till keeps a reserve of them from now on.

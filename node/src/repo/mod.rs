@@ -89,6 +89,46 @@ pub enum WriteError {
     ShuttingDown,
 }
 
+impl WriteError {
+    /// The refusal of a strict product's sale: how many units this device holds rights to,
+    /// and who holds the rest (`elsewhere`: each holder's name and units).
+    pub(crate) fn out_of_stock(
+        product: DocId,
+        sku: &str,
+        held: i64,
+        spent: i64,
+        elsewhere: &[(String, i64)],
+    ) -> WriteError {
+        let rest = if elsewhere.is_empty() {
+            "no other device holds any: receive stock (a stock adjustment) before selling more"
+                .to_owned()
+        } else {
+            let holders: Vec<String> = elsewhere
+                .iter()
+                .map(|(name, units)| format!("{name} ({units})"))
+                .collect();
+            format!("the rest are held by {}", holders.join(", "))
+        };
+        let held = held.max(0);
+        WriteError::OutOfStock {
+            message: format!(
+                "out of stock: this device holds rights to {held} of {sku} and needs {spent}; {rest}"
+            ),
+            product,
+            short: spent.saturating_sub(held),
+        }
+    }
+}
+
+/// A member's name as people know it, or the start of its id when it has none.
+pub(crate) fn member_name(membership: &Membership, device: &DeviceId) -> String {
+    membership
+        .get(device)
+        .map(|m| m.name.clone())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| format!("device {}", device.short()))
+}
+
 macro_rules! storage_errors {
     ($($t:ty),*) => {$(
         impl From<$t> for WriteError {

@@ -27,7 +27,7 @@ use super::requests::{
 };
 use super::{WriteError, new_doc_id, now_ms};
 use crate::store::seal::Sealer;
-use crate::store::tables::{SKUS, Sealed, SealedReadOnly, SkuKey, VIEWS};
+use crate::store::tables::{RIGHTS, SKUS, Sealed, SealedReadOnly, SkuKey, TRANSFERS_OPEN, VIEWS};
 
 /// A document built and checked, ready to be ordered into the log.
 pub(crate) struct NewDoc {
@@ -62,7 +62,7 @@ pub(crate) struct Device {
 
 /// A consistent read of the store for one preparation.
 pub(crate) struct Snapshot {
-    _tx: ReadTransaction,
+    tx: ReadTransaction,
     views: SealedReadOnly<&'static [u8; 16]>,
     skus: SealedReadOnly<SkuKey>,
 }
@@ -73,7 +73,7 @@ impl Snapshot {
         Ok(Snapshot {
             views: Sealed::new(tx.open_table(VIEWS)?, sealer),
             skus: Sealed::new(tx.open_table(SKUS)?, sealer),
-            _tx: tx,
+            tx,
         })
     }
 
@@ -99,6 +99,53 @@ impl Snapshot {
         }
         docmap::from_view(&view)
             .map_err(|e| WriteError::Conflict(format!("{what} {id} cannot be used: {e}")))
+    }
+
+    /// Whether this device holds rights (its own, or given to it and not yet taken) to the
+    /// units a sale's strict lines need; the writer judges again, this only spares a receipt
+    /// number for a sale that would be refused.
+    fn check_rights(&self, device: &Device, sale: &Sale) -> Result<(), WriteError> {
+        let mut need: Vec<(DocId, &str, i64)> = Vec::new();
+        for l in sale.lines.iter().filter(|l| l.strict) {
+            match need.iter_mut().find(|(p, _, _)| *p == l.product_id) {
+                Some((_, _, q)) => *q += l.qty,
+                None => need.push((l.product_id, &l.sku, l.qty)),
+            }
+        }
+        if need.is_empty() {
+            return Ok(());
+        }
+        let (Ok(rights), Ok(open)) = (
+            self.tx.open_table(RIGHTS),
+            self.tx.open_table(TRANSFERS_OPEN),
+        ) else {
+            // A store from before strict products: the writer decides.
+            return Ok(());
+        };
+        let me = device.id.as_bytes();
+        for (product, sku, qty) in need {
+            let p = product.as_bytes();
+            let mut held = rights.get((p, me))?.map(|v| v.value()).unwrap_or(0);
+            for item in open.range((me, p, &[0u8; 16])..=(me, p, &[0xffu8; 16]))? {
+                held += item?.1.value();
+            }
+            if held >= qty {
+                continue;
+            }
+            let membership = device.membership.borrow().clone();
+            let mut elsewhere = Vec::new();
+            for item in rights.range((p, &[0u8; 32])..=(p, &[0xffu8; 32]))? {
+                let (k, v) = item?;
+                let holder = DeviceId(*k.value().1);
+                if holder != device.id && v.value() > 0 {
+                    elsewhere.push((super::member_name(&membership, &holder), v.value()));
+                }
+            }
+            return Err(WriteError::out_of_stock(
+                product, sku, held, qty, &elsewhere,
+            ));
+        }
+        Ok(())
     }
 
     fn settings(&self, device: &Device) -> Result<Settings, WriteError> {
@@ -208,6 +255,7 @@ pub(crate) fn sale(s: &Snapshot, device: &Device, req: NewSale) -> Result<Prepar
         pay_rest,
     };
     let mut sale = Sale::ring_up(ring, &settings)?;
+    s.check_rights(device, &sale)?;
     // Checked: only now does the sale take a receipt number.
     let n = device.receipts.fetch_add(1, Ordering::Relaxed) + 1;
     sale.receipt_number = format!("{}-{n:06}", device.receipt_prefix);

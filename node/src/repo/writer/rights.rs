@@ -254,30 +254,12 @@ impl Writer {
             let device = DeviceId(*k.value().1);
             let held = self.rights_of(t, &s.product, &device)?;
             if device != me && held > 0 {
-                let name = self
-                    .membership
-                    .get(&device)
-                    .map(|m| m.name.clone())
-                    .filter(|n| !n.is_empty())
-                    .unwrap_or_else(|| format!("device {}", device.short()));
-                elsewhere.push(format!("{name} ({held})"));
+                elsewhere.push((crate::repo::member_name(&self.membership, &device), held));
             }
         }
-        let rest = if elsewhere.is_empty() {
-            "no other device holds any: receive stock (a stock adjustment) before selling more"
-                .to_owned()
-        } else {
-            format!("the rest are held by {}", elsewhere.join(", "))
-        };
-        Ok(WriteError::OutOfStock {
-            message: format!(
-                "out of stock: this device holds rights to {} of {sku} and needs {}; {rest}",
-                s.held.max(0),
-                s.spent
-            ),
-            product: s.product,
-            short: s.spent.saturating_sub(s.held.max(0)),
-        })
+        Ok(WriteError::out_of_stock(
+            s.product, &sku, s.held, s.spent, &elsewhere,
+        ))
     }
 
     fn sku_of(&mut self, t: &Tables<'_>, product: &DocId) -> String {
