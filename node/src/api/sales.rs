@@ -55,7 +55,8 @@ pub async fn create(
             network.rights.waited();
         }
         network.rights.sold([product]);
-        if let Err(why) = rights::ask(repo, network, product, short).await {
+        let reserve = network.rights.reserve();
+        if let Err(why) = rights::ask(repo, network, product, short, reserve).await {
             return Err(refused(match why {
                 Unreached::Offline => {
                     "; none of them is connected now (this till is offline from them), so it sells only the rights it holds"

@@ -126,6 +126,8 @@ pub(super) struct Driver {
     /// Rights this node granted, answered once the transfer is written.
     granted_tx: mpsc::UnboundedSender<(ResponseChannel<RightsAnswer>, RightsAnswer)>,
     granted_rx: mpsc::UnboundedReceiver<(ResponseChannel<RightsAnswer>, RightsAnswer)>,
+    /// This till's reserves, which it keeps when it grants rights.
+    keeper: Arc<super::rights::Keeper>,
     /// Rights this node asked for, by request: who waits for the answer.
     asked: HashMap<request_response::OutboundRequestId, oneshot::Sender<RightsAnswer>>,
 }
@@ -211,6 +213,7 @@ impl Driver {
         config: NetConfig,
         status: Arc<Mutex<NetStatus>>,
         commands: mpsc::Receiver<Command>,
+        keeper: Arc<super::rights::Keeper>,
     ) -> Result<Driver, NetError> {
         let identity = repo.identity().clone();
         let key = libp2p::identity::Keypair::ed25519_from_bytes(repo.device_secret())
@@ -341,6 +344,7 @@ impl Driver {
             paired_rx,
             granted_tx,
             granted_rx,
+            keeper,
             asked: HashMap::new(),
         })
         .map(|mut d: Driver| {
@@ -906,8 +910,9 @@ impl Driver {
                     return;
                 };
                 let (repo, tx) = (self.repo.clone(), self.granted_tx.clone());
+                let keeper = self.keeper.clone();
                 tokio::spawn(async move {
-                    let answer = super::rights::grant(repo, device, request).await;
+                    let answer = super::rights::grant(repo, keeper, device, request).await;
                     let _ = tx.send((channel, answer));
                 });
             }

@@ -220,7 +220,13 @@ pub async fn start(
     let status = Arc::new(Mutex::new(NetStatus::default()));
     let (commands, commands_rx) = tokio::sync::mpsc::channel(16);
     let keeper = Arc::new(rights::Keeper::new(config.rights_reserve));
-    let driver = driver::Driver::new(repo.clone(), config, status.clone(), commands_rx)?;
+    let driver = driver::Driver::new(
+        repo.clone(),
+        config,
+        status.clone(),
+        commands_rx,
+        keeper.clone(),
+    )?;
     let task = tokio::spawn(driver.run(shutdown));
     // The listeners report their addresses on the first turns of the loop.
     for _ in 0..50 {

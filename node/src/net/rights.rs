@@ -35,10 +35,10 @@ pub const ANSWER_BYTES_MAX: u64 = 64 * 1024;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RightsAsk {
     pub product: DocId,
-    /// Units the asker needs for the sale in hand.
+    /// Units the asker needs for the sale in hand (0 when it only tops up its reserve).
     pub need: i64,
-    /// Units it would like, to keep a reserve; a holder gives at most half of what it holds
-    /// beyond `need`.
+    /// Units it would like in all, to keep a reserve; a holder gives towards it at most half
+    /// of what it holds beyond `need` and its own reserve.
     pub want: i64,
 }
 
@@ -125,6 +125,10 @@ impl Keeper {
         asking.entry(product).or_default().clone()
     }
 
+    pub fn reserve(&self) -> i64 {
+        self.reserve
+    }
+
     pub fn waited(&self) {
         self.sales_waited.fetch_add(1, Ordering::Relaxed);
     }
@@ -165,32 +169,38 @@ pub async fn keep_reserve(repo: Repo, network: Network) {
                 .map(|r| {
                     r.held
                         .iter()
-                        .find(|(d, _)| *d == me)
+                        .chain(&r.open_to)
+                        .filter(|(d, _)| *d == me)
                         .map(|(_, u)| *u)
-                        .unwrap_or(0)
+                        .sum::<i64>()
                 })
                 .unwrap_or(0);
-            // Below half: ask for the rest (a till at its reserve asks nobody).
+            // Below half: ask for the rest (a till at its reserve asks nobody), for no sale
+            // in hand, so holders give only from beyond their own reserves.
             if held * 2 < reserve {
-                let _ = ask(&repo, &network, product, reserve - held).await;
+                let _ = ask(&repo, &network, product, 0, reserve - held).await;
             }
         }
     }
 }
 
-/// What the holder gives: what the asker needs (or all it holds, if less), and up to half of
-/// the rest towards what the asker wants.
-pub fn grant_units(held: i64, need: i64, want: i64) -> i64 {
-    if held <= 0 || need <= 0 {
+/// What the holder gives: what the asker needs for a sale (or all it holds, if less), even
+/// out of its own reserve, since the sale is real; and towards what the asker wants beyond,
+/// at most half of what the holder holds above its own reserve, so two tills topping up their
+/// reserves never pass the same units back and forth.
+pub fn grant_units(held: i64, need: i64, want: i64, own_reserve: i64) -> i64 {
+    if held <= 0 {
         return 0;
     }
-    let base = need.min(held);
-    let extra = (want - base).clamp(0, (held - base) / 2);
+    let base = need.clamp(0, held);
+    let spare = (held - base - own_reserve.max(0)).max(0);
+    let extra = (want - base).clamp(0, spare / 2);
     base + extra
 }
 
 /// The holder's side: a transfer to the asking member, written and answered with its entry.
-pub async fn grant(repo: Repo, to: DeviceId, ask: RightsAsk) -> RightsAnswer {
+/// It keeps its own reserve of the products it sells (`keeper`).
+pub async fn grant(repo: Repo, keeper: Arc<Keeper>, to: DeviceId, ask: RightsAsk) -> RightsAnswer {
     let me = repo.identity().device_id;
     let held = match repo.rights(&ask.product) {
         Ok(r) => r
@@ -205,7 +215,12 @@ pub async fn grant(repo: Repo, to: DeviceId, ask: RightsAsk) -> RightsAnswer {
             };
         }
     };
-    let qty = grant_units(held, ask.need, ask.want);
+    let own_reserve = if keeper.recent().contains(&ask.product) {
+        keeper.reserve
+    } else {
+        0
+    };
+    let qty = grant_units(held, ask.need, ask.want, own_reserve);
     if qty == 0 {
         return RightsAnswer::Refused {
             reason: "this device holds no rights to that product".into(),
@@ -247,13 +262,15 @@ pub enum Unreached {
     Short,
 }
 
-/// The asker's side: asks connected holders for `need` units (and a reserve), holders with
-/// the most first, and ingests what they grant. Returns the units granted.
+/// The asker's side: asks connected holders for `need` units for a sale in hand and `want`
+/// more towards its reserve, holders with the most first, and ingests what they grant.
+/// Returns the units granted.
 pub async fn ask(
     repo: &Repo,
     network: &Network,
     product: DocId,
     need: i64,
+    want: i64,
 ) -> Result<i64, Unreached> {
     let me = repo.identity().device_id;
     let deadline = tokio::time::Instant::now() + ASK_WAIT;
@@ -267,7 +284,7 @@ pub async fn ask(
     let mine = |list: &[(DeviceId, i64)]| -> i64 {
         list.iter().filter(|(d, _)| *d == me).map(|(_, u)| u).sum()
     };
-    if mine(&rights.held) + mine(&rights.open_to) >= need {
+    if need > 0 && mine(&rights.held) + mine(&rights.open_to) >= need {
         return Ok(0);
     }
     let mut holders: Vec<(DeviceId, i64)> = rights
@@ -294,14 +311,14 @@ pub async fn ask(
         if !connected.contains(&peer.to_string()) {
             continue;
         }
-        let still = need - covered;
+        let still = (need - covered).max(0);
         network.rights.asks.fetch_add(1, Ordering::Relaxed);
         asks.push(network.ask_rights(
             peer,
             RightsAsk {
                 product,
-                need: still.max(1),
-                want: still.max(1) + network.rights.reserve,
+                need: still,
+                want: still + want,
             },
         ));
         covered += units;
@@ -381,11 +398,17 @@ mod tests {
 
     #[test]
     fn a_holder_gives_what_is_needed_and_half_its_spare_towards_a_reserve() {
-        assert_eq!(grant_units(100, 1, 11), 11);
-        assert_eq!(grant_units(10, 1, 11), 5);
-        assert_eq!(grant_units(3, 5, 15), 3);
-        assert_eq!(grant_units(1, 1, 11), 1);
-        assert_eq!(grant_units(0, 1, 11), 0);
-        assert_eq!(grant_units(-2, 1, 11), 0);
+        // A back office that sells nothing keeps no reserve.
+        assert_eq!(grant_units(100, 1, 11, 0), 11);
+        assert_eq!(grant_units(10, 1, 11, 0), 5);
+        assert_eq!(grant_units(3, 5, 15, 0), 3);
+        assert_eq!(grant_units(1, 1, 11, 0), 1);
+        assert_eq!(grant_units(0, 1, 11, 0), 0);
+        assert_eq!(grant_units(-2, 1, 11, 0), 0);
+        // A till gives a sale what it needs out of its own reserve, but tops up another's
+        // reserve only from above its own: two tills never pass units back and forth.
+        assert_eq!(grant_units(6, 1, 11, 10), 1);
+        assert_eq!(grant_units(6, 0, 6, 10), 0);
+        assert_eq!(grant_units(30, 0, 10, 10), 10);
     }
 }
