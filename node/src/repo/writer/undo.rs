@@ -193,7 +193,17 @@ impl Writer {
                         .and_then(DocType::from_name)
                 })
                 .unwrap_or(*recorded_type);
+            // What the rebuild moves of stock rights counts for the entries after it in this
+            // batch, as their own moves do (the store's count follows in `finish`).
+            let before = self.cache.get(t, id)?.map(|c| c.view().clone());
             self.cache.replace(t, id, doc_type, doc)?;
+            let after = self.cache.get(t, id)?.map(|c| c.view().clone());
+            self.count_rights(tillmesh_protocol::rights::delta(
+                doc_type,
+                id,
+                before.as_ref(),
+                after.as_ref(),
+            ));
             touched.insert(*id);
         }
         Ok(())
