@@ -241,19 +241,23 @@ async fn entries_spending_rights_their_author_lacks_are_refused() {
     let mut sale: Sale = docmap::from_view(&a.repo.view(&sold_id).unwrap().unwrap()).unwrap();
     sale.till = b_id;
     sale.receipt_number = "B-000001".into();
+    // The bad till's next entry, creating one document.
+    let signed_new = |doc_id: DocId, doc_type: DocType, change: Vec<u8>| {
+        Entry {
+            author: b_id,
+            seq,
+            prev,
+            timestamp_ms: 1,
+            payload: Payload::Changes(vec![DocChanges {
+                doc_id,
+                doc_type,
+                changes: vec![change],
+            }]),
+        }
+        .sign(&mesh, &b_key)
+    };
     let (_, change, _) = docmap::create(&actor_for(&b_id), &sale, 1).unwrap();
-    let oversold = Entry {
-        author: b_id,
-        seq,
-        prev,
-        timestamp_ms: 1,
-        payload: Payload::Changes(vec![DocChanges {
-            doc_id: DocId::new_v7(2, [7; 10]),
-            doc_type: DocType::Sale,
-            changes: vec![change],
-        }]),
-    }
-    .sign(&mesh, &b_key);
+    let oversold = signed_new(DocId::new_v7(2, [7; 10]), DocType::Sale, change);
     // And one that gives away the back office's rights as if they were its own.
     let transfer = json!({
         "type": "stock_transfer", "schema": 1, "product_id": mug["id"], "sku": "MUG",
@@ -262,18 +266,7 @@ async fn entries_spending_rights_their_author_lacks_are_refused() {
     });
     let transfer: tillmesh_protocol::schema::StockTransfer = docmap::from_view(&transfer).unwrap();
     let (_, change, _) = docmap::create(&actor_for(&b_id), &transfer, 1).unwrap();
-    let stolen = Entry {
-        author: b_id,
-        seq,
-        prev,
-        timestamp_ms: 2,
-        payload: Payload::Changes(vec![DocChanges {
-            doc_id: DocId::new_v7(3, [8; 10]),
-            doc_type: DocType::StockTransfer,
-            changes: vec![change],
-        }]),
-    }
-    .sign(&mesh, &b_key);
+    let stolen = signed_new(DocId::new_v7(3, [8; 10]), DocType::StockTransfer, change);
 
     for node in [&a, &c] {
         for (entry, why) in [

@@ -166,14 +166,7 @@ pub async fn keep_reserve(repo: Repo, network: Network) {
         for product in network.rights.recent() {
             let held = repo
                 .rights(&product)
-                .map(|r| {
-                    r.held
-                        .iter()
-                        .chain(&r.open_to)
-                        .filter(|(d, _)| *d == me)
-                        .map(|(_, u)| *u)
-                        .sum::<i64>()
-                })
+                .map(|r| r.held_by(&me) + r.open_to(&me))
                 .unwrap_or(0);
             // Below half: ask for the rest (a till at its reserve asks nobody), for no sale
             // in hand, so holders give only from beyond their own reserves.
@@ -203,12 +196,7 @@ pub fn grant_units(held: i64, need: i64, want: i64, own_reserve: i64) -> i64 {
 pub async fn grant(repo: Repo, keeper: Arc<Keeper>, to: DeviceId, ask: RightsAsk) -> RightsAnswer {
     let me = repo.identity().device_id;
     let held = match repo.rights(&ask.product) {
-        Ok(r) => r
-            .held
-            .iter()
-            .find(|(d, _)| *d == me)
-            .map(|(_, u)| *u)
-            .unwrap_or(0),
+        Ok(r) => r.held_by(&me),
         Err(e) => {
             return RightsAnswer::Refused {
                 reason: format!("this device could not read its rights: {e}"),
@@ -281,10 +269,7 @@ pub async fn ask(
     let rights = repo.rights(&product).unwrap_or_default();
     // An ask that finished while this one waited may have brought enough (given to this
     // till and not yet taken: its next sale takes it).
-    let mine = |list: &[(DeviceId, i64)]| -> i64 {
-        list.iter().filter(|(d, _)| *d == me).map(|(_, u)| u).sum()
-    };
-    if need > 0 && mine(&rights.held) + mine(&rights.open_to) >= need {
+    if need > 0 && rights.held_by(&me) + rights.open_to(&me) >= need {
         return Ok(0);
     }
     let mut holders: Vec<(DeviceId, i64)> = rights

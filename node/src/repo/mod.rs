@@ -450,6 +450,25 @@ pub struct StockRights {
     pub open_to: Vec<(DeviceId, i64)>,
 }
 
+impl StockRights {
+    /// Units `device` holds.
+    pub fn held_by(&self, device: &DeviceId) -> i64 {
+        units_of(&self.held, device)
+    }
+
+    /// Units given to `device` and not yet taken into its own rights.
+    pub fn open_to(&self, device: &DeviceId) -> i64 {
+        units_of(&self.open_to, device)
+    }
+}
+
+fn units_of(list: &[(DeviceId, i64)], device: &DeviceId) -> i64 {
+    list.iter()
+        .filter(|(d, _)| d == device)
+        .map(|(_, u)| u)
+        .sum()
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RejectedEntry {
     pub number: u64,
