@@ -35,7 +35,33 @@ pub enum DocError {
 
 /// The Automerge actor of a device: its public key, so every change names its device.
 pub fn actor_for(device: &DeviceId) -> ActorId {
-    ActorId::from(&device.as_bytes()[..])
+    actor_in_series(device, 0)
+}
+
+/// The `n`th actor of a device's series: its key, then `n` (big-endian) when `n > 0`.
+///
+/// A device writes a document under a later actor of its series once changes it made under an
+/// earlier one no longer stand (an undo rebuild took them out of the document): Automerge would
+/// otherwise number its next change as if they had never been made, and peers still holding
+/// them would refuse a second change with the same actor and seq. Every actor of the series
+/// still names its device: the key comes first.
+pub fn actor_in_series(device: &DeviceId, n: u32) -> ActorId {
+    let mut bytes = device.as_bytes().to_vec();
+    if n > 0 {
+        bytes.extend_from_slice(&n.to_be_bytes());
+    }
+    ActorId::from(bytes)
+}
+
+/// Which actor of `device`'s series `actor` is, or `None` if it is not one of them.
+pub fn series_of(device: &DeviceId, actor: &ActorId) -> Option<u32> {
+    let bytes = actor.to_bytes();
+    let rest = bytes.strip_prefix(&device.as_bytes()[..])?;
+    match rest.len() {
+        0 => Some(0),
+        4 => Some(u32::from_be_bytes(rest.try_into().ok()?)).filter(|n| *n > 0),
+        _ => None,
+    }
 }
 
 fn commit(doc: &mut AutoCommit, time_s: i64) -> Option<Vec<u8>> {
@@ -487,5 +513,18 @@ mod tests {
                 .is_some()
         );
         assert_eq!(read::<Customer>(&doc).unwrap().0, cleared);
+    }
+
+    #[test]
+    fn an_actor_series_names_its_device() {
+        let d = DeviceId([7; 32]);
+        assert_eq!(actor_for(&d), actor_in_series(&d, 0));
+        for n in [0, 1, 2, 513, u32::MAX] {
+            assert_eq!(series_of(&d, &actor_in_series(&d, n)), Some(n));
+        }
+        assert_eq!(series_of(&DeviceId([8; 32]), &actor_in_series(&d, 3)), None);
+        let mut odd = d.as_bytes().to_vec();
+        odd.extend_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(series_of(&d, &ActorId::from(odd)), None);
     }
 }

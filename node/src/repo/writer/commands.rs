@@ -460,10 +460,12 @@ impl Writer {
         to: &T,
         now: u64,
     ) -> Result<(), WriteError> {
+        let actor = self.write_actor(t, &id)?;
         let c = self
             .cache
             .get(t, &id)?
             .ok_or_else(|| WriteError::Internal(format!("{id} vanished during a write")))?;
+        c.doc.set_actor(actor);
         if let Some(change) = docmap::update(&mut c.doc, from, to, (now / 1000) as i64)? {
             c.set_view(docmap::view_of(to)?);
             self.cache.record_change(t, &id, &change)?;

@@ -23,6 +23,7 @@
 //!   changes that stand. `finish` then moves views, stock levels and indexes from what the
 //!   documents were to what they are.
 
+use automerge::ActorId;
 use redb::ReadableMultimapTable;
 
 use super::*;
@@ -101,6 +102,38 @@ impl Writer {
             bytes.as_slice(),
         )?;
         Ok(())
+    }
+
+    /// The actor this device writes `id` with: the first of its series (see
+    /// [`docmap::actor_in_series`]) that none of its own changes to `id` which do not stand
+    /// used. Every change of that actor is then in the document, so the seq Automerge gives
+    /// the next one was never given before. Almost always the device's own key: its undone
+    /// entries are few (those built on a revoked device's), and none is the common case.
+    pub(super) fn write_actor(&self, t: &Tables<'_>, id: &DocId) -> Result<ActorId, WriteError> {
+        let me = self.id.device_id;
+        let mut used: BTreeSet<u32> = BTreeSet::new();
+        for item in t
+            .undone
+            .range((me.as_bytes(), 0)..=(me.as_bytes(), u64::MAX))?
+        {
+            let seq = item?.0.value().1;
+            let Some(bytes) = t.entries.get((me.as_bytes(), seq))? else {
+                continue;
+            };
+            let e = decode_held(bytes.value())?;
+            for dc in e.docs().iter().filter(|d| d.doc_id == *id) {
+                used.extend(
+                    dc.changes
+                        .iter()
+                        .filter_map(|b| docmap::parse_change(b).ok())
+                        .filter_map(|c| docmap::series_of(&me, c.actor_id())),
+                );
+            }
+        }
+        let n = (0..=u32::MAX)
+            .find(|n| !used.contains(n))
+            .expect("fewer undone changes than actors");
+        Ok(docmap::actor_in_series(&me, n))
     }
 
     /// After the membership changed from `old` to `self.membership`: the entries whose
