@@ -13,6 +13,10 @@ use std::time::Instant;
 
 use tillmesh::sim::{Report, run_seed};
 
+// The node's allocator: the simulation is allocation-heavy, and the long run is hours.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
