@@ -630,3 +630,84 @@ fn strict_products_their_rights_and_stock_alerts_from_the_command_line() {
     assert_eq!(alerts[0]["kind"], "negative_stock", "{alerts}");
     assert_eq!(alerts[0]["level"], -1, "{alerts}");
 }
+
+/// `run`'s options from `DIR/tillmesh.toml`: applied, overridden by a flag, a misspelt key
+/// refused by name; and logs as JSON lines for a collector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reads_its_options_from_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    NodeProcess::init(BIN.as_ref(), dir.path(), "Till 1").unwrap();
+    let config = dir.path().join("tillmesh.toml");
+
+    // `api` names a non-loopback address the node would refuse to serve on: the test's own
+    // `--api 127.0.0.1:0` must win for it to start at all.
+    std::fs::write(
+        &config,
+        "api = \"10.9.9.9:7420\"\nno-mdns = true\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nrights-reserve = 4\n",
+    )
+    .unwrap();
+    let mut node = NodeProcess::spawn(BIN.as_ref(), dir.path(), &[], &[])
+        .await
+        .unwrap();
+    let status = node.api.ok_get("/v1/status").await.unwrap();
+    let net = &status["network"];
+    assert_eq!(net["mdns"], false, "{net}");
+    assert_eq!(net["rights"]["reserve_units"], 4, "{net}");
+    let listen = net["listen"].as_array().unwrap();
+    assert!(
+        !listen.is_empty()
+            && listen
+                .iter()
+                .all(|a| a.as_str().unwrap().starts_with("/ip4/127.0.0.1/tcp/")),
+        "listens where the file says: {listen:?}"
+    );
+    node.stop().unwrap();
+
+    // Without the flag, the file's `api` is used, and refused for what it is.
+    let o = run(&["run", "--data", d]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--api 10.9.9.9:7420"), "{}", stderr(&o));
+
+    std::fs::write(&config, "no-mdns = true\nmdsn = false\n").unwrap();
+    let o = run(&["run", "--data", d]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("unknown key `mdsn`") && e.contains("no-mdns"),
+        "{e}"
+    );
+
+    std::fs::write(
+        &config,
+        "no-mdns = true\nlisten = \"/ip4/127.0.0.1/tcp/0\"\n",
+    )
+    .unwrap();
+    let elsewhere = dir.path().join("other.toml");
+    std::fs::write(&elsewhere, "no-mdns = \"yes\"\n").unwrap();
+    let o = run(&["run", "--data", d, "--config", elsewhere.to_str().unwrap()]);
+    assert!(
+        stderr(&o).contains("`no-mdns` must be true or false"),
+        "{}",
+        stderr(&o)
+    );
+
+    // JSON logs: every line on stderr is one object with a level and a message.
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", "--data", d, "--api", "127.0.0.1:0"])
+        .env("TILLMESH_LOG", "info")
+        .env("TILLMESH_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert!(
+        line["level"].is_string() && line["fields"]["message"].is_string(),
+        "{line}"
+    );
+}

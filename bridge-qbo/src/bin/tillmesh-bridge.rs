@@ -104,6 +104,11 @@ enum Cmd {
         pull_interval_s: u64,
         #[command(flatten)]
         net: NetArgs,
+        /// Read `run`'s options from this TOML file (default: DIR/tillmesh.toml when there is
+        /// one). Its keys are the long flags (`api`, `http`, `peer` ...); a flag given here
+        /// wins over the file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Show the connection, the outbox, the last push and pull, failures and conflicts.
     Status,
@@ -120,20 +125,18 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run_cli() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TILLMESH_LOG").unwrap_or_else(|_| {
-                if matches!(cli.command, Cmd::Run { .. }) {
-                    "info"
-                } else {
-                    "warn"
-                }
-                .into()
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    use clap::CommandFactory;
+    let args = tillmesh_node::cli::config::with_config_file(
+        &Cli::command(),
+        "run",
+        std::env::args_os().collect(),
+    )?;
+    let cli = Cli::parse_from(args);
+    tillmesh_node::cli::init_logging(if matches!(cli.command, Cmd::Run { .. }) {
+        "info"
+    } else {
+        "warn"
+    });
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -207,6 +210,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             round,
             qbo_ca,
             pull_interval_s,
+            config: _,
         } => {
             let qbo_ca = qbo_ca.map(absolute).transpose()?;
             let options = Options {

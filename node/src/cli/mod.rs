@@ -2,6 +2,7 @@
 //! [`client::Client`], so they work the same against a running node or a stopped store.
 
 pub mod client;
+pub mod config;
 pub mod demo;
 mod mesh;
 
@@ -87,6 +88,11 @@ enum Command {
         api: SocketAddr,
         #[command(flatten)]
         net: mesh::NetArgs,
+        /// Read `run`'s options from this TOML file (default: DIR/tillmesh.toml when there is
+        /// one). Its keys are the long flags (`api`, `peer`, `no-mdns` ...); a flag given here
+        /// wins over the file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Open a one-time invite for a new device on this running owner or admin device, and
     /// print it; the invite is the last line.
@@ -190,7 +196,9 @@ pub fn main_with(demo_extra: Option<demo::Extra>) -> std::process::ExitCode {
 }
 
 fn run_cli(demo_extra: Option<demo::Extra>) -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    use clap::CommandFactory;
+    let args = config::with_config_file(&Cli::command(), "run", std::env::args_os().collect())?;
+    let cli = Cli::parse_from(args);
     let verbose = matches!(cli.command, Command::Run { .. });
     init_logging(if verbose { "info" } else { "warn" });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -199,13 +207,18 @@ fn run_cli(demo_extra: Option<demo::Extra>) -> anyhow::Result<()> {
     runtime.block_on(dispatch(cli, demo_extra))
 }
 
-fn init_logging(default: &str) {
+/// Logs to stderr: `TILLMESH_LOG` filters them (`info`, `tillmesh_node=debug`), and
+/// `TILLMESH_LOG_FORMAT=json` writes one JSON object per line for a log collector.
+pub fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TILLMESH_LOG")
         .unwrap_or_else(|_| default.into());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match std::env::var("TILLMESH_LOG_FORMAT").as_deref() {
+        Ok("json") => builder.json().try_init(),
+        _ => builder.try_init(),
+    };
 }
 
 async fn dispatch(cli: Cli, demo_extra: Option<demo::Extra>) -> anyhow::Result<()> {
@@ -253,7 +266,7 @@ async fn dispatch(cli: Cli, demo_extra: Option<demo::Extra>) -> anyhow::Result<(
             });
             Ok(())
         }
-        Command::Run { api, net } => run(data()?, api, net, &keys).await,
+        Command::Run { api, net, .. } => run(data()?, api, net, &keys).await,
         Command::ApiToken => {
             let dir = data()?;
             if !crate::store::store_path(&dir).exists() {
