@@ -315,3 +315,96 @@ async fn tills_told_only_peers_sync_through_the_hub_and_never_dial_each_other() 
     );
     Ok(())
 }
+
+/// The sum of a metric's samples in a Prometheus text page whose labels contain `labels`.
+fn metric(page: &str, name: &str, labels: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            (n == name && rest.contains(labels)).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+async fn scrape(api: &Api) -> anyhow::Result<String> {
+    let (status, page) = api.get("/metrics").await?;
+    anyhow::ensure!(status.is_success(), "GET /metrics: {status} {page}");
+    Ok(page.as_str().unwrap_or_default().to_owned())
+}
+
+/// `GET /metrics` while sales replicate: the seller's written entries and pushes, the
+/// receiver's ingested entries and bytes, both writers' commits and the per-peer gauges all
+/// move. The token guards it, on the API's address and on the scraper's own (`--metrics`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_as_sales_replicate() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let scraper_addr = format!("127.0.0.1:{port}");
+    let mut owner_net = LOOPBACK_NET.to_vec();
+    owner_net.extend(["--metrics", &scraper_addr]);
+    let nodes = shop(root.path(), 2, &owner_net).await?;
+    let (a, b) = (&nodes[0].api, &nodes[1].api);
+    let (a0, b0) = (scrape(a).await?, scrape(b).await?);
+    for _ in 0..5 {
+        a.ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350)).await?;
+    }
+    let entries = a.ok_get("/v1/status").await?["entries"]
+        .as_u64()
+        .unwrap_or(0);
+    wait_converged(&[a, b], entries, CONVERGE_TIMEOUT).await?;
+    // The peer gauges follow the driver's status, published every tick.
+    let b1 = wait_for("the till's peer gauges", CONVERGE_TIMEOUT, || async {
+        let page = scrape(b).await?;
+        Ok(page
+            .contains("tillmesh_peer_last_contact_seconds{")
+            .then_some(page))
+    })
+    .await?;
+    let a1 = scrape(a).await?;
+    let moved = |before: &str, after: &str, name: &str, labels: &str| {
+        metric(after, name, labels) - metric(before, name, labels)
+    };
+    assert!(
+        moved(&a0, &a1, "tillmesh_entries_written_total", "") >= 5.0,
+        "{a1}"
+    );
+    assert!(
+        moved(&a0, &a1, "tillmesh_sync_pushes_total", "") >= 5.0,
+        "{a1}"
+    );
+    assert!(moved(&a0, &a1, "tillmesh_writer_commit_seconds_count", "") >= 5.0);
+    assert!(moved(&a0, &a1, "tillmesh_wal_fsync_seconds_count", "") >= 5.0);
+    assert!(
+        moved(
+            &b0,
+            &b1,
+            "tillmesh_entries_ingested_total",
+            "outcome=\"applied\""
+        ) >= 5.0,
+        "{b1}"
+    );
+    assert!(moved(&b0, &b1, "tillmesh_sync_bytes_total", "direction=\"in\"") > 0.0);
+    assert_eq!(metric(&b1, "tillmesh_peers_connected", ""), 1.0, "{b1}");
+    assert_eq!(metric(&b1, "tillmesh_peer_behind_entries", "peer="), 0.0);
+    assert!(b1.contains("# TYPE tillmesh_writer_commit_seconds histogram"));
+
+    // The token guards it: without one, on either address, it is refused and says how.
+    let (status, body) = Api::new(a.base.clone()).get("/metrics").await?;
+    assert_eq!(status, 401, "{body}");
+    let scraper = format!("http://{scraper_addr}");
+    let (status, body) = Api::new(scraper.clone()).get("/metrics").await?;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.to_string().contains("credentials_file"), "{body}");
+    let page = scrape(&Api::for_dir(scraper.clone(), &nodes[0].dir)).await?;
+    assert!(metric(&page, "tillmesh_entries_written_total", "") >= 5.0);
+    // It serves the metrics and nothing else.
+    let (status, _) = Api::for_dir(scraper, &nodes[0].dir)
+        .get("/v1/status")
+        .await?;
+    assert_eq!(status, 404);
+    Ok(())
+}

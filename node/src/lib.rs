@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod metrics;
 pub mod net;
 pub mod replication;
 pub mod repo;

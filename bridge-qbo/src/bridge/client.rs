@@ -5,6 +5,8 @@
 //! and 5xx retried with backoff, and writes that may have happened told apart from writes
 //! that did not.
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -146,6 +148,14 @@ pub struct Qbo {
     window: Mutex<Window>,
     in_flight: Semaphore,
     pub stats: std::sync::Mutex<ClientStats>,
+    /// Requests by the HTTP status QuickBooks answered (`error` when none came back).
+    pub requests_by_status: Family<HttpStatus, Counter>,
+}
+
+/// The status of an answer from QuickBooks, as a metric label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpStatus {
+    pub status: String,
 }
 
 fn now_ms() -> i64 {
@@ -196,6 +206,7 @@ impl Qbo {
             }),
             in_flight: Semaphore::new(CONCURRENT_MAX),
             stats: Default::default(),
+            requests_by_status: Family::default(),
         })
     }
 
@@ -298,7 +309,15 @@ impl Qbo {
             if let Some(b) = body {
                 req = req.json(b);
             }
-            let resp = match req.send().await {
+            let sent = req.send().await;
+            let label = match &sent {
+                Ok(r) => r.status().as_u16().to_string(),
+                Err(_) => "error".to_owned(),
+            };
+            self.requests_by_status
+                .get_or_create(&HttpStatus { status: label })
+                .inc();
+            let resp = match sent {
                 Ok(r) => r,
                 Err(e) if write => return Err(QboError::Uncertain(e.to_string())),
                 Err(e) => {

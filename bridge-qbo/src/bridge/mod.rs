@@ -74,6 +74,8 @@ pub mod fuzzing {
 
 pub use push::ROUND_TRANSACTIONS_MAX;
 
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -217,6 +219,41 @@ pub struct Bridge {
     books: std::sync::RwLock<Books>,
     /// The QuickBooks company's home currency, read once per start (and at connect).
     home_currency: tokio::sync::OnceCell<Currency>,
+    metrics: Metrics,
+}
+
+/// The bridge's part of the node's `GET /metrics`.
+#[derive(Clone)]
+struct Metrics {
+    outbox: Gauge,
+    /// One push round that made something in QuickBooks, from its start to its end.
+    push_seconds: Histogram,
+}
+
+impl Metrics {
+    fn register(repo: &Repo, qbo: &Qbo) -> Metrics {
+        let m = Metrics {
+            outbox: Gauge::default(),
+            push_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+        };
+        let r = repo.metrics();
+        r.register(
+            "bridge_outbox",
+            "Documents waiting to be posted (or voided) in QuickBooks",
+            m.outbox.clone(),
+        );
+        r.register(
+            "bridge_push_seconds",
+            "A push round that posted to QuickBooks, from its start to its end",
+            m.push_seconds.clone(),
+        );
+        r.register(
+            "bridge_qbo_requests",
+            "Requests to QuickBooks by the HTTP status of the answer (429: throttled; error: none came back)",
+            qbo.requests_by_status.clone(),
+        );
+        m
+    }
 }
 
 impl Bridge {
@@ -230,7 +267,9 @@ impl Bridge {
     ) -> Bridge {
         // Only the status shows it: a store that cannot say starts the count again.
         let conflicts = pull::conflicts_counted(&state).unwrap_or(0);
+        let metrics = Metrics::register(&repo, &qbo);
         Bridge {
+            metrics,
             outbox: push::Outbox::watch(&repo),
             pending: Default::default(),
             books: Default::default(),
@@ -261,6 +300,7 @@ impl Bridge {
     fn update(&self, f: impl FnOnce(&mut Status)) {
         if let Ok(mut s) = self.status.lock() {
             f(&mut s);
+            self.metrics.outbox.set(s.outbox as i64);
             s.qbo = self.qbo.stats.lock().map(|q| q.clone()).unwrap_or_default();
             if let Ok(text) = serde_json::to_vec_pretty(&*s) {
                 let tmp = self.status_file.with_extension("tmp");

@@ -399,7 +399,18 @@ impl Bridge {
         Ok(())
     }
 
-    async fn push_work(&self, mut work: Work, round: &mut Round) -> Result<usize, QboError> {
+    async fn push_work(&self, work: Work, round: &mut Round) -> Result<usize, QboError> {
+        let started = std::time::Instant::now();
+        let made = self.push_work_timed(work, round).await?;
+        if made > 0 {
+            self.metrics
+                .push_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        Ok(made)
+    }
+
+    async fn push_work_timed(&self, mut work: Work, round: &mut Round) -> Result<usize, QboError> {
         self.settle_intents().await?;
         self.reverse_undone(round).await?;
         let waiting = work.len() + work.later;

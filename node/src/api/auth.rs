@@ -369,3 +369,19 @@ impl Guard {
         .into_response()
     }
 }
+
+/// The guard of `tillmesh run --metrics ADDR`: the token alone. That address is for a
+/// scraper (Prometheus sends `Authorization: Bearer` from its `credentials_file`), not a
+/// browser, and may be on the LAN where a monitoring server reaches it; it serves counts,
+/// nothing of the business's data, and nothing that writes.
+pub async fn bearer_only(State(token): State<Arc<str>>, req: Request, next: Next) -> Response {
+    if presented(req.headers()).is_some_and(|t| same(t.as_bytes(), token.as_bytes())) {
+        return next.run(req).await;
+    }
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "send `Authorization: Bearer <token>`, the token in DIR/api.token (for Prometheus: `authorization: { credentials_file: DIR/api.token }`)",
+    )
+    .into_response()
+}

@@ -44,6 +44,16 @@ impl FromRef<AppState> for Repo {
     }
 }
 
+/// `GET /metrics` alone, for `tillmesh run --metrics ADDR`: a scraper's own address.
+pub fn metrics_router(repo: Repo) -> Router {
+    Router::new()
+        .route("/metrics", get(node::metrics))
+        .with_state(AppState {
+            repo,
+            network: None,
+        })
+}
+
 pub fn router(repo: Repo, network: Option<Network>) -> Router {
     Router::new()
         .route("/v1/products", post(catalog::create).get(catalog::list))
@@ -100,6 +110,7 @@ pub fn router(repo: Repo, network: Option<Network>) -> Router {
         .route("/v1/rejected", get(members::rejected))
         .route("/v1/conflicts", get(sales::conflicts))
         .route("/v1/events", get(node::events))
+        .route("/metrics", get(node::metrics))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

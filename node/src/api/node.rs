@@ -111,3 +111,19 @@ pub async fn events(
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
+
+/// `GET /metrics`: the Prometheus text format (OpenMetrics), behind the token like the rest.
+pub async fn metrics(State(repo): State<Repo>) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let (rejected, _) = repo.rejected(0)?;
+    let m = repo.metrics();
+    m.rejected_stored.set(rejected as i64);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response())
+}

@@ -378,6 +378,12 @@ pub async fn run_node(
     let addr_file = api_addr_path(&data);
     client::write_api_addr(&data, &addr, &repo.identity().device_id.to_string())
         .with_context(|| format!("cannot write {}", addr_file.display()))?;
+    let metrics_listener = match net.metrics {
+        Some(a) => Some(TcpListener::bind(a).await.with_context(|| {
+            format!("cannot listen on {a} for --metrics; is another program using it?")
+        })?),
+        None => None,
+    };
     let id = repo.identity().clone();
     println!(
         "tillmesh node '{}' ({}) of mesh {}",
@@ -412,6 +418,22 @@ pub async fn run_node(
         }
         None => (None, None),
     };
+    if let Some(listener) = metrics_listener {
+        let token: std::sync::Arc<str> = crate::api::auth::ensure_token(&data)?.into();
+        println!("metrics: http://{}/metrics", listener.local_addr()?);
+        let app = crate::api::metrics_router(repo.clone()).layer(
+            axum::middleware::from_fn_with_state(token, crate::api::auth::bearer_only),
+        );
+        let shutdown = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::warn!(error = %e, "the metrics endpoint stopped");
+            }
+        });
+    }
     let server = tokio::spawn(crate::server::run_with(
         repo,
         listener,

@@ -72,6 +72,8 @@ struct PeerInfo {
     rtt: Option<Duration>,
     /// How the last hole punch with it went, if one was tried.
     hole_punch: Option<HolePunch>,
+    /// When it last answered a pull or pushed an entry.
+    heard: Option<Instant>,
 }
 
 impl PeerInfo {
@@ -503,6 +505,10 @@ impl Driver {
                     self.sync.applied(a.source, a.results, &a.vv, now);
                 }
                 Some((channel, answer)) = self.served_rx.recv() => {
+                    if let Message::Entries { entries, .. } = &answer {
+                        let bytes: usize = entries.iter().map(|e| e.encoded().len()).sum();
+                        self.count_bytes("out", bytes);
+                    }
                     let _ = self.swarm.behaviour_mut().sync.send_response(channel, Ok(answer));
                 }
                 Some((channel, answer)) = self.paired_rx.recv() => {
@@ -555,6 +561,7 @@ impl Driver {
                             }),
                         );
                         self.pulls.insert(peer, id);
+                        self.repo.metrics().pulls.inc();
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the version vector to pull");
@@ -563,15 +570,21 @@ impl Driver {
                     }
                 },
                 Output::Publish(message) => {
+                    let data = message.encode();
+                    self.repo.metrics().pushes.inc();
+                    self.count_bytes("out", data.len());
                     // No peers subscribed yet is normal; pulls cover what a push misses.
                     let _ = self
                         .swarm
                         .behaviour_mut()
                         .gossipsub
-                        .publish(self.push_topic.clone(), message.encode());
+                        .publish(self.push_topic.clone(), data);
                 }
                 Output::Apply { source, entries } => {
                     let bytes: usize = entries.iter().map(|e| e.encoded().len()).sum();
+                    if !matches!(source, Source::Parked) {
+                        self.count_bytes("in", bytes);
+                    }
                     if matches!(source, Source::Push(_))
                         && (self.apply_queued >= APPLY_QUEUED_MAX
                             || self.apply_queued_bytes + bytes > APPLY_QUEUED_BYTES_MAX)
@@ -730,6 +743,7 @@ impl Driver {
             connections: BTreeMap::new(),
             rtt: None,
             hole_punch: None,
+            heard: None,
         });
         info.connections
             .insert(id, Connection { transport, address });
@@ -854,6 +868,9 @@ impl Driver {
                             return; // The answer to a pull already given up on.
                         }
                         self.pulls.remove(&peer);
+                        if let Some(info) = self.peers.get_mut(&peer) {
+                            info.heard = Some(Instant::now());
+                        }
                         match response {
                             Ok(m) => self.sync.received(&peer, m, now),
                             Err(e) => self.ban(peer, &format!("answered a pull with {e}")),
@@ -1129,6 +1146,9 @@ impl Driver {
             if !self.membership.borrow().is_active(&entry.entry.author) {
                 return false;
             }
+            if let Some(info) = self.peers.get_mut(&relayed_by) {
+                info.heard = Some(Instant::now());
+            }
             self.sync.pushed(&relayed_by, message);
             return true;
         }
@@ -1259,13 +1279,28 @@ impl Driver {
     }
 
     fn publish_status(&mut self) {
-        let peers = self
+        let local = self.repo.version_vector().ok();
+        let now = Instant::now();
+        let peers: Vec<PeerStatus> = self
             .peers
             .iter()
             .filter_map(|(id, info)| {
                 let best = info.best()?;
                 let sync = self.sync.peer(id);
+                let apart = |a: &VersionVector, b: &VersionVector| -> u64 {
+                    a.iter().map(|(d, s)| s.saturating_sub(b.get(d))).sum()
+                };
+                let holder = sync.as_ref().and_then(|s| s.holder.as_ref());
+                let (behind_entries, lacks_entries) = match (holder, &local) {
+                    (Some(h), Some(l)) => (Some(apart(h, l)), Some(apart(l, h))),
+                    _ => (None, None),
+                };
                 Some(PeerStatus {
+                    behind_entries,
+                    lacks_entries,
+                    last_contact_ms_ago: info
+                        .heard
+                        .map(|t| now.duration_since(t).as_millis() as u64),
                     peer_id: id.to_string(),
                     device_id: info.device.map(|d| d.to_string()),
                     found_by: info.found_by,
@@ -1278,6 +1313,7 @@ impl Driver {
                 })
             })
             .collect();
+        self.export_peers(&peers);
         if let Ok(mut s) = self.status.lock() {
             s.listen = self.listen.iter().map(|a| a.to_string()).collect();
             s.reachability = self.reachability.into();
@@ -1286,6 +1322,45 @@ impl Driver {
             s.pairing_open = self.inviter.is_open(Instant::now());
             s.refused_connections = gate::lock(&self.gate).refused;
             s.dial_targets = self.targets.len();
+        }
+    }
+}
+
+impl Driver {
+    fn count_bytes(&self, direction: &'static str, bytes: usize) {
+        self.repo
+            .metrics()
+            .sync_bytes
+            .get_or_create(&crate::metrics::Direction { direction })
+            .inc_by(bytes as u64);
+    }
+
+    /// The per-peer gauges, from the status just built: peers gone since drop out.
+    fn export_peers(&self, peers: &[PeerStatus]) {
+        let m = self.repo.metrics();
+        m.peers_connected.set(peers.len() as i64);
+        m.peer_behind_entries.clear();
+        m.peer_lacks_entries.clear();
+        m.peer_last_contact_seconds.clear();
+        m.peer_rtt_seconds.clear();
+        for p in peers {
+            let label = crate::metrics::Peer {
+                peer: p.device_id.clone().unwrap_or_else(|| p.peer_id.clone()),
+            };
+            if let Some(n) = p.behind_entries {
+                m.peer_behind_entries.get_or_create(&label).set(n as i64);
+            }
+            if let Some(n) = p.lacks_entries {
+                m.peer_lacks_entries.get_or_create(&label).set(n as i64);
+            }
+            if let Some(ms) = p.last_contact_ms_ago {
+                m.peer_last_contact_seconds
+                    .get_or_create(&label)
+                    .set(ms as f64 / 1000.0);
+            }
+            if let Some(ms) = p.rtt_ms {
+                m.peer_rtt_seconds.get_or_create(&label).set(ms / 1000.0);
+            }
         }
     }
 }

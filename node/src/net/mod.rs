@@ -112,6 +112,16 @@ pub struct PeerStatus {
     /// Our last pull from it covered everything it held.
     pub synced: bool,
     pub entries_received: u64,
+    /// Entries it held that this node lacked, when it last answered a pull.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub behind_entries: Option<u64>,
+    /// Entries this node holds that it lacked when it last answered a pull (it catches up by
+    /// pulling them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lacks_entries: Option<u64>,
+    /// Milliseconds since it last answered a pull or pushed an entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_contact_ms_ago: Option<u64>,
 }
 
 /// How a hole punch through NAT (DCUtR) went.

@@ -362,6 +362,21 @@ pub enum IngestOutcome {
     },
 }
 
+impl IngestOutcome {
+    /// Its name, for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            IngestOutcome::Applied => "applied",
+            IngestOutcome::Duplicate => "duplicate",
+            IngestOutcome::Gap { .. } => "gap",
+            IngestOutcome::Deferred { .. } => "deferred",
+            IngestOutcome::Rejected { .. } => "rejected",
+            IngestOutcome::Undone { .. } => "undone",
+            IngestOutcome::Forged { .. } => "forged",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
@@ -498,6 +513,7 @@ struct Inner {
     hooks: Arc<writer::CrashHooks>,
     /// Entries whose signatures the network layer verified, for the writer not to again.
     verified: verify::VerifiedMemo,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Drop for Inner {
@@ -637,9 +653,11 @@ impl Repo {
                 detail: e.to_string(),
             }
         })?;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let outlets = writer::Outlets {
             events: events.clone(),
             committed: committed.clone(),
+            metrics: metrics.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("tillmesh-writer".into())
@@ -660,8 +678,14 @@ impl Repo {
                 secret,
                 hooks,
                 verified: Default::default(),
+                metrics,
             }),
         })
+    }
+
+    /// What this node counts for monitoring (`GET /metrics`).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.inner.metrics
     }
 
     pub fn identity(&self) -> &PublicIdentity {

@@ -123,6 +123,20 @@ struct Peer {
     synced: bool,
     pulls: u64,
     entries_received: u64,
+    /// What the peer held when it last answered a pull.
+    holder: Option<VersionVector>,
+}
+
+impl Peer {
+    fn sync(&self) -> PeerSync {
+        PeerSync {
+            synced: self.synced,
+            pulls: self.pulls,
+            entries_received: self.entries_received,
+            failures: self.failures,
+            holder: self.holder.clone(),
+        }
+    }
 }
 
 /// How replication with one peer stands.
@@ -134,6 +148,8 @@ pub struct PeerSync {
     pub entries_received: u64,
     /// Pulls failed in a row.
     pub failures: u32,
+    /// What the peer held when it last answered a pull: with ours, how far apart we are.
+    pub holder: Option<VersionVector>,
 }
 
 /// The replication state machine of one node, over peers named by `P`.
@@ -180,6 +196,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Sync<P> {
             synced: false,
             pulls: 0,
             entries_received: 0,
+            holder: None,
         });
         self.tick(now_ms);
     }
@@ -189,21 +206,11 @@ impl<P: Ord + Clone + std::fmt::Debug> Sync<P> {
     }
 
     pub fn peers(&self) -> impl Iterator<Item = (&P, PeerSync)> {
-        self.peers.iter().map(|(p, s)| {
-            (
-                p,
-                PeerSync {
-                    synced: s.synced,
-                    pulls: s.pulls,
-                    entries_received: s.entries_received,
-                    failures: s.failures,
-                },
-            )
-        })
+        self.peers.iter().map(|(p, s)| (p, s.sync()))
     }
 
     pub fn peer(&self, peer: &P) -> Option<PeerSync> {
-        self.peers().find(|(p, _)| *p == peer).map(|(_, s)| s)
+        self.peers.get(peer).map(Peer::sync)
     }
 
     /// Entries waiting for other authors' entries.
@@ -288,6 +295,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Sync<P> {
                     return;
                 }
                 p.entries_received += entries.len() as u64;
+                p.holder = Some(holder.clone());
                 p.pull = PullState::Applying { more, holder };
                 self.outputs.push_back(Output::Apply {
                     source: Source::Pull(peer.clone()),

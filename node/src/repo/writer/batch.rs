@@ -95,6 +95,7 @@ impl Writer {
                 _ => None,
             })
             .collect();
+        let started = Instant::now();
         let staged =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.stage_batch(jobs)));
         let staged = match staged {
@@ -119,6 +120,11 @@ impl Writer {
         };
         match staged {
             Ok((replies, finished)) => {
+                let m = &events.metrics;
+                m.commit_seconds.observe(started.elapsed().as_secs_f64());
+                if let Some(d) = self.wal_synced_in.take() {
+                    m.wal_fsync_seconds.observe(d.as_secs_f64());
+                }
                 // Committed: whatever happens below, its callers hear it was written (a retry
                 // of a write told "failed" would be written twice).
                 let tidied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -247,9 +253,11 @@ impl Writer {
         // back: until redb has committed it, `recover` cuts the log back to here before it
         // reads it again, whether the batch failed by an error or by a panic.
         self.wal_cut = Some(self.wal.len());
+        let appending = Instant::now();
         if let Err(e) = self.wal.append(self.wal_batch.iter().map(Vec::as_slice)) {
             return Err(fail(replies, jobs, io_error(e)));
         }
+        self.wal_synced_in = Some(appending.elapsed());
         let injected = self
             .hooks
             .panic_after_append

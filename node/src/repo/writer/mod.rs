@@ -143,6 +143,8 @@ pub(crate) struct Writer {
     /// Rights moved by the entries staged in the current batch, which the store's count
     /// (written by `finish`) does not hold yet.
     rights_staged: HashMap<(DocId, DeviceId), i64>,
+    /// How long the last batch's write-ahead log append and sync took, for the metrics.
+    wal_synced_in: Option<Duration>,
 }
 
 enum Reply {
@@ -233,6 +235,7 @@ impl Writer {
             needs_recovery: false,
             device,
             rights_staged: HashMap::new(),
+            wal_synced_in: None,
         };
         w.reload()?;
         w.replay(records)?;
@@ -479,6 +482,7 @@ fn write_view(t: &mut Tables<'_>, id: &DocId, json: &Json) -> Result<(), WriteEr
 pub(crate) struct Outlets {
     pub events: broadcast::Sender<DocEvent>,
     pub committed: broadcast::Sender<Arc<SignedEntry>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What a batch's `finish` produced for the answers and the event stream.
@@ -560,15 +564,26 @@ fn answer(replies: Vec<Reply>, finished: &Finished, outlets: &Outlets) {
             });
         }
     };
+    let m = &outlets.metrics;
+    m.batch_jobs.observe(replies.len() as f64);
     for r in &replies {
         match r {
             Reply::Command(_, Ok(s)) => {
                 publish(s, Origin::Local);
                 if let Some(e) = &s.own {
+                    m.entries_written.inc();
                     let _ = outlets.committed.send(e.clone());
                 }
             }
-            Reply::Ingest(_, Ok((_, Some(s)))) => publish(s, Origin::Remote),
+            Reply::Ingest(_, Ok((outcome, staged))) => {
+                let outcome = outcome.kind();
+                m.entries_ingested
+                    .get_or_create(&crate::metrics::Outcome { outcome })
+                    .inc();
+                if let Some(s) = staged {
+                    publish(s, Origin::Remote);
+                }
+            }
             _ => {}
         }
     }
