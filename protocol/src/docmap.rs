@@ -64,7 +64,7 @@ pub fn series_of(device: &DeviceId, actor: &ActorId) -> Option<u32> {
     }
 }
 
-fn commit(doc: &mut AutoCommit, time_s: i64) -> Option<Vec<u8>> {
+pub(crate) fn commit(doc: &mut AutoCommit, time_s: i64) -> Option<Vec<u8>> {
     doc.commit_with(CommitOptions::default().with_time(time_s))?;
     doc.get_last_local_change().map(|c| c.raw_bytes().to_vec())
 }
@@ -200,7 +200,7 @@ fn read_map(doc: &AutoCommit, obj: &ObjId) -> Json {
 }
 
 /// `id` names the object a value is, asked only for objects: building it costs.
-fn read_value(doc: &AutoCommit, value: &ValueRef<'_>, id: &dyn Fn() -> ObjId) -> Json {
+pub(crate) fn read_value(doc: &AutoCommit, value: &ValueRef<'_>, id: &dyn Fn() -> ObjId) -> Json {
     match value {
         ValueRef::Object(ObjType::Map | ObjType::Table) => read_map(doc, &id()),
         ValueRef::Object(ObjType::List) => {
@@ -305,7 +305,12 @@ fn voided_sale_moves(view: &Json) -> Vec<(DocId, i64)> {
         .collect()
 }
 
-fn put_json(doc: &mut AutoCommit, obj: &ObjId, prop: Prop, v: &Json) -> Result<(), DocError> {
+pub(crate) fn put_json(
+    doc: &mut AutoCommit,
+    obj: &ObjId,
+    prop: Prop,
+    v: &Json,
+) -> Result<(), DocError> {
     match v {
         Json::Array(_) | Json::Object(_) => {
             doc.batch_create_object(obj, prop, &hydrate_of(v), false)?;

@@ -16,6 +16,7 @@
 //! - [`sync`]: replication with peers (push and anti-entropy pull), sans-IO.
 //! - [`docmap`]: typed values to Automerge documents and back.
 
+pub mod conflicts;
 pub mod docmap;
 pub mod entry;
 pub mod ids;

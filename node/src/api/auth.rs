@@ -8,9 +8,10 @@
 //!   that port): a rebound name is refused;
 //! - no `Origin`, or one on the allow-list (`tillmesh run --allow-origin`);
 //!
-//! and a body must be `application/json` (the body reader checks it). A browser console later
-//! gets a session cookie (HttpOnly, SameSite=Strict, from a one-time login link) checked here
-//! in place of the header, under the same Host and Origin checks.
+//! and a body must be `application/json` (the body reader checks it). The console in a browser
+//! has a session cookie instead (HttpOnly, SameSite=Strict, from a one-time sign-in link that
+//! `tillmesh console` asks for with the token), checked here in place of the header, under
+//! the same Host and Origin checks; the API's own origins are allowed for its pages.
 //!
 //! One route needs no token: `GET /v1/hello?nonce=N` answers
 //! `HMAC-SHA256(token, "tillmesh-api-hello" ‖ address ‖ N)`. The CLI asks it before it sends the
@@ -24,7 +25,8 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -185,12 +187,16 @@ pub fn presented(headers: &HeaderMap) -> Option<&str> {
 
 /// The session cookie's value, if the request carries one.
 pub fn session_presented(headers: &HeaderMap) -> Option<&str> {
+    cookie(headers, SESSION_COOKIE)
+}
+
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+        .find_map(|c| c.trim().strip_prefix(name)?.strip_prefix('='))
 }
 
 /// A session's cookie value for `purpose` (the bridge's pages, later the console): an HMAC
@@ -207,8 +213,28 @@ pub fn session_value(token: &str, purpose: &str) -> String {
 /// `Set-Cookie` for a browser session of `value`: never sent by a page of another site, never
 /// readable by script.
 pub fn session_cookie(value: &str) -> String {
-    format!("{SESSION_COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/")
+    named_cookie(SESSION_COOKIE, value)
 }
+
+fn named_cookie(name: &str, value: &str) -> String {
+    format!("{name}={value}; HttpOnly; SameSite=Strict; Path=/")
+}
+
+/// The console's routes that need no token: its page (which holds nothing until signed in)
+/// and the sign-in link that trades a one-time code for the session cookie.
+pub const CONSOLE_PAGE_PATH: &str = "/";
+pub const CONSOLE_SCRIPT_PATH: &str = "/console.js";
+pub const CONSOLE_LOGIN_PATH: &str = "/login";
+/// Where `tillmesh console` asks for a one-time sign-in code (with the token).
+pub const CONSOLE_CODE_PATH: &str = "/v1/console/login";
+/// What the console's session cookie opens: this node's API, from its own pages.
+const CONSOLE_PURPOSE: &str = "console";
+/// The console's cookie: not the bridge's, since a browser keeps one cookie of a name per
+/// host whatever the port, and the bridge's pages are on another port of the same host.
+const CONSOLE_COOKIE: &str = "tillmesh_console";
+/// How long a sign-in link works, and how many may be open at once (the oldest go first).
+const LOGIN_CODE_TTL: Duration = Duration::from_secs(300);
+const LOGIN_CODES_MAX: usize = 16;
 
 /// What a request must show.
 #[derive(Clone)]
@@ -216,11 +242,15 @@ pub struct Guard(Arc<GuardInner>);
 
 struct GuardInner {
     token: String,
+    /// The console's session cookie value: an HMAC of the token for the console only.
+    session: String,
     /// The address the API is bound to, as the hello proof names it.
     bound: String,
     /// `Host` values that name this API: its address, and `localhost` at its port.
     hosts: Vec<String>,
     origins: Vec<String>,
+    /// One-time sign-in codes not used yet, with when each stops working.
+    codes: Mutex<Vec<(String, Instant)>>,
 }
 
 impl Guard {
@@ -230,20 +260,55 @@ impl Guard {
         if bound.ip().is_loopback() && bound.is_ipv4() {
             hosts.push(format!("127.0.0.1:{port}"));
         }
+        // The console's own pages come from this API's origins: the browser names them on
+        // every write (`Origin`), and a rebound name cannot (its origin is another host).
+        let own = hosts.iter().map(|h| format!("http://{h}"));
         Guard(Arc::new(GuardInner {
+            session: session_value(&token, CONSOLE_PURPOSE),
             token,
             bound: bound.to_string(),
-            hosts,
             origins: origins
                 .into_iter()
                 .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+                .chain(own)
                 .collect(),
+            hosts,
+            codes: Mutex::new(Vec::new()),
         }))
     }
 
     fn allows(&self, origin: &str) -> bool {
         let o = origin.trim_end_matches('/').to_ascii_lowercase();
         self.0.origins.contains(&o)
+    }
+
+    /// A fresh one-time sign-in code for the console.
+    fn new_code(&self) -> String {
+        let code = to_hex(&crate::store::seal::random::<16>());
+        let now = Instant::now();
+        if let Ok(mut codes) = self.0.codes.lock() {
+            codes.retain(|(_, until)| *until > now);
+            if codes.len() >= LOGIN_CODES_MAX {
+                codes.remove(0);
+            }
+            codes.push((code.clone(), now + LOGIN_CODE_TTL));
+        }
+        code
+    }
+
+    /// Whether `code` is an open sign-in code; it is used up either way.
+    fn take_code(&self, code: &str) -> bool {
+        let now = Instant::now();
+        let Ok(mut codes) = self.0.codes.lock() else {
+            return false;
+        };
+        match codes
+            .iter()
+            .position(|(c, _)| same(c.as_bytes(), code.as_bytes()))
+        {
+            Some(i) => codes.remove(i).1 > now,
+            None => false,
+        }
     }
 
     /// Host and Origin: who is asking, before what they present.
@@ -276,6 +341,12 @@ impl Guard {
 
     fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         self.check_caller(headers)?;
+        if presented(headers).is_none()
+            && cookie(headers, CONSOLE_COOKIE)
+                .is_some_and(|s| same(s.as_bytes(), self.0.session.as_bytes()))
+        {
+            return Ok(());
+        }
         let given = presented(headers).unwrap_or("");
         if !same(given.as_bytes(), self.0.token.as_bytes()) {
             let what = if given.is_empty() {
@@ -313,6 +384,36 @@ pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response
             Ok(()) => g.hello(req.uri().query().unwrap_or("")),
             Err(e) => e.into_response(),
         }
+    } else if req.method() == Method::GET
+        && matches!(
+            req.uri().path(),
+            CONSOLE_PAGE_PATH | CONSOLE_SCRIPT_PATH | CONSOLE_LOGIN_PATH
+        )
+    {
+        match g.check_caller(req.headers()) {
+            Ok(()) if req.uri().path() == CONSOLE_LOGIN_PATH => {
+                g.login(req.uri().query().unwrap_or(""))
+            }
+            Ok(()) => next.run(req).await,
+            Err(e) => e.into_response(),
+        }
+    } else if req.method() == Method::POST && req.uri().path() == CONSOLE_CODE_PATH {
+        // The token itself, not a session: a signed-in page cannot mint more sign-ins.
+        match g.check(req.headers()) {
+            Ok(()) if presented(req.headers()).is_some() => axum::Json(serde_json::json!({
+                "code": g.new_code(),
+                "path": format!("{CONSOLE_LOGIN_PATH}?code="),
+                "expires_in_s": LOGIN_CODE_TTL.as_secs(),
+            }))
+            .into_response(),
+            Ok(()) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "a sign-in link is made with the node's token (`tillmesh console`), not from the console",
+            )
+            .into_response(),
+            Err(e) => e.into_response(),
+        }
     } else {
         match g.check(req.headers()) {
             Ok(()) => next.run(req).await,
@@ -348,6 +449,31 @@ fn preflight() -> Response {
 }
 
 impl Guard {
+    /// `GET /login?code=`: a one-time code from `tillmesh console` becomes the session cookie,
+    /// and the browser goes on to the console without the code in its address bar.
+    fn login(&self, query: &str) -> Response {
+        let code = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("code="))
+            .unwrap_or("");
+        if !self.take_code(code) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                axum::response::Html(
+                    "<!doctype html><meta charset=\"utf-8\"><title>tillmesh</title>\
+                     <p>This sign-in link was used already or has expired (links last five minutes and work once). \
+                     Run <code>tillmesh console</code> on this machine for a new one.</p>",
+                ),
+            )
+                .into_response();
+        }
+        let mut r = axum::response::Redirect::to(CONSOLE_PAGE_PATH).into_response();
+        if let Ok(v) = HeaderValue::from_str(&named_cookie(CONSOLE_COOKIE, &self.0.session)) {
+            r.headers_mut().insert(header::SET_COOKIE, v);
+        }
+        r
+    }
+
     fn hello(&self, query: &str) -> Response {
         let nonce = query
             .split('&')

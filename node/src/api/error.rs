@@ -37,9 +37,16 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The error as the API shows it: `{"code", "message"}`.
+    pub fn body(&self) -> serde_json::Value {
+        json!({ "code": self.code, "message": self.message })
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let body = json!({ "error": self.body() });
         (self.status, Json(body)).into_response()
     }
 }

@@ -6,6 +6,8 @@
 
 pub mod auth;
 mod catalog;
+mod conflicts;
+mod console;
 mod customers;
 pub mod error;
 mod finance;
@@ -48,6 +50,8 @@ impl FromRef<AppState> for Repo {
 pub fn metrics_router(repo: Repo) -> Router {
     Router::new()
         .route("/metrics", get(node::metrics))
+        .route(auth::CONSOLE_PAGE_PATH, get(console::page))
+        .route(auth::CONSOLE_SCRIPT_PATH, get(console::script))
         .with_state(AppState {
             repo,
             network: None,
@@ -108,9 +112,12 @@ pub fn router(repo: Repo, network: Option<Network>) -> Router {
         .route("/v1/members/{who}/role", put(members::set_role))
         .route("/v1/invites", post(members::invite))
         .route("/v1/rejected", get(members::rejected))
-        .route("/v1/conflicts", get(sales::conflicts))
+        .route("/v1/conflicts", get(conflicts::list))
+        .route("/v1/conflicts/resolve", post(conflicts::resolve))
         .route("/v1/events", get(node::events))
         .route("/metrics", get(node::metrics))
+        .route(auth::CONSOLE_PAGE_PATH, get(console::page))
+        .route(auth::CONSOLE_SCRIPT_PATH, get(console::script))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

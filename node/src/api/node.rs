@@ -52,6 +52,7 @@ pub async fn status(State(app): State<AppState>) -> Result<Json<Value>, ApiError
         // cloned or broken). Its entries are refused until an admin revokes it.
         "alerts": alerts,
         "network": app.network.as_ref().map(|n| n.status()),
+        "store": { "bytes": repo.store_bytes() },
     })))
 }
 

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use serde_json::Value;
-use tillmesh_protocol::{DocId, DocType};
+use tillmesh_protocol::DocType;
 
 use super::error::ApiError;
 use super::{AppState, Body, fetch, parse_id, present};
@@ -122,74 +122,4 @@ pub async fn refund(
         })
         .await?;
     Ok((StatusCode::CREATED, Json(present(&w.doc_id, &w.doc))))
-}
-
-/// Sales for people to review, newest first:
-/// - `qbo_total`: QuickBooks holds another total than the till rang up (an accountant's edit, a
-///   void or a deletion in QuickBooks); QuickBooks' figure wins in every view;
-/// - `void_and_refund`: one till voided the sale while another refunded it, apart; the refunds
-///   stand, the void gives back only the rest (see `Sale::stock_moves`), and this shows what
-///   each till did.
-pub async fn conflicts(State(repo): State<Repo>) -> Result<Json<Value>, ApiError> {
-    let mut out = Vec::new();
-    let mut before = None;
-    loop {
-        let page = repo.list(DocType::Sale, before, crate::repo::LIST_LIMIT_MAX)?;
-        let Some(last) = page.last() else { break };
-        before = Some(last.0);
-        let n = page.len();
-        for (id, view) in &page {
-            let shown = super::present(id, view);
-            if shown["void"].is_object()
-                && shown["refunds"].as_array().is_some_and(|r| !r.is_empty())
-            {
-                out.push(void_and_refund(&repo, id, &shown)?);
-            }
-            if let Some(till_total) = shown.get("till_total") {
-                out.push(serde_json::json!({
-                    "kind": "qbo_total",
-                    "sale_id": id,
-                    "receipt_number": shown["receipt_number"],
-                    "till_total": till_total,
-                    "qbo_total": shown["total"],
-                    "qbo_id": shown["ledger"]["qbo_id"],
-                    "pulled_at_ms": shown["ledger"]["pulled_at_ms"],
-                }));
-            }
-        }
-        if n < crate::repo::LIST_LIMIT_MAX {
-            break;
-        }
-    }
-    Ok(Json(serde_json::json!({ "conflicts": out })))
-}
-
-/// A sale voided on one till and refunded on another: the void, and each refund as its till
-/// recorded it.
-fn void_and_refund(repo: &Repo, id: &DocId, sale: &Value) -> Result<Value, ApiError> {
-    let mut refunds = Vec::new();
-    for r in sale["refunds"].as_array().into_iter().flatten() {
-        let refund_id = r["refund_id"].as_str().unwrap_or_default();
-        // A refund whose own document has not arrived yet shows what the sale recorded.
-        let refund = fetch(repo, DocType::Refund, refund_id)
-            .map(|(_, v)| v)
-            .unwrap_or(Value::Null);
-        refunds.push(serde_json::json!({
-            "refund_id": refund_id,
-            "by": refund["by"],
-            "at_ms": refund["at_ms"],
-            "total": refund["total"],
-            "restock": refund["restock"],
-            "lines": r["lines"],
-        }));
-    }
-    Ok(serde_json::json!({
-        "kind": "void_and_refund",
-        "sale_id": id,
-        "receipt_number": sale["receipt_number"],
-        "status": sale["status"],
-        "void": sale["void"],
-        "refunds": refunds,
-        "resolution": "the refunds stand; the void gave back only what they did not",
-    }))
 }

@@ -168,6 +168,13 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Print a one-time link that signs a browser in to this running node's console (and open
+    /// it where a browser is at hand). The link works once, for five minutes.
+    Console {
+        /// Only print the link.
+        #[arg(long)]
+        no_open: bool,
+    },
     /// Run a demonstration on this machine, in a temporary folder, with nothing to configure.
     Demo {
         /// Keep the demo's data in this folder (one subfolder per till) instead of a
@@ -305,8 +312,48 @@ async fn dispatch(cli: Cli, demo_extra: Option<demo::Extra>) -> anyhow::Result<(
             .await
         }
         Command::Demo { keep } => demo::run(keep, demo_extra).await,
+        Command::Console { no_open } => console(&data()?, no_open, out, &keys).await,
         command => shop::dispatch(&data()?, command, out, &keys).await,
     }
+}
+
+/// `tillmesh console`: a sign-in link for the running node's console.
+async fn console(
+    data: &std::path::Path,
+    no_open: bool,
+    out: shop::Output,
+    keys: &KeySource,
+) -> anyhow::Result<()> {
+    let client = client::Client::connect(data, keys).await?;
+    let client::Client::Http { base, .. } = &client else {
+        bail!(
+            "no node is running on {}; the console is served by a running node: start it with `tillmesh run --data {}`",
+            data.display(),
+            data.display()
+        );
+    };
+    let answer = client
+        .post(crate::api::auth::CONSOLE_CODE_PATH, &serde_json::json!({}))
+        .await?;
+    let code = answer["code"]
+        .as_str()
+        .context("the node did not give a sign-in code")?;
+    let link = format!("{base}{}?code={code}", crate::api::auth::CONSOLE_LOGIN_PATH);
+    out.show(
+        &serde_json::json!({ "url": link, "expires_in_s": answer["expires_in_s"] }),
+        || format!("open the console (the link works once, for five minutes):\n{link}"),
+    );
+    let desktop =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    if !no_open && desktop && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        // A browser of this desktop, if it has one; the printed link is there either way.
+        let _ = std::process::Command::new("xdg-open")
+            .arg(&link)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+    }
+    Ok(())
 }
 
 /// The storage key's source: the key file unless a passphrase file is given.

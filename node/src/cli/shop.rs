@@ -540,6 +540,7 @@ pub async fn dispatch(
         | Command::Run { .. }
         | Command::ApiToken
         | Command::Demo { .. }
+        | Command::Console { .. }
         | Command::Invite { .. }
         | Command::Join { .. }
         | Command::Members

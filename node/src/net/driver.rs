@@ -1296,6 +1296,7 @@ impl Driver {
                     _ => (None, None),
                 };
                 Some(PeerStatus {
+                    pull_failures: sync.as_ref().map_or(0, |s| s.failures),
                     behind_entries,
                     lacks_entries,
                     last_contact_ms_ago: info

@@ -119,6 +119,8 @@ pub struct PeerStatus {
     /// pulling them).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lacks_entries: Option<u64>,
+    /// Pulls from it that failed in a row (no answer, or one that did not decode).
+    pub pull_failures: u32,
     /// Milliseconds since it last answered a pull or pushed an entry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_contact_ms_ago: Option<u64>,

@@ -30,7 +30,8 @@ use tillmesh_protocol::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::store::tables::{
-    BY_TYPE, COUNTS, ENTRIES, HEADS, REJECTED, SealedError, UNDONE, VIEWS, split_rejected,
+    BY_TYPE, COUNTS, DOC_CHUNKS, DOC_SNAPSHOTS, DOCS, ENTRIES, HEADS, REJECTED, SealedError,
+    UNDONE, VIEWS, split_rejected,
 };
 use crate::store::{self, KeySource, OpenError};
 use requests::*;
@@ -255,6 +256,13 @@ pub enum Command {
         doc_id: DocId,
         ledger: tillmesh_protocol::schema::Ledger,
     },
+    /// Settles a field two devices set concurrently: `value`, one of those it holds, over all
+    /// of them (owners, admins and managers).
+    ResolveField {
+        doc_id: DocId,
+        path: Vec<String>,
+        value: Json,
+    },
 }
 
 /// The commands the writer runs itself: they read a document and change it, or must be unique.
@@ -294,6 +302,11 @@ pub(crate) enum Serial {
     SetLedger {
         doc_id: DocId,
         ledger: tillmesh_protocol::schema::Ledger,
+    },
+    ResolveField {
+        doc_id: DocId,
+        path: Vec<String>,
+        value: Json,
     },
     GiveRights(GiveRights),
     ReclaimRights {
@@ -683,6 +696,16 @@ impl Repo {
         })
     }
 
+    /// The store's size on disk: its file and its write-ahead log.
+    pub fn store_bytes(&self) -> u64 {
+        let dir = self.dir();
+        [store::store_path(dir), dir.join(store::wal::WAL_FILE)]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
     /// What this node counts for monitoring (`GET /metrics`).
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.inner.metrics
@@ -859,6 +882,18 @@ impl Repo {
             Command::SetLedger { doc_id, ledger } => {
                 Job::Command(Box::new(Serial::SetLedger { doc_id, ledger }), tx)
             }
+            Command::ResolveField {
+                doc_id,
+                path,
+                value,
+            } => Job::Command(
+                Box::new(Serial::ResolveField {
+                    doc_id,
+                    path,
+                    value,
+                }),
+                tx,
+            ),
             Command::Sell(r) => Job::Prepared(
                 Box::new(self.prepare(move |s, d| prepare::sale(s, d, r)).await?),
                 tx,
@@ -1058,6 +1093,59 @@ impl Repo {
         serde_json::from_slice(v.value())
             .map(Some)
             .map_err(|e| ReadError::Storage(format!("view of {id}: {e}")))
+    }
+
+    /// Fields of customers, vendors and products that devices set concurrently, with every
+    /// value (see `tillmesh_protocol::conflicts`), newest documents first. Reads each
+    /// document's Automerge state, so it looks at `docs_max` documents of each type at most.
+    pub fn field_conflicts(
+        &self,
+        docs_max: usize,
+    ) -> Result<
+        Vec<(
+            DocId,
+            DocType,
+            Vec<tillmesh_protocol::conflicts::FieldConflict>,
+        )>,
+        ReadError,
+    > {
+        let tx = self.db()?.begin_read()?;
+        let by_type = tx.open_table(BY_TYPE)?;
+        let docs = tx.open_table(DOCS)?;
+        let snapshots = self.inner.db.sealed(tx.open_table(DOC_SNAPSHOTS)?);
+        let chunks = self.inner.db.sealed(tx.open_table(DOC_CHUNKS)?);
+        let damaged = |id: &DocId, e: &dyn std::fmt::Display| {
+            ReadError::Storage(format!("document {id} in the store is damaged: {e}"))
+        };
+        let mut out = Vec::new();
+        for doc_type in writer::RESOLVABLE {
+            let code = doc_type.code();
+            let range = by_type.range((code, &[0u8; 16])..=(code, &[0xffu8; 16]))?;
+            for item in range.rev().take(docs_max) {
+                let id = DocId(*item?.0.value().1);
+                let Some(record) = docs.get(id.as_bytes())? else {
+                    continue;
+                };
+                let record = store::tables::DocRecord::from_tuple(record.value());
+                let mut doc = match snapshots.get(id.as_bytes())? {
+                    Some(s) => {
+                        automerge::AutoCommit::load(s.value()).map_err(|e| damaged(&id, &e))?
+                    }
+                    None => automerge::AutoCommit::new(),
+                };
+                for n in 0..record.chunks {
+                    if let Some(c) = chunks.get((id.as_bytes(), n))? {
+                        doc.load_incremental(c.value())
+                            .map_err(|e| damaged(&id, &e))?;
+                    }
+                }
+                let found = tillmesh_protocol::conflicts::field_conflicts(&mut doc);
+                if !found.is_empty() {
+                    out.push((id, doc_type, found));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// A document as a typed value, if held and of type `T`.

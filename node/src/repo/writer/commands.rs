@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// The documents whose concurrent fields a person settles by a pick.
+pub const RESOLVABLE: [DocType; 3] = [DocType::Customer, DocType::Vendor, DocType::Product];
+
 impl Writer {
     pub(super) fn stage_command(
         &mut self,
@@ -17,6 +20,14 @@ impl Writer {
         }
         if let Serial::SetLedger { doc_id, ledger } = cmd {
             return self.set_ledger(t, doc_id, ledger, now, touched);
+        }
+        if let Serial::ResolveField {
+            doc_id,
+            path,
+            value,
+        } = cmd
+        {
+            return self.resolve_field(t, doc_id, &path, &value, now, touched);
         }
         let writes: &[DocType] = match &cmd {
             Serial::InitSettings(_) | Serial::SetTaxRate { .. } | Serial::SetTimeZone(_) => {
@@ -35,11 +46,15 @@ impl Writer {
             Serial::GiveRights(_) | Serial::ReclaimRights { .. } | Serial::AcceptRights { .. } => {
                 &[DocType::StockTransfer]
             }
-            Serial::Member(_) | Serial::SetLedger { .. } => unreachable!("handled above"),
+            Serial::Member(_) | Serial::SetLedger { .. } | Serial::ResolveField { .. } => {
+                unreachable!("handled above")
+            }
         };
         self.check_own_write(writes)?;
         let primary = match cmd {
-            Serial::Member(_) | Serial::SetLedger { .. } => unreachable!("handled above"),
+            Serial::Member(_) | Serial::SetLedger { .. } | Serial::ResolveField { .. } => {
+                unreachable!("handled above")
+            }
             Serial::InitSettings(s) => {
                 s.validate(&s)?;
                 let id = self.settings_id;
@@ -535,6 +550,75 @@ impl Writer {
                 own: None,
             });
         }
+        let staged = self.seal(t, ops, id, now)?;
+        touched.extend(staged.docs.iter().map(|(id, _)| *id));
+        Ok(staged)
+    }
+
+    /// Settles a field two devices set concurrently (see `tillmesh_protocol::conflicts`).
+    /// Only the descriptive documents people edit: money and stock are settled by their own
+    /// rules (QuickBooks, voids and refunds, rights), never by a pick.
+    pub(super) fn resolve_field(
+        &mut self,
+        t: &mut Tables<'_>,
+        id: DocId,
+        path: &[String],
+        value: &Json,
+        now: u64,
+        touched: &mut BTreeSet<DocId>,
+    ) -> Result<Staged, WriteError> {
+        let not_found = || WriteError::NotFound {
+            what: "document",
+            id: id.to_string(),
+        };
+        let doc_type = self
+            .cache
+            .get(t, &id)?
+            .and_then(|c| DocType::from_code(c.record.doc_type))
+            .ok_or_else(not_found)?;
+        if !RESOLVABLE.contains(&doc_type) {
+            return Err(WriteError::BadRequest(format!(
+                "a {doc_type}'s fields are not settled by a pick; only a customer's, a vendor's or a product's are"
+            )));
+        }
+        if path.is_empty() || path.iter().any(|k| k.is_empty()) {
+            return Err(WriteError::BadRequest(
+                "path names the field: [\"phone\"], or [\"address\", \"city\"]".into(),
+            ));
+        }
+        let me = self.id.device_id;
+        let role = self
+            .membership
+            .role_at(me, self.head.0 + 1)
+            .map_err(|_| WriteError::NotAdmitted)?;
+        if !matches!(role, Role::Owner | Role::Admin | Role::Manager) {
+            return Err(WriteError::Forbidden(format!(
+                "settling a conflict is for a manager, an admin or the owner; this device is a {role}"
+            )));
+        }
+        self.check_own_write(&[doc_type])?;
+        if path
+            .first()
+            .is_some_and(|k| k == "ledger" || k == "type" || k == "schema")
+        {
+            return Err(WriteError::BadRequest(format!(
+                "{} is not settled by a pick: QuickBooks' figures win, and the type and schema are fixed",
+                path.join(".")
+            )));
+        }
+        let actor = self.write_actor(t, &id)?;
+        let c = self.cache.get(t, &id)?.ok_or_else(not_found)?;
+        c.doc.set_actor(actor);
+        let change =
+            tillmesh_protocol::conflicts::resolve(&mut c.doc, path, value, (now / 1000) as i64)
+                .map_err(|e| match e {
+                    tillmesh_protocol::conflicts::ResolveError::Doc(d) => WriteError::from(d),
+                    other => WriteError::Conflict(other.to_string()),
+                })?;
+        c.forget_view();
+        self.cache.record_change(t, &id, &change)?;
+        let mut ops = Ops::default();
+        ops.push(id, doc_type, change);
         let staged = self.seal(t, ops, id, now)?;
         touched.extend(staged.docs.iter().map(|(id, _)| *id));
         Ok(staged)

@@ -21,6 +21,7 @@ mod ingest;
 mod rights;
 mod undo;
 
+pub use commands::RESOLVABLE;
 pub use undo::UndoneRecord;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
