@@ -215,6 +215,51 @@ async fn the_console_shows_the_mesh_and_settles_a_conflict_in_a_browser() -> any
         "{values}"
     );
     page.run(json!({ "do": "screenshot", "name": "3-conflicts" }));
+
+    // The same list from the command line; a pick that is not one of the values, or made on
+    // a till, is refused with the reason.
+    let dir = |i: usize| nodes[i].dir.to_str().unwrap().to_owned();
+    let listed = tillmesh(BIN.as_ref(), &["conflicts", "--data", &dir(0)])?;
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        text.contains("FIELD") && text.contains("555-0111") && text.contains("555-0222"),
+        "{text}"
+    );
+    let wrong = tillmesh(
+        BIN.as_ref(),
+        &[
+            "conflicts",
+            "--data",
+            &dir(0),
+            "--pick",
+            &cid,
+            "phone",
+            "555-0333",
+        ],
+    )?;
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("not one of the values"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    let till = tillmesh(
+        BIN.as_ref(),
+        &[
+            "conflicts",
+            "--data",
+            &dir(1),
+            "--pick",
+            &cid,
+            "phone",
+            "555-0222",
+        ],
+    )?;
+    assert!(
+        String::from_utf8_lossy(&till.stderr).contains("for a manager, an admin or the owner"),
+        "{}",
+        String::from_utf8_lossy(&till.stderr)
+    );
     let shown_before = phone(&a, &cid).await?;
     page.run(json!({ "do": "pick", "doc": cid, "path": "phone", "value": "555-0222" }));
     page.run(json!({ "do": "screenshot", "name": "4-conflict-resolved" }));

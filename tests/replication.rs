@@ -408,3 +408,60 @@ async fn metrics_move_as_sales_replicate() -> anyhow::Result<()> {
     assert_eq!(status, 404);
     Ok(())
 }
+
+/// `tillmesh status --watch` on a till catching up, its output piped: plain lines (no bar),
+/// entries received of entries known, until it says caught up with all the owner's entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_follows_a_catch_up() -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let root = tempfile::tempdir()?;
+    let mut nodes = shop(root.path(), 2, &LOOPBACK_NET).await?;
+    nodes[1].stop()?;
+    for _ in 0..200 {
+        nodes[0]
+            .api
+            .ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350))
+            .await?;
+    }
+    let total = nodes[0].api.ok_get("/v1/status").await?["entries"]
+        .as_u64()
+        .unwrap();
+    let dir = nodes[1].dir.clone();
+    nodes[1] = NodeProcess::start(BIN.as_ref(), &dir).await?;
+    let mut watch = std::process::Command::new(BIN)
+        .args(["status", "--watch", "--data", dir.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let lines = std::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    let want = format!("{total}/{total} entries");
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut seen = Vec::new();
+        for line in lines {
+            let line = line?;
+            let done = line.starts_with(&want) && line.contains("caught up");
+            seen.push(line);
+            if done {
+                return Ok::<_, std::io::Error>(seen);
+            }
+        }
+        Ok(seen)
+    });
+    let seen = tokio::time::timeout(CONVERGE_TIMEOUT, reader).await;
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let seen = seen??.map_err(anyhow::Error::from)?;
+    let last = seen.last().cloned().unwrap_or_default();
+    assert!(last.contains("caught up"), "{seen:#?}");
+    for line in &seen {
+        assert!(
+            !line.contains('\u{1b}'),
+            "a plain line, not a terminal's bar: {line:?}"
+        );
+        let (have, known) = line
+            .split_once(' ')
+            .and_then(|(n, _)| n.split_once('/'))
+            .unwrap();
+        assert!(have.parse::<u64>()? <= known.parse::<u64>()?, "{line}");
+    }
+    Ok(())
+}

@@ -126,8 +126,12 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
-    /// Show this device, its mesh, its log and what it holds.
-    Status,
+    /// Show this device, its mesh, its log and what it holds; `--watch` follows a catch-up
+    /// (entries received of entries known, rate, time left) until stopped.
+    Status {
+        #[arg(long)]
+        watch: bool,
+    },
     /// Manage the catalogue.
     #[command(subcommand)]
     Product(shop::ProductCmd),
@@ -167,6 +171,14 @@ enum Command {
         percent: String,
         #[arg(long)]
         name: Option<String>,
+    },
+    /// List what people should review: fields two devices set at once, oversold products,
+    /// QuickBooks totals that differ from a till's, voids and refunds of one sale; or settle
+    /// a field with `--pick DOC_ID FIELD VALUE` (FIELD as `phone` or `address.city`; VALUE as
+    /// JSON, or plain text for a string).
+    Conflicts {
+        #[arg(long, num_args = 3, value_names = ["DOC_ID", "FIELD", "VALUE"])]
+        pick: Option<Vec<String>>,
     },
     /// Print a one-time link that signs a browser in to this running node's console (and open
     /// it where a browser is at hand). The link works once, for five minutes.

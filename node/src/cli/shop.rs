@@ -173,7 +173,8 @@ pub async fn dispatch(
 ) -> anyhow::Result<()> {
     let client = Client::connect(data, keys).await?;
     match command {
-        Command::Status => {
+        Command::Status { watch: true } => watch_catch_up(&client, out).await?,
+        Command::Status { watch: false } => {
             let s = client.get("/v1/status").await?;
             out.show(&s, || {
                 let docs = s["documents"].as_object().map(|m| {
@@ -407,6 +408,38 @@ pub async fn dispatch(
                 }
                 t + &format!("\nid {}", s["id"].as_str().unwrap_or(""))
             });
+        }
+        Command::Conflicts { pick: Some(pick) } => {
+            let [doc_id, field, value] = &pick[..] else {
+                bail!("--pick takes DOC_ID FIELD VALUE");
+            };
+            let value: Value =
+                serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.clone()));
+            let path: Vec<&str> = field.split('.').collect();
+            let answer = client
+                .post(
+                    "/v1/conflicts/resolve",
+                    &json!({ "resolutions": [{ "doc_id": doc_id, "path": path, "value": value }] }),
+                )
+                .await?;
+            let r = &answer["results"][0];
+            if let Some(e) = r.get("error") {
+                bail!(
+                    "{} ({})",
+                    e["message"].as_str().unwrap_or("refused"),
+                    e["code"].as_str().unwrap_or("error")
+                );
+            }
+            out.show(&answer, || {
+                format!(
+                    "{field} of {doc_id} is now {value} on every device (it showed {})",
+                    r["previous"]
+                )
+            });
+        }
+        Command::Conflicts { pick: None } => {
+            let list = client.get("/v1/conflicts").await?;
+            out.show(&list, || conflicts_text(&list));
         }
         Command::Sales { limit } => {
             let page = client.get(&format!("/v1/sales?limit={limit}")).await?;
@@ -683,4 +716,152 @@ fn network_text(n: &Value) -> String {
         }
     }
     out
+}
+
+/// `tillmesh conflicts` as text: one block per conflict.
+fn conflicts_text(list: &Value) -> String {
+    let items = list["conflicts"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if items.is_empty() {
+        return "no conflicts".into();
+    }
+    let mut t = String::new();
+    for c in items {
+        let line = match c["kind"].as_str().unwrap_or("") {
+            "field" => {
+                let path: Vec<&str> = c["path"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let mut s = format!(
+                    "FIELD    {} {} ({}) {}:",
+                    c["doc_type"].as_str().unwrap_or(""),
+                    c["name"].as_str().unwrap_or(""),
+                    c["doc_id"].as_str().unwrap_or(""),
+                    path.join(".")
+                );
+                for v in c["values"].as_array().into_iter().flatten() {
+                    s += &format!(
+                        "\n           {} from {}{}",
+                        v["value"],
+                        v["device_name"].as_str().unwrap_or("an unknown device"),
+                        if v["shown"] == true {
+                            " (shown now)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                s + &format!(
+                    "\n           settle it: tillmesh conflicts --pick {} {} VALUE",
+                    c["doc_id"].as_str().unwrap_or(""),
+                    path.join(".")
+                )
+            }
+            "oversold" => format!(
+                "OVERSOLD {} at {}: {}",
+                c["sku"].as_str().unwrap_or(""),
+                c["stock"],
+                c["resolution"].as_str().unwrap_or("")
+            ),
+            "qbo_total" => format!(
+                "QBO      sale {}: QuickBooks says {}, the till rang up {} (QuickBooks wins)",
+                c["receipt_number"].as_str().unwrap_or(""),
+                money(&c["qbo_total"]),
+                money(&c["till_total"])
+            ),
+            "void_and_refund" => format!(
+                "VOID+REF sale {}: {}",
+                c["receipt_number"].as_str().unwrap_or(""),
+                c["resolution"].as_str().unwrap_or("")
+            ),
+            other => format!("{other}: {c}"),
+        };
+        if !t.is_empty() {
+            t.push('\n');
+        }
+        t += &line;
+    }
+    t
+}
+
+/// How often `status --watch` looks, and over how many looks it measures the rate.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const WATCH_RATE_LOOKS: usize = 5;
+
+/// `tillmesh status --watch`: the catch-up as a progress bar on a terminal, and as one plain
+/// line per change elsewhere (a log, a pipe). Runs until stopped.
+async fn watch_catch_up(client: &Client, out: Output) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if matches!(client, Client::Local { .. }) {
+        bail!(
+            "no node is running on this folder; --watch follows a running node's catch-up: start it with `tillmesh run`"
+        );
+    }
+    let bar = (!out.json && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} entries  {msg}")
+                .expect("a fixed template"),
+        );
+        b
+    });
+    let mut looks: std::collections::VecDeque<(std::time::Instant, u64)> =
+        std::collections::VecDeque::new();
+    let mut last_line = String::new();
+    loop {
+        let s = client.get("/v1/status").await?;
+        let have = s["entries"].as_u64().unwrap_or(0);
+        let known = s["network"]["known_entries"]
+            .as_u64()
+            .unwrap_or(0)
+            .max(have);
+        let peers = s["network"]["peers"].as_array().map_or(0, Vec::len);
+        let now = std::time::Instant::now();
+        looks.push_back((now, have));
+        if looks.len() > WATCH_RATE_LOOKS {
+            looks.pop_front();
+        }
+        let rate = match (looks.front(), looks.back()) {
+            (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => {
+                (n1 - n0) as f64 / t1.duration_since(*t0).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        let left = known - have;
+        let eta = if left == 0 {
+            "caught up".to_owned()
+        } else if rate > 0.0 {
+            format!("{:.0} s left", left as f64 / rate)
+        } else {
+            "waiting for peers".to_owned()
+        };
+        let msg = format!("{rate:.0}/s, {eta}, {peers} peer(s)");
+        match &bar {
+            Some(b) => {
+                b.set_length(known);
+                b.set_position(have);
+                b.set_message(msg);
+            }
+            None if out.json => {
+                let line = json!({ "entries": have, "known_entries": known, "rate_per_s": rate, "peers": peers }).to_string();
+                if line != last_line {
+                    println!("{line}");
+                    last_line = line;
+                }
+            }
+            None => {
+                let line = format!("{have}/{known} entries, {msg}");
+                if line != last_line {
+                    println!("{line}");
+                    last_line = line;
+                }
+            }
+        }
+        tokio::time::sleep(WATCH_EVERY).await;
+    }
 }

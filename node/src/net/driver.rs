@@ -1314,8 +1314,15 @@ impl Driver {
                 })
             })
             .collect();
+        let mut known = local.clone().unwrap_or_default();
+        for (_, sync) in self.sync.peers() {
+            for (author, seq) in sync.holder.iter().flat_map(VersionVector::iter) {
+                known.advance(*author, seq);
+            }
+        }
         self.export_peers(&peers);
         if let Ok(mut s) = self.status.lock() {
+            s.known_entries = known.total();
             s.listen = self.listen.iter().map(|a| a.to_string()).collect();
             s.reachability = self.reachability.into();
             s.parked = self.sync.parked();

@@ -146,6 +146,9 @@ pub struct NetStatus {
     pub relay: bool,
     /// Entries waiting for other authors' entries.
     pub parked: usize,
+    /// Entries this node knows exist: per author, the most it or any connected peer held at
+    /// its last answer. With the store's count, how far a catch-up has come.
+    pub known_entries: u64,
     /// Whether a pairing invite is open on this device.
     pub pairing_open: bool,
     /// Connections closed because the peer is not a member of the mesh.
