@@ -287,6 +287,23 @@ async fn the_console_shows_the_mesh_and_settles_a_conflict_in_a_browser() -> any
     ] {
         page.run(json!({ "do": "goto", "hash": hash }));
         page.run(json!({ "do": "text", "selector": "main section h2" }));
+        if hash == "members" {
+            // An invite from the page: the code large, the whole invite, and its QR code.
+            let invite = page.run(json!({ "do": "invite", "role": "manager" }));
+            let line = invite["line"].as_str().unwrap();
+            let code = invite["code"].as_str().unwrap();
+            assert!(
+                line.starts_with("tm2:") && line.contains("/p2p/"),
+                "{invite}"
+            );
+            assert!(
+                line.contains(&code.replace('-', "")) || line.contains(code),
+                "{invite}"
+            );
+            assert!(invite["qr_width"].as_u64().unwrap() >= 240, "{invite}");
+            let for_whom = invite["for"].as_str().unwrap();
+            assert!(for_whom.contains("for a manager"), "{invite}");
+        }
         page.run(json!({ "do": "screenshot", "name": name }));
     }
     let errors = page.run(json!({ "do": "errors" }));

@@ -57,6 +57,18 @@ const commands = {
     }, null, { timeout: TIMEOUT_MS });
     return {};
   },
+  async invite({ role }) {
+    await page.selectOption('[data-testid="invite-role"]', role);
+    await page.click('main button.primary');
+    await page.waitForSelector('[data-testid="invite-qr"]', { timeout: TIMEOUT_MS });
+    const size = await page.$eval('[data-testid="invite-qr"]', (img) => img.naturalWidth);
+    return {
+      code: await page.textContent('[data-testid="invite-code"]'),
+      for: await page.textContent('[data-testid="invite-for"]'),
+      line: await page.textContent('[data-testid="invite-line"]'),
+      qr_width: size,
+    };
+  },
   async text({ selector }) {
     await page.waitForSelector(selector, { timeout: TIMEOUT_MS });
     return { text: await page.textContent(selector) };

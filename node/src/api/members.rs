@@ -170,8 +170,31 @@ pub async fn invite(
             "the network is stopping",
         )
     })?;
+    let status = network.status();
+    let peer: libp2p::PeerId = status.peer_id.parse().map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the network's peer id does not parse: {e}"),
+        )
+    })?;
+    let whole = crate::net::invite::Invite {
+        code: opened.code.clone(),
+        addrs: crate::net::invite::dial_addrs(peer, &status.listen),
+    }
+    .encode();
+    // The whole invite as a QR code, for a phone's camera: the console shows it.
+    let qr_svg = qrcode::QrCode::new(whole.as_bytes())
+        .map(|q| {
+            q.render::<qrcode::render::svg::Color>()
+                .min_dimensions(240, 240)
+                .build()
+        })
+        .ok();
     Ok(Json(json!({
         "code": display_code(&opened.code),
+        "invite": whole,
+        "qr_svg": qr_svg,
         "role": opened.role.name(),
         "expires_in_s": opened.expires_in.as_secs(),
     })))

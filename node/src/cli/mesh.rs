@@ -5,13 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use libp2p::Multiaddr;
-use libp2p::multiaddr::Protocol;
 
 use super::client::{Client, read_api_addr};
 use super::shop::Output;
 use crate::net::NetConfig;
-use crate::net::invite::{INVITE_ADDRS_MAX, Invite};
-use crate::net::pairing::normalize_code;
+use crate::net::invite::Invite;
 use crate::repo::Repo;
 use crate::store::{self, KeySource};
 
@@ -122,45 +120,10 @@ pub async fn invite(
         .as_str()
         .context("the node did not say the invite's code")?
         .to_owned();
-    let status = client.get("/v1/status").await?;
-    let network = &status["network"];
-    let peer: libp2p::PeerId = network["peer_id"]
+    let line = opened["invite"]
         .as_str()
-        .and_then(|p| p.parse().ok())
-        .context("the node did not say its peer id")?;
-    let mut addrs: Vec<Multiaddr> = network["listen"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|a| a.as_str()?.parse::<Multiaddr>().ok())
-        .filter(|a| {
-            !a.iter().any(|p| match p {
-                Protocol::Ip4(ip) => ip.is_unspecified(),
-                _ => false,
-            })
-        })
-        .map(|a| {
-            if matches!(a.iter().last(), Some(Protocol::P2p(_))) {
-                a
-            } else {
-                a.with(Protocol::P2p(peer))
-            }
-        })
-        .collect();
-    // Addresses a new device is likely to reach first: the LAN before loopback, direct
-    // before relayed.
-    addrs.sort_by_key(|a| {
-        let relayed = a.iter().any(|p| matches!(p, Protocol::P2pCircuit));
-        let loopback = a
-            .iter()
-            .any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_loopback()));
-        (relayed, loopback)
-    });
-    addrs.truncate(INVITE_ADDRS_MAX);
-    let invite = Invite {
-        code: normalize_code(&code).context("the node gave a malformed code")?,
-        addrs,
-    };
+        .context("the node did not say the whole invite")?
+        .to_owned();
     println!(
         "Invite for a {} device, valid for {} minute(s), usable once.",
         opened["role"].as_str().unwrap_or("?"),
@@ -169,7 +132,7 @@ pub async fn invite(
     println!("On the new device, run:  tillmesh join --data DIR --name NAME INVITE");
     println!("On this LAN the code alone is enough: {code}");
     println!("From elsewhere, the whole line below:");
-    println!("{}", invite.encode());
+    println!("{line}");
     Ok(())
 }
 

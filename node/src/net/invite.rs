@@ -91,6 +91,38 @@ impl Invite {
     }
 }
 
+/// Where a new device should dial the inviter: its listen addresses (`NetStatus::listen`)
+/// that name a host, each ending in its peer id, those a new device is likely to reach first
+/// first (the LAN before loopback, direct before relayed), at most [`INVITE_ADDRS_MAX`].
+pub fn dial_addrs(peer: PeerId, listen: &[String]) -> Vec<Multiaddr> {
+    let mut addrs: Vec<Multiaddr> = listen
+        .iter()
+        .filter_map(|a| a.parse::<Multiaddr>().ok())
+        .filter(|a| {
+            !a.iter().any(|p| match p {
+                Protocol::Ip4(ip) => ip.is_unspecified(),
+                _ => false,
+            })
+        })
+        .map(|a| {
+            if matches!(a.iter().last(), Some(Protocol::P2p(_))) {
+                a
+            } else {
+                a.with(Protocol::P2p(peer))
+            }
+        })
+        .collect();
+    addrs.sort_by_key(|a| {
+        let relayed = a.iter().any(|p| matches!(p, Protocol::P2pCircuit));
+        let loopback = a
+            .iter()
+            .any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_loopback()));
+        (relayed, loopback)
+    });
+    addrs.truncate(INVITE_ADDRS_MAX);
+    addrs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

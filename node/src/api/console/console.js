@@ -295,19 +295,24 @@ async function members() {
   const m = await api("GET", "/v1/members");
   const roles = ["admin", "manager", "till", "bridge", "viewer"];
   const inviteOut = h("div", { "data-testid": "invite" });
-  const role = h("select", {}, roles.map((r) => h("option", { value: r, selected: r === "till" }, r)));
+  const role = h("select", { "data-testid": "invite-role" }, roles.map((r) => h("option", { value: r, selected: r === "till" }, r)));
   const invite = async () => {
     try {
       const i = await api("POST", "/v1/invites", { role: role.value, expires_s: 600 });
-      inviteOut.replaceChildren(h("p", {}, `Invite for a ${i.role}, for ${Math.round(i.expires_in_s / 60)} min. On the new device run `,
+      inviteOut.replaceChildren(h("p", { "data-testid": "invite-for" }, `Invite for a ${i.role}, for ${Math.round(i.expires_in_s / 60)} min. On the new device run `,
         h("code", {}, "tillmesh join --name NAME CODE"), " with this code:"),
-      h("div", { class: "big", "data-testid": "invite-code" }, i.code));
+      h("div", { class: "big", "data-testid": "invite-code" }, i.code),
+      h("p", {}, "From elsewhere (another network), the whole invite; or scan it:"),
+      h("pre", { "data-testid": "invite-line" }, i.invite),
+      i.qr_svg ? h("img", { alt: "the whole invite as a QR code", "data-testid": "invite-qr",
+        src: "data:image/svg+xml;base64," + btoa(i.qr_svg) }) : null);
     } catch (e) { inviteOut.replaceChildren(h("p", { class: "error" }, e.message)); }
   };
   const rows = m.members.map((x) => {
     const to = h("select", {}, roles.map((r) => h("option", { value: r, selected: r === x.role }, r)));
-    return h("tr", {},
-      h("td", {}, x.name), h("td", {}, x.role), h("td", {}, x.active ? "active" : "revoked"),
+    return h("tr", { "data-testid": "member" },
+      h("td", {}, x.name || (x.device_id === m.this_device.id ? "this device" : x.device_id.slice(0, 12))),
+      h("td", {}, x.role), h("td", {}, x.active ? "active" : "revoked"),
       h("td", {}, x.role === "owner" || !x.active ? "" : [to, " ",
         h("button", { onclick: () => api("PUT", `/v1/members/${x.device_id}/role`, { role: to.value }).then(redraw, fail) }, "Change role"), " ",
         h("button", { onclick: () => confirm(`Revoke ${x.name}? Its later entries are refused everywhere.`)
