@@ -465,3 +465,58 @@ async fn status_watch_follows_a_catch_up() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `tillmesh join` fetches the mesh's entries before it returns: the new till holds the
+/// owner's sales with no node running yet, and says so (plain progress lines on stderr).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_catches_up_before_it_returns() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let nodes = shop(root.path(), 1, &LOOPBACK_NET).await?;
+    for _ in 0..300 {
+        nodes[0]
+            .api
+            .ok_post("/v1/sales", &cash_sale("TEA-1", 1, 350))
+            .await?;
+    }
+    let code = testkit::invite_code(BIN.as_ref(), &nodes[0].dir, "till")?;
+    let dir = root.path().join("late");
+    let out = testkit::tillmesh(
+        BIN.as_ref(),
+        &[
+            "join",
+            "--data",
+            dir.to_str().unwrap(),
+            "--name",
+            "Late",
+            &code,
+            "--json",
+        ],
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let joined: Value = serde_json::from_slice(&out.stdout)?;
+    // Everything the owner holds, the new device's admission included.
+    let total = nodes[0].api.ok_get("/v1/status").await?["entries"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(joined["caught_up"], true, "{joined}");
+    assert_eq!(joined["entries"].as_u64(), Some(total), "{joined}");
+    // No node runs on the new folder: the CLI reads its store.
+    let sales = testkit::tillmesh(
+        BIN.as_ref(),
+        &[
+            "sales",
+            "--data",
+            dir.to_str().unwrap(),
+            "--limit",
+            "500",
+            "--json",
+        ],
+    )?;
+    let listed: Value = serde_json::from_slice(&sales.stdout)?;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(300));
+    Ok(())
+}

@@ -158,6 +158,7 @@ pub async fn join(
     data: &Path,
     name: &str,
     code: &str,
+    sync: bool,
     out: Output,
     keys: &KeySource,
 ) -> anyhow::Result<()> {
@@ -195,15 +196,29 @@ pub async fn join(
                 .unwrap_or_default()
         )
     })?;
+    let caught_up = if sync {
+        Some(catch_up(&repo, welcome.addrs.clone(), out).await?)
+    } else {
+        None
+    };
     let id = repo.identity();
     out.show(
         &serde_json::json!({
             "device_id": id.device_id, "mesh_id": id.mesh_id, "data": data,
             "role": welcome.role.name(), "inviter": welcome.inviter_name, "paired_ms": paired_ms,
+            "entries": caught_up.map(|c| c.entries), "caught_up": caught_up.map(|c| c.complete),
         }),
         || {
+            let held = match caught_up {
+                Some(c) if c.complete => format!("it holds the mesh's {} entries\n", c.entries),
+                Some(c) => format!(
+                    "it holds {} entries so far; `tillmesh run` fetches the rest\n",
+                    c.entries
+                ),
+                None => String::new(),
+            };
             format!(
-                "joined mesh {} as '{}' ({}), a {} admitted by '{}'\nnext: tillmesh run --data {}",
+                "joined mesh {} as '{}' ({}), a {} admitted by '{}'\n{held}next: tillmesh run --data {}",
                 id.mesh_id.short(),
                 id.device_name,
                 id.device_id,
@@ -307,4 +322,82 @@ pub enum MembersAction {
     Revoke(String),
     SetRole { who: String, role: String },
     Rejected { limit: usize },
+}
+
+/// How long a join's catch-up waits without progress before leaving the rest to `run`.
+const CATCH_UP_IDLE: std::time::Duration = std::time::Duration::from_secs(20);
+const CATCH_UP_LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// What a join's catch-up reached.
+#[derive(Clone, Copy)]
+struct CaughtUp {
+    entries: u64,
+    complete: bool,
+}
+
+/// Fetches the mesh's entries from the inviter before `join` returns, so the new device
+/// starts with the shop's catalogue and history: a progress bar on a terminal (entries
+/// received of entries known, rate, time left), one plain line per second on stderr
+/// otherwise. It listens nowhere and dials only the inviter.
+async fn catch_up(repo: &Repo, inviter: Vec<Multiaddr>, out: Output) -> anyhow::Result<CaughtUp> {
+    use std::io::IsTerminal;
+    let config = NetConfig {
+        listen: Vec::new(),
+        peers: inviter,
+        mdns: false,
+        dial_found: false,
+        rights_reserve: 0,
+        ..NetConfig::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (network, task) = crate::net::start(repo.clone(), config, async {
+        let _ = stopped.await;
+    })
+    .await?;
+    let bar = (!out.json && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "catching up {bar:40} {pos}/{len} entries  {per_sec}, {eta} left",
+            )
+            .expect("a fixed template"),
+        );
+        b
+    });
+    let mut last = (0u64, std::time::Instant::now());
+    let mut printed = std::time::Instant::now();
+    let reached = loop {
+        tokio::time::sleep(CATCH_UP_LOOK_EVERY).await;
+        let status = network.status();
+        let have = repo.version_vector()?.total();
+        let known = status.known_entries.max(have);
+        let synced = status.peers.iter().any(|p| p.synced);
+        if let Some(b) = &bar {
+            b.set_length(known);
+            b.set_position(have);
+        } else if !out.json && printed.elapsed() >= std::time::Duration::from_secs(1) {
+            eprintln!("catching up: {have}/{known} entries");
+            printed = std::time::Instant::now();
+        }
+        if synced && have >= known {
+            break CaughtUp {
+                entries: have,
+                complete: true,
+            };
+        }
+        if have > last.0 {
+            last = (have, std::time::Instant::now());
+        } else if last.1.elapsed() > CATCH_UP_IDLE {
+            break CaughtUp {
+                entries: have,
+                complete: false,
+            };
+        }
+    };
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let _ = stop.send(());
+    let _ = task.await;
+    Ok(reached)
 }

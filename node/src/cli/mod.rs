@@ -16,7 +16,7 @@ pub async fn join_device(
     keys: &KeySource,
     json: bool,
 ) -> anyhow::Result<()> {
-    mesh::join(data, name, invite, shop::Output { json }, keys).await
+    mesh::join(data, name, invite, true, shop::Output { json }, keys).await
 }
 mod shop;
 
@@ -111,6 +111,9 @@ enum Command {
         name: String,
         /// The invite: its short code (enough on the same LAN) or the whole `tm2:` line.
         invite: String,
+        /// Only pair and create the store; leave the catch-up to `tillmesh run`.
+        #[arg(long)]
+        no_sync: bool,
     },
     /// List the mesh's members and their roles.
     Members,
@@ -300,7 +303,11 @@ async fn dispatch(cli: Cli, demo_extra: Option<demo::Extra>) -> anyhow::Result<(
             Ok(())
         }
         Command::Invite { role, expires } => mesh::invite(&data()?, &role, &expires, &keys).await,
-        Command::Join { name, invite } => mesh::join(&data()?, &name, &invite, out, &keys).await,
+        Command::Join {
+            name,
+            invite,
+            no_sync,
+        } => mesh::join(&data()?, &name, &invite, !no_sync, out, &keys).await,
         Command::Members => mesh::members(&data()?, mesh::MembersAction::List, out, &keys).await,
         Command::Revoke { device } => {
             mesh::members(&data()?, mesh::MembersAction::Revoke(device), out, &keys).await
