@@ -9,9 +9,13 @@ const STATUS_POLL_MS = 2000;
 const REDRAW_DEBOUNCE_MS = 250;
 const CONFLICTS_REFRESH_MS = 10000;
 
+// What a person chose on a page lives here, not only in the page: a redraw (on every event)
+// must not undo a pick, a tick or a role chosen and not yet sent.
 const state = {
   page: "mesh", status: null, lastEntries: null, rate: null, resolved: [],
   conflicts: null, conflictsAt: 0, conflictsDirty: true,
+  picks: new Map(), ticked: new Set(), bulkDevice: "",
+  inviteRole: "till", invite: null, roleChoice: new Map(),
 };
 
 function h(tag, attrs, ...children) {
@@ -152,10 +156,15 @@ async function mesh() {
 
 // ---- Conflicts ------------------------------------------------------------------------
 
+const keyOf = (c) => `${c.doc_id} ${c.path.join(".")}`;
+
 function valueCard(c, v, i) {
   const name = `pick-${c.doc_id}-${c.path.join(".")}`;
+  const value = JSON.stringify(v.value);
+  const picked = state.picks.has(keyOf(c)) ? state.picks.get(keyOf(c)) === value : v.shown;
   return h("label", { class: v.shown ? "value shown" : "value", "data-testid": "conflict-value" },
-    h("input", { type: "radio", name, value: String(i), checked: v.shown, "data-value": JSON.stringify(v.value) }),
+    h("input", { type: "radio", name, value: String(i), checked: picked, "data-value": value,
+      onchange: () => state.picks.set(keyOf(c), value) }),
     " ", h("strong", {}, JSON.stringify(v.value)),
     h("div", { class: "muted" }, `${v.device_name || "unknown device"}, ${when(v.at_ms)}`),
     v.shown ? h("div", { class: "muted" }, "shown now") : null);
@@ -163,7 +172,8 @@ function valueCard(c, v, i) {
 
 function fieldConflict(c) {
   return h("tr", { "data-testid": "field-conflict", "data-doc": c.doc_id, "data-path": c.path.join(".") },
-    h("td", {}, h("input", { type: "checkbox", class: "bulk", "data-testid": "bulk" })),
+    h("td", {}, h("input", { type: "checkbox", class: "bulk", "data-testid": "bulk", checked: state.ticked.has(keyOf(c)),
+      onchange: (e) => (e.target.checked ? state.ticked.add(keyOf(c)) : state.ticked.delete(keyOf(c))) })),
     h("td", {}, `${c.doc_type} `, h("strong", {}, c.name ?? c.doc_id), h("div", { class: "muted" }, c.doc_id)),
     h("td", {}, c.path.join(".")),
     h("td", {}, h("div", { class: "values" }, c.values.map((v, i) => valueCard(c, v, i)))),
@@ -171,9 +181,9 @@ function fieldConflict(c) {
 }
 
 function pickOf(c) {
-  const name = `pick-${c.doc_id}-${c.path.join(".")}`;
-  const checked = document.querySelector(`input[name="${CSS.escape(name)}"]:checked`);
-  return checked ? JSON.parse(checked.dataset.value) : undefined;
+  if (state.picks.has(keyOf(c))) return JSON.parse(state.picks.get(keyOf(c)));
+  const shown = c.values.find((v) => v.shown);
+  return shown ? shown.value : undefined;
 }
 
 async function resolveRows(list, pickByDevice) {
@@ -191,6 +201,7 @@ async function resolveRows(list, pickByDevice) {
   const answer = await api("POST", "/v1/conflicts/resolve", { resolutions });
   for (const r of answer.results) {
     const c = list.find((x) => x.doc_id === r.doc_id && x.path.join(".") === r.path.join("."));
+    if (c) { state.picks.delete(keyOf(c)); state.ticked.delete(keyOf(c)); }
     state.resolved.unshift({ ...r, doc_type: c && c.doc_type, name: c && c.name });
   }
   await redraw();
@@ -218,13 +229,13 @@ async function conflicts() {
   const others = conflicts.filter((c) => c.kind !== "field");
   const devices = new Map();
   for (const c of fields) for (const v of c.values) if (v.device_id) devices.set(v.device_id, v.device_name);
-  const deviceSelect = h("select", { "data-testid": "bulk-device" },
+  const deviceSelect = h("select", { "data-testid": "bulk-device", onchange: (e) => { state.bulkDevice = e.target.value; } },
     h("option", { value: "" }, "the value picked in each row"),
-    [...devices].map(([id, n]) => h("option", { value: id }, `the value from ${n || id.slice(0, 12)}`)));
+    [...devices].map(([id, n]) => h("option", { value: id, selected: id === state.bulkDevice },
+      `the value from ${n || id.slice(0, 12)}`)));
   const bulk = async () => {
-    const rows = [...document.querySelectorAll('[data-testid="field-conflict"]')];
-    const chosen = fields.filter((c, i) => rows[i] && rows[i].querySelector(".bulk").checked);
-    await resolveRows(chosen, deviceSelect.value || undefined);
+    const chosen = fields.filter((c) => state.ticked.has(keyOf(c)));
+    await resolveRows(chosen, state.bulkDevice || undefined);
   };
   const resolved = state.resolved.filter((r) => !r.error);
   show(
@@ -294,27 +305,32 @@ async function alerts() {
 async function members() {
   const m = await api("GET", "/v1/members");
   const roles = ["admin", "manager", "till", "bridge", "viewer"];
-  const inviteOut = h("div", { "data-testid": "invite" });
-  const role = h("select", { "data-testid": "invite-role" }, roles.map((r) => h("option", { value: r, selected: r === "till" }, r)));
+  const role = h("select", { "data-testid": "invite-role", onchange: (e) => { state.inviteRole = e.target.value; } },
+    roles.map((r) => h("option", { value: r, selected: r === state.inviteRole }, r)));
   const invite = async () => {
     try {
-      const i = await api("POST", "/v1/invites", { role: role.value, expires_s: 600 });
-      inviteOut.replaceChildren(h("p", { "data-testid": "invite-for" }, `Invite for a ${i.role}, for ${Math.round(i.expires_in_s / 60)} min. On the new device run `,
-        h("code", {}, "tillmesh join --name NAME CODE"), " with this code:"),
-      h("div", { class: "big", "data-testid": "invite-code" }, i.code),
-      h("p", {}, "From elsewhere (another network), the whole invite; or scan it:"),
-      h("pre", { "data-testid": "invite-line" }, i.invite),
-      i.qr_svg ? h("img", { alt: "the whole invite as a QR code", "data-testid": "invite-qr",
-        src: "data:image/svg+xml;base64," + btoa(i.qr_svg) }) : null);
-    } catch (e) { inviteOut.replaceChildren(h("p", { class: "error" }, e.message)); }
+      state.invite = await api("POST", "/v1/invites", { role: state.inviteRole, expires_s: 600 });
+    } catch (e) { state.invite = { error: e.message }; }
+    await redraw();
   };
+  const i = state.invite;
+  const inviteOut = h("div", { "data-testid": "invite" }, !i ? null : i.error ? h("p", { class: "error" }, i.error) : [
+    h("p", { "data-testid": "invite-for" }, `Invite for a ${i.role}, for ${Math.round(i.expires_in_s / 60)} min. On the new device run `,
+      h("code", {}, "tillmesh join --name NAME CODE"), " with this code:"),
+    h("div", { class: "big", "data-testid": "invite-code" }, i.code),
+    h("p", {}, "From elsewhere (another network), the whole invite; or scan it:"),
+    h("pre", { "data-testid": "invite-line" }, i.invite),
+    i.qr_svg ? h("img", { alt: "the whole invite as a QR code", "data-testid": "invite-qr",
+      src: "data:image/svg+xml;base64," + btoa(i.qr_svg) }) : null]);
   const rows = m.members.map((x) => {
-    const to = h("select", {}, roles.map((r) => h("option", { value: r, selected: r === x.role }, r)));
+    const to = h("select", { onchange: (e) => state.roleChoice.set(x.device_id, e.target.value) },
+      roles.map((r) => h("option", { value: r, selected: r === (state.roleChoice.get(x.device_id) || x.role) }, r)));
     return h("tr", { "data-testid": "member" },
       h("td", {}, x.name || (x.device_id === m.this_device.id ? "this device" : x.device_id.slice(0, 12))),
       h("td", {}, x.role), h("td", {}, x.active ? "active" : "revoked"),
       h("td", {}, x.role === "owner" || !x.active ? "" : [to, " ",
-        h("button", { onclick: () => api("PUT", `/v1/members/${x.device_id}/role`, { role: to.value }).then(redraw, fail) }, "Change role"), " ",
+        h("button", { onclick: () => api("PUT", `/v1/members/${x.device_id}/role`, { role: to.value })
+          .then(() => { state.roleChoice.delete(x.device_id); return redraw(); }, fail) }, "Change role"), " ",
         h("button", { onclick: () => confirm(`Revoke ${x.name}? Its later entries are refused everywhere.`)
           && api("POST", `/v1/members/${x.device_id}/revoke`, {}).then(redraw, fail) }, "Revoke")]));
   });
