@@ -294,9 +294,12 @@ async fn shop_in(settings: Settings, mesh: Currency, qbo: Option<Currency>) -> S
     )
     .await
     .unwrap();
-    // The bridge pairs as a bridge and connects to QuickBooks.
+    // The bridge pairs as a bridge and connects to QuickBooks. A bridge that caught up on
+    // joining is refused at `connect` by a company in another currency (checked below); one
+    // that joined without (`--no-sync`) connects, and must then refuse to post on its own.
     let dir = tmp.path().join("bridge");
-    join_and_connect(&network, &ends, &dir).await;
+    let same_books = qbo.is_none_or(|c| c == mesh);
+    join_and_connect(&network, &ends, &dir, same_books).await;
     Shop {
         network,
         _tmp: tmp,

@@ -39,6 +39,9 @@ enum Cmd {
         #[arg(long)]
         name: String,
         invite: String,
+        /// Only pair and create the store; leave the catch-up to `run`.
+        #[arg(long)]
+        no_sync: bool,
     },
     /// Connect to a QuickBooks company (OAuth). Run it while the bridge is stopped.
     Connect {
@@ -150,7 +153,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         .context("say which data folder with --data DIR (or TILLMESH_DATA)")?;
     let keys = key_source(cli.passphrase_file.as_deref())?;
     match cli.command {
-        Cmd::Join { name, invite } => join_device(&data, &name, &invite, &keys, false).await,
+        Cmd::Join {
+            name,
+            invite,
+            no_sync,
+        } => join_device(&data, &name, &invite, !no_sync, &keys, false).await,
         Cmd::Connect {
             qbo_base,
             client_id,

@@ -29,8 +29,9 @@ pub fn bridge(args: &[&str], dir: &Path) {
 }
 
 /// A bridge in `dir`, paired with the till behind `network` by an invite for the bridge
-/// role, and connected to the emulator at `ends` (with its webhook verifier token).
-pub async fn join_and_connect(network: &Network, ends: &Endpoints, dir: &Path) {
+/// role, and connected to the emulator at `ends` (with its webhook verifier token). With
+/// `catch_up` false it joins with `--no-sync`: it connects before it holds any of the mesh.
+pub async fn join_and_connect(network: &Network, ends: &Endpoints, dir: &Path, catch_up: bool) {
     let status = network.status();
     let opened = network
         .open_invite(Role::Bridge, Duration::from_secs(60))
@@ -42,7 +43,11 @@ pub async fn join_and_connect(network: &Network, ends: &Endpoints, dir: &Path) {
         status.listen[0],
         status.peer_id
     );
-    bridge(&["join", "--name", "Head office bridge", &invite], dir);
+    let mut join = vec!["join", "--name", "Head office bridge", &invite];
+    if !catch_up {
+        join.push("--no-sync");
+    }
+    bridge(&join, dir);
     let out = connect(ends, dir);
     assert!(
         out.status.success(),

@@ -118,7 +118,9 @@ fn field_and_stock(repo: &Repo) -> Result<Vec<Value>, ApiError> {
             .or_else(|| view.get("name"))
             .cloned()
             .unwrap_or(Value::Null);
-        for f in fields {
+        // QuickBooks' figures (the ledger, written by the bridge alone) are not a person's
+        // pick; a pick there would be refused, so it is not offered.
+        for f in fields.into_iter().filter(|f| f.path[0] != "ledger") {
             let values: Vec<Value> = f
                 .values
                 .iter()

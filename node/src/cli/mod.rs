@@ -13,10 +13,11 @@ pub async fn join_device(
     data: &std::path::Path,
     name: &str,
     invite: &str,
+    catch_up: bool,
     keys: &KeySource,
     json: bool,
 ) -> anyhow::Result<()> {
-    mesh::join(data, name, invite, true, shop::Output { json }, keys).await
+    mesh::join(data, name, invite, catch_up, shop::Output { json }, keys).await
 }
 mod shop;
 
