@@ -94,7 +94,7 @@ async fn main() {
     .await
     .unwrap();
     let dir = tmp.path().join("bridge");
-    support::join_and_connect(&network, &ends, &dir).await;
+    support::join_and_connect(&network, &ends, &dir, true).await;
     let http = ends.client();
     let counters = || async {
         let v: Value = http
