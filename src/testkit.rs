@@ -157,6 +157,21 @@ pub fn tillmesh(bin: &Path, args: &[&str]) -> anyhow::Result<std::process::Outpu
     Ok(out)
 }
 
+/// `tillmesh ARGS --json`, which must succeed: its answer.
+pub fn tillmesh_json(bin: &Path, args: &[&str]) -> anyhow::Result<Value> {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let out = tillmesh(bin, &args)?;
+    if !out.status.success() {
+        bail!(
+            "tillmesh {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("tillmesh {args:?} did not answer JSON"))
+}
+
 /// A node running as its own process, as a till would run it.
 pub struct NodeProcess {
     pub dir: PathBuf,

@@ -480,7 +480,7 @@ async fn join_catches_up_before_it_returns() -> anyhow::Result<()> {
     }
     let code = testkit::invite_code(BIN.as_ref(), &nodes[0].dir, "till")?;
     let dir = root.path().join("late");
-    let out = testkit::tillmesh(
+    let joined = testkit::tillmesh_json(
         BIN.as_ref(),
         &[
             "join",
@@ -489,15 +489,8 @@ async fn join_catches_up_before_it_returns() -> anyhow::Result<()> {
             "--name",
             "Late",
             &code,
-            "--json",
         ],
     )?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let joined: Value = serde_json::from_slice(&out.stdout)?;
     // Everything the owner holds, the new device's admission included.
     let total = nodes[0].api.ok_get("/v1/status").await?["entries"]
         .as_u64()
@@ -505,18 +498,10 @@ async fn join_catches_up_before_it_returns() -> anyhow::Result<()> {
     assert_eq!(joined["caught_up"], true, "{joined}");
     assert_eq!(joined["entries"].as_u64(), Some(total), "{joined}");
     // No node runs on the new folder: the CLI reads its store.
-    let sales = testkit::tillmesh(
+    let listed = testkit::tillmesh_json(
         BIN.as_ref(),
-        &[
-            "sales",
-            "--data",
-            dir.to_str().unwrap(),
-            "--limit",
-            "500",
-            "--json",
-        ],
+        &["sales", "--data", dir.to_str().unwrap(), "--limit", "500"],
     )?;
-    let listed: Value = serde_json::from_slice(&sales.stdout)?;
     assert_eq!(listed["items"].as_array().map(Vec::len), Some(300));
     Ok(())
 }
