@@ -370,9 +370,17 @@ impl Sim {
                                     .map(|r| r.reason)
                                     .unwrap_or_default();
                                 return Err(self.broken(format!(
-                                    "node {i} refused an honest entry {}:{}: {reason}",
+                                    "node {i} refused an honest entry {}:{} (node {}'s, of {:?}): {reason}",
                                     e.entry.author.short(),
-                                    e.entry.seq
+                                    e.entry.seq,
+                                    self.devices
+                                        .iter()
+                                        .position(|d| *d == e.entry.author)
+                                        .map_or("?".to_owned(), |n| n.to_string()),
+                                    e.docs()
+                                        .iter()
+                                        .map(|d| (d.doc_type, d.doc_id.to_string()))
+                                        .collect::<Vec<_>>()
                                 )));
                             }
                             _ => {}

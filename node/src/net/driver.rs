@@ -1332,9 +1332,7 @@ impl Driver {
             s.dial_targets = self.targets.len();
         }
     }
-}
 
-impl Driver {
     fn count_bytes(&self, direction: &'static str, bytes: usize) {
         self.repo
             .metrics()

@@ -179,6 +179,7 @@ impl Writer {
         let (author, seq) = (entry.entry.author, entry.entry.seq);
         touched.extend(entry.docs().iter().map(|d| d.doc_id));
         self.hold(t, entry)?;
+        self.retry_waiting(t, entry, touched)?;
         if entry.docs().iter().any(|d| d.doc_id == self.settings_id) {
             // Later entries of this batch (a product with a new tax code) are checked against
             // the settings as they are now.

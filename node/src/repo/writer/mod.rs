@@ -50,7 +50,8 @@ use super::{
     new_doc_id, now_ms,
 };
 use crate::store::tables::{
-    HEADS, MEMBER_OPS, META, QUARANTINE, SKUS, Sealed, Tables, VIEWS, meta_key, rejected_record,
+    HEADS, MEMBER_OPS, META, QUARANTINE, SKUS, Sealed, Tables, UNDONE, VIEWS, meta_key,
+    rejected_record,
 };
 use crate::store::wal::Wal;
 use crate::store::{self, Identity};
@@ -146,6 +147,8 @@ pub(crate) struct Writer {
     rights_staged: HashMap<(DocId, DeviceId), i64>,
     /// How long the last batch's write-ahead log append and sync took, for the metrics.
     wal_synced_in: Option<Duration>,
+    /// Documents where a held entry waits for changes not held yet (`undo::retry_waiting`).
+    waiting_docs: HashSet<DocId>,
 }
 
 enum Reply {
@@ -237,6 +240,7 @@ impl Writer {
             device,
             rights_staged: HashMap::new(),
             wal_synced_in: None,
+            waiting_docs: HashSet::new(),
         };
         w.reload()?;
         w.replay(records)?;
@@ -423,6 +427,16 @@ impl Writer {
         self.quarantined.clear();
         for item in tx.open_table(QUARANTINE)?.iter()? {
             self.quarantined.insert(DeviceId(*item?.0.value()));
+        }
+        // Undone entries are few: those a late revocation struck, and those that wait.
+        self.waiting_docs.clear();
+        for item in Sealed::new(tx.open_table(UNDONE)?, self.store.sealer()).iter()? {
+            let (_, v) = item?;
+            if let Ok(r) = serde_json::from_slice::<UndoneRecord>(v.value())
+                && r.reason == undo::WAITS_FOR_CHANGES
+            {
+                self.waiting_docs.extend(r.docs);
+            }
         }
         self.recompute_membership();
         self.publish_membership();

@@ -104,6 +104,28 @@ impl Writer {
         Ok(())
     }
 
+    /// After an entry was applied to documents where a held entry waits for changes not
+    /// held (`WAITS_FOR_CHANGES`): the region is worked out again, and a waiting entry whose
+    /// changes are now all held stands, with its documents rebuilt, as on every node that
+    /// held them in the other order.
+    pub(super) fn retry_waiting(
+        &mut self,
+        t: &mut Tables<'_>,
+        entry: &SignedEntry,
+        touched: &mut BTreeSet<DocId>,
+    ) -> Result<(), WriteError> {
+        let queue: Vec<DocId> = entry
+            .docs()
+            .iter()
+            .map(|d| d.doc_id)
+            .filter(|id| self.waiting_docs.contains(id))
+            .collect();
+        if queue.is_empty() {
+            return Ok(());
+        }
+        self.rebuild_region(t, queue, touched)
+    }
+
     /// The actor this device writes `id` with: the first of its series (see
     /// [`docmap::actor_in_series`]) that none of its own changes to `id` which do not stand
     /// used. Every change of that actor is then in the document, so the seq Automerge gives
@@ -181,8 +203,32 @@ impl Writer {
         if flipped == 0 {
             return Ok(());
         }
+        self.rebuild_region(t, queue, touched)
+    }
+
+    /// Works out again which entries stand across the region connected to `queue`'s documents
+    /// (recorded in `UNDONE`), and rebuilds every document of it from the changes that stand.
+    pub(super) fn rebuild_region(
+        &mut self,
+        t: &mut Tables<'_>,
+        queue: Vec<DocId>,
+        touched: &mut BTreeSet<DocId>,
+    ) -> Result<(), WriteError> {
+        let new = self.membership.clone();
         let region = Region::gather(t, queue)?;
         let undone = region.undone(&new);
+        // Documents with an entry that waits for changes not held: an entry applied to one
+        // of them later works the region out again (`retry_waiting`).
+        for id in region.docs.keys() {
+            self.waiting_docs.remove(id);
+        }
+        for (key, reason) in &undone {
+            if reason == WAITS_FOR_CHANGES
+                && let Some((e, _)) = region.entries.get(key)
+            {
+                self.waiting_docs.extend(e.docs().iter().map(|d| d.doc_id));
+            }
+        }
         for (key, (e, _)) in &region.entries {
             match undone.get(key) {
                 Some(reason) => {
@@ -194,7 +240,6 @@ impl Writer {
             }
         }
         tracing::warn!(
-            entries = flipped,
             region_entries = region.entries.len(),
             documents = region.docs.len(),
             "the membership changed what stands: documents rebuilt from the entries that do"
@@ -338,6 +383,28 @@ impl Region {
                 hashes.extend(changes.values().flatten().map(Change::hash));
             }
         }
+        // An entry held without being applied (it did not stand when it came) was never
+        // checked for what it builds on. Its changes may build on changes of entries not held
+        // here yet: applied now, Automerge would queue them out of sight, and they would slip
+        // in, unchecked and counted as the next entry's, when those arrive. It waits instead,
+        // as an entry that builds on what is not held waits at ingest. (Automerge dependencies
+        // never leave a document, and every held entry touching the region's documents is in
+        // the region, so a dependency not here is not held.)
+        let held: HashSet<ChangeHash> = self
+            .entries
+            .values()
+            .flat_map(|(_, changes)| changes.values().flatten().map(Change::hash))
+            .collect();
+        for (key, (_, changes)) in &self.entries {
+            let waits = changes
+                .values()
+                .flatten()
+                .any(|c| c.deps().iter().any(|d| !held.contains(d)));
+            if waits && !undone.contains_key(key) {
+                undone.insert(*key, WAITS_FOR_CHANGES.to_owned());
+                hashes.extend(changes.values().flatten().map(Change::hash));
+            }
+        }
         loop {
             let mut grew = false;
             for (key, (_, changes)) in &self.entries {
@@ -360,6 +427,10 @@ impl Region {
         }
     }
 }
+
+/// Why an entry held but never applied does not stand yet (see `Region::undone`).
+pub(super) const WAITS_FOR_CHANGES: &str =
+    "it builds on changes of entries not held here yet; it stands once they arrive";
 
 /// Why an entry of a member in good standing does not stand.
 pub(super) const BUILDS_ON_UNDONE: &str = "it builds on changes of an entry that does not stand (its author was revoked before it, or its role may not): none of its changes stands, so that what it did is not half done";
