@@ -232,7 +232,14 @@ impl Writer {
         for (key, (e, _)) in &region.entries {
             match undone.get(key) {
                 Some(reason) => {
-                    if t.undone.get((&key.0, key.1))?.is_none() {
+                    // Recorded again when the reason changed: a restart reads which entries
+                    // wait for changes from it.
+                    let recorded = t
+                        .undone
+                        .get((&key.0, key.1))?
+                        .and_then(|r| serde_json::from_slice::<UndoneRecord>(r.value()).ok())
+                        .map(|r| r.reason);
+                    if recorded.as_deref() != Some(reason.as_str()) {
                         self.record_undone(t, e, reason)?;
                     }
                 }
@@ -242,7 +249,7 @@ impl Writer {
         tracing::warn!(
             region_entries = region.entries.len(),
             documents = region.docs.len(),
-            "the membership changed what stands: documents rebuilt from the entries that do"
+            "what stands changed (the membership, or changes an entry waited for arrived): documents rebuilt from the entries that do"
         );
         for (id, recorded_type) in &region.docs {
             let standing: Vec<Change> = region
