@@ -35,7 +35,8 @@ impl Api {
         Api::with_token(base, tillmesh_node::api::auth::read_token(dir))
     }
 
-    fn with_token(base: impl Into<String>, token: Option<String>) -> Self {
+    /// A client that presents `token` (or none).
+    pub fn with_token(base: impl Into<String>, token: Option<String>) -> Self {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(v) =
             token.and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok())

@@ -824,3 +824,91 @@ async fn an_allowed_origin_gets_cors_and_hello_proves_the_token() {
         .unwrap();
     assert_eq!(rebound.status(), StatusCode::FORBIDDEN);
 }
+
+/// Signs a client in to the console as `tillmesh console`'s link does; the `Set-Cookie`.
+async fn console_sign_in(api: &Api, http: &reqwest::Client) -> String {
+    let code = api.ok_post("/v1/console/login", &json!({})).await.unwrap();
+    let link = format!(
+        "{}{}{}",
+        api.base,
+        code["path"].as_str().unwrap(),
+        code["code"].as_str().unwrap()
+    );
+    let r = http.get(link).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    r.headers()["set-cookie"].to_str().unwrap().to_owned()
+}
+
+/// The console's session: a random value per sign-in (nothing of the token, not the same for
+/// every browser), in a cookie named for the API's port, with a lifetime; all cookies of
+/// that name are looked at (another program on the host may plant one); signing out ends
+/// that session on the node, and only that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_sessions_are_random_and_end_at_sign_out() {
+    let (_tmp, node) = node().await;
+    let api = &node.api;
+    let token = tillmesh_node::api::auth::read_token(node.repo.dir()).unwrap();
+    let port = api.base.rsplit(':').next().unwrap();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (first, second) = (
+        console_sign_in(api, &http).await,
+        console_sign_in(api, &http).await,
+    );
+    let name = format!("tillmesh_console_{port}=");
+    for set in [&first, &second] {
+        assert!(set.starts_with(&name), "{set}");
+        for attr in ["HttpOnly", "SameSite=Strict", "Max-Age=43200"] {
+            assert!(set.contains(attr), "{attr} in {set}");
+        }
+        assert!(!set.contains(&token), "{set}");
+    }
+    let cookie = |set: &str| set.split(';').next().unwrap().to_owned();
+    let (a, b) = (cookie(&first), cookie(&second));
+    assert_ne!(a, b, "each sign-in is its own session");
+    let status_with = |cookie: String| {
+        let http = http.clone();
+        let url = format!("{}/v1/status", api.base);
+        async move {
+            http.get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(status_with(a.clone()).await, StatusCode::OK);
+    // A planted cookie of the same name, sent first, does not lock the console out.
+    assert_eq!(
+        status_with(format!("{name}0000; {a}")).await,
+        StatusCode::OK
+    );
+    // Another port's name does not open this one.
+    let value = a.split_once('=').unwrap().1;
+    assert_eq!(
+        status_with(format!("tillmesh_console_1={value}")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let out = http
+        .post(format!("{}/v1/console/logout", api.base))
+        .header("cookie", &a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    let cleared = out.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cleared.starts_with(&name) && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    assert_eq!(status_with(a).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status_with(b).await,
+        StatusCode::OK,
+        "the other session stays"
+    );
+}

@@ -2,7 +2,8 @@
 //! playwright-core), against real node processes on loopback: sign in with the one-time link,
 //! see a till go offline when its process is killed and come back, settle a customer's phone
 //! that two tills changed while apart by picking a value on the page, see the other till show
-//! it, and undo it. Each page is written as a screenshot to `target/console-screenshots/`.
+//! it, undo it, and sign out. Each page is written as a screenshot to
+//! `target/console-screenshots/`.
 //!
 //! `.ci/run` installs Chromium (apt) and playwright-core (npm, into `target/browser`).
 //! Without them the test says how to install them and passes, unless
@@ -309,6 +310,21 @@ async fn the_console_shows_the_mesh_and_settles_a_conflict_in_a_browser() -> any
     }
     let errors = page.run(json!({ "do": "errors" }));
     assert_eq!(errors["errors"], json!([]), "the page threw");
+
+    // Signing out ends the session on the node: the cookie the browser held opens nothing.
+    let out = page.run(json!({ "do": "signout" }));
+    assert_eq!(out["left"], 0, "the browser forgot the cookie: {out}");
+    let held = out["cookies"][0]
+        .as_str()
+        .expect("a session cookie was held");
+    let after = reqwest::Client::builder()
+        .no_proxy()
+        .build()?
+        .get(format!("{}/v1/status", nodes[0].api.base))
+        .header("cookie", held)
+        .send()
+        .await?;
+    assert_eq!(after.status(), 401, "a signed-out session is refused");
     for n in &mut nodes {
         n.stop()?;
     }

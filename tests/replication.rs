@@ -399,13 +399,41 @@ async fn metrics_move_as_sales_replicate() -> anyhow::Result<()> {
     let (status, body) = Api::new(scraper.clone()).get("/metrics").await?;
     assert_eq!(status, 401, "{body}");
     assert!(body.to_string().contains("credentials_file"), "{body}");
-    let page = scrape(&Api::for_dir(scraper.clone(), &nodes[0].dir)).await?;
-    assert!(metric(&page, "tillmesh_entries_written_total", "") >= 5.0);
-    // It serves the metrics and nothing else.
-    let (status, _) = Api::for_dir(scraper, &nodes[0].dir)
-        .get("/v1/status")
+    // The scraper's address takes the scraper's token (DIR/metrics.token), never the node's:
+    // it may face the shop's network, where a token crosses in the clear.
+    let (status, body) = Api::for_dir(scraper.clone(), &nodes[0].dir)
+        .get("/metrics")
         .await?;
-    assert_eq!(status, 404);
+    assert_eq!(
+        status, 401,
+        "the node's own token on the scraper's address: {body}"
+    );
+    let metrics_token = nodes[0].dir.join("metrics.token");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&metrics_token)?.permissions().mode();
+        assert_eq!(mode & 0o077, 0, "metrics.token is the owner's alone");
+    }
+    let scraper_api = Api::with_token(
+        scraper.clone(),
+        Some(std::fs::read_to_string(&metrics_token)?),
+    );
+    let page = scrape(&scraper_api).await?;
+    assert!(metric(&page, "tillmesh_entries_written_total", "") >= 5.0);
+    // That token opens nothing of the API.
+    let (status, _) = Api::with_token(
+        a.base.clone(),
+        Some(std::fs::read_to_string(&metrics_token)?),
+    )
+    .get("/v1/status")
+    .await?;
+    assert_eq!(status, 401);
+    // It serves the metrics and nothing else.
+    for path in ["/v1/status", "/", "/console.js"] {
+        let (status, _) = scraper_api.get(path).await?;
+        assert_eq!(status, 404, "{path}");
+    }
     Ok(())
 }
 

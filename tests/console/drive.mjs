@@ -81,6 +81,14 @@ const commands = {
   async errors() {
     return { errors };
   },
+  // Signs out with the page's button; answers the session cookie the browser held before.
+  async signout() {
+    const held = (await page.context().cookies()).filter((c) => c.name.startsWith("tillmesh_console_"));
+    await page.click('[data-testid="signout"]');
+    await page.waitForSelector('[data-testid="signin"]', { timeout: TIMEOUT_MS });
+    const left = (await page.context().cookies()).filter((c) => c.name.startsWith("tillmesh_console_"));
+    return { cookies: held.map((c) => `${c.name}=${c.value}`), left: left.length };
+  },
 };
 
 const lines = createInterface({ input: process.stdin });

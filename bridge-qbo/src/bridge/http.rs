@@ -8,9 +8,10 @@
 //! The endpoint faces the internet (QuickBooks must reach `/webhooks`), so everything but the
 //! webhook and the OAuth redirect needs the node's API token: `Authorization: Bearer`, or the
 //! session cookie (HttpOnly, SameSite=Strict) that `GET /connect?token=<token>` sets once and
-//! then drops from the address bar. The cookie holds an HMAC of the token for these pages, not
-//! the token: a browser sends it to every port of the host, and it opens nothing else. The redirect needs none: its `state` was handed out only to
-//! a signed-in person, and a company other than the bridge's is refused.
+//! then drops from the address bar. The cookie holds a session of these pages (random, ended
+//! after a working day or a restart; `auth::Sessions`), not the token: a browser sends it to
+//! every port of the host, and it opens nothing else. The redirect needs none: its `state` was
+//! handed out only to a signed-in person, and a company other than the bridge's is refused.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,8 +26,6 @@ use tillmesh_node::api::auth;
 use super::Bridge;
 use super::connect::{self, App};
 
-/// What the bridge's session cookie opens: its own pages, nothing of the node's API.
-const SESSION_PURPOSE: &str = "bridge";
 /// Authorizations started from the page and not yet come back; the oldest go first.
 const PENDING_MAX: usize = 8;
 const PENDING_TTL: Duration = Duration::from_secs(600);
@@ -89,22 +88,17 @@ impl Bridge {
 /// the token before the bridge starts, so no request reads the disk for it.
 struct SignIn {
     token: Option<String>,
-    /// The cookie's value: an HMAC of the token for these pages only.
-    session: String,
+    /// Browsers signed in to these pages (and nothing of the node's API).
+    sessions: auth::Sessions,
     /// The data folder, for the message that says how to sign in.
     dir: String,
 }
 
 impl SignIn {
     fn of(b: &Bridge) -> SignIn {
-        let token = auth::read_token(b.repo.dir());
-        let session = token
-            .as_deref()
-            .map(|t| auth::session_value(t, SESSION_PURPOSE))
-            .unwrap_or_default();
         SignIn {
-            token,
-            session,
+            token: auth::read_token(b.repo.dir()),
+            sessions: auth::Sessions::default(),
             dir: b.repo.dir().display().to_string(),
         }
     }
@@ -122,9 +116,9 @@ async fn signed_in(State(s): State<Arc<SignIn>>, req: Request, next: Next) -> Re
             .into_response();
     };
     let holds = |given: &str| auth::same(given.as_bytes(), token.as_bytes());
-    let in_session = |given: &str| auth::same(given.as_bytes(), s.session.as_bytes());
     if auth::presented(req.headers()).is_some_and(holds)
-        || auth::session_presented(req.headers()).is_some_and(in_session)
+        || s.sessions
+            .holds(auth::cookies(req.headers(), auth::SESSION_COOKIE))
     {
         return next.run(req).await;
     }
@@ -136,7 +130,9 @@ async fn signed_in(State(s): State<Arc<SignIn>>, req: Request, next: Next) -> Re
         .find_map(|kv| kv.strip_prefix("token="));
     if link.is_some_and(holds) {
         let mut r = Redirect::to(req.uri().path()).into_response();
-        if let Ok(v) = HeaderValue::from_str(&auth::session_cookie(&s.session)) {
+        let session = s.sessions.open();
+        if let Ok(v) = HeaderValue::from_str(&auth::session_cookie(auth::SESSION_COOKIE, &session))
+        {
             r.headers_mut().insert(header::SET_COOKIE, v);
         }
         return r;

@@ -11,7 +11,13 @@
 //! and a body must be `application/json` (the body reader checks it). The console in a browser
 //! has a session cookie instead (HttpOnly, SameSite=Strict, from a one-time sign-in link that
 //! `tillmesh console` asks for with the token), checked here in place of the header, under
-//! the same Host and Origin checks; the API's own origins are allowed for its pages.
+//! the same Host and Origin checks; the API's own origins are allowed for its pages. A
+//! session is a random value this process holds ([`Sessions`]): it ends after a working day,
+//! at sign-out, or when the node restarts, and shows nothing of the token.
+//!
+//! A scraper on `tillmesh run --metrics ADDR` presents its own token, `DIR/metrics.token`
+//! ([`metrics_token`]): that address may be on the shop's network, where a token crosses in
+//! the clear, and what it carries must open nothing but the metrics.
 //!
 //! One route needs no token: `GET /v1/hello?nonce=N` answers
 //! `HMAC-SHA256(token, "tillmesh-api-hello" ‖ address ‖ N)`. The CLI asks it before it sends the
@@ -40,10 +46,16 @@ use super::error::ApiError;
 pub const TOKEN_FILE: &str = "api.token";
 /// The one route that needs no token (see the module's doc).
 pub const HELLO_PATH: &str = "/v1/hello";
-/// The cookie a sign-in link sets (HttpOnly, SameSite=Strict). It holds a session value
-/// derived from the token for one purpose ([`session_value`]), never the token itself: a
-/// browser sends a cookie to every port of its host, so it must open nothing but its own door.
+/// The cookie the bridge's sign-in link sets (HttpOnly, SameSite=Strict). It holds a session
+/// ([`Sessions`]), never the token itself: a browser sends a cookie to every port of its
+/// host, so it must open nothing but its own door, and not for long.
 pub const SESSION_COOKIE: &str = "tillmesh_session";
+/// How long a browser session lasts from its sign-in: a shop's working day.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Sessions open at once per door (the oldest end first).
+const SESSIONS_MAX: usize = 64;
+/// The scraper's token for `tillmesh run --metrics ADDR`, beside `api.token`.
+pub const METRICS_TOKEN_FILE: &str = "metrics.token";
 /// How long a browser keeps a preflight's answer.
 const PREFLIGHT_MAX_AGE_S: u32 = 600;
 
@@ -92,11 +104,26 @@ pub fn ensure_token(dir: &Path) -> Result<String, TokenError> {
         return Ok(t);
     }
     let token = to_hex(&crate::store::seal::random::<32>());
-    // Written whole under a fresh, unguessable name (never one someone else made first),
-    // then linked into place: a reader never sees half a token, and of two processes making
-    // one at once, the first link wins.
+    // Linked into place: of two processes making one at once, the first link wins.
+    let tmp = write_private(dir, TOKEN_FILE, &token).map_err(io)?;
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(token),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            check_private(&path)?;
+            read_token(dir).ok_or_else(|| io(e))
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// `content` written whole and synced, owner-only, under a fresh, unguessable name beside
+/// `name` (never one someone else made first), for the caller to move into place: a reader
+/// never sees half a secret, nor one others could read.
+fn write_private(dir: &Path, name: &str, content: &str) -> std::io::Result<PathBuf> {
     let tmp = dir.join(format!(
-        "{TOKEN_FILE}.{}.tmp",
+        "{name}.{}.tmp",
         to_hex(&crate::store::seal::random::<8>())
     ));
     let mut options = std::fs::OpenOptions::new();
@@ -107,22 +134,15 @@ pub fn ensure_token(dir: &Path) -> Result<String, TokenError> {
         options.mode(0o600);
     }
     let written = options.open(&tmp).and_then(|mut f| {
-        f.write_all(token.as_bytes())?;
+        f.write_all(content.as_bytes())?;
         f.sync_all()
     });
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
-    }
-    let linked = std::fs::hard_link(&tmp, &path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(token),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            check_private(&path)?;
-            read_token(dir).ok_or_else(|| io(e))
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
         }
-        Err(e) => Err(io(e)),
     }
 }
 
@@ -185,39 +205,110 @@ pub fn presented(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// The session cookie's value, if the request carries one.
-pub fn session_presented(headers: &HeaderMap) -> Option<&str> {
-    cookie(headers, SESSION_COOKIE)
-}
-
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+/// Every value of the cookie `name` the request carries. All are looked at, not the first:
+/// another program on the host may set a cookie of the same name with a narrower path,
+/// which the browser sends first.
+pub fn cookies<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(name)?.strip_prefix('='))
+        .filter_map(move |c| c.trim().strip_prefix(name)?.strip_prefix('='))
 }
 
-/// A session's cookie value for `purpose` (the bridge's pages, later the console): an HMAC
-/// under the token, so the cookie opens that door only, and shows nothing of the token.
-pub fn session_value(token: &str, purpose: &str) -> String {
+/// A token derived from the node's for one `purpose`: it opens that door only, and shows
+/// nothing of the token.
+fn purpose_token(token: &str, purpose: &str) -> String {
     use hmac::{Hmac, KeyInit, Mac};
     let mut mac =
         <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(token.as_bytes()).expect("any key");
-    mac.update(b"tillmesh-session\0");
+    mac.update(b"tillmesh-purpose\0");
     mac.update(purpose.as_bytes());
     to_hex(&mac.finalize().into_bytes())
 }
 
-/// `Set-Cookie` for a browser session of `value`: never sent by a page of another site, never
-/// readable by script.
-pub fn session_cookie(value: &str) -> String {
-    named_cookie(SESSION_COOKIE, value)
+/// The scraper's token: derived from the node's, so it changes with it, and opens
+/// `/metrics` on the scraper's address only.
+pub fn metrics_token(token: &str) -> String {
+    purpose_token(token, "metrics")
 }
 
-fn named_cookie(name: &str, value: &str) -> String {
-    format!("{name}={value}; HttpOnly; SameSite=Strict; Path=/")
+/// Writes `DIR/metrics.token` (owner-only) for `tillmesh run --metrics`, and returns it.
+pub fn ensure_metrics_token(dir: &Path) -> Result<String, TokenError> {
+    let token = metrics_token(&ensure_token(dir)?);
+    let path = dir.join(METRICS_TOKEN_FILE);
+    if std::fs::read_to_string(&path).is_ok_and(|t| t.trim() == token) {
+        check_private(&path)?;
+        return Ok(token);
+    }
+    let placed = write_private(dir, METRICS_TOKEN_FILE, &token).and_then(|tmp| {
+        std::fs::rename(&tmp, &path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+    });
+    placed.map_err(|source| TokenError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(token)
+}
+
+/// Browser sessions of one door (the console, the bridge's pages): random values held in
+/// this process, each good for [`SESSION_TTL`] from its sign-in. A value that leaks (a
+/// browser sends the cookie to every port of the host) opens the door for a working day at
+/// most; a sign-out or a restart closes it at once.
+#[derive(Default)]
+pub struct Sessions(Mutex<Vec<(String, Instant)>>);
+
+impl Sessions {
+    /// A new session's value.
+    pub fn open(&self) -> String {
+        let value = to_hex(&crate::store::seal::random::<16>());
+        let now = Instant::now();
+        if let Ok(mut open) = self.0.lock() {
+            open.retain(|(_, until)| *until > now);
+            if open.len() >= SESSIONS_MAX {
+                open.remove(0);
+            }
+            open.push((value.clone(), now + SESSION_TTL));
+        }
+        value
+    }
+
+    /// Whether any of `presented` is an open session.
+    pub fn holds<'a>(&self, presented: impl IntoIterator<Item = &'a str>) -> bool {
+        let now = Instant::now();
+        let Ok(open) = self.0.lock() else {
+            return false;
+        };
+        presented.into_iter().any(|p| {
+            open.iter()
+                .any(|(v, until)| *until > now && same(v.as_bytes(), p.as_bytes()))
+        })
+    }
+
+    /// Ends every session among `presented`.
+    pub fn close<'a>(&self, presented: impl IntoIterator<Item = &'a str>) {
+        let presented: Vec<&str> = presented.into_iter().collect();
+        if let Ok(mut open) = self.0.lock() {
+            open.retain(|(v, _)| !presented.iter().any(|p| same(v.as_bytes(), p.as_bytes())));
+        }
+    }
+}
+
+/// `Set-Cookie` for a browser session: never sent by a page of another site, never readable
+/// by script, and dropped by the browser when the session ends here.
+pub fn session_cookie(name: &str, value: &str) -> String {
+    format!(
+        "{name}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        SESSION_TTL.as_secs()
+    )
+}
+
+/// `Set-Cookie` that makes the browser forget a session.
+pub fn cleared_cookie(name: &str) -> String {
+    format!("{name}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0")
 }
 
 /// The console's routes that need no token: its page (which holds nothing until signed in)
@@ -227,11 +318,12 @@ pub const CONSOLE_SCRIPT_PATH: &str = "/console.js";
 pub const CONSOLE_LOGIN_PATH: &str = "/login";
 /// Where `tillmesh console` asks for a one-time sign-in code (with the token).
 pub const CONSOLE_CODE_PATH: &str = "/v1/console/login";
-/// What the console's session cookie opens: this node's API, from its own pages.
-const CONSOLE_PURPOSE: &str = "console";
-/// The console's cookie: not the bridge's, since a browser keeps one cookie of a name per
-/// host whatever the port, and the bridge's pages are on another port of the same host.
-const CONSOLE_COOKIE: &str = "tillmesh_console";
+/// Where the console signs out: its session ends here, and the browser forgets the cookie.
+pub const CONSOLE_LOGOUT_PATH: &str = "/v1/console/logout";
+/// The console's cookie is named for its port (`tillmesh_console_7420`): a browser keeps one
+/// cookie of a name per host whatever the port, and two nodes, or a node and a bridge, may
+/// share a host.
+const CONSOLE_COOKIE_PREFIX: &str = "tillmesh_console_";
 /// How long a sign-in link works, and how many may be open at once (the oldest go first).
 const LOGIN_CODE_TTL: Duration = Duration::from_secs(300);
 const LOGIN_CODES_MAX: usize = 16;
@@ -242,8 +334,10 @@ pub struct Guard(Arc<GuardInner>);
 
 struct GuardInner {
     token: String,
-    /// The console's session cookie value: an HMAC of the token for the console only.
-    session: String,
+    /// The console's browser sessions.
+    sessions: Sessions,
+    /// The console's cookie name, with this API's port.
+    cookie: String,
     /// The address the API is bound to, as the hello proof names it.
     bound: String,
     /// `Host` values that name this API: its address, and `localhost` at its port.
@@ -264,7 +358,8 @@ impl Guard {
         // every write (`Origin`), and a rebound name cannot (its origin is another host).
         let own = hosts.iter().map(|h| format!("http://{h}"));
         Guard(Arc::new(GuardInner {
-            session: session_value(&token, CONSOLE_PURPOSE),
+            sessions: Sessions::default(),
+            cookie: format!("{CONSOLE_COOKIE_PREFIX}{port}"),
             token,
             bound: bound.to_string(),
             origins: origins
@@ -341,10 +436,7 @@ impl Guard {
 
     fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         self.check_caller(headers)?;
-        if presented(headers).is_none()
-            && cookie(headers, CONSOLE_COOKIE)
-                .is_some_and(|s| same(s.as_bytes(), self.0.session.as_bytes()))
-        {
+        if presented(headers).is_none() && self.0.sessions.holds(cookies(headers, &self.0.cookie)) {
             return Ok(());
         }
         let given = presented(headers).unwrap_or("");
@@ -395,6 +487,12 @@ pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response
                 g.login(req.uri().query().unwrap_or(""))
             }
             Ok(()) => next.run(req).await,
+            Err(e) => e.into_response(),
+        }
+    } else if req.method() == Method::POST && req.uri().path() == CONSOLE_LOGOUT_PATH {
+        // Whoever holds the session may end it; a page of another site cannot ask (Origin).
+        match g.check_caller(req.headers()) {
+            Ok(()) => g.logout(req.headers()),
             Err(e) => e.into_response(),
         }
     } else if req.method() == Method::POST && req.uri().path() == CONSOLE_CODE_PATH {
@@ -468,7 +566,19 @@ impl Guard {
                 .into_response();
         }
         let mut r = axum::response::Redirect::to(CONSOLE_PAGE_PATH).into_response();
-        if let Ok(v) = HeaderValue::from_str(&named_cookie(CONSOLE_COOKIE, &self.0.session)) {
+        let session = self.0.sessions.open();
+        if let Ok(v) = HeaderValue::from_str(&session_cookie(&self.0.cookie, &session)) {
+            r.headers_mut().insert(header::SET_COOKIE, v);
+        }
+        no_store(&mut r);
+        r
+    }
+
+    /// `POST /v1/console/logout`: the session ends here, and the browser forgets it.
+    fn logout(&self, headers: &HeaderMap) -> Response {
+        self.0.sessions.close(cookies(headers, &self.0.cookie));
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        if let Ok(v) = HeaderValue::from_str(&cleared_cookie(&self.0.cookie)) {
             r.headers_mut().insert(header::SET_COOKIE, v);
         }
         r
@@ -496,10 +606,17 @@ impl Guard {
     }
 }
 
-/// The guard of `tillmesh run --metrics ADDR`: the token alone. That address is for a
+/// `Cache-Control: no-store`: a sign-in's answer is kept by no cache.
+fn no_store(r: &mut Response) {
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+/// The guard of `tillmesh run --metrics ADDR`: the scraper's token alone
+/// ([`metrics_token`], in `DIR/metrics.token`), never the node's. That address is for a
 /// scraper (Prometheus sends `Authorization: Bearer` from its `credentials_file`), not a
-/// browser, and may be on the LAN where a monitoring server reaches it; it serves counts,
-/// nothing of the business's data, and nothing that writes.
+/// browser, and may be on the LAN where a monitoring server reaches it and the token crosses
+/// in the clear; it serves counts, nothing of the business's data, and nothing that writes.
 pub async fn bearer_only(State(token): State<Arc<str>>, req: Request, next: Next) -> Response {
     if presented(req.headers()).is_some_and(|t| same(t.as_bytes(), token.as_bytes())) {
         return next.run(req).await;
@@ -507,7 +624,7 @@ pub async fn bearer_only(State(token): State<Arc<str>>, req: Request, next: Next
     ApiError::new(
         StatusCode::UNAUTHORIZED,
         "unauthorized",
-        "send `Authorization: Bearer <token>`, the token in DIR/api.token (for Prometheus: `authorization: { credentials_file: DIR/api.token }`)",
+        "send `Authorization: Bearer <token>`, the scraper's token in DIR/metrics.token (for Prometheus: `authorization: { credentials_file: DIR/metrics.token }`); the node's own token is not taken here",
     )
     .into_response()
 }

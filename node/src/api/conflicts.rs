@@ -26,16 +26,27 @@ const RESOLUTIONS_MAX: usize = 500;
 ///   stand, the void gives back only the rest (see `Sale::stock_moves`), and this shows what
 ///   each till did.
 pub async fn list(State(repo): State<Repo>) -> Result<Json<Value>, ApiError> {
-    let repo2 = repo.clone();
-    let mut out = tokio::task::spawn_blocking(move || field_and_stock(&repo2))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("listing conflicts failed: {e}"),
-            )
-        })??;
+    // Every part reads the store at length: off the async threads, which serve the API and
+    // the network.
+    let out = tokio::task::spawn_blocking(move || {
+        let mut out = field_and_stock(&repo)?;
+        out.extend(sale_conflicts(&repo)?);
+        Ok::<_, ApiError>(out)
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("listing conflicts failed: {e}"),
+        )
+    })??;
+    Ok(Json(serde_json::json!({ "conflicts": out })))
+}
+
+/// Sales voided and refunded apart, and sales whose QuickBooks total overrode the till's.
+fn sale_conflicts(repo: &Repo) -> Result<Vec<Value>, ApiError> {
+    let mut out = Vec::new();
     let mut before = None;
     loop {
         let page = repo.list(DocType::Sale, before, crate::repo::LIST_LIMIT_MAX)?;
@@ -47,7 +58,7 @@ pub async fn list(State(repo): State<Repo>) -> Result<Json<Value>, ApiError> {
             if shown["void"].is_object()
                 && shown["refunds"].as_array().is_some_and(|r| !r.is_empty())
             {
-                out.push(void_and_refund(&repo, id, &shown)?);
+                out.push(void_and_refund(repo, id, &shown)?);
             }
             if let Some(till_total) = shown.get("till_total") {
                 out.push(serde_json::json!({
@@ -65,7 +76,7 @@ pub async fn list(State(repo): State<Repo>) -> Result<Json<Value>, ApiError> {
             break;
         }
     }
-    Ok(Json(serde_json::json!({ "conflicts": out })))
+    Ok(out)
 }
 
 /// A sale voided on one till and refunded on another: the void, and each refund as its till

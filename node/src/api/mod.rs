@@ -50,8 +50,6 @@ impl FromRef<AppState> for Repo {
 pub fn metrics_router(repo: Repo) -> Router {
     Router::new()
         .route("/metrics", get(node::metrics))
-        .route(auth::CONSOLE_PAGE_PATH, get(console::page))
-        .route(auth::CONSOLE_SCRIPT_PATH, get(console::script))
         .with_state(AppState {
             repo,
             network: None,

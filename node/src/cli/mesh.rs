@@ -44,8 +44,9 @@ pub struct NetArgs {
     /// token (repeatable). Every other page's requests are refused.
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     pub allow_origin: Vec<String>,
-    /// Also serve `GET /metrics` (Prometheus) on this address, for a scraper: it needs the
-    /// API token too, and may be on the LAN. It is always on the API's address as well.
+    /// Also serve `GET /metrics` (Prometheus) on this address, for a scraper: it may be on
+    /// the LAN, and takes the scraper's own token, written to DIR/metrics.token (never the
+    /// API token). It is always on the API's address as well, with the API token.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
 }

@@ -486,8 +486,12 @@ pub async fn run_node(
         None => (None, None),
     };
     if let Some(listener) = metrics_listener {
-        let token: std::sync::Arc<str> = crate::api::auth::ensure_token(&data)?.into();
-        println!("metrics: http://{}/metrics", listener.local_addr()?);
+        let token: std::sync::Arc<str> = crate::api::auth::ensure_metrics_token(&data)?.into();
+        println!(
+            "metrics: http://{}/metrics (token: {})",
+            listener.local_addr()?,
+            data.join(crate::api::auth::METRICS_TOKEN_FILE).display()
+        );
         let app = crate::api::metrics_router(repo.clone()).layer(
             axum::middleware::from_fn_with_state(token, crate::api::auth::bearer_only),
         );

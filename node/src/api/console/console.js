@@ -8,12 +8,15 @@ const PAGES = ["mesh", "conflicts", "alerts", "members", "bridge"];
 const STATUS_POLL_MS = 2000;
 const REDRAW_DEBOUNCE_MS = 250;
 const CONFLICTS_REFRESH_MS = 10000;
+// Listing conflicts reads every customer's, product's and sale's history: however busy the
+// till, a page asks at most this often (and once more after, for what came meanwhile).
+const CONFLICTS_MIN_GAP_MS = 3000;
 
 // What a person chose on a page lives here, not only in the page: a redraw (on every event)
 // must not undo a pick, a tick or a role chosen and not yet sent.
 const state = {
   page: "mesh", status: null, lastEntries: null, rate: null, resolved: [],
-  conflicts: null, conflictsAt: 0, conflictsDirty: true,
+  conflicts: null, conflictsAt: 0, conflictsDirty: true, conflictsNow: false, conflictsLater: null,
   picks: new Map(), ticked: new Set(), bulkDevice: "",
   inviteRole: "till", invite: null, roleChoice: new Map(),
 };
@@ -98,16 +101,28 @@ function peerState(member, peer, me, conflicted) {
   return "syncing";
 }
 
-async function mesh() {
+// Conflicts are read again when something changed (at most every CONFLICTS_MIN_GAP_MS), now
+// and then, and at once after this page settled or undid one.
+async function readConflicts() {
   const now = Date.now();
-  // Conflicts are read again when something changed, or now and then: listing them reads
-  // every customer's and product's history.
-  if (state.conflictsDirty || !state.conflicts || now - state.conflictsAt > CONFLICTS_REFRESH_MS) {
+  const since = now - state.conflictsAt;
+  const due = !state.conflicts || state.conflictsNow || since > CONFLICTS_REFRESH_MS
+    || (state.conflictsDirty && since > CONFLICTS_MIN_GAP_MS);
+  if (due) {
     state.conflictsDirty = false;
+    state.conflictsNow = false;
     state.conflictsAt = now;
     state.conflicts = await api("GET", "/v1/conflicts");
+  } else if (state.conflictsDirty && !state.conflictsLater) {
+    state.conflictsLater = setTimeout(() => { state.conflictsLater = null; redraw(); },
+      CONFLICTS_MIN_GAP_MS - since + 1);
   }
-  const conflicts = state.conflicts;
+  return state.conflicts;
+}
+
+async function mesh() {
+  const now = Date.now();
+  const conflicts = await readConflicts();
   const [status, members] = await Promise.all([api("GET", "/v1/status"), api("GET", "/v1/members")]);
   state.status = status;
   if (state.lastEntries) {
@@ -204,6 +219,7 @@ async function resolveRows(list, pickByDevice) {
     if (c) { state.picks.delete(keyOf(c)); state.ticked.delete(keyOf(c)); }
     state.resolved.unshift({ ...r, doc_type: c && c.doc_type, name: c && c.name });
   }
+  state.conflictsNow = true;
   await redraw();
 }
 
@@ -220,11 +236,12 @@ async function undo(r) {
   }
   await api("PATCH", base + r.doc_id, body);
   r.undone = true;
+  state.conflictsNow = true;
   await redraw();
 }
 
 async function conflicts() {
-  const { conflicts } = await api("GET", "/v1/conflicts");
+  const { conflicts } = await readConflicts();
   const fields = conflicts.filter((c) => c.kind === "field");
   const others = conflicts.filter((c) => c.kind !== "field");
   const devices = new Map();
@@ -391,4 +408,12 @@ route();
 const events = new EventSource("/v1/events", { withCredentials: true });
 events.addEventListener("change", soon);
 events.addEventListener("lagged", soon);
-setInterval(() => { if (state.page === "mesh") redraw(); }, STATUS_POLL_MS);
+const poll = setInterval(() => { if (state.page === "mesh") redraw(); }, STATUS_POLL_MS);
+// Signing out ends the session on the node (not only in this browser).
+document.getElementById("signout").addEventListener("click", async () => {
+  events.close();
+  clearInterval(poll);
+  await fetch("/v1/console/logout", { method: "POST", credentials: "same-origin" }).catch(() => null);
+  document.getElementById("me").textContent = "";
+  fail(new NotSignedIn());
+});
