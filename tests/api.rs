@@ -621,8 +621,8 @@ async fn status_describes_the_device() {
 
 /// No web page and no other program without the node's token can drive the API: a
 /// cross-origin `text/plain` POST (which a browser sends without asking), a rebound `Host`, a
-/// wrong token and a body that is not JSON are each refused with a clear JSON error, and
-/// nothing is written.
+/// wrong token and a body declared as anything but JSON (even an empty one) are each refused
+/// with a clear JSON error, and nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_nodes_token_from_its_own_address_drives_the_api() {
     let (tmp, node) = node().await;
@@ -686,6 +686,19 @@ async fn only_the_nodes_token_from_its_own_address_drives_the_api() {
                 .bearer_auth(&token)
                 .header("content-type", "text/plain")
                 .body(admit),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "the token, and an empty text/plain post to an endpoint that reads no body",
+            plain
+                .post(format!(
+                    "{}/v1/members/{}/revoke",
+                    api.base,
+                    "aa".repeat(32)
+                ))
+                .bearer_auth(&token)
+                .header("content-type", "text/plain"),
             415,
             "unsupported_media_type",
         ),

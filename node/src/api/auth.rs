@@ -8,7 +8,8 @@
 //!   that port): a rebound name is refused;
 //! - no `Origin`, or one on the allow-list (`tillmesh run --allow-origin`);
 //!
-//! and a body must be `application/json` (the body reader checks it). The console in a browser
+//! and a write must declare no body type or `application/json`, even with an empty body
+//! (checked here, before any handler, and again by the body reader). The console in a browser
 //! has a session cookie instead (HttpOnly, SameSite=Strict, from a one-time sign-in link that
 //! `tillmesh console` asks for with the token), checked here in place of the header, under
 //! the same Host and Origin checks; the API's own origins are allowed for its pages. A
@@ -463,39 +464,57 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
+/// A write whose body is declared as anything but JSON, even an empty one: a page's form post
+/// always declares a type, and an endpoint that reads no body (a revocation) must not take it.
+fn not_json(req: &Request) -> Option<ApiError> {
+    if !matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) {
+        return None;
+    }
+    let declared = req.headers().get(header::CONTENT_TYPE)?;
+    let media = declared
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    (media != "application/json").then(|| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "a write's body must be JSON, sent as `Content-Type: application/json` (it came as {media:?}); send none with an empty body"
+            ),
+        )
+    })
+}
+
 pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
     let origin = req.headers().get(header::ORIGIN).cloned();
-    let mut response = if req.method() == Method::OPTIONS && origin.is_some() {
-        // A browser's preflight carries no token: it asks whether the real request may follow.
-        match g.check_caller(req.headers()) {
-            Ok(()) => preflight(),
-            Err(e) => e.into_response(),
-        }
-    } else if req.method() == Method::GET && req.uri().path() == HELLO_PATH {
-        match g.check_caller(req.headers()) {
-            Ok(()) => g.hello(req.uri().query().unwrap_or("")),
-            Err(e) => e.into_response(),
-        }
-    } else if req.method() == Method::GET
-        && matches!(
-            req.uri().path(),
-            CONSOLE_PAGE_PATH | CONSOLE_SCRIPT_PATH | CONSOLE_LOGIN_PATH
-        )
+    let path = req.uri().path();
+    let mut response = if let Err(e) = g.check_caller(req.headers()) {
+        // Who is asking comes first, a browser's preflight too: what it presents, after.
+        e.into_response()
+    } else if req.method() == Method::OPTIONS && origin.is_some() {
+        // A preflight carries no token: it asks whether the real request may follow.
+        preflight()
+    } else if let Some(e) = not_json(&req) {
+        e.into_response()
+    } else if req.method() == Method::GET && path == HELLO_PATH {
+        g.hello(req.uri().query().unwrap_or(""))
+    } else if req.method() == Method::GET && path == CONSOLE_LOGIN_PATH {
+        g.login(req.uri().query().unwrap_or(""))
+    } else if req.method() == Method::GET && matches!(path, CONSOLE_PAGE_PATH | CONSOLE_SCRIPT_PATH)
     {
-        match g.check_caller(req.headers()) {
-            Ok(()) if req.uri().path() == CONSOLE_LOGIN_PATH => {
-                g.login(req.uri().query().unwrap_or(""))
-            }
-            Ok(()) => next.run(req).await,
-            Err(e) => e.into_response(),
-        }
-    } else if req.method() == Method::POST && req.uri().path() == CONSOLE_LOGOUT_PATH {
+        next.run(req).await
+    } else if req.method() == Method::POST && path == CONSOLE_LOGOUT_PATH {
         // Whoever holds the session may end it; a page of another site cannot ask (Origin).
-        match g.check_caller(req.headers()) {
-            Ok(()) => g.logout(req.headers()),
-            Err(e) => e.into_response(),
-        }
-    } else if req.method() == Method::POST && req.uri().path() == CONSOLE_CODE_PATH {
+        g.logout(req.headers())
+    } else if req.method() == Method::POST && path == CONSOLE_CODE_PATH {
         // The token itself, not a session: a signed-in page cannot mint more sign-ins.
         match g.check(req.headers()) {
             Ok(()) if presented(req.headers()).is_some() => axum::Json(serde_json::json!({
