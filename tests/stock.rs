@@ -424,7 +424,8 @@ async fn an_admin_reclaims_a_revoked_tills_rights_once_even_when_two_admins_do_i
         .await
         .unwrap();
     assert_eq!(status, 409, "{early}");
-    // Both admins reclaim while apart; the rights move once, to the product's maker.
+    // Both admins reclaim while apart; the rights move once, to the product's maker, which
+    // takes them in by accepting, like any transfer (a running till does within a second).
     sync_one_way(&a.repo, &c.repo).await;
     for node in [&a, &c] {
         let r = node
@@ -440,6 +441,19 @@ async fn an_admin_reclaims_a_revoked_tills_rights_once_even_when_two_admins_do_i
     sync_one_way(&a.repo, &c.repo).await;
     sync_one_way(&c.repo, &a.repo).await;
     let a_id = a.repo.identity().device_id.to_string();
+    for node in [&a, &c] {
+        assert_eq!(
+            rights(node, &path).await,
+            (vec![(a_id.clone(), 6)], 3, 9),
+            "in transit to the maker"
+        );
+    }
+    let product_id = mug["id"].as_str().unwrap().parse().unwrap();
+    a.repo
+        .execute(tillmesh_node::repo::Command::AcceptRights { product_id })
+        .await
+        .unwrap();
+    sync_one_way(&a.repo, &c.repo).await;
     for node in [&a, &c] {
         assert_eq!(rights(node, &path).await, (vec![(a_id.clone(), 9)], 0, 9));
     }

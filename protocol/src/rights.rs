@@ -18,11 +18,15 @@
 //! devices plus the transfers not yet accepted always sum to the product's level.
 //!
 //! One exception: an admin may **reclaim** the rights a revoked device held at its cutoff (its
-//! later entries never stand, so it can spend nothing more). The reclaim moves them to a
-//! device every node names alike (the product's maker, or the owner when the maker is the one
-//! revoked), its amount is what the revoked device's own log leaves it, and it is judged only
-//! once that log is held up to the cutoff; its document id is derived from the device and the
-//! product, so two admins reclaiming at once write the same document, and the rights move once.
+//! later entries never stand, so it can spend nothing more). The reclaim takes them from the
+//! revoked device and puts them in transit to a device every node names alike (the product's
+//! maker, or the owner when the maker is the one revoked); its amount is what the revoked
+//! device's own log leaves it, and it is judged only once that log is held up to the cutoff.
+//! Its document id is derived from the device and the product, so two admins reclaiming at
+//! once write the same document, and the rights move once. The receiver takes them in by
+//! accepting, as any transfer: were they its at once, its later spends would rest on an
+//! entry outside its own log, and a node still waiting for the revoked device's log would
+//! refuse them while every other node took them.
 //!
 //! A sale of a strict product cannot be voided (see [`crate::schema::Sale::check_update`]):
 //! the units a void gives back depend on refunds another till may have made apart, so rights

@@ -209,8 +209,8 @@ pub struct StockTransfer {
     pub to: DeviceId,
     pub qty: i64,
     pub at_ms: u64,
-    /// Set once, by the receiver, when it takes the rights into its own log; set at once on a
-    /// reclaim.
+    /// Set once, by the receiver, when it takes the rights into its own log (a reclaim's
+    /// too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accepted_at_ms: Option<u64>,
     /// An admin's reclaim of a revoked device's rights (see [`crate::rights`]): `from` is the

@@ -332,8 +332,9 @@ impl Writer {
                 "the mesh settings have not arrived yet; send the owner's first entry first",
             ));
         }
-        // What the entry moves of stock rights, as its author saw the document; a reclaim is
-        // judged by its own rules after the schema's (kept aside here, it is rare).
+        // What the entry moves of stock rights, as its author saw the document; a reclaim's
+        // creation is judged by its own rules after the schema's (kept aside here, it is
+        // rare). Its acceptance is the receiver's own move, judged like any transfer's.
         let moves: Result<rights::RightsMoves, Json>;
         match entry_changes {
             // The author's change is judged on the document as the author saw it, not as
@@ -359,7 +360,9 @@ impl Writer {
                         .to_string(),
                     ));
                 }
-                moves = if tillmesh_protocol::rights::is_reclaim(doc_type, &after) {
+                moves = if tillmesh_protocol::rights::is_reclaim(doc_type, &after)
+                    && !tillmesh_protocol::rights::is_reclaim(doc_type, &seen_view)
+                {
                     Err(after.clone())
                 } else {
                     Ok(rights::delta(doc_type, &id, Some(&seen_view), Some(&after)))
@@ -376,7 +379,11 @@ impl Writer {
                         .to_string(),
                     ));
                 }
-                moves = if tillmesh_protocol::rights::is_reclaim(doc_type, &view) {
+                moves = if tillmesh_protocol::rights::is_reclaim(doc_type, &view)
+                    && !before
+                        .as_ref()
+                        .is_some_and(|b| tillmesh_protocol::rights::is_reclaim(doc_type, b))
+                {
                     Err(view.clone())
                 } else {
                     Ok(rights::delta(doc_type, &id, before.as_ref(), Some(&view)))

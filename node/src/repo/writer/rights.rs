@@ -374,9 +374,11 @@ impl Writer {
             )));
         };
         let to = self.reclaim_target(&product, &r.from);
-        if r.to != to || r.accepted_at_ms.is_none() {
+        // In transit, like any transfer: the receiver takes the rights into its own log by
+        // accepting, so its later spends build on the reclaim and wait wherever it waits.
+        if r.to != to || r.accepted_at_ms.is_some() {
             return Err(Halt::Refuse(format!(
-                "a reclaim of {} rights goes to device {} at once",
+                "a reclaim of {} rights goes to device {}, not accepted: that device takes them in by accepting",
                 r.sku,
                 to.short()
             )));
@@ -445,7 +447,7 @@ impl Writer {
             to: self.reclaim_target(&product, &from),
             qty: self.rights_of(t, &product_id, &from)?,
             at_ms: now,
-            accepted_at_ms: Some(now),
+            accepted_at_ms: None,
             reclaim: true,
         };
         let view = docmap::view_of(&reclaim)?;
