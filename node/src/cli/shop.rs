@@ -306,7 +306,7 @@ pub async fn dispatch(
                 .await?;
             out.show(&r, || {
                 format!(
-                    "reclaimed rights to {} of {sku} from {from}; device {} holds them now",
+                    "reclaimed rights to {} of {sku} from {from}; they are on their way to device {}, which takes them in when it next runs",
                     r["qty"],
                     r["to"].as_str().map_or("?", |d| &d[..d.len().min(8)])
                 )
