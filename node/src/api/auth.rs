@@ -435,8 +435,9 @@ impl Guard {
         Ok(())
     }
 
-    fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        self.check_caller(headers)?;
+    /// What the request presents: the token, or a console session (the caller was checked
+    /// first, by `guard`).
+    fn check_credentials(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         if presented(headers).is_none() && self.0.sessions.holds(cookies(headers, &self.0.cookie)) {
             return Ok(());
         }
@@ -516,7 +517,7 @@ pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response
         g.logout(req.headers())
     } else if req.method() == Method::POST && path == CONSOLE_CODE_PATH {
         // The token itself, not a session: a signed-in page cannot mint more sign-ins.
-        match g.check(req.headers()) {
+        match g.check_credentials(req.headers()) {
             Ok(()) if presented(req.headers()).is_some() => axum::Json(serde_json::json!({
                 "code": g.new_code(),
                 "path": format!("{CONSOLE_LOGIN_PATH}?code="),
@@ -532,7 +533,7 @@ pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response
             Err(e) => e.into_response(),
         }
     } else {
-        match g.check(req.headers()) {
+        match g.check_credentials(req.headers()) {
             Ok(()) => next.run(req).await,
             Err(e) => e.into_response(),
         }
