@@ -957,6 +957,26 @@ impl Sim {
                     v["sku"], rights.in_transit
                 )));
             }
+            // Each device's rights are what its standing entries moved, less what a reclaim
+            // took (by its own rules, outside the device's log).
+            let mut from_rows = repo.rights_from_rows(id).map_err(|e| self.store_err(e))?;
+            for r in dump.values().filter(|r| {
+                r["type"] == "stock_transfer"
+                    && r["reclaim"] == true
+                    && r["product_id"].as_str() == Some(id.to_string().as_str())
+            }) {
+                if let Some(from) = r["from"].as_str().and_then(|s| s.parse().ok()) {
+                    *from_rows.entry(from).or_default() -= r["qty"].as_i64().unwrap_or(0);
+                }
+            }
+            from_rows.retain(|_, units| *units != 0);
+            let by_device: BTreeMap<_, i64> = rights.held.iter().copied().collect();
+            if by_device != from_rows {
+                return Err(self.broken(format!(
+                    "node {i}: strict product {}: rights {by_device:?}, but the standing entries' own moves give {from_rows:?}",
+                    v["sku"]
+                )));
+            }
             out.push((*id, rights));
         }
         Ok(out)

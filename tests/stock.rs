@@ -1,5 +1,5 @@
 //! Strict stock: a till sells only the units it holds rights to, rights pass between devices by
-//! signed transfers, and an entry that spends rights its author lacks is refused everywhere.
+//! signed transfers, and an entry that spends rights its author lacks stands nowhere.
 
 use std::time::Duration;
 
@@ -14,23 +14,35 @@ use tillmesh_protocol::{
 };
 
 async fn sync_one_way(from: &Repo, to: &Repo) {
-    // Authors go in id order, so an entry may come before another author's it builds on:
-    // deferred, then applied on the next round, as a pull would.
+    sync_until_held(from, to, false).await;
+}
+
+/// Sends `from`'s entries until `to` holds them all. Authors go in id order, so an entry may
+/// come before another author's it builds on: deferred (and its author's later entries a gap),
+/// then taken on the next round, as a pull would. Every one must be applied, or held undone where `undone_ok` says that may be.
+async fn sync_until_held(from: &Repo, to: &Repo, undone_ok: bool) {
     for _ in 0..4 {
         let outcomes = sync_entries(from, to).await.unwrap();
         for (author, seq, outcome) in &outcomes {
+            let undone = undone_ok && matches!(outcome, IngestOutcome::Undone { .. });
             assert!(
-                matches!(
-                    outcome,
-                    IngestOutcome::Applied | IngestOutcome::Deferred { .. }
-                ),
+                undone
+                    || matches!(
+                        outcome,
+                        IngestOutcome::Applied
+                            | IngestOutcome::Deferred { .. }
+                            | IngestOutcome::Gap { .. }
+                    ),
                 "{author:?}/{seq}: {outcome:?}"
             );
         }
-        if outcomes
-            .iter()
-            .all(|(_, _, o)| *o == IngestOutcome::Applied)
-        {
+        // A gap: an earlier entry of its author was deferred in this round.
+        if !outcomes.iter().any(|(_, _, o)| {
+            matches!(
+                o,
+                IngestOutcome::Deferred { .. } | IngestOutcome::Gap { .. }
+            )
+        }) {
             return;
         }
     }
@@ -206,7 +218,7 @@ async fn a_till_sells_only_its_rights_and_takes_more_by_a_transfer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn entries_spending_rights_their_author_lacks_are_refused() {
+async fn entries_moving_rights_their_author_lacks_are_refused_or_held_undone() {
     let tmp = tempfile::tempdir().unwrap();
     let b_key = DeviceKey::from_secret([2; 32]);
     let (a, mut others) = shop(
@@ -269,22 +281,158 @@ async fn entries_spending_rights_their_author_lacks_are_refused() {
     let stolen = signed_new(DocId::new_v7(3, [8; 10]), DocType::StockTransfer, change);
 
     for node in [&a, &c] {
-        for (entry, why) in [
-            (
-                &oversold,
-                "spends 1 units of MUG but its author held rights to 0",
-            ),
-            (&stolen, "moves stock rights of device"),
-        ] {
-            match node.repo.ingest(SignedEntry::clone(entry)).await.unwrap() {
-                IngestOutcome::Rejected { reason } => assert!(reason.contains(why), "{reason}"),
-                other => panic!("expected a refusal ({why}), got {other:?}"),
+        // Another device's rights: refused, whatever else arrives.
+        match node.repo.ingest(SignedEntry::clone(&stolen)).await.unwrap() {
+            IngestOutcome::Rejected { reason } => {
+                assert!(reason.contains("moves stock rights of device"), "{reason}")
             }
+            other => panic!("expected a refusal, got {other:?}"),
         }
+        // More than its author holds: held, chained, never applied. It would stand only if an
+        // entry of its author's log before it that gave the rights did (there is none).
+        match node
+            .repo
+            .ingest(SignedEntry::clone(&oversold))
+            .await
+            .unwrap()
+        {
+            IngestOutcome::Undone { reason } => {
+                assert!(reason.contains("did not hold"), "{reason}")
+            }
+            other => panic!("expected it held undone, got {other:?}"),
+        }
+        assert!(
+            node.repo
+                .view(&DocId::new_v7(2, [7; 10]))
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(
             rights(node, &path).await,
             (vec![(a.repo.identity().device_id.to_string(), 2)], 0, 2)
         );
+    }
+}
+
+/// A till spends rights a transfer gave it, and the transfer is then undone: the giver's
+/// revocation, by an admin that had not seen the transfer, cuts the giver's log before it. The
+/// sale rests on rights that are gone, so it stands nowhere, on a node that applied it before
+/// the revocation came as on one that got the revocation first; and once the admin's own
+/// revocation strikes its revocation of the giver, transfer, acceptance and sale all stand again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_resting_on_rights_an_undone_transfer_gave_stands_nowhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (owner, mut others) = shop(
+        &tmp,
+        &[
+            ("Till 2", 2, Role::Till),
+            ("Till 3", 3, Role::Till),
+            ("Manager", 4, Role::Admin),
+            ("Office 5", 5, Role::Viewer),
+            ("Office 6", 6, Role::Viewer),
+        ],
+    )
+    .await;
+    let (giver, till, manager, sold_first, revoked_first) = (
+        others.remove(0),
+        others.remove(0),
+        others.remove(0),
+        others.remove(0),
+        others.remove(0),
+    );
+    let mug = owner
+        .api
+        .ok_post("/v1/products", &strict("MUG", 10))
+        .await
+        .unwrap();
+    let path = format!("/v1/products/{}", mug["id"].as_str().unwrap());
+    let product_id: DocId = mug["id"].as_str().unwrap().parse().unwrap();
+    let accept = tillmesh_node::repo::Command::AcceptRights { product_id };
+    owner
+        .api
+        .ok_post(
+            "/v1/stock-transfers",
+            &json!({"sku": "MUG", "to": "Till 2", "qty": 6}),
+        )
+        .await
+        .unwrap();
+    sync_one_way(&owner.repo, &giver.repo).await;
+    giver.repo.execute(accept.clone()).await.unwrap();
+    // The manager holds the giver's log up to its acceptance, not its transfer to Till 3.
+    sync_one_way(&giver.repo, &manager.repo).await;
+    for node in [&sold_first, &revoked_first] {
+        sync_one_way(&owner.repo, &node.repo).await;
+    }
+    giver
+        .api
+        .ok_post(
+            "/v1/stock-transfers",
+            &json!({"sku": "MUG", "to": "Till 3", "qty": 6}),
+        )
+        .await
+        .unwrap();
+    sync_one_way(&giver.repo, &till.repo).await;
+    // Taken in by one entry, spent by the next: the sale builds on no change of the transfer.
+    till.repo.execute(accept).await.unwrap();
+    till.api
+        .ok_post("/v1/sales", &cash_sale("MUG", 2, 1000))
+        .await
+        .unwrap();
+    manager
+        .api
+        .ok_post("/v1/members/Till 2/revoke", &json!({}))
+        .await
+        .unwrap();
+
+    let owner_id = owner.repo.identity().device_id.to_string();
+    let giver_id = giver.repo.identity().device_id.to_string();
+    let till_id = till.repo.identity().device_id.to_string();
+    let sorted = |mut v: Vec<(String, i64)>| {
+        v.sort();
+        v
+    };
+    // The giver keeps what it accepted; the till's sale and acceptance are undone; 10 on hand.
+    let undone = (sorted(vec![(owner_id.clone(), 4), (giver_id, 6)]), 0, 10);
+    sync_one_way(&till.repo, &sold_first.repo).await;
+    assert_eq!(
+        rights(&sold_first, &path).await,
+        (
+            sorted(vec![(owner_id.clone(), 4), (till_id.clone(), 4)]),
+            0,
+            8
+        ),
+        "the sale applied before the revocation came"
+    );
+    sync_until_held(&manager.repo, &sold_first.repo, true).await;
+    sync_until_held(&manager.repo, &revoked_first.repo, true).await;
+    sync_until_held(&till.repo, &revoked_first.repo, true).await;
+    sync_until_held(&manager.repo, &till.repo, true).await;
+    for (node, name) in [
+        (&sold_first, "sale first"),
+        (&revoked_first, "revocation first"),
+        (&till, "the till itself"),
+    ] {
+        assert_eq!(rights(node, &path).await, undone, "{name}");
+        let status = node.api.ok_get("/v1/status").await.unwrap();
+        let reasons = status["undone"].to_string();
+        assert!(reasons.contains("did not hold"), "{name}: {reasons}");
+    }
+
+    // The owner revokes the manager as of before its revocation of the giver (it never held
+    // it): that revocation no longer counts, and everything it undid stands again.
+    owner
+        .api
+        .ok_post("/v1/members/Manager/revoke", &json!({}))
+        .await
+        .unwrap();
+    let stands = (
+        sorted(vec![(owner_id.clone(), 4), (till_id.clone(), 4)]),
+        0,
+        8,
+    );
+    for node in [&sold_first, &revoked_first, &till] {
+        sync_until_held(&owner.repo, &node.repo, true).await;
+        assert_eq!(rights(node, &path).await, stands);
     }
 }
 

@@ -125,7 +125,8 @@ pub fn is_reclaim(doc_type: DocType, view: &Json) -> bool {
     doc_type == DocType::StockTransfer && view.get("reclaim").and_then(Json::as_bool) == Some(true)
 }
 
-/// Why an entry's movement of rights is refused.
+/// Why an entry's movement of rights does not stand: refused (another device's rights), or held
+/// undone (beyond its author's).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RightsError {
     /// Rights move only by their holder's own entries; anything else would let arrival order

@@ -1255,6 +1255,28 @@ impl Repo {
         Ok(out)
     }
 
+    /// What the rows of the entries that stand (see `RIGHTS_MOVES`) add up to for `product`,
+    /// per device: a device's rights as its own log gives them, before any reclaim of them. An
+    /// audit (the simulation compares it with `rights`): it reads every row.
+    pub fn rights_from_rows(
+        &self,
+        product: &DocId,
+    ) -> Result<std::collections::BTreeMap<DeviceId, i64>, ReadError> {
+        let tx = self.db()?.begin_read()?;
+        let rows = tx.open_table(crate::store::tables::RIGHTS_MOVES)?;
+        let undone = tx.open_table(UNDONE)?;
+        let mut out = std::collections::BTreeMap::<DeviceId, i64>::new();
+        for item in rows.iter()? {
+            let (k, v) = item?;
+            let (author, seq, p) = k.value();
+            if p == product.as_bytes() && undone.get((author, seq))?.is_none() {
+                *out.entry(DeviceId(*author)).or_default() += v.value();
+            }
+        }
+        out.retain(|_, units| *units != 0);
+        Ok(out)
+    }
+
     /// Strict products with transfers given to `device` and not yet accepted, and how many
     /// units they carry.
     pub fn open_transfers_to(&self, device: &DeviceId) -> Result<Vec<(DocId, i64)>, ReadError> {

@@ -16,7 +16,7 @@ use redb::{Database, DatabaseError, ReadableDatabase, StorageError, TableHandle}
 use tillmesh_protocol::{DeviceId, DeviceKey, MeshId};
 
 use seal::{KdfParams, SALT_BYTES, Sealer, StorageKey};
-use tables::{FORMAT_V2, KEY_SOURCE_FILE, KEY_SOURCE_PASSPHRASE, META, meta_key};
+use tables::{FORMAT_V3, KEY_SOURCE_FILE, KEY_SOURCE_PASSPHRASE, META, meta_key};
 
 pub const STORE_FILE: &str = "tillmesh.redb";
 /// The storage key of a store not sealed with a passphrase, beside it, owner-only.
@@ -66,7 +66,7 @@ pub enum OpenError {
     )]
     Locked(PathBuf),
     #[error(
-        "the store in {path} was written by another version of tillmesh (format '{found}'); use the version that wrote it"
+        "the store in {path} was written by another version of tillmesh (format '{found}', this one reads 'tillmesh-store/3'); use the version that wrote it, or, once its sales have reached another node, move it aside and join the mesh again"
     )]
     OtherFormat { path: PathBuf, found: String },
     #[error("cannot use {path}: {source}")]
@@ -251,7 +251,7 @@ pub fn create_with(
             KeySource::Passphrase(_) => KEY_SOURCE_PASSPHRASE,
         };
         for (k, v) in [
-            (meta_key::FORMAT, FORMAT_V2.to_vec()),
+            (meta_key::FORMAT, FORMAT_V3.to_vec()),
             (meta_key::KEY_SOURCE, source_tag.to_vec()),
             (
                 meta_key::KEY_CHECK,
@@ -378,7 +378,7 @@ fn read_identity(
             .map(|v| v.value().to_vec()))
     };
     let format = get(meta_key::FORMAT)?.ok_or_else(|| not_ours("no format marker"))?;
-    if format != FORMAT_V2 {
+    if format != FORMAT_V3 {
         return Err(OpenError::OtherFormat {
             path: path.to_owned(),
             found: String::from_utf8_lossy(&format).into(),

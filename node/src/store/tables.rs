@@ -51,6 +51,14 @@ pub const STOCK: TableDefinition<&[u8; 16], i64> = TableDefinition::new("stock")
 /// the stock sums. A device's row changes only by its own entries.
 pub const RIGHTS: TableDefinition<RightsKey, i64> = TableDefinition::new("rights");
 pub type RightsKey = (&'static [u8; 16], &'static [u8; 32]);
+/// Per entry and strict product: how the entry moved its author's rights, as its author saw
+/// the documents: `(author, seq, product)` -> units. Written when an entry is applied or judged
+/// against its author's rights, never changed (it is a fact about the entry and what it builds
+/// on). An entry that stands and has no row moves no rights. When what stands changes, the
+/// author's log is replayed from these rows (see `writer::undo`): a spend that its author's
+/// standing entries do not cover does not stand.
+pub const RIGHTS_MOVES: TableDefinition<RightsMoveKey, i64> = TableDefinition::new("rights_moves");
+pub type RightsMoveKey = (&'static [u8; 32], u64, &'static [u8; 16]);
 /// Transfers of rights given but not yet accepted: `(receiver, product, transfer)` -> units.
 /// What a till short of rights takes into its next sale.
 pub const TRANSFERS_OPEN: TableDefinition<OpenTransferKey, i64> =
@@ -102,8 +110,9 @@ pub mod meta_key {
 }
 
 /// The value of `meta["format"]`: bump when the table layout changes incompatibly.
-/// Version 2 seals business data at rest.
-pub const FORMAT_V2: &[u8] = b"tillmesh-store/2";
+/// Version 2 seals business data at rest; version 3 records each entry's moves of stock
+/// rights (`RIGHTS_MOVES`), which a version 2 store lacks for the entries it holds.
+pub const FORMAT_V3: &[u8] = b"tillmesh-store/3";
 pub const KEY_SOURCE_FILE: &[u8] = b"file";
 pub const KEY_SOURCE_PASSPHRASE: &[u8] = b"argon2id";
 
@@ -155,6 +164,7 @@ pub fn create_all(tx: &redb::WriteTransaction) -> Result<(), redb::TableError> {
     tx.open_table(COUNTS)?;
     tx.open_table(STOCK)?;
     tx.open_table(RIGHTS)?;
+    tx.open_table(RIGHTS_MOVES)?;
     tx.open_table(TRANSFERS_OPEN)?;
     tx.open_table(MEMBER_OPS)?;
     tx.open_table(QUARANTINE)?;
@@ -178,6 +188,7 @@ pub struct Tables<'t> {
     pub counts: redb::Table<'t, u8, u64>,
     pub stock: redb::Table<'t, &'static [u8; 16], i64>,
     pub rights: redb::Table<'t, RightsKey, i64>,
+    pub rights_moves: redb::Table<'t, RightsMoveKey, i64>,
     pub transfers_open: redb::Table<'t, OpenTransferKey, i64>,
     pub member_ops: SealedTable<'t, (&'static [u8; 32], u64)>,
     pub quarantine: redb::Table<'t, &'static [u8; 32], ForkProof>,
@@ -204,6 +215,7 @@ impl<'t> Tables<'t> {
             counts: tx.open_table(COUNTS)?,
             stock: tx.open_table(STOCK)?,
             rights: tx.open_table(RIGHTS)?,
+            rights_moves: tx.open_table(RIGHTS_MOVES)?,
             transfers_open: tx.open_table(TRANSFERS_OPEN)?,
             member_ops: Sealed::new(tx.open_table(MEMBER_OPS)?, sealer),
             quarantine: tx.open_table(QUARANTINE)?,

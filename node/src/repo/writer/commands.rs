@@ -15,6 +15,8 @@ impl Writer {
     ) -> Result<Staged, WriteError> {
         let now = now_ms();
         let mut ops = Ops::default();
+        // What a command refused after it counted its moves left behind is not this one's.
+        self.own_moves.clear();
         if let Serial::Member(m) = cmd {
             return self.stage_member(t, m, now, touched);
         }
@@ -240,6 +242,7 @@ impl Writer {
     ) -> Result<Staged, WriteError> {
         let now = now_ms();
         let mut ops = Ops::default();
+        self.own_moves.clear();
         let types: Vec<DocType> = p.docs.iter().map(|d| d.doc_type).collect();
         self.check_own_write(&types)?;
         let mut moves = rights::RightsMoves::new();
@@ -738,6 +741,8 @@ impl Writer {
             .map(|d| (d.doc_id, d.doc_type))
             .collect();
         store_entry(t, &signed)?;
+        let moves = std::mem::take(&mut self.own_moves);
+        rights::write_rows(t, signed.entry.author, signed.entry.seq, &moves)?;
         self.wal_batch.push(signed.encoded().to_vec());
         self.head = (signed.entry.seq, signed.hash());
         Ok(Staged {

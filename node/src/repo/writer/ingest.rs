@@ -141,7 +141,11 @@ impl Writer {
             // what it holds at this point of its log.
             let applied = match applied {
                 Ok(()) if dc.doc_id == entry.docs()[entry.docs().len() - 1].doc_id => self
-                    .take_remote_rights(t, entry.entry.author, std::mem::take(&mut moves))
+                    .take_remote_rights(
+                        t,
+                        (entry.entry.author, entry.entry.seq),
+                        std::mem::take(&mut moves),
+                    )
                     .map(|()| self.count_rights(std::mem::take(&mut reclaimed))),
                 other => other,
             };

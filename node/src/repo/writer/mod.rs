@@ -145,6 +145,9 @@ pub(crate) struct Writer {
     /// Rights moved by the entries staged in the current batch, which the store's count
     /// (written by `finish`) does not hold yet.
     rights_staged: HashMap<(DocId, DeviceId), i64>,
+    /// This device's moves of its own rights in the command being staged: the rows of the
+    /// entry it signs (`commands::sign_and_store`).
+    own_moves: rights::RightsMoves,
     /// How long the last batch's write-ahead log append and sync took, for the metrics.
     wal_synced_in: Option<Duration>,
     /// Documents where a held entry waits for changes not held yet (`undo::retry_waiting`).
@@ -239,6 +242,7 @@ impl Writer {
             needs_recovery: false,
             device,
             rights_staged: HashMap::new(),
+            own_moves: rights::RightsMoves::new(),
             wal_synced_in: None,
             waiting_docs: HashSet::new(),
         };

@@ -82,27 +82,33 @@ impl Writer {
         }
     }
 
-    /// An ingested entry's moves of rights, checked: a refusal says why.
+    /// An ingested entry's moves of rights, checked and recorded as its rows. Moves of another
+    /// device's rights are refused. A spend beyond what its author holds is held undone, not
+    /// refused: the author's own node judged it on entries of its log that stood there, and one
+    /// of them may not stand here yet, or any more (see `undo`); it stands once they do.
     pub(super) fn take_remote_rights(
         &mut self,
-        t: &Tables<'_>,
-        author: DeviceId,
+        t: &mut Tables<'_>,
+        (author, seq): (DeviceId, u64),
         moves: RightsMoves,
     ) -> Result<(), Halt> {
         match self.check_rights(t, author, &moves)? {
             Ok(()) => {
+                write_rows(t, author, seq, &moves)?;
                 self.count_rights(moves);
                 Ok(())
             }
             Err(Err(e)) => Err(Halt::Refuse(e.to_string())),
-            Err(Ok(s)) => Err(Halt::Refuse(
-                RightsError::Exceeded {
+            Err(Ok(s)) => {
+                write_rows(t, author, seq, &moves)?;
+                let detail = RightsError::Exceeded {
                     sku: self.sku_of(t, &s.product),
                     spent: s.spent,
                     held: s.held,
-                }
-                .to_string(),
-            )),
+                };
+                tracing::warn!(author = %author.short(), seq, %detail, "entry spends rights its author does not hold here");
+                Err(Halt::Undone(super::undo::SPENDS_UNHELD_RIGHTS.to_owned()))
+            }
         }
     }
 
@@ -128,12 +134,19 @@ impl Writer {
         }
         match self.check_rights(t, me, &moves)? {
             Ok(()) => {
-                self.count_rights(moves);
+                self.count_own_rights(moves);
                 Ok(())
             }
             Err(Err(e)) => Err(WriteError::Internal(e.to_string())),
             Err(Ok(s)) => Err(self.out_of_stock(t, s)?),
         }
+    }
+
+    /// Counts a checked own move, and keeps it for the rows of the entry being written
+    /// (`sign_and_store`).
+    fn count_own_rights(&mut self, moves: RightsMoves) {
+        add_moves(&mut self.own_moves, moves.clone());
+        self.count_rights(moves);
     }
 
     /// Accepts every transfer of `product`'s rights given to this device.
@@ -236,7 +249,7 @@ impl Writer {
             Err(Ok(s)) => return Err(self.out_of_stock(t, s)?),
         }
         self.create_doc(t, ops, id, &transfer, now)?;
-        self.count_rights(moves);
+        self.count_own_rights(moves);
         Ok(id)
     }
 
@@ -319,6 +332,43 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Records how entry `seq` of `author` moves its author's rights (see `RIGHTS_MOVES`). Moves
+/// of other devices' rights are not its author's ledger: a reclaim's, which its own rules judge.
+pub(super) fn write_rows(
+    t: &mut Tables<'_>,
+    author: DeviceId,
+    seq: u64,
+    moves: &RightsMoves,
+) -> Result<(), WriteError> {
+    for ((product, device), units) in moves {
+        if *device == author && *units != 0 {
+            t.rights_moves
+                .insert((author.as_bytes(), seq, product.as_bytes()), *units)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every row of `author`'s log: seq -> its moves.
+pub(super) fn read_ledger(
+    t: &Tables<'_>,
+    author: &DeviceId,
+) -> Result<BTreeMap<u64, Vec<(DocId, i64)>>, WriteError> {
+    let (lo, hi) = ([0u8; 16], [0xffu8; 16]);
+    let mut out: BTreeMap<u64, Vec<(DocId, i64)>> = BTreeMap::new();
+    for item in t
+        .rights_moves
+        .range((author.as_bytes(), 0, &lo)..=(author.as_bytes(), u64::MAX, &hi))?
+    {
+        let (k, v) = item?;
+        let (_, seq, product) = k.value();
+        out.entry(seq)
+            .or_default()
+            .push((DocId(*product), v.value()));
+    }
+    Ok(out)
 }
 
 impl Writer {

@@ -7,7 +7,10 @@
 //! - it builds on an entry that does not stand: one of its changes depends on a change of such
 //!   an entry (Automerge cannot apply a change without the changes it builds on). Then none of
 //!   its changes stands, in any document: an entry is one act (a refund is the refund document
-//!   and the sale's list of refunds together), and half of it would move money twice.
+//!   and the sale's list of refunds together), and half of it would move money twice; or
+//! - it spends stock rights its author's standing entries before it do not cover (one that
+//!   gave them does not stand): rights cross documents, so each entry's moves of its author's
+//!   rights are kept as rows (`RIGHTS_MOVES`) and the author's log is replayed from them.
 //!
 //! The membership can change after the fact: a revocation reaches a node after the revoked
 //! device's later entries did, a role change after entries the old role allowed, an admin's own
@@ -17,15 +20,19 @@
 //!   holds the same log; it is listed in `UNDONE`, and none of its changes is in any document;
 //! - at ingest, an entry whose changes build on changes of a listed entry is listed too
 //!   ([`builds_on_undone`]);
+//! - at ingest, a spend beyond its author's rights is listed, not refused: it stands once the
+//!   entry that gave the rights does;
 //! - when the membership changes, the entries whose standing it flips are found, then every
 //!   entry connected to them through the documents they share (the region), and standing is
-//!   worked out again across the region; every document of the region is rebuilt from the
-//!   changes that stand. `finish` then moves views, stock levels and indexes from what the
+//!   worked out again across the region, in causal order (`Region::judge`); the region grows
+//!   by every spend outside it whose verdict its authors' replayed rows change, until none
+//!   does; every document of the region is rebuilt from the changes that stand. `finish` then moves views, stock levels and indexes from what the
 //!   documents were to what they are.
 
 use automerge::ActorId;
 use redb::ReadableMultimapTable;
 
+use super::rights;
 use super::*;
 
 /// Why `e` does not stand under `m`, or `None` if it does. A membership operation always
@@ -215,8 +222,30 @@ impl Writer {
         touched: &mut BTreeSet<DocId>,
     ) -> Result<(), WriteError> {
         let new = self.membership.clone();
-        let region = Region::gather(t, queue)?;
-        let undone = region.undone(&new);
+        let mut queued: BTreeSet<DocId> = queue.into_iter().collect();
+        // Grown until no spend outside it changes its verdict: each round adds the documents
+        // of those that do, so it ends (at worst with every document held).
+        let (region, judged) = loop {
+            let region = Region::gather(t, queued.iter().copied().collect())?;
+            let judged = region.judge(t, &new)?;
+            let before = queued.len();
+            for key in judged.outside_flips(t, &region)? {
+                if let Some(bytes) = t.entries.get((&key.0, key.1))? {
+                    queued.extend(decode_held(bytes.value())?.docs().iter().map(|d| d.doc_id));
+                }
+            }
+            if queued.len() == before {
+                break (region, judged);
+            }
+        };
+        let undone = judged.undone;
+        for (key, rows) in &judged.computed {
+            let moves = rows
+                .iter()
+                .map(|(product, units)| ((*product, DeviceId(key.0)), *units))
+                .collect();
+            rights::write_rows(t, DeviceId(key.0), key.1, &moves)?;
+        }
         // Documents with an entry that waits for changes not held: an entry applied to one
         // of them later works the region out again (`retry_waiting`).
         for id in region.docs.keys() {
@@ -329,12 +358,30 @@ pub(super) fn builds_on_undone(
 /// Parsed changes of one entry, by document.
 type ChangesByDoc = BTreeMap<DocId, Vec<Change>>;
 
+/// An entry of the log: `(author, seq)`.
+type Key = ([u8; 32], u64);
+
+/// How one entry moves its author's rights: per product, units.
+type Rows = Vec<(DocId, i64)>;
+
 /// The entries connected to some documents through the documents they share, and those
-/// documents: everything whose standing can depend on theirs (Automerge dependencies never
-/// cross documents, and an entry stands or falls whole).
+/// documents: everything whose standing can depend on theirs through Automerge (its
+/// dependencies never cross documents, and an entry stands or falls whole). Standing can also
+/// depend on an author's rights, which cross documents: `Writer::rebuild_region` grows the
+/// region until the spends outside it keep their verdict.
 struct Region {
-    entries: BTreeMap<([u8; 32], u64), (SignedEntry, ChangesByDoc)>,
+    entries: BTreeMap<Key, (SignedEntry, ChangesByDoc)>,
     docs: BTreeMap<DocId, DocType>,
+}
+
+/// What `Region::judge` found.
+struct Judged {
+    /// The region's entries that do not stand, and why.
+    undone: BTreeMap<Key, String>,
+    /// Rows worked out here for entries that had none: written once, they never change.
+    computed: BTreeMap<Key, Rows>,
+    /// Per author of the region: its rows, by seq.
+    ledgers: BTreeMap<[u8; 32], BTreeMap<u64, Rows>>,
 }
 
 impl Region {
@@ -379,17 +426,23 @@ impl Region {
         Ok(region)
     }
 
-    /// Which entries of the region do not stand under `m`, and why: those the membership
-    /// strikes, then every entry with a change that builds on one of theirs, until no more.
-    fn undone(&self, m: &Membership) -> BTreeMap<([u8; 32], u64), String> {
-        let mut undone = BTreeMap::new();
-        let mut hashes: HashSet<ChangeHash> = HashSet::new();
-        for (key, (e, changes)) in &self.entries {
-            if let Some(reason) = strike_reason(m, e) {
-                undone.insert(*key, reason);
-                hashes.extend(changes.values().flatten().map(Change::hash));
-            }
-        }
+    /// Which entries of the region do not stand under `m`, and why. Judged in causal order
+    /// (an entry after every entry it builds on, and after its author's earlier entries), so
+    /// each verdict rests on verdicts already reached, and the result is the one every node
+    /// reaches whatever order its entries came in:
+    /// - the membership strikes it; else
+    /// - it waits for changes not held; else
+    /// - a change of it builds on a change of an entry that does not stand; else
+    /// - it spends rights its author's standing entries before it do not cover.
+    fn judge(&self, t: &Tables<'_>, m: &Membership) -> Result<Judged, WriteError> {
+        let keys: Vec<Key> = self.entries.keys().copied().collect();
+        let index: HashMap<Key, usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+        let owner: HashMap<ChangeHash, usize> = self
+            .entries
+            .values()
+            .enumerate()
+            .flat_map(|(i, (_, changes))| changes.values().flatten().map(move |c| (c.hash(), i)))
+            .collect();
         // An entry held without being applied (it did not stand when it came) was never
         // checked for what it builds on. Its changes may build on changes of entries not held
         // here yet: applied now, Automerge would queue them out of sight, and they would slip
@@ -397,47 +450,250 @@ impl Region {
         // as an entry that builds on what is not held waits at ingest. (Automerge dependencies
         // never leave a document, and every held entry touching the region's documents is in
         // the region, so a dependency not here is not held.)
-        let held: HashSet<ChangeHash> = self
-            .entries
-            .values()
-            .flat_map(|(_, changes)| changes.values().flatten().map(Change::hash))
-            .collect();
-        for (key, (_, changes)) in &self.entries {
-            let waits = changes
-                .values()
-                .flatten()
-                .any(|c| c.deps().iter().any(|d| !held.contains(d)));
-            if waits && !undone.contains_key(key) {
-                undone.insert(*key, WAITS_FOR_CHANGES.to_owned());
-                hashes.extend(changes.values().flatten().map(Change::hash));
-            }
-        }
-        loop {
-            let mut grew = false;
-            for (key, (_, changes)) in &self.entries {
-                if undone.contains_key(key) {
-                    continue;
-                }
-                let builds = changes
-                    .values()
-                    .flatten()
-                    .any(|c| c.deps().iter().any(|d| hashes.contains(d)));
-                if builds {
-                    undone.insert(*key, BUILDS_ON_UNDONE.to_owned());
-                    hashes.extend(changes.values().flatten().map(Change::hash));
-                    grew = true;
+        let mut waits = vec![false; keys.len()];
+        let mut builds_on: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); keys.len()];
+        for (i, (_, changes)) in self.entries.values().enumerate() {
+            for d in changes.values().flatten().flat_map(|c| c.deps()) {
+                match owner.get(d) {
+                    Some(j) if *j != i => {
+                        builds_on[i].insert(*j);
+                    }
+                    Some(_) => {}
+                    None => waits[i] = true,
                 }
             }
-            if !grew {
-                return undone;
+        }
+        // Kahn's order over what each entry builds on and its author's previous entry here
+        // (keys are sorted by author, then seq).
+        let mut after: Vec<Vec<usize>> = vec![Vec::new(); keys.len()];
+        let mut before_count = vec![0usize; keys.len()];
+        for i in 0..keys.len() {
+            let mut preds = builds_on[i].clone();
+            if i > 0 && keys[i - 1].0 == keys[i].0 {
+                preds.insert(i - 1);
+            }
+            before_count[i] = preds.len();
+            for j in preds {
+                after[j].push(i);
             }
         }
+        let mut ready: std::collections::VecDeque<usize> =
+            (0..keys.len()).filter(|i| before_count[*i] == 0).collect();
+        let mut ledgers: BTreeMap<[u8; 32], BTreeMap<u64, Rows>> = BTreeMap::new();
+        for key in &keys {
+            if let std::collections::btree_map::Entry::Vacant(v) = ledgers.entry(key.0) {
+                v.insert(rights::read_ledger(t, &DeviceId(key.0))?);
+            }
+        }
+        // Per author: the rows counted so far (every seq below `.0`), and the balance per product.
+        let mut cursors: HashMap<[u8; 32], (u64, HashMap<DocId, i64>)> = HashMap::new();
+        let mut judged = Judged {
+            undone: BTreeMap::new(),
+            computed: BTreeMap::new(),
+            ledgers: BTreeMap::new(),
+        };
+        let mut full: HashMap<DocId, AutoCommit> = HashMap::new();
+        let mut done = vec![false; keys.len()];
+        while let Some(i) = ready.pop_front() {
+            done[i] = true;
+            for &j in &after[i] {
+                before_count[j] -= 1;
+                if before_count[j] == 0 {
+                    ready.push_back(j);
+                }
+            }
+            let key = keys[i];
+            let (e, _) = &self.entries[&key];
+            let ledger = ledgers
+                .get_mut(&key.0)
+                .expect("every author's ledger is read");
+            let (next, balance) = cursors.entry(key.0).or_default();
+            // The author's rows before this entry, each counted if its entry stands: one of the
+            // region (judged already: it comes before in the order) or one outside it, as
+            // recorded.
+            for (seq, rows) in ledger.range(*next..key.1) {
+                let stands = match index.get(&(key.0, *seq)) {
+                    Some(_) => !judged.undone.contains_key(&(key.0, *seq)),
+                    None => t.undone.get((&key.0, *seq))?.is_none(),
+                };
+                if stands {
+                    for (product, units) in rows {
+                        *balance.entry(*product).or_default() += units;
+                    }
+                }
+            }
+            *next = key.1 + 1;
+            let reason = if let Some(reason) = strike_reason(m, e) {
+                Some(reason)
+            } else if waits[i] {
+                Some(WAITS_FOR_CHANGES.to_owned())
+            } else if builds_on[i]
+                .iter()
+                .any(|j| judged.undone.contains_key(&keys[*j]))
+            {
+                Some(BUILDS_ON_UNDONE.to_owned())
+            } else {
+                let rows = match ledger.get(&key.1) {
+                    Some(rows) => rows.clone(),
+                    // Standing, it was judged against its rights, and has no row: it moves none.
+                    None if t.undone.get((&key.0, key.1))?.is_none() => Rows::new(),
+                    None => {
+                        let rows = self.moves_as_seen(&key, &mut full)?;
+                        judged.computed.insert(key, rows.clone());
+                        if !rows.is_empty() {
+                            ledger.insert(key.1, rows.clone());
+                        }
+                        rows
+                    }
+                };
+                let short = rows
+                    .iter()
+                    .any(|(p, u)| *u < 0 && balance.get(p).copied().unwrap_or(0) + u < 0);
+                if short {
+                    Some(SPENDS_UNHELD_RIGHTS.to_owned())
+                } else {
+                    for (product, units) in &rows {
+                        *balance.entry(*product).or_default() += units;
+                    }
+                    None
+                }
+            };
+            if let Some(reason) = reason {
+                judged.undone.insert(key, reason);
+            }
+        }
+        // Left over only by a cycle, which honest logs never make: nothing of it can stand.
+        for (i, key) in keys.iter().enumerate() {
+            if !done[i] {
+                judged.undone.insert(*key, WAITS_FOR_CHANGES.to_owned());
+            }
+        }
+        judged.ledgers = ledgers;
+        Ok(judged)
+    }
+
+    /// How entry `key` moves its author's rights, as its author saw the documents: each
+    /// document forked at what the entry's changes build on, then the changes applied, as
+    /// ingest judges them. `full` holds, per document, every change of the region.
+    fn moves_as_seen(
+        &self,
+        key: &Key,
+        full: &mut HashMap<DocId, AutoCommit>,
+    ) -> Result<Rows, WriteError> {
+        let (e, changes) = &self.entries[key];
+        let author = e.entry.author;
+        let mut moves = rights::RightsMoves::new();
+        for dc in e.docs() {
+            let Some(own) = changes.get(&dc.doc_id) else {
+                continue;
+            };
+            if !matches!(
+                dc.doc_type,
+                DocType::Product
+                    | DocType::Sale
+                    | DocType::Refund
+                    | DocType::StockAdjustment
+                    | DocType::StockTransfer
+            ) {
+                continue;
+            }
+            let failed = |e: automerge::AutomergeError| {
+                WriteError::Internal(format!("document {}: {e}", dc.doc_id))
+            };
+            let own_hashes: HashSet<ChangeHash> = own.iter().map(Change::hash).collect();
+            let mut seen: Vec<ChangeHash> = own
+                .iter()
+                .flat_map(|c| c.deps().iter().copied())
+                .filter(|h| !own_hashes.contains(h))
+                .collect();
+            seen.sort();
+            seen.dedup();
+            let (mut fork, before) = if seen.is_empty() {
+                (AutoCommit::new(), None)
+            } else {
+                let doc = match full.entry(dc.doc_id) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        let mut doc = AutoCommit::new();
+                        doc.apply_changes(
+                            self.entries
+                                .values()
+                                .filter_map(|(_, c)| c.get(&dc.doc_id))
+                                .flatten()
+                                .cloned(),
+                        )
+                        .map_err(failed)?;
+                        v.insert(doc)
+                    }
+                };
+                let fork = doc.fork_at(&seen).map_err(failed)?;
+                let before = docmap::read_json(&fork);
+                (fork, Some(before))
+            };
+            fork.apply_changes(own.iter().cloned()).map_err(failed)?;
+            let after = docmap::read_json(&fork);
+            rights::add_moves(
+                &mut moves,
+                rights::delta(dc.doc_type, &dc.doc_id, before.as_ref(), Some(&after)),
+            );
+        }
+        Ok(moves
+            .into_iter()
+            .filter(|((_, device), _)| *device == author)
+            .map(|((product, _), units)| (product, units))
+            .collect())
+    }
+}
+
+impl Judged {
+    /// Entries outside the region whose verdict on their author's rights changes with the
+    /// region's: a spend that stands and is now short, or one held short that is now covered.
+    /// Each author's log is replayed from its rows, the region's entries as judged, the others
+    /// as recorded.
+    fn outside_flips(&self, t: &Tables<'_>, region: &Region) -> Result<Vec<Key>, WriteError> {
+        let mut flips = Vec::new();
+        for (author, ledger) in &self.ledgers {
+            let mut balance: HashMap<DocId, i64> = HashMap::new();
+            for (seq, rows) in ledger {
+                let key = (*author, *seq);
+                let stands = if region.entries.contains_key(&key) {
+                    !self.undone.contains_key(&key)
+                } else {
+                    let recorded = t
+                        .undone
+                        .get((author, *seq))?
+                        .and_then(|r| serde_json::from_slice::<UndoneRecord>(r.value()).ok())
+                        .map(|r| r.reason);
+                    match recorded.as_deref() {
+                        None | Some(SPENDS_UNHELD_RIGHTS) => {
+                            let short = rows.iter().any(|(p, u)| {
+                                *u < 0 && balance.get(p).copied().unwrap_or(0) + u < 0
+                            });
+                            if short == recorded.is_none() {
+                                flips.push(key);
+                            }
+                            !short
+                        }
+                        Some(_) => false,
+                    }
+                };
+                if stands {
+                    for (product, units) in rows {
+                        *balance.entry(*product).or_default() += units;
+                    }
+                }
+            }
+        }
+        Ok(flips)
     }
 }
 
 /// Why an entry held but never applied does not stand yet (see `Region::undone`).
 pub(super) const WAITS_FOR_CHANGES: &str =
     "it builds on changes of entries not held here yet; it stands once they arrive";
+
+/// Why an entry that spends stock rights does not stand (see `Region::judge`).
+pub(super) const SPENDS_UNHELD_RIGHTS: &str = "it spends stock rights its author did not hold at that point of its log (an entry that gave them does not stand here); it stands once that entry does";
 
 /// Why an entry of a member in good standing does not stand.
 pub(super) const BUILDS_ON_UNDONE: &str = "it builds on changes of an entry that does not stand (its author was revoked before it, or its role may not): none of its changes stands, so that what it did is not half done";
