@@ -6,7 +6,7 @@ use tillmesh::testkit::{self, InProcessNode, cash_sale, member_device, product, 
 use tillmesh_node::Repo;
 use tillmesh_node::repo::{Command, IngestOutcome, MemberCommand};
 use tillmesh_protocol::docmap::{self, actor_for};
-use tillmesh_protocol::schema::Sale;
+use tillmesh_protocol::schema::{Product, Sale};
 use tillmesh_protocol::{
     DeviceId, DeviceKey, DocChanges, DocId, DocType, Entry, EntryHash, Payload, Role, SignedEntry,
 };
@@ -165,14 +165,24 @@ async fn bad_entries_are_refused_kept_aside_and_never_applied() {
     // The flipped byte is inside the change payload, so the entry still decodes.
     let tampered = SignedEntry::decode(&bytes).expect("a payload byte flipped still decodes");
     refused.push(("tampered bytes", b.repo.ingest(tampered).await.unwrap()));
-    // 3. A member (signs correctly) whose entry breaks its own hash chain.
+    // 3. A member (signs correctly) whose entry breaks its own hash chain. Its entries carry
+    // a product of its own (its own actor's change; `ts` tells two apart).
+    let tea: Product =
+        docmap::from_view(&a.repo.view(&prod.docs()[0].doc_id).unwrap().unwrap()).unwrap();
     let entry_of = |key: &DeviceKey, seq: u64, prev: EntryHash, ts: u64| {
+        let mut own = tea.clone();
+        own.sku = format!("TEA-{}-{ts}", key.device_id().short());
+        let (_, change, _) = docmap::create(&actor_for(&key.device_id()), &own, 0).unwrap();
         Entry {
             author: key.device_id(),
             seq,
             prev,
             timestamp_ms: ts,
-            payload: prod.entry.payload.clone(),
+            payload: Payload::Changes(vec![DocChanges {
+                doc_id: DocId::new_v7(ts, key.device_id().as_bytes()[..10].try_into().unwrap()),
+                doc_type: DocType::Product,
+                changes: vec![change],
+            }]),
         }
         .sign(&mesh, key)
     };
@@ -208,6 +218,19 @@ async fn bad_entries_are_refused_kept_aside_and_never_applied() {
     }
     .sign(&mesh, &rogue);
     refused.push(("junk change", b.repo.ingest(junk).await.unwrap()));
+    // 5b. Another device's change, carried as its own: the till's product.
+    let borrowed = Entry {
+        author: rogue.device_id(),
+        seq: 2,
+        prev: first.hash(),
+        timestamp_ms: 3,
+        payload: prod.entry.payload.clone(),
+    }
+    .sign(&mesh, &rogue);
+    refused.push((
+        "another device's change",
+        b.repo.ingest(borrowed).await.unwrap(),
+    ));
     // 6. A well-formed, well-signed change that edits a completed sale's total: before the sale
     // itself has arrived it is deferred (not stored, not held against anyone); once the sale is
     // held, it is refused.
@@ -295,6 +318,12 @@ async fn bad_entries_are_refused_kept_aside_and_never_applied() {
         reasons
             .iter()
             .any(|r| r.contains("not an Automerge change")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("not by this entry's author")),
         "{reasons:?}"
     );
     assert!(

@@ -76,6 +76,17 @@ fn strict(sku: &str, stock: i64) -> Value {
     })
 }
 
+/// `node` gives `qty` of its MUG rights to the member named `to`: the transfer's view.
+async fn give(node: &InProcessNode, to: &str, qty: i64) -> Value {
+    node.api
+        .ok_post(
+            "/v1/stock-transfers",
+            &json!({"sku": "MUG", "to": to, "qty": qty}),
+        )
+        .await
+        .unwrap()
+}
+
 /// Units each device holds, as `GET /v1/products/{id}` shows them, and the level.
 async fn rights(node: &InProcessNode, path: &str) -> (Vec<(String, i64)>, i64, i64) {
     let p = node.api.ok_get(path).await.unwrap();
@@ -131,14 +142,7 @@ async fn a_till_sells_only_its_rights_and_takes_more_by_a_transfer() {
 
     // Four units' rights to the till: the back office's fall at once, the till's rise when it
     // takes them into its next sale.
-    let given = a
-        .api
-        .ok_post(
-            "/v1/stock-transfers",
-            &json!({"sku": "MUG", "to": b_id, "qty": 4}),
-        )
-        .await
-        .unwrap();
+    let given = give(&a, &b_id, 4).await;
     assert_eq!(
         (given["qty"].as_i64(), given["to"].as_str()),
         (Some(4), Some(b_id.as_str()))
@@ -348,14 +352,7 @@ async fn a_sale_resting_on_rights_an_undone_transfer_gave_stands_nowhere() {
     let path = format!("/v1/products/{}", mug["id"].as_str().unwrap());
     let product_id: DocId = mug["id"].as_str().unwrap().parse().unwrap();
     let accept = tillmesh_node::repo::Command::AcceptRights { product_id };
-    owner
-        .api
-        .ok_post(
-            "/v1/stock-transfers",
-            &json!({"sku": "MUG", "to": "Till 2", "qty": 6}),
-        )
-        .await
-        .unwrap();
+    give(&owner, "Till 2", 6).await;
     sync_one_way(&owner.repo, &giver.repo).await;
     giver.repo.execute(accept.clone()).await.unwrap();
     // The manager holds the giver's log up to its acceptance, not its transfer to Till 3.
@@ -363,14 +360,7 @@ async fn a_sale_resting_on_rights_an_undone_transfer_gave_stands_nowhere() {
     for node in [&sold_first, &revoked_first] {
         sync_one_way(&owner.repo, &node.repo).await;
     }
-    giver
-        .api
-        .ok_post(
-            "/v1/stock-transfers",
-            &json!({"sku": "MUG", "to": "Till 3", "qty": 6}),
-        )
-        .await
-        .unwrap();
+    give(&giver, "Till 3", 6).await;
     sync_one_way(&giver.repo, &till.repo).await;
     // Taken in by one entry, spent by the next: the sale builds on no change of the transfer.
     till.repo.execute(accept).await.unwrap();
@@ -543,13 +533,7 @@ async fn an_admin_reclaims_a_revoked_tills_rights_once_even_when_two_admins_do_i
     let path = format!("/v1/products/{}", mug["id"].as_str().unwrap());
     // The other admin holds the owner's log (the membership) before any till's entries.
     sync_one_way(&a.repo, &c.repo).await;
-    a.api
-        .ok_post(
-            "/v1/stock-transfers",
-            &json!({"sku": "MUG", "to": "Till 2", "qty": 4}),
-        )
-        .await
-        .unwrap();
+    give(&a, "Till 2", 4).await;
     sync_one_way(&a.repo, &b.repo).await;
     b.api
         .ok_post("/v1/sales", &cash_sale("MUG", 1, 500))

@@ -178,7 +178,15 @@ async fn every_entry_is_checked_against_its_authors_role_and_revocation() {
     );
     // And an entry a viewer signs anyway is held by everyone else (so every node holds the
     // same log) but applied by none.
-    let by_viewer = signed(&v_key, &mesh, 1, &t_log[0], t_log[0].docs().to_vec());
+    let mut own: Sale = docmap::from_view(&owner.repo.view(&sale_id).unwrap().unwrap()).unwrap();
+    own.till = v_key.device_id();
+    let (_, change, _) = docmap::create(&actor_for(&v_key.device_id()), &own, 0).unwrap();
+    let own = DocChanges {
+        doc_id: DocId::new_v7(1, [12; 10]),
+        doc_type: DocType::Sale,
+        changes: vec![change],
+    };
+    let by_viewer = signed(&v_key, &mesh, 1, &t_log[0], vec![own]);
     let outcome = owner.repo.ingest(by_viewer).await.unwrap();
     undone(&outcome, "viewer may not write sale");
 

@@ -53,7 +53,7 @@ pub fn moves(doc_type: DocType, id: &DocId, view: &Json) -> Vec<RightsMove> {
             .filter(|l| l.get("strict").and_then(Json::as_bool) == Some(true))
             .filter_map(|l| {
                 let product = l.get("product_id")?.as_str()?.parse().ok()?;
-                Some(((product, by), sign * l.get(qty_key)?.as_i64()?))
+                Some(((product, by), l.get(qty_key)?.as_i64()?.checked_mul(sign)?))
             })
             .collect()
     };
@@ -84,7 +84,7 @@ pub fn moves(doc_type: DocType, id: &DocId, view: &Json) -> Vec<RightsMove> {
             ) else {
                 return Vec::new();
             };
-            let mut out = vec![((product, from), -qty)];
+            let mut out = vec![((product, from), qty.saturating_neg())];
             if view.get("accepted_at_ms").is_some_and(|a| !a.is_null()) {
                 out.push(((product, to), qty));
             }

@@ -64,6 +64,16 @@ pub(crate) fn parse_changes(entry: &SignedEntry) -> Result<Vec<Vec<Change>>, Str
         let mut changes = Vec::with_capacity(dc.changes.len());
         for (n, bytes) in dc.changes.iter().enumerate() {
             match docmap::parse_change(bytes) {
+                // A change is its author's own: one of another device's would let an entry
+                // claim that device's change as its own, and sit in its place in the
+                // order the undo works standing out in (`writer::undo`).
+                Ok(c) if docmap::series_of(&entry.entry.author, c.actor_id()).is_none() => {
+                    return Err(format!(
+                        "document {}: change {n} was made by actor {}, not by this entry's author or one of its actors",
+                        dc.doc_id,
+                        c.actor_id()
+                    ));
+                }
                 Ok(c) => changes.push(c),
                 Err(e) => {
                     return Err(format!(
@@ -161,7 +171,8 @@ mod tests {
     }
 
     fn unsigned(seq: u64) -> Entry {
-        let mut doc = automerge::AutoCommit::new();
+        let mut doc = automerge::AutoCommit::new()
+            .with_actor(tillmesh_protocol::docmap::actor_for(&key().device_id()));
         doc.put(automerge::ROOT, "n", seq as i64).unwrap();
         doc.commit();
         let change = doc.get_last_local_change().unwrap().raw_bytes().to_vec();

@@ -437,12 +437,15 @@ impl Region {
     fn judge(&self, t: &Tables<'_>, m: &Membership) -> Result<Judged, WriteError> {
         let keys: Vec<Key> = self.entries.keys().copied().collect();
         let index: HashMap<Key, usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
-        let owner: HashMap<ChangeHash, usize> = self
-            .entries
-            .values()
-            .enumerate()
-            .flat_map(|(i, (_, changes))| changes.values().flatten().map(move |c| (c.hash(), i)))
-            .collect();
+        // A change held twice (an author may carry one of its own again) is owned by the first
+        // entry that holds it: the one it was made in. (A change of another device's actor is
+        // refused at ingest, so only its author's entries can hold it.)
+        let mut owner: HashMap<ChangeHash, usize> = HashMap::new();
+        for (i, (_, changes)) in self.entries.values().enumerate() {
+            for c in changes.values().flatten() {
+                owner.entry(c.hash()).or_insert(i);
+            }
+        }
         // An entry held without being applied (it did not stand when it came) was never
         // checked for what it builds on. Its changes may build on changes of entries not held
         // here yet: applied now, Automerge would queue them out of sight, and they would slip
@@ -492,7 +495,6 @@ impl Region {
             computed: BTreeMap::new(),
             ledgers: BTreeMap::new(),
         };
-        let mut full: HashMap<DocId, AutoCommit> = HashMap::new();
         let mut done = vec![false; keys.len()];
         while let Some(i) = ready.pop_front() {
             done[i] = true;
@@ -517,9 +519,7 @@ impl Region {
                     None => t.undone.get((&key.0, *seq))?.is_none(),
                 };
                 if stands {
-                    for (product, units) in rows {
-                        *balance.entry(*product).or_default() += units;
-                    }
+                    credit(balance, rows);
                 }
             }
             *next = key.1 + 1;
@@ -538,7 +538,11 @@ impl Region {
                     // Standing, it was judged against its rights, and has no row: it moves none.
                     None if t.undone.get((&key.0, key.1))?.is_none() => Rows::new(),
                     None => {
-                        let rows = self.moves_as_seen(&key, &mut full)?;
+                        // What it saw is made of entries judged standing already: those it
+                        // builds on come before it, and nothing unchecked goes into a document.
+                        let stands =
+                            |k: &Key| *k != key && done[index[k]] && !judged.undone.contains_key(k);
+                        let rows = self.moves_as_seen(&key, stands)?;
                         judged.computed.insert(key, rows.clone());
                         if !rows.is_empty() {
                             ledger.insert(key.1, rows.clone());
@@ -546,15 +550,10 @@ impl Region {
                         rows
                     }
                 };
-                let short = rows
-                    .iter()
-                    .any(|(p, u)| *u < 0 && balance.get(p).copied().unwrap_or(0) + u < 0);
-                if short {
+                if short(balance, &rows) {
                     Some(SPENDS_UNHELD_RIGHTS.to_owned())
                 } else {
-                    for (product, units) in &rows {
-                        *balance.entry(*product).or_default() += units;
-                    }
+                    credit(balance, &rows);
                     None
                 }
             };
@@ -574,12 +573,9 @@ impl Region {
 
     /// How entry `key` moves its author's rights, as its author saw the documents: each
     /// document forked at what the entry's changes build on, then the changes applied, as
-    /// ingest judges them. `full` holds, per document, every change of the region.
-    fn moves_as_seen(
-        &self,
-        key: &Key,
-        full: &mut HashMap<DocId, AutoCommit>,
-    ) -> Result<Rows, WriteError> {
+    /// ingest judges them. The documents are made of the changes of the entries `stands`
+    /// names, which hold everything the entry builds on.
+    fn moves_as_seen(&self, key: &Key, stands: impl Fn(&Key) -> bool) -> Result<Rows, WriteError> {
         let (e, changes) = &self.entries[key];
         let author = e.entry.author;
         let mut moves = rights::RightsMoves::new();
@@ -611,21 +607,16 @@ impl Region {
             let (mut fork, before) = if seen.is_empty() {
                 (AutoCommit::new(), None)
             } else {
-                let doc = match full.entry(dc.doc_id) {
-                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        let mut doc = AutoCommit::new();
-                        doc.apply_changes(
-                            self.entries
-                                .values()
-                                .filter_map(|(_, c)| c.get(&dc.doc_id))
-                                .flatten()
-                                .cloned(),
-                        )
-                        .map_err(failed)?;
-                        v.insert(doc)
-                    }
-                };
+                let mut doc = AutoCommit::new();
+                doc.apply_changes(
+                    self.entries
+                        .iter()
+                        .filter(|(k, _)| stands(k))
+                        .filter_map(|(_, (_, c))| c.get(&dc.doc_id))
+                        .flatten()
+                        .cloned(),
+                )
+                .map_err(failed)?;
                 let fork = doc.fork_at(&seen).map_err(failed)?;
                 let before = docmap::read_json(&fork);
                 (fork, Some(before))
@@ -666,9 +657,7 @@ impl Judged {
                         .map(|r| r.reason);
                     match recorded.as_deref() {
                         None | Some(SPENDS_UNHELD_RIGHTS) => {
-                            let short = rows.iter().any(|(p, u)| {
-                                *u < 0 && balance.get(p).copied().unwrap_or(0) + u < 0
-                            });
+                            let short = short(&balance, rows);
                             if short == recorded.is_none() {
                                 flips.push(key);
                             }
@@ -678,13 +667,25 @@ impl Judged {
                     }
                 };
                 if stands {
-                    for (product, units) in rows {
-                        *balance.entry(*product).or_default() += units;
-                    }
+                    credit(&mut balance, rows);
                 }
             }
         }
         Ok(flips)
+    }
+}
+
+/// Whether `rows` take a product's balance below zero. Saturating: the quantities of an
+/// entry that was never checked (held undone when it came) are its author's word.
+fn short(balance: &HashMap<DocId, i64>, rows: &[(DocId, i64)]) -> bool {
+    rows.iter()
+        .any(|(p, u)| *u < 0 && balance.get(p).copied().unwrap_or(0).saturating_add(*u) < 0)
+}
+
+fn credit(balance: &mut HashMap<DocId, i64>, rows: &[(DocId, i64)]) {
+    for (product, units) in rows {
+        let b = balance.entry(*product).or_default();
+        *b = b.saturating_add(*units);
     }
 }
 
