@@ -426,6 +426,187 @@ async fn a_sale_resting_on_rights_an_undone_transfer_gave_stands_nowhere() {
     }
 }
 
+/// A reclaim stands only while its device is revoked. A manager revokes a till and the owner
+/// reclaims its 3 units; the till, apart, sells them; then a second manager, which never saw
+/// the first's revocation, revokes the first as of before it. The till's revocation no longer
+/// counts, so its sale stands and the reclaim does not, on a node that held the reclaim first
+/// as on one that held the second manager's revocation first, and on the owner that reclaimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reclaim_stands_nowhere_once_its_devices_revocation_is_struck() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (owner, mut others) = shop(
+        &tmp,
+        &[
+            ("Till 2", 2, Role::Till),
+            ("Manager", 3, Role::Admin),
+            ("Manager 2", 4, Role::Admin),
+            ("Office 5", 5, Role::Viewer),
+            ("Office 6", 6, Role::Viewer),
+        ],
+    )
+    .await;
+    let (till, manager, manager2, reclaim_first, struck_first) = (
+        others.remove(0),
+        others.remove(0),
+        others.remove(0),
+        others.remove(0),
+        others.remove(0),
+    );
+    let mug = owner
+        .api
+        .ok_post("/v1/products", &strict("MUG", 10))
+        .await
+        .unwrap();
+    let path = format!("/v1/products/{}", mug["id"].as_str().unwrap());
+    give(&owner, "Till 2", 4).await;
+    sync_one_way(&owner.repo, &till.repo).await;
+    till.api
+        .ok_post("/v1/sales", &cash_sale("MUG", 1, 500))
+        .await
+        .unwrap();
+    sync_one_way(&till.repo, &owner.repo).await;
+    for node in [&manager, &manager2, &reclaim_first, &struck_first] {
+        sync_one_way(&owner.repo, &node.repo).await;
+    }
+    manager
+        .api
+        .ok_post("/v1/members/Till 2/revoke", &json!({}))
+        .await
+        .unwrap();
+    sync_one_way(&manager.repo, &owner.repo).await;
+    let r = owner
+        .api
+        .ok_post(
+            "/v1/stock-reclaims",
+            &json!({"sku": "MUG", "from": "Till 2"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["qty"], 3, "{r}");
+    till.api
+        .ok_post("/v1/sales", &cash_sale("MUG", 3, 1500))
+        .await
+        .unwrap();
+    manager2
+        .api
+        .ok_post("/v1/members/Manager/revoke", &json!({}))
+        .await
+        .unwrap();
+
+    let owner_id = owner.repo.identity().device_id.to_string();
+    sync_until_held(&owner.repo, &reclaim_first.repo, true).await;
+    sync_until_held(&till.repo, &reclaim_first.repo, true).await;
+    assert_eq!(
+        rights(&reclaim_first, &path).await,
+        (vec![(owner_id.clone(), 6)], 3, 9),
+        "reclaimed, in transit to the owner; the till's late sale held undone"
+    );
+    sync_until_held(&manager2.repo, &reclaim_first.repo, true).await;
+    sync_until_held(&manager2.repo, &struck_first.repo, true).await;
+    sync_until_held(&owner.repo, &struck_first.repo, true).await;
+    sync_until_held(&till.repo, &struck_first.repo, true).await;
+    sync_until_held(&manager2.repo, &owner.repo, true).await;
+    sync_until_held(&till.repo, &owner.repo, true).await;
+    for (node, name) in [
+        (&reclaim_first, "reclaim first"),
+        (&struck_first, "revocation struck first"),
+        (&owner, "the owner that reclaimed"),
+    ] {
+        assert_eq!(
+            rights(node, &path).await,
+            (vec![(owner_id.clone(), 6)], 0, 6),
+            "{name}: the till sold its own 3; nothing in transit"
+        );
+        let status = node.api.ok_get("/v1/status").await.unwrap();
+        let reasons = status["undone"].to_string();
+        assert!(reasons.contains("not revoked"), "{name}: {reasons}");
+    }
+}
+
+/// A till's entry that accepted a transfer and sold is held undone (an earlier credit it rested
+/// on was undone): the transfer shows open again, but the till does not accept it a second
+/// time, since the held entry may stand again; when it does, the transfer counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_a_held_entry_accepted_is_not_accepted_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (owner, mut others) = shop(
+        &tmp,
+        &[
+            ("Till 2", 2, Role::Till),
+            ("Till 3", 3, Role::Till),
+            ("Manager", 4, Role::Admin),
+        ],
+    )
+    .await;
+    let (giver, till, manager) = (others.remove(0), others.remove(0), others.remove(0));
+    let mug = owner
+        .api
+        .ok_post("/v1/products", &strict("MUG", 10))
+        .await
+        .unwrap();
+    let path = format!("/v1/products/{}", mug["id"].as_str().unwrap());
+    let product_id: DocId = mug["id"].as_str().unwrap().parse().unwrap();
+    let accept = tillmesh_node::repo::Command::AcceptRights { product_id };
+    give(&owner, "Till 2", 6).await;
+    sync_one_way(&owner.repo, &giver.repo).await;
+    giver.repo.execute(accept.clone()).await.unwrap();
+    sync_one_way(&giver.repo, &manager.repo).await;
+    give(&giver, "Till 3", 6).await;
+    sync_one_way(&giver.repo, &till.repo).await;
+    till.repo.execute(accept.clone()).await.unwrap();
+    give(&owner, "Till 3", 2).await;
+    sync_one_way(&owner.repo, &till.repo).await;
+    // 6 held, 2 given: the sale of 7 takes the 2 in, in its own entry.
+    till.api
+        .ok_post("/v1/sales", &cash_sale("MUG", 7, 3500))
+        .await
+        .unwrap();
+    let (owner_id, giver_id, till_id) = (
+        owner.repo.identity().device_id.to_string(),
+        giver.repo.identity().device_id.to_string(),
+        till.repo.identity().device_id.to_string(),
+    );
+    let sorted = |mut v: Vec<(String, i64)>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        rights(&till, &path).await,
+        (
+            sorted(vec![(owner_id.clone(), 2), (till_id.clone(), 1)]),
+            0,
+            3
+        )
+    );
+    // The giver's revocation undoes its transfer, the till's acceptance of it, and so the sale:
+    // 2 short without the 6.
+    manager
+        .api
+        .ok_post("/v1/members/Till 2/revoke", &json!({}))
+        .await
+        .unwrap();
+    sync_until_held(&manager.repo, &till.repo, true).await;
+    let held = (sorted(vec![(owner_id.clone(), 2), (giver_id, 6)]), 2, 10);
+    assert_eq!(rights(&till, &path).await, held, "the 2 in transit again");
+    till.repo.execute(accept).await.unwrap();
+    assert_eq!(
+        rights(&till, &path).await,
+        held,
+        "not accepted again while the entry that accepted them is held"
+    );
+    // The manager revoked before its revocation: everything stands, the 2 counted once.
+    owner
+        .api
+        .ok_post("/v1/members/Manager/revoke", &json!({}))
+        .await
+        .unwrap();
+    sync_until_held(&owner.repo, &till.repo, true).await;
+    assert_eq!(
+        rights(&till, &path).await,
+        (sorted(vec![(owner_id, 2), (till_id, 1)]), 0, 3)
+    );
+}
+
 const BIN: &str = env!("CARGO_BIN_EXE_tillmesh");
 
 /// Three `tillmesh run` processes on loopback race to sell the last 10 units of a strict

@@ -5,6 +5,8 @@
 pub(super) use tillmesh_protocol::rights::delta;
 use tillmesh_protocol::rights::{self, RightsError};
 
+use redb::ReadableMultimapTable;
+
 use super::checks::Halt;
 use super::*;
 
@@ -177,9 +179,28 @@ impl Writer {
             (me.as_bytes(), product.as_bytes(), &lo)..=(me.as_bytes(), product.as_bytes(), &hi),
         )? {
             let (k, v) = item?;
-            out.push((DocId(*k.value().2), v.value()));
+            let id = DocId(*k.value().2);
+            if !self.accepted_in_held_entry(t, &id)? {
+                out.push((id, v.value()));
+            }
         }
         Ok(out)
+    }
+
+    /// Whether an entry of this device held undone touches transfer `id` (it accepted it, and
+    /// was then undone, say for rights an undone entry gave). Accepting again would count the
+    /// transfer twice in this device's rows were that entry to stand again; the rights wait
+    /// in transit until it does.
+    fn accepted_in_held_entry(&self, t: &Tables<'_>, id: &DocId) -> Result<bool, WriteError> {
+        let me = self.id.device_id;
+        for k in t.doc_entries.get(id.as_bytes())? {
+            let k = k?;
+            let (author, seq) = k.value();
+            if author == me.as_bytes() && t.undone.get((author, seq))?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Marks a transfer to this device accepted: its rights are this device's from this entry.
@@ -401,6 +422,16 @@ impl Writer {
             )));
         }
         let Some(cutoff) = self.membership.get(&r.from).and_then(|m| m.last_seq) else {
+            // Its revocation is held but does not count (its revoker was revoked before it):
+            // the reclaim stands nowhere, as on a node that applied it before that came
+            // (`undo::Region::judge`). Not held at all, it may yet come.
+            let revoked = self
+                .member_ops
+                .iter()
+                .any(|o| matches!(o.op, MemberOp::Revoke { device, .. } if device == r.from));
+            if revoked {
+                return Err(Halt::Undone(super::undo::RECLAIMS_FROM_MEMBER.to_owned()));
+            }
             return Err(Halt::defer(format!(
                 "it reclaims the rights of device {}, whose revocation is not held here yet",
                 r.from.short()
@@ -513,6 +544,13 @@ impl Writer {
             }
             Err(Halt::Refuse(reason)) => return Err(WriteError::Conflict(reason)),
             Err(Halt::Store(e)) => return Err(e),
+            Err(Halt::Undone(_)) => {
+                return Err(WriteError::Conflict(format!(
+                    "device {} is not revoked: its revocation does not count (whoever revoked it was revoked before it), so its rights to {} are its own",
+                    from.short(),
+                    product.sku
+                )));
+            }
             Err(_) => return Err(WriteError::Internal("a reclaim check halted".into())),
         };
         self.create_doc(t, ops, id, &reclaim, now)?;

@@ -206,11 +206,33 @@ impl Writer {
                     flipped += 1;
                 }
             }
+            // A reclaim of its rights stands only while it is revoked (`Region::judge`).
+            let cutoff = |m: &Membership| m.get(&author).and_then(|x| x.last_seq);
+            if cutoff(old) != cutoff(&new) {
+                let reclaims = self.reclaims_of(t, &author)?;
+                flipped += reclaims.len();
+                queue.extend(reclaims);
+            }
         }
         if flipped == 0 {
             return Ok(());
         }
         self.rebuild_region(t, queue, touched)
+    }
+
+    /// The reclaim documents held of `device`'s rights, one per product at most.
+    fn reclaims_of(&self, t: &Tables<'_>, device: &DeviceId) -> Result<Vec<DocId>, WriteError> {
+        let code = DocType::Product.code();
+        let (lo, hi) = ([0u8; 16], [0xffu8; 16]);
+        let mut out = Vec::new();
+        for item in t.by_type.range((code, &lo)..=(code, &hi))? {
+            let product = DocId(*item?.0.value().1);
+            let id = tillmesh_protocol::rights::reclaim_id(&self.id.mesh_id, device, &product);
+            if t.doc_entries.get(id.as_bytes())?.next().is_some() {
+                out.push(id);
+            }
+        }
+        Ok(out)
     }
 
     /// Works out again which entries stand across the region connected to `queue`'s documents
@@ -433,6 +455,7 @@ impl Region {
     /// - the membership strikes it; else
     /// - it waits for changes not held; else
     /// - a change of it builds on a change of an entry that does not stand; else
+    /// - it reclaims the rights of a device the membership does not revoke; else
     /// - it spends rights its author's standing entries before it do not cover.
     fn judge(&self, t: &Tables<'_>, m: &Membership) -> Result<Judged, WriteError> {
         let keys: Vec<Key> = self.entries.keys().copied().collect();
@@ -532,6 +555,11 @@ impl Region {
                 .any(|j| judged.undone.contains_key(&keys[*j]))
             {
                 Some(BUILDS_ON_UNDONE.to_owned())
+            } else if self
+                .reclaims_from(&key)
+                .is_some_and(|d| m.get(&d).and_then(|x| x.last_seq).is_none())
+            {
+                Some(RECLAIMS_FROM_MEMBER.to_owned())
             } else {
                 let rows = match ledger.get(&key.1) {
                     Some(rows) => rows.clone(),
@@ -569,6 +597,30 @@ impl Region {
         }
         judged.ledgers = ledgers;
         Ok(judged)
+    }
+
+    /// The device whose rights entry `key` reclaims, if it creates a reclaim (in one change
+    /// building on nothing, as `docmap::create` makes a document).
+    fn reclaims_from(&self, key: &Key) -> Option<DeviceId> {
+        let (e, changes) = &self.entries[key];
+        let created = e
+            .docs()
+            .iter()
+            .filter(|d| d.doc_type == DocType::StockTransfer)
+            .filter_map(|d| changes.get(&d.doc_id))
+            .flatten()
+            .filter(|c| c.deps().is_empty());
+        for c in created {
+            let mut doc = AutoCommit::new();
+            if doc.apply_changes([c.clone()]).is_err() {
+                continue;
+            }
+            let view = docmap::read_json(&doc);
+            if tillmesh_protocol::rights::is_reclaim(DocType::StockTransfer, &view) {
+                return view.get("from")?.as_str()?.parse().ok();
+            }
+        }
+        None
     }
 
     /// How entry `key` moves its author's rights, as its author saw the documents: each
@@ -695,6 +747,10 @@ pub(super) const WAITS_FOR_CHANGES: &str =
 
 /// Why an entry that spends stock rights does not stand (see `Region::judge`).
 pub(super) const SPENDS_UNHELD_RIGHTS: &str = "it spends stock rights its author did not hold at that point of its log (an entry that gave them does not stand here); it stands once that entry does";
+
+/// Why a reclaim does not stand: its device's revocation does not (its revoker was revoked
+/// before it), so its rights are its own again.
+pub(super) const RECLAIMS_FROM_MEMBER: &str = "it reclaims the rights of a device that is not revoked (its revocation does not stand); they stay that device's";
 
 /// Why an entry of a member in good standing does not stand.
 pub(super) const BUILDS_ON_UNDONE: &str = "it builds on changes of an entry that does not stand (its author was revoked before it, or its role may not): none of its changes stands, so that what it did is not half done";
