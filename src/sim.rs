@@ -104,6 +104,10 @@ pub struct Report {
     pub reclaims: u64,
     /// Entries held but not applied at the end (the membership says they do not stand).
     pub undone: u64,
+    /// Of those: spends their author's standing entries do not cover, and reclaims of a device
+    /// whose revocation does not count (so the run shows it reaches those paths).
+    pub undone_spends: u64,
+    pub undone_reclaims: u64,
     pub converged_after_heal_ms: u64,
 }
 
@@ -852,6 +856,9 @@ impl Sim {
                 }
             }
             let (_, undone) = repo.undone(usize::MAX).map_err(|e| self.store_err(e))?;
+            let because = |why: &str| undone.iter().filter(|u| u.record.reason == why).count();
+            self.report.undone_spends = because(tillmesh_node::repo::SPENDS_UNHELD_RIGHTS) as u64;
+            self.report.undone_reclaims = because(tillmesh_node::repo::RECLAIMS_FROM_MEMBER) as u64;
             let undone: std::collections::BTreeSet<(tillmesh_protocol::DeviceId, u64)> =
                 undone.iter().map(|u| (u.author, u.seq)).collect();
             // Documents made by an entry that does not stand are gone; so are changes that build

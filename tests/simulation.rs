@@ -37,6 +37,8 @@ fn add(totals: &mut Report, r: &Report) {
     totals.transfers += r.transfers;
     totals.reclaims += r.reclaims;
     totals.undone += r.undone;
+    totals.undone_spends += r.undone_spends;
+    totals.undone_reclaims += r.undone_reclaims;
     totals.converged_after_heal_ms = totals
         .converged_after_heal_ms
         .max(r.converged_after_heal_ms);
@@ -158,6 +160,8 @@ fn seeds_converge_with_nothing_lost_and_nothing_applied_twice() {
             "rights_transfers": totals.transfers,
             "rights_reclaims": totals.reclaims,
             "entries_undone": totals.undone,
+            "entries_undone_spending_unheld_rights": totals.undone_spends,
+            "entries_undone_reclaiming_from_a_member": totals.undone_reclaims,
             "slowest_convergence_after_heal_ms": totals.converged_after_heal_ms,
         })
     );

@@ -11,7 +11,7 @@ pub mod requests;
 mod verify;
 mod writer;
 
-pub use writer::UndoneRecord;
+pub use writer::{RECLAIMS_FROM_MEMBER, SPENDS_UNHELD_RIGHTS, UndoneRecord};
 
 use std::ops::RangeInclusive;
 use std::path::Path;

@@ -22,7 +22,7 @@ mod rights;
 mod undo;
 
 pub use commands::RESOLVABLE;
-pub use undo::UndoneRecord;
+pub use undo::{RECLAIMS_FROM_MEMBER, SPENDS_UNHELD_RIGHTS, UndoneRecord};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;

@@ -746,11 +746,11 @@ pub(super) const WAITS_FOR_CHANGES: &str =
     "it builds on changes of entries not held here yet; it stands once they arrive";
 
 /// Why an entry that spends stock rights does not stand (see `Region::judge`).
-pub(super) const SPENDS_UNHELD_RIGHTS: &str = "it spends stock rights its author did not hold at that point of its log (an entry that gave them does not stand here); it stands once that entry does";
+pub const SPENDS_UNHELD_RIGHTS: &str = "it spends stock rights its author did not hold at that point of its log (an entry that gave them does not stand here); it stands once that entry does";
 
 /// Why a reclaim does not stand: its device's revocation does not (its revoker was revoked
 /// before it), so its rights are its own again.
-pub(super) const RECLAIMS_FROM_MEMBER: &str = "it reclaims the rights of a device that is not revoked (its revocation does not stand); they stay that device's";
+pub const RECLAIMS_FROM_MEMBER: &str = "it reclaims the rights of a device that is not revoked (its revocation does not stand); they stay that device's";
 
 /// Why an entry of a member in good standing does not stand.
 pub(super) const BUILDS_ON_UNDONE: &str = "it builds on changes of an entry that does not stand (its author was revoked before it, or its role may not): none of its changes stands, so that what it did is not half done";
