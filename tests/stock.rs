@@ -76,6 +76,17 @@ fn strict(sku: &str, stock: i64) -> Value {
     })
 }
 
+/// A strict MUG with 10 units, made by `owner`: its API path and id.
+async fn ten_mugs(owner: &InProcessNode) -> (String, DocId) {
+    let mug = owner
+        .api
+        .ok_post("/v1/products", &strict("MUG", 10))
+        .await
+        .unwrap();
+    let id: DocId = mug["id"].as_str().unwrap().parse().unwrap();
+    (format!("/v1/products/{id}"), id)
+}
+
 /// `node` gives `qty` of its MUG rights to the member named `to`: the transfer's view.
 async fn give(node: &InProcessNode, to: &str, qty: i64) -> Value {
     node.api
@@ -344,13 +355,7 @@ async fn a_sale_resting_on_rights_an_undone_transfer_gave_stands_nowhere() {
         others.remove(0),
         others.remove(0),
     );
-    let mug = owner
-        .api
-        .ok_post("/v1/products", &strict("MUG", 10))
-        .await
-        .unwrap();
-    let path = format!("/v1/products/{}", mug["id"].as_str().unwrap());
-    let product_id: DocId = mug["id"].as_str().unwrap().parse().unwrap();
+    let (path, product_id) = ten_mugs(&owner).await;
     let accept = tillmesh_node::repo::Command::AcceptRights { product_id };
     give(&owner, "Till 2", 6).await;
     sync_one_way(&owner.repo, &giver.repo).await;
@@ -452,12 +457,7 @@ async fn a_reclaim_stands_nowhere_once_its_devices_revocation_is_struck() {
         others.remove(0),
         others.remove(0),
     );
-    let mug = owner
-        .api
-        .ok_post("/v1/products", &strict("MUG", 10))
-        .await
-        .unwrap();
-    let path = format!("/v1/products/{}", mug["id"].as_str().unwrap());
+    let (path, _) = ten_mugs(&owner).await;
     give(&owner, "Till 2", 4).await;
     sync_one_way(&owner.repo, &till.repo).await;
     till.api
@@ -539,13 +539,7 @@ async fn a_transfer_a_held_entry_accepted_is_not_accepted_again() {
     )
     .await;
     let (giver, till, manager) = (others.remove(0), others.remove(0), others.remove(0));
-    let mug = owner
-        .api
-        .ok_post("/v1/products", &strict("MUG", 10))
-        .await
-        .unwrap();
-    let path = format!("/v1/products/{}", mug["id"].as_str().unwrap());
-    let product_id: DocId = mug["id"].as_str().unwrap().parse().unwrap();
+    let (path, product_id) = ten_mugs(&owner).await;
     let accept = tillmesh_node::repo::Command::AcceptRights { product_id };
     give(&owner, "Till 2", 6).await;
     sync_one_way(&owner.repo, &giver.repo).await;
