@@ -183,6 +183,21 @@ pub fn parse_change(bytes: &[u8]) -> Result<automerge::Change, String> {
     }
 }
 
+/// The heads a document stood at when `changes` were made: what they build on outside
+/// themselves, sorted. A fork there is the document as their author saw it.
+pub fn seen_heads(changes: &[automerge::Change]) -> Vec<automerge::ChangeHash> {
+    let own: std::collections::HashSet<automerge::ChangeHash> =
+        changes.iter().map(automerge::Change::hash).collect();
+    let mut seen: Vec<automerge::ChangeHash> = changes
+        .iter()
+        .flat_map(|c| c.deps().iter().copied())
+        .filter(|h| !own.contains(h))
+        .collect();
+    seen.sort();
+    seen.dedup();
+    seen
+}
+
 /// The whole document as JSON (counters as their current value), as Automerge's `AutoSerde`
 /// renders it. Read in one pass per object: `AutoSerde` looks every key up again, which made
 /// reading a document a third of the writer's time per ingested entry.

@@ -72,7 +72,9 @@ pub const REJECTED: TableDefinition<u64, &[u8]> = TableDefinition::new("rejected
 
 /// Entries held that do not stand: their author was revoked before them, was not admitted, or
 /// had a role then that may not write what they carry (a membership operation arrived after
-/// them, or with them). Kept, served and counted like any entry, so every node holds the same
+/// them, or with them); or they build on one that does not stand, wait for changes not held,
+/// spend rights their author's standing entries do not cover, or reclaim from a device not
+/// revoked (see `writer::undo`). Kept, served and counted like any entry, so every node holds the same
 /// log; never part of a document. `(author, seq)` -> sealed JSON `{reason, docs, at_ms}`.
 /// Rewritten whenever the membership changes, so it always matches it.
 pub const UNDONE: TableDefinition<(&[u8; 32], u64), &[u8]> = TableDefinition::new("undone");

@@ -288,14 +288,7 @@ impl Writer {
         // What the author saw: the heads its changes build on, outside the entry itself.
         let mut heads_before = doc.get_heads();
         heads_before.sort();
-        let own: HashSet<ChangeHash> = changes.iter().map(Change::hash).collect();
-        let mut seen: Vec<ChangeHash> = changes
-            .iter()
-            .flat_map(|c| c.deps().iter().copied())
-            .filter(|h| !own.contains(h))
-            .collect();
-        seen.sort();
-        seen.dedup();
+        let seen = docmap::seen_heads(&changes);
         if doc_type == DocType::Settings && seen.is_empty() && author != root {
             // A second root would make the currency a matter of Automerge's tie-break, and
             // every amount is judged against it.

@@ -26,8 +26,8 @@
 //!   entry connected to them through the documents they share (the region), and standing is
 //!   worked out again across the region, in causal order (`Region::judge`); the region grows
 //!   by every spend outside it whose verdict its authors' replayed rows change, until none
-//!   does; every document of the region is rebuilt from the changes that stand. `finish` then moves views, stock levels and indexes from what the
-//!   documents were to what they are.
+//!   does; every document of the region is rebuilt from the changes that stand. `finish`
+//!   then moves views, stock levels and indexes from what the documents were to what they are.
 
 use automerge::ActorId;
 use redb::ReadableMultimapTable;
@@ -648,14 +648,7 @@ impl Region {
             let failed = |e: automerge::AutomergeError| {
                 WriteError::Internal(format!("document {}: {e}", dc.doc_id))
             };
-            let own_hashes: HashSet<ChangeHash> = own.iter().map(Change::hash).collect();
-            let mut seen: Vec<ChangeHash> = own
-                .iter()
-                .flat_map(|c| c.deps().iter().copied())
-                .filter(|h| !own_hashes.contains(h))
-                .collect();
-            seen.sort();
-            seen.dedup();
+            let seen = docmap::seen_heads(own);
             let (mut fork, before) = if seen.is_empty() {
                 (AutoCommit::new(), None)
             } else {
@@ -741,7 +734,7 @@ fn credit(balance: &mut HashMap<DocId, i64>, rows: &[(DocId, i64)]) {
     }
 }
 
-/// Why an entry held but never applied does not stand yet (see `Region::undone`).
+/// Why an entry held but never applied does not stand yet (see `Region::judge`).
 pub(super) const WAITS_FOR_CHANGES: &str =
     "it builds on changes of entries not held here yet; it stands once they arrive";
 
